@@ -1,0 +1,148 @@
+//! Typed configuration read from environment variables, shared by every
+//! service: the database URL (kept secret in logs) and the Kafka settings,
+//! including topic names and partition counts.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+
+/// Reads `name` from the environment and parses it, or returns `default` when unset or empty.
+pub fn env_or<T>(name: &str, default: T) -> anyhow::Result<T>
+where
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(value) if !value.trim().is_empty() => value
+            .trim()
+            .parse()
+            .map_err(|error| anyhow::anyhow!("invalid value {value:?} for {name}: {error}")),
+        _ => Ok(default),
+    }
+}
+
+/// Reads a duration given in (possibly fractional) seconds, e.g. `PAYMENT_TIMEOUT=4.0`.
+pub fn env_seconds(name: &str, default_seconds: f64) -> anyhow::Result<Duration> {
+    let seconds: f64 = env_or(name, default_seconds)?;
+    Duration::try_from_secs_f64(seconds)
+        .with_context(|| format!("{name} must be a non-negative number of seconds, got {seconds}"))
+}
+
+/// A value that must never be printed, such as a connection string with a password.
+#[derive(Clone)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    /// Wraps a secret value.
+    pub fn new(value: T) -> Self {
+        Self(value)
+    }
+
+    /// Gives access to the secret; call sites are easy to audit.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("Secret([redacted])")
+    }
+}
+
+/// PostgreSQL settings.
+#[derive(Clone, Debug)]
+pub struct DatabaseConfig {
+    /// `DATABASE_URL`.
+    pub url: Secret<String>,
+    /// `DATABASE_MAX_CONNECTIONS` (default 10).
+    pub max_connections: u32,
+}
+
+impl DatabaseConfig {
+    /// Reads `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/foodorder`).
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(Self {
+            url: Secret::new(env_or(
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/foodorder".to_owned(),
+            )?),
+            max_connections: env_or("DATABASE_MAX_CONNECTIONS", 10)?,
+        })
+    }
+}
+
+/// The Kafka topics the platform uses, after applying `KAFKA_TOPIC_PREFIX`.
+#[derive(Clone, Debug)]
+pub struct Topics {
+    /// `order.placed`: OrderPlaced events.
+    pub order_placed: String,
+    /// `payment.completed`: PaymentCompleted events.
+    pub payment_completed: String,
+    /// `payment.dlq`: records the payment service could not process.
+    pub payment_dlq: String,
+    /// `notification.dlq`: records the notification service could not process.
+    pub notification_dlq: String,
+}
+
+impl Topics {
+    /// Topic names with `prefix` in front (an empty prefix gives the standard names).
+    pub fn with_prefix(prefix: &str) -> Self {
+        Self {
+            order_placed: format!("{prefix}order.placed"),
+            payment_completed: format!("{prefix}payment.completed"),
+            payment_dlq: format!("{prefix}payment.dlq"),
+            notification_dlq: format!("{prefix}notification.dlq"),
+        }
+    }
+}
+
+/// Kafka settings shared by producers, consumers and the topic admin.
+#[derive(Clone, Debug)]
+pub struct KafkaConfig {
+    /// `KAFKA_BOOTSTRAP_SERVERS` (default `127.0.0.1:9092`).
+    pub bootstrap_servers: String,
+    /// Topic names (`KAFKA_TOPIC_PREFIX`, default empty, isolates test runs).
+    pub topics: Topics,
+    /// `KAFKA_EVENT_PARTITIONS` (default 6) for `order.placed` and `payment.completed`.
+    pub event_partitions: i32,
+    /// `KAFKA_DLQ_PARTITIONS` (default 1) for the dead-letter topics.
+    pub dlq_partitions: i32,
+    /// `KAFKA_REPLICATION_FACTOR` (default 1).
+    pub replication_factor: i32,
+    /// `KAFKA_MESSAGE_TIMEOUT_MS` (default 10000): how long a produce may wait for an ack.
+    pub message_timeout: Duration,
+    /// `KAFKA_SESSION_TIMEOUT_MS` (default 6000): consumer group session timeout.
+    pub session_timeout: Duration,
+}
+
+impl KafkaConfig {
+    /// Reads the Kafka settings from the environment.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let prefix: String = env_or("KAFKA_TOPIC_PREFIX", String::new())?;
+        Ok(Self {
+            bootstrap_servers: env_or("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092".to_owned())?,
+            topics: Topics::with_prefix(&prefix),
+            event_partitions: env_or("KAFKA_EVENT_PARTITIONS", 6)?,
+            dlq_partitions: env_or("KAFKA_DLQ_PARTITIONS", 1)?,
+            replication_factor: env_or("KAFKA_REPLICATION_FACTOR", 1)?,
+            message_timeout: Duration::from_millis(env_or("KAFKA_MESSAGE_TIMEOUT_MS", 10_000)?),
+            session_timeout: Duration::from_millis(env_or("KAFKA_SESSION_TIMEOUT_MS", 6_000)?),
+        })
+    }
+
+    /// Settings for a local single broker at `bootstrap_servers` with topic-name `prefix`.
+    pub fn local(bootstrap_servers: &str, prefix: &str) -> Self {
+        Self {
+            bootstrap_servers: bootstrap_servers.to_owned(),
+            topics: Topics::with_prefix(prefix),
+            event_partitions: 6,
+            dlq_partitions: 1,
+            replication_factor: 1,
+            message_timeout: Duration::from_secs(10),
+            session_timeout: Duration::from_secs(6),
+        }
+    }
+}

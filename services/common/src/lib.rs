@@ -1,0 +1,15 @@
+//! Code every foodorder service shares, written once: typed configuration from
+//! the environment, telemetry set-up, the shutdown signal, the PostgreSQL pool
+//! and migrations, Kafka client builders and headers, event helpers and the
+//! transactional-outbox relay.
+
+pub mod config;
+pub mod db;
+pub mod events;
+pub mod kafka;
+pub mod money;
+pub mod outbox;
+pub mod shutdown;
+pub mod telemetry;
+#[cfg(feature = "test-support")]
+pub mod testing;

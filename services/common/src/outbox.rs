@@ -1,0 +1,333 @@
+//! The transactional outbox: [`enqueue`] stores a Kafka record in the same
+//! transaction as the business change, and [`OutboxRelay`] publishes stored
+//! records through an idempotent producer and marks them sent only after the
+//! broker acknowledged them.
+//!
+//! Promptness without polling: `enqueue` also issues `NOTIFY outbox`, which
+//! PostgreSQL delivers at commit; the relay `LISTEN`s and drains at once. A slow
+//! sweep catches rows whose notification was missed (a crash, a lost listener
+//! connection). Rows are claimed with `FOR UPDATE SKIP LOCKED`, so several
+//! replicas can run relays on one table without publishing a row concurrently.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::future::join_all;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use sqlx::postgres::PgListener;
+use sqlx::{PgPool, Postgres, Transaction};
+use tokio_util::sync::CancellationToken;
+
+use crate::kafka;
+
+/// The channel on which `enqueue` notifies the relay.
+pub const NOTIFY_CHANNEL: &str = "outbox";
+
+/// A record to publish.
+#[derive(Clone, Debug)]
+pub struct OutboxMessage {
+    /// Destination topic.
+    pub topic: String,
+    /// Record key (the order id).
+    pub key: String,
+    /// Record value (an encoded protobuf event).
+    pub payload: Vec<u8>,
+    /// Record headers.
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Stores `message` in the outbox inside the caller's transaction and notifies
+/// the relay (the notification is delivered only if the transaction commits).
+pub async fn enqueue(
+    tx: &mut Transaction<'_, Postgres>,
+    message: &OutboxMessage,
+) -> Result<i64, sqlx::Error> {
+    let headers = serde_json::to_value(&message.headers).unwrap_or_default();
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO outbox (topic, message_key, payload, headers) VALUES ($1, $2, $3, $4) RETURNING id",
+    )
+    .bind(&message.topic)
+    .bind(&message.key)
+    .bind(&message.payload)
+    .bind(headers)
+    .fetch_one(&mut **tx)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(NOTIFY_CHANNEL)
+        .execute(&mut **tx)
+        .await?;
+    Ok(id)
+}
+
+/// How the relay behaves.
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    /// Rows claimed and published per transaction (`OUTBOX_BATCH_SIZE`, default 256).
+    pub batch_size: i64,
+    /// Interval of the safety sweep (`OUTBOX_SWEEP_INTERVAL_MS`, default 5000).
+    pub sweep_interval: Duration,
+    /// First back-off after a failure; doubles up to `max_backoff`.
+    pub initial_backoff: Duration,
+    /// Longest back-off between retries while the broker or database is down.
+    pub max_backoff: Duration,
+    /// Sent rows older than this are deleted by the sweep (`OUTBOX_RETENTION_HOURS`, default 24).
+    pub retention: Duration,
+}
+
+impl RelayConfig {
+    /// Reads the relay settings from the environment.
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(Self {
+            batch_size: crate::config::env_or("OUTBOX_BATCH_SIZE", 256)?,
+            sweep_interval: Duration::from_millis(crate::config::env_or(
+                "OUTBOX_SWEEP_INTERVAL_MS",
+                5_000,
+            )?),
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(10),
+            retention: Duration::from_secs(
+                3600 * crate::config::env_or::<u64>("OUTBOX_RETENTION_HOURS", 24)?,
+            ),
+        })
+    }
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 256,
+            sweep_interval: Duration::from_secs(5),
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(10),
+            retention: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct OutboxRow {
+    id: i64,
+    topic: String,
+    message_key: String,
+    payload: Vec<u8>,
+    headers: sqlx::types::Json<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("{failed} of {claimed} records were not acknowledged by kafka: {first_error}")]
+    Publish {
+        failed: usize,
+        claimed: usize,
+        first_error: rdkafka::error::KafkaError,
+    },
+}
+
+/// Publishes outbox rows to Kafka.
+pub struct OutboxRelay {
+    pool: PgPool,
+    producer: FutureProducer,
+    config: RelayConfig,
+}
+
+impl OutboxRelay {
+    /// A relay over `pool` publishing with `producer` (which should be idempotent, acks=all).
+    pub fn new(pool: PgPool, producer: FutureProducer, config: RelayConfig) -> Self {
+        Self {
+            pool,
+            producer,
+            config,
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled; then finishes the batch in flight and flushes the producer.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut listener: Option<PgListener> = None;
+        let mut backoff = self.config.initial_backoff;
+        let mut last_cleanup = tokio::time::Instant::now();
+        tracing::info!("outbox relay started");
+        while !shutdown.is_cancelled() {
+            // Listen before draining so that no notification falls in between.
+            if listener.is_none() {
+                listener = self.listen().await;
+            }
+            match self.drain().await {
+                Ok(published) => {
+                    backoff = self.config.initial_backoff;
+                    if published > 0 {
+                        tracing::debug!(published, "outbox drained");
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "outbox relay failed, retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(self.config.max_backoff);
+                    continue;
+                }
+            }
+            if last_cleanup.elapsed() >= self.config.sweep_interval {
+                last_cleanup = tokio::time::Instant::now();
+                self.delete_old_rows().await;
+            }
+            let wait_for_notification = async {
+                match listener.as_mut() {
+                    Some(active) => {
+                        if let Err(error) = active.recv().await {
+                            tracing::warn!(%error, "outbox listener lost its connection");
+                            listener = None;
+                        }
+                    }
+                    None => {
+                        tokio::time::sleep(self.config.initial_backoff.max(Duration::from_secs(1)))
+                            .await
+                    }
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = wait_for_notification => {}
+                () = tokio::time::sleep(self.config.sweep_interval) => {}
+            }
+        }
+        if let Err(error) = self.producer.flush(Timeout::After(Duration::from_secs(5))) {
+            tracing::warn!(%error, "failed to flush the outbox producer");
+        }
+        tracing::info!("outbox relay stopped");
+    }
+
+    async fn listen(&self) -> Option<PgListener> {
+        let mut listener = match PgListener::connect_with(&self.pool).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::warn!(%error, "failed to open the outbox listener, sweeping instead");
+                return None;
+            }
+        };
+        match listener.listen(NOTIFY_CHANNEL).await {
+            Ok(()) => Some(listener),
+            Err(error) => {
+                tracing::warn!(%error, "failed to listen on the outbox channel, sweeping instead");
+                None
+            }
+        }
+    }
+
+    /// Publishes every unsent row, batch by batch; returns how many were published.
+    async fn drain(&self) -> Result<usize, RelayError> {
+        let mut total = 0;
+        loop {
+            let (published, claimed) = self.publish_batch().await?;
+            total += published;
+            if claimed < self.config.batch_size as usize {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Claims one batch, publishes it, marks what the broker acknowledged.
+    async fn publish_batch(&self) -> Result<(usize, usize), RelayError> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<OutboxRow> = sqlx::query_as(
+            "SELECT id, topic, message_key, payload, headers FROM outbox \
+             WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(self.config.batch_size)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            tx.commit().await?;
+            return Ok((0, 0));
+        }
+        let deliveries = rows.iter().map(|row| {
+            let record = FutureRecord::to(&row.topic)
+                .key(row.message_key.as_bytes())
+                .payload(&row.payload)
+                .headers(kafka::to_kafka_headers(&row.headers.0));
+            self.producer.send(record, Timeout::Never)
+        });
+        let results = join_all(deliveries).await;
+        let mut sent_ids = Vec::with_capacity(rows.len());
+        let mut first_error = None;
+        for (row, result) in rows.iter().zip(results) {
+            match result {
+                Ok(delivery) => {
+                    tracing::debug!(
+                        outbox_id = row.id,
+                        topic = row.topic,
+                        key = row.message_key,
+                        partition = delivery.partition,
+                        offset = delivery.offset,
+                        "published outbox record"
+                    );
+                    sent_ids.push(row.id);
+                }
+                Err((error, _message)) => {
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        if !sent_ids.is_empty() {
+            sqlx::query("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)")
+                .bind(&sent_ids)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        match first_error {
+            Some(error) => Err(RelayError::Publish {
+                failed: rows.len() - sent_ids.len(),
+                claimed: rows.len(),
+                first_error: error,
+            }),
+            None => Ok((sent_ids.len(), rows.len())),
+        }
+    }
+
+    async fn delete_old_rows(&self) {
+        let retention_seconds = self.config.retention.as_secs_f64();
+        let result = sqlx::query(
+            "DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < now() - make_interval(secs => $1)",
+        )
+        .bind(retention_seconds)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(done) if done.rows_affected() > 0 => {
+                tracing::info!(deleted = done.rows_affected(), "deleted old outbox rows");
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "failed to delete old outbox rows"),
+        }
+    }
+}
+
+/// Creates the platform's topics (retrying until the broker answers), then runs
+/// the relay until `shutdown`. This is what a service spawns.
+pub async fn run_relay_with_topics(
+    pool: PgPool,
+    kafka_config: crate::config::KafkaConfig,
+    relay_config: RelayConfig,
+    client_id: &str,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let producer = kafka::idempotent_producer(&kafka_config, client_id)?;
+    if !kafka::ensure_topics_with_retry(
+        &kafka_config,
+        &kafka::platform_topics(&kafka_config),
+        &shutdown,
+    )
+    .await
+    {
+        return Ok(());
+    }
+    OutboxRelay::new(pool, producer, relay_config)
+        .run(shutdown)
+        .await;
+    Ok(())
+}

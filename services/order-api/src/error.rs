@@ -1,0 +1,135 @@
+//! The order API's error type and the one table that maps it to gRPC
+//! statuses. Errors a caller caused carry a precise code and message (and
+//! google.rpc details); internal causes are logged here and never returned.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+use uuid::Uuid;
+
+use crate::domain::FieldViolation;
+
+/// Everything that can go wrong while serving a call.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// One or more request fields are invalid.
+    #[error("invalid request")]
+    InvalidArgument(Vec<FieldViolation>),
+    /// No order has this id.
+    #[error("order {0} not found")]
+    OrderNotFound(Uuid),
+    /// Menu items that exist but cannot be ordered now: (id, name).
+    #[error("menu items unavailable")]
+    MenuItemsUnavailable(Vec<(i32, String)>),
+    /// The idempotency key belongs to a different request.
+    #[error("idempotency key reused for a different request")]
+    IdempotencyKeyReused,
+    /// PostgreSQL could not be reached.
+    #[error("database unavailable")]
+    DatabaseUnavailable(#[source] sqlx::Error),
+    /// A bug or an unexpected failure.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    /// A single invalid field.
+    pub fn invalid_field(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        if foodorder_common::db::is_unavailable(&error) {
+            Self::DatabaseUnavailable(error)
+        } else {
+            Self::Internal(anyhow::Error::new(error))
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Self {
+        match error {
+            ApiError::InvalidArgument(violations) => {
+                let summary = violations
+                    .iter()
+                    .map(|violation| format!("{}: {}", violation.field, violation.description))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let details = ErrorDetails::with_bad_request(
+                    violations
+                        .into_iter()
+                        .map(|violation| {
+                            tonic_types::FieldViolation::new(violation.field, violation.description)
+                        })
+                        .collect::<Vec<_>>(),
+                );
+                Status::with_error_details(
+                    Code::InvalidArgument,
+                    format!("invalid request: {summary}"),
+                    details,
+                )
+            }
+            ApiError::OrderNotFound(id) => Status::not_found(format!("order {id} not found")),
+            ApiError::MenuItemsUnavailable(items) => {
+                let names = items
+                    .iter()
+                    .map(|(_, name)| name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let mut details = ErrorDetails::new();
+                for (id, name) in &items {
+                    details.add_precondition_failure_violation(
+                        "MENU_ITEM_UNAVAILABLE",
+                        format!("menu_items/{id}"),
+                        format!("{name} is not available right now"),
+                    );
+                }
+                Status::with_error_details(
+                    Code::FailedPrecondition,
+                    format!("menu items not available right now: {names}"),
+                    details,
+                )
+            }
+            ApiError::IdempotencyKeyReused => Status::already_exists(
+                "idempotency key was already used for a different request; use a new key for a new order",
+            ),
+            ApiError::DatabaseUnavailable(source) => {
+                tracing::error!(error = %source, "database unavailable");
+                Status::unavailable("the order database is unavailable, retry later")
+            }
+            ApiError::Internal(source) => {
+                tracing::error!(error = format!("{source:#}"), "internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_argument_carries_bad_request_details() {
+        let status = Status::from(ApiError::invalid_field("customer_email", "must be valid"));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("customer_email: must be valid"));
+        let details = status.get_error_details();
+        let bad_request = details.bad_request().expect("bad request details");
+        assert_eq!(bad_request.field_violations[0].field, "customer_email");
+    }
+
+    #[test]
+    fn internal_causes_are_not_returned() {
+        let status = Status::from(ApiError::Internal(anyhow::anyhow!(
+            "secret connection string"
+        )));
+        assert_eq!(status.code(), Code::Internal);
+        assert_eq!(status.message(), "internal error");
+        let status = Status::from(ApiError::DatabaseUnavailable(sqlx::Error::PoolTimedOut));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(!status.message().contains("pool"));
+    }
+}

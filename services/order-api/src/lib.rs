@@ -1,0 +1,14 @@
+//! The order API: a tonic gRPC server for `foodorder.v1.OrderService` with
+//! server reflection and gRPC health, backed by PostgreSQL, publishing
+//! `OrderPlaced` events through the transactional outbox.
+
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod repository;
+pub mod service;
+pub mod startup;
+pub mod watch;
+
+pub use config::Config;
+pub use startup::Application;

@@ -1,0 +1,404 @@
+//! PostgreSQL access for the order API: the menu, placing an order (order,
+//! items and outbox row in one transaction, idempotency-key aware) and reading
+//! an order back as the protobuf `Order`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use foodorder_common::events::{self, timestamp};
+use foodorder_common::money::format_money;
+use foodorder_common::outbox::{self, OutboxMessage};
+use foodorder_proto::EventType;
+use foodorder_proto::v1::{
+    MenuItem, Order, OrderItem, OrderPlaced, OrderPlacedItem, OrderStatus, PaymentAttempt,
+    PaymentStatus,
+};
+use prost::Message;
+use rust_decimal::Decimal;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::domain::{FieldViolation, NewOrder};
+use crate::error::ApiError;
+
+/// Name of this service in event metadata.
+pub const PRODUCER: &str = "order-api";
+
+#[derive(sqlx::FromRow)]
+struct MenuItemRow {
+    id: i32,
+    name: String,
+    description: String,
+    price: Decimal,
+    available: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct OrderRow {
+    id: Uuid,
+    customer_name: String,
+    customer_email: String,
+    status: String,
+    total_amount: Decimal,
+    correlation_id: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct OrderItemRow {
+    id: i64,
+    menu_item_id: i32,
+    menu_item_name: String,
+    quantity: i32,
+    unit_price: Decimal,
+    subtotal: Decimal,
+}
+
+#[derive(sqlx::FromRow)]
+struct PaymentAttemptRow {
+    id: Uuid,
+    status: String,
+    attempt_count: i32,
+    error_message: Option<String>,
+    processing_time_ms: i64,
+    created_at: DateTime<Utc>,
+}
+
+/// Maps a stored status to the protobuf enum.
+pub fn order_status(status: &str) -> OrderStatus {
+    OrderStatus::from_str_name(&format!("ORDER_STATUS_{status}"))
+        .unwrap_or(OrderStatus::Unspecified)
+}
+
+/// True for COMPLETED and FAILED.
+pub fn is_terminal(status: OrderStatus) -> bool {
+    matches!(status, OrderStatus::Completed | OrderStatus::Failed)
+}
+
+/// The whole menu, ordered by id.
+pub async fn list_menu(pool: &PgPool) -> Result<Vec<MenuItem>, sqlx::Error> {
+    let rows: Vec<MenuItemRow> = sqlx::query_as(
+        "SELECT id, name, description, price, available FROM menu_items ORDER BY id",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| MenuItem {
+            id: row.id,
+            name: row.name,
+            description: row.description,
+            price: format_money(row.price),
+            available: row.available,
+        })
+        .collect())
+}
+
+/// Who placed the order and the trace context to carry into the event.
+#[derive(Clone, Debug)]
+pub struct PlaceContext {
+    /// Correlation id (`x-request-id`).
+    pub correlation_id: String,
+    /// `traceparent` / `tracestate` of the PlaceOrder call.
+    pub trace_context: BTreeMap<String, String>,
+    /// Topic for OrderPlaced events.
+    pub topic: String,
+}
+
+/// Stores `new_order` (status PROCESSING), its items and an outbox row with
+/// `OrderPlaced`, all in one transaction; on an idempotent retry returns the
+/// original order instead.
+pub async fn place_order(
+    pool: &PgPool,
+    new_order: &NewOrder,
+    context: &PlaceContext,
+) -> Result<Order, ApiError> {
+    let fingerprint = new_order.fingerprint();
+    if let Some(key) = &new_order.idempotency_key
+        && let Some(existing) = find_by_idempotency_key(pool, key, &fingerprint).await?
+    {
+        return Ok(existing);
+    }
+
+    let mut tx = pool.begin().await?;
+    let ids: Vec<i32> = new_order
+        .lines
+        .iter()
+        .map(|line| line.menu_item_id)
+        .collect();
+    let menu: HashMap<i32, MenuItemRow> = sqlx::query_as::<_, MenuItemRow>(
+        "SELECT id, name, description, price, available FROM menu_items WHERE id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|row| (row.id, row))
+    .collect();
+
+    let unknown: Vec<FieldViolation> = new_order
+        .lines
+        .iter()
+        .filter(|line| !menu.contains_key(&line.menu_item_id))
+        .map(|line| {
+            FieldViolation::new(
+                format!("items[{}].menu_item_id", line.first_index),
+                format!(
+                    "menu item {} does not exist (see ListMenuItems)",
+                    line.menu_item_id
+                ),
+            )
+        })
+        .collect();
+    if !unknown.is_empty() {
+        return Err(ApiError::InvalidArgument(unknown));
+    }
+    let unavailable: Vec<(i32, String)> = new_order
+        .lines
+        .iter()
+        .filter_map(|line| menu.get(&line.menu_item_id))
+        .filter(|item| !item.available)
+        .map(|item| (item.id, item.name.clone()))
+        .collect();
+    if !unavailable.is_empty() {
+        return Err(ApiError::MenuItemsUnavailable(unavailable));
+    }
+
+    let mut items = Vec::with_capacity(new_order.lines.len());
+    for line in &new_order.lines {
+        let menu_item = &menu[&line.menu_item_id];
+        items.push(OrderItem {
+            id: 0,
+            menu_item_id: line.menu_item_id,
+            menu_item_name: menu_item.name.clone(),
+            quantity: line.quantity,
+            unit_price: format_money(menu_item.price),
+            subtotal: format_money(menu_item.price * Decimal::from(line.quantity)),
+        });
+    }
+    let total: Decimal = new_order
+        .lines
+        .iter()
+        .map(|line| menu[&line.menu_item_id].price * Decimal::from(line.quantity))
+        .sum();
+
+    let order_id = Uuid::now_v7();
+    let inserted: Option<(DateTime<Utc>,)> = sqlx::query_as(
+        "INSERT INTO orders (id, customer_name, customer_email, status, total_amount, correlation_id, \
+         idempotency_key, request_fingerprint) VALUES ($1, $2, $3, 'PROCESSING', $4, $5, $6, $7) \
+         ON CONFLICT (idempotency_key) DO NOTHING RETURNING created_at",
+    )
+    .bind(order_id)
+    .bind(&new_order.customer_name)
+    .bind(&new_order.customer_email)
+    .bind(total)
+    .bind(&context.correlation_id)
+    .bind(&new_order.idempotency_key)
+    .bind(new_order.idempotency_key.as_ref().map(|_| fingerprint.clone()))
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((created_at,)) = inserted else {
+        // A concurrent call with the same key committed first.
+        tx.rollback().await?;
+        let key = new_order.idempotency_key.as_deref().unwrap_or_default();
+        return find_by_idempotency_key(pool, key, &fingerprint)
+            .await?
+            .ok_or_else(|| {
+                ApiError::Internal(anyhow::anyhow!(
+                    "idempotency key conflict without a stored order"
+                ))
+            });
+    };
+
+    let item_ids = insert_items(&mut tx, order_id, &items).await?;
+    for (item, id) in items.iter_mut().zip(item_ids) {
+        item.id = id;
+    }
+
+    let event = OrderPlaced {
+        metadata: Some(events::metadata(
+            &context.correlation_id,
+            PRODUCER,
+            created_at,
+        )),
+        order_id: order_id.to_string(),
+        customer_name: new_order.customer_name.clone(),
+        customer_email: new_order.customer_email.clone(),
+        total_amount: format_money(total),
+        items: items
+            .iter()
+            .map(|item| OrderPlacedItem {
+                menu_item_id: item.menu_item_id,
+                menu_item_name: item.menu_item_name.clone(),
+                quantity: item.quantity,
+                unit_price: item.unit_price.clone(),
+                subtotal: item.subtotal.clone(),
+            })
+            .collect(),
+    };
+    let message = OutboxMessage {
+        topic: context.topic.clone(),
+        key: order_id.to_string(),
+        payload: event.encode_to_vec(),
+        headers: events::standard_headers::<OrderPlaced>(
+            &context.correlation_id,
+            &context.trace_context,
+        ),
+    };
+    debug_assert_eq!(
+        message.headers[events::HEADER_EVENT_TYPE],
+        OrderPlaced::EVENT_TYPE
+    );
+    outbox::enqueue(&mut tx, &message).await?;
+    tx.commit().await?;
+
+    Ok(Order {
+        id: order_id.to_string(),
+        customer_name: new_order.customer_name.clone(),
+        customer_email: new_order.customer_email.clone(),
+        status: OrderStatus::Processing as i32,
+        total_amount: format_money(total),
+        created_at: Some(timestamp(created_at)),
+        updated_at: Some(timestamp(created_at)),
+        items,
+        payment_attempts: Vec::new(),
+        payment_successful: false,
+        correlation_id: context.correlation_id.clone(),
+    })
+}
+
+async fn insert_items(
+    connection: &mut PgConnection,
+    order_id: Uuid,
+    items: &[OrderItem],
+) -> Result<Vec<i64>, ApiError> {
+    let menu_item_ids: Vec<i32> = items.iter().map(|item| item.menu_item_id).collect();
+    let names: Vec<String> = items
+        .iter()
+        .map(|item| item.menu_item_name.clone())
+        .collect();
+    let quantities: Vec<i32> = items.iter().map(|item| item.quantity).collect();
+    let unit_prices: Vec<Decimal> = items
+        .iter()
+        .map(|item| parse_stored_money(&item.unit_price))
+        .collect();
+    let subtotals: Vec<Decimal> = items
+        .iter()
+        .map(|item| parse_stored_money(&item.subtotal))
+        .collect();
+    let rows: Vec<(i64, i32)> = sqlx::query_as(
+        "INSERT INTO order_items (order_id, menu_item_id, menu_item_name, quantity, unit_price, subtotal) \
+         SELECT $1, * FROM UNNEST($2::int4[], $3::text[], $4::int4[], $5::numeric[], $6::numeric[]) \
+         RETURNING id, menu_item_id",
+    )
+    .bind(order_id)
+    .bind(&menu_item_ids)
+    .bind(&names)
+    .bind(&quantities)
+    .bind(&unit_prices)
+    .bind(&subtotals)
+    .fetch_all(connection)
+    .await?;
+    let by_menu_item: HashMap<i32, i64> = rows
+        .into_iter()
+        .map(|(id, menu_item_id)| (menu_item_id, id))
+        .collect();
+    Ok(menu_item_ids
+        .iter()
+        .map(|menu_item_id| by_menu_item[menu_item_id])
+        .collect())
+}
+
+fn parse_stored_money(text: &str) -> Decimal {
+    foodorder_common::money::parse_money(text).unwrap_or_default()
+}
+
+/// The order stored under `key`, if its request had the same fingerprint.
+async fn find_by_idempotency_key(
+    pool: &PgPool,
+    key: &str,
+    fingerprint: &[u8],
+) -> Result<Option<Order>, ApiError> {
+    let stored: Option<(Uuid, Vec<u8>)> =
+        sqlx::query_as("SELECT id, request_fingerprint FROM orders WHERE idempotency_key = $1")
+            .bind(key)
+            .fetch_optional(pool)
+            .await?;
+    let Some((order_id, stored_fingerprint)) = stored else {
+        return Ok(None);
+    };
+    if stored_fingerprint != fingerprint {
+        return Err(ApiError::IdempotencyKeyReused);
+    }
+    tracing::info!(%order_id, "idempotent retry, returning the original order");
+    load_order(pool, order_id)
+        .await?
+        .map(Some)
+        .ok_or(ApiError::OrderNotFound(order_id))
+}
+
+/// Reads an order with its items and payment attempts.
+pub async fn load_order(pool: &PgPool, order_id: Uuid) -> Result<Option<Order>, sqlx::Error> {
+    let mut connection = pool.acquire().await?;
+    let Some(order): Option<OrderRow> = sqlx::query_as(
+        "SELECT id, customer_name, customer_email, status, total_amount, correlation_id, created_at, updated_at \
+         FROM orders WHERE id = $1",
+    )
+    .bind(order_id)
+    .fetch_optional(&mut *connection)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let items: Vec<OrderItemRow> = sqlx::query_as(
+        "SELECT id, menu_item_id, menu_item_name, quantity, unit_price, subtotal \
+         FROM order_items WHERE order_id = $1 ORDER BY menu_item_id",
+    )
+    .bind(order_id)
+    .fetch_all(&mut *connection)
+    .await?;
+    let attempts: Vec<PaymentAttemptRow> = sqlx::query_as(
+        "SELECT id, status, attempt_count, error_message, processing_time_ms, created_at \
+         FROM payment_attempts WHERE order_id = $1 ORDER BY created_at",
+    )
+    .bind(order_id)
+    .fetch_all(&mut *connection)
+    .await?;
+
+    let status = order_status(&order.status);
+    Ok(Some(Order {
+        id: order.id.to_string(),
+        customer_name: order.customer_name,
+        customer_email: order.customer_email,
+        status: status as i32,
+        total_amount: format_money(order.total_amount),
+        created_at: Some(timestamp(order.created_at)),
+        updated_at: Some(timestamp(order.updated_at)),
+        items: items
+            .into_iter()
+            .map(|item| OrderItem {
+                id: item.id,
+                menu_item_id: item.menu_item_id,
+                menu_item_name: item.menu_item_name,
+                quantity: item.quantity,
+                unit_price: format_money(item.unit_price),
+                subtotal: format_money(item.subtotal),
+            })
+            .collect(),
+        payment_successful: attempts.iter().any(|attempt| attempt.status == "SUCCEEDED"),
+        payment_attempts: attempts
+            .into_iter()
+            .map(|attempt| PaymentAttempt {
+                id: attempt.id.to_string(),
+                status: PaymentStatus::from_str_name(&format!("PAYMENT_STATUS_{}", attempt.status))
+                    .unwrap_or(PaymentStatus::Unspecified) as i32,
+                attempt_count: attempt.attempt_count,
+                error_message: attempt.error_message.unwrap_or_default(),
+                processing_time_ms: attempt.processing_time_ms,
+                created_at: Some(timestamp(attempt.created_at)),
+            })
+            .collect(),
+        correlation_id: order.correlation_id,
+    }))
+}

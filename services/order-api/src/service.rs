@@ -1,0 +1,253 @@
+//! The `foodorder.v1.OrderService` handlers: read the request and its metadata,
+//! validate, call the repository, map errors to statuses.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::time::Duration;
+
+use foodorder_common::config::Topics;
+use foodorder_common::events::{HEADER_REQUEST_ID, HEADER_TRACEPARENT, HEADER_TRACESTATE};
+use foodorder_proto::v1::order_service_server::OrderService;
+use foodorder_proto::v1::{
+    GetOrderRequest, GetOrderResponse, ListMenuItemsRequest, ListMenuItemsResponse, Order,
+    OrderStatus, PlaceOrderRequest, PlaceOrderResponse, WatchOrderRequest, WatchOrderResponse,
+};
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::domain::validate_place_order;
+use crate::error::ApiError;
+use crate::repository::{self, PlaceContext, is_terminal};
+use crate::watch::OrderWatchHub;
+
+/// Metadata entry that makes PlaceOrder safe to retry (alternative to the request field).
+pub const IDEMPOTENCY_KEY_METADATA: &str = "idempotency-key";
+/// Longest accepted `x-request-id`.
+const MAX_REQUEST_ID_LEN: usize = 128;
+/// Safety net for WatchOrder: re-read the order this often even without a notification.
+const WATCH_RECHECK_INTERVAL: Duration = Duration::from_secs(15);
+
+/// The OrderService implementation.
+#[derive(Clone)]
+pub struct OrderServiceImpl {
+    pool: PgPool,
+    topics: Topics,
+    watch_hub: OrderWatchHub,
+    shutdown: CancellationToken,
+}
+
+impl OrderServiceImpl {
+    /// A service over `pool` publishing to `topics`; watch streams end when `shutdown` is cancelled.
+    pub fn new(
+        pool: PgPool,
+        topics: Topics,
+        watch_hub: OrderWatchHub,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            pool,
+            topics,
+            watch_hub,
+            shutdown,
+        }
+    }
+}
+
+/// The correlation id of a call: the `x-request-id` metadata (set by the
+/// request-id layer when the caller sent none).
+fn correlation_id<T>(request: &Request<T>) -> Result<String, ApiError> {
+    let value = request
+        .metadata()
+        .get(HEADER_REQUEST_ID)
+        .map(|value| value.to_str().map(str::to_owned))
+        .transpose()
+        .map_err(|_| {
+            ApiError::invalid_field(HEADER_REQUEST_ID, "x-request-id must be printable ASCII")
+        })?
+        .unwrap_or_else(|| Uuid::new_v4().to_string());
+    if value.is_empty()
+        || value.len() > MAX_REQUEST_ID_LEN
+        || !value.bytes().all(|byte| byte.is_ascii_graphic())
+    {
+        return Err(ApiError::invalid_field(
+            HEADER_REQUEST_ID,
+            format!(
+                "x-request-id must be 1 to {MAX_REQUEST_ID_LEN} printable ASCII characters without spaces"
+            ),
+        ));
+    }
+    Ok(value)
+}
+
+/// The W3C trace context the caller sent, to be carried into the event.
+fn trace_context<T>(request: &Request<T>) -> BTreeMap<String, String> {
+    [HEADER_TRACEPARENT, HEADER_TRACESTATE]
+        .into_iter()
+        .filter_map(|name| {
+            let value = request.metadata().get(name)?.to_str().ok()?;
+            Some((name.to_owned(), value.to_owned()))
+        })
+        .collect()
+}
+
+fn parse_order_id(text: &str) -> Result<Uuid, ApiError> {
+    if text.is_empty() {
+        return Err(ApiError::invalid_field("order_id", "order_id is required"));
+    }
+    Uuid::parse_str(text).map_err(|_| {
+        ApiError::invalid_field("order_id", format!("order_id {text:?} is not a UUID"))
+    })
+}
+
+#[tonic::async_trait]
+impl OrderService for OrderServiceImpl {
+    #[tracing::instrument(name = "PlaceOrder", skip_all, fields(request_id, order_id))]
+    async fn place_order(
+        &self,
+        request: Request<PlaceOrderRequest>,
+    ) -> Result<Response<PlaceOrderResponse>, Status> {
+        let correlation_id = correlation_id(&request)?;
+        tracing::Span::current().record("request_id", correlation_id.as_str());
+        let metadata_key = request
+            .metadata()
+            .get(IDEMPOTENCY_KEY_METADATA)
+            .map(|value| value.to_str().map(str::to_owned))
+            .transpose()
+            .map_err(|_| {
+                ApiError::invalid_field("idempotency_key", "idempotency-key metadata must be ASCII")
+            })?;
+        let context = PlaceContext {
+            correlation_id,
+            trace_context: trace_context(&request),
+            topic: self.topics.order_placed.clone(),
+        };
+        let new_order = validate_place_order(request.get_ref(), metadata_key.as_deref())
+            .map_err(ApiError::InvalidArgument)?;
+        let order = repository::place_order(&self.pool, &new_order, &context).await?;
+        tracing::Span::current().record("order_id", order.id.as_str());
+        tracing::info!(
+            total_amount = order.total_amount,
+            items = order.items.len(),
+            "order placed"
+        );
+        Ok(Response::new(PlaceOrderResponse { order: Some(order) }))
+    }
+
+    #[tracing::instrument(name = "GetOrder", skip_all, fields(request_id, order_id))]
+    async fn get_order(
+        &self,
+        request: Request<GetOrderRequest>,
+    ) -> Result<Response<GetOrderResponse>, Status> {
+        let correlation_id = correlation_id(&request)?;
+        tracing::Span::current().record("request_id", correlation_id.as_str());
+        let order_id = parse_order_id(&request.get_ref().order_id)?;
+        tracing::Span::current().record("order_id", tracing::field::display(order_id));
+        let order = repository::load_order(&self.pool, order_id)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or(ApiError::OrderNotFound(order_id))?;
+        Ok(Response::new(GetOrderResponse { order: Some(order) }))
+    }
+
+    #[tracing::instrument(name = "ListMenuItems", skip_all, fields(request_id))]
+    async fn list_menu_items(
+        &self,
+        request: Request<ListMenuItemsRequest>,
+    ) -> Result<Response<ListMenuItemsResponse>, Status> {
+        let correlation_id = correlation_id(&request)?;
+        tracing::Span::current().record("request_id", correlation_id.as_str());
+        let menu_items = repository::list_menu(&self.pool)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(ListMenuItemsResponse { menu_items }))
+    }
+
+    type WatchOrderStream =
+        Pin<Box<dyn Stream<Item = Result<WatchOrderResponse, Status>> + Send + 'static>>;
+
+    #[tracing::instrument(name = "WatchOrder", skip_all, fields(request_id, order_id))]
+    async fn watch_order(
+        &self,
+        request: Request<WatchOrderRequest>,
+    ) -> Result<Response<Self::WatchOrderStream>, Status> {
+        let correlation_id = correlation_id(&request)?;
+        tracing::Span::current().record("request_id", correlation_id.as_str());
+        let order_id = parse_order_id(&request.get_ref().order_id)?;
+        tracing::Span::current().record("order_id", tracing::field::display(order_id));
+        // Subscribe before the first read so that no change can slip in between.
+        let subscription = self.watch_hub.subscribe(order_id);
+        let order = repository::load_order(&self.pool, order_id)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or(ApiError::OrderNotFound(order_id))?;
+        let (sender, receiver) = mpsc::channel(4);
+        tokio::spawn(stream_order_changes(
+            self.pool.clone(),
+            order,
+            subscription,
+            sender,
+            self.shutdown.clone(),
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}
+
+/// Sends `order`, then each new status, until a terminal status, the client
+/// leaving, or shutdown.
+async fn stream_order_changes(
+    pool: PgPool,
+    order: Order,
+    mut subscription: crate::watch::OrderSubscription,
+    sender: mpsc::Sender<Result<WatchOrderResponse, Status>>,
+    shutdown: CancellationToken,
+) {
+    let order_id = order.id.clone();
+    let mut last_status = order.status;
+    if sender
+        .send(Ok(WatchOrderResponse { order: Some(order) }))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let terminal = |status: i32| {
+        is_terminal(OrderStatus::try_from(status).unwrap_or(OrderStatus::Unspecified))
+    };
+    while !terminal(last_status) {
+        tokio::select! {
+            () = sender.closed() => return,
+            () = shutdown.cancelled() => {
+                let _ = sender.send(Err(Status::unavailable("server is shutting down, watch again"))).await;
+                return;
+            }
+            () = subscription.changed() => {}
+            () = tokio::time::sleep(WATCH_RECHECK_INTERVAL) => {}
+        }
+        let Ok(id) = Uuid::parse_str(&order_id) else {
+            return;
+        };
+        match repository::load_order(&pool, id).await {
+            Ok(Some(order)) if order.status != last_status => {
+                last_status = order.status;
+                if sender
+                    .send(Ok(WatchOrderResponse { order: Some(order) }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                let status: Status = ApiError::from(error).into();
+                let _ = sender.send(Err(status)).await;
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Building and running the order API: binds its own listener (so tests can
+//! use port 0 and read the port back), wires gRPC health and reflection,
+//! starts the outbox relay and the order-status listener, and tears everything
+//! down in order on shutdown.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use foodorder_common::{db, outbox};
+use foodorder_proto::v1::order_service_server::OrderServiceServer;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+
+use crate::config::Config;
+use crate::service::OrderServiceImpl;
+use crate::watch::OrderWatchHub;
+
+/// A built, not yet running, order API.
+pub struct Application {
+    config: Config,
+    pool: PgPool,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+}
+
+impl Application {
+    /// Connects to PostgreSQL (creating the database and running migrations) and binds the listener.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let pool = db::connect_and_migrate(&config.database).await?;
+        Self::build_with_pool(config, pool).await
+    }
+
+    /// Binds the listener, using an existing (already migrated) pool.
+    pub async fn build_with_pool(config: Config, pool: PgPool) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .with_context(|| format!("failed to bind {}", config.listen_addr))?;
+        let local_addr = listener.local_addr()?;
+        Ok(Self {
+            config,
+            pool,
+            listener,
+            local_addr,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.local_addr.port()
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains calls, stops the relay and closes the pool.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            config,
+            pool,
+            listener,
+            ..
+        } = self;
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<OrderServiceServer<OrderServiceImpl>>()
+            .await;
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(foodorder_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("failed to build reflection v1")?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(foodorder_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .context("failed to build reflection v1alpha")?;
+
+        // Background tasks outlive the server so that orders accepted during
+        // the drain are still published promptly.
+        let background = CancellationToken::new();
+        let relay = tokio::spawn(outbox::run_relay_with_topics(
+            pool.clone(),
+            config.kafka.clone(),
+            config.relay.clone(),
+            "order-api",
+            background.clone(),
+        ));
+        let watch_hub = OrderWatchHub::default();
+        let watch_listener = tokio::spawn(
+            watch_hub
+                .clone()
+                .run_listener(pool.clone(), background.clone()),
+        );
+
+        let service = OrderServiceImpl::new(
+            pool.clone(),
+            config.kafka.topics.clone(),
+            watch_hub,
+            shutdown.clone(),
+        );
+        let server = tonic::transport::Server::builder()
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(OrderServiceServer::new(service))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
+                let shutdown = shutdown.clone();
+                let health_reporter = health_reporter.clone();
+                async move {
+                    shutdown.cancelled().await;
+                    health_reporter
+                        .set_not_serving::<OrderServiceServer<OrderServiceImpl>>()
+                        .await;
+                }
+            });
+        let served = server.await;
+        tracing::info!("grpc server stopped, stopping background tasks");
+        background.cancel();
+        match relay.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(error = format!("{error:#}"), "outbox relay failed"),
+            Err(error) => tracing::error!(%error, "outbox relay task panicked"),
+        }
+        let _ = watch_listener.await;
+        pool.close().await;
+        tracing::info!("order-api stopped");
+        served.context("grpc server failed")
+    }
+}

@@ -1,0 +1,51 @@
+//! Orders committed while the broker is unreachable are published once it is
+//! back: nothing lost, nothing duplicated. Uses a private tansu broker that the
+//! test starts late, on a port where nothing listened before.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use foodorder_common::config::KafkaConfig;
+use foodorder_common::testing::{self, PrivateBroker};
+use sqlx::PgPool;
+use support::{order_request, spawn_app_with_kafka};
+
+#[sqlx::test(migrator = "foodorder_common::db::MIGRATOR")]
+async fn orders_placed_while_the_broker_is_down_are_published_once_it_is_back(pool: PgPool) {
+    let port = testing::free_port();
+    let kafka = KafkaConfig::local(&format!("127.0.0.1:{port}"), &testing::unique_prefix());
+    let app = spawn_app_with_kafka(pool, kafka).await;
+    let mut client = app.client.clone();
+
+    let mut placed = BTreeSet::new();
+    for _ in 0..5 {
+        let order = client
+            .place_order(order_request(&[(2, 1)]))
+            .await
+            .expect("accepted without a broker");
+        placed.insert(order.into_inner().order.unwrap().id);
+    }
+    let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(unsent, 5, "nothing can be marked sent without a broker");
+
+    let broker = PrivateBroker::start(port).await;
+    app.wait_outbox_drained().await;
+    let records = testing::collect_records_async(
+        &broker.bootstrap(),
+        &app.kafka.topics.order_placed,
+        app.kafka.event_partitions,
+        placed.len(),
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+    )
+    .await;
+    let keys: Vec<String> = records.iter().map(|record| record.key.clone()).collect();
+    assert_eq!(keys.len(), placed.len(), "no duplicates: {keys:?}");
+    assert_eq!(keys.into_iter().collect::<BTreeSet<_>>(), placed, "no loss");
+    app.stop().await;
+}

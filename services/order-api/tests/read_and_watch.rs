@@ -1,0 +1,310 @@
+//! GetOrder, ListMenuItems, WatchOrder, server reflection and health.
+
+mod support;
+
+use std::time::Duration;
+
+use foodorder_proto::v1::{GetOrderRequest, ListMenuItemsRequest, OrderStatus, WatchOrderRequest};
+use sqlx::PgPool;
+use support::{order_request, spawn_app};
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+#[sqlx::test(migrator = "foodorder_common::db::MIGRATOR")]
+async fn menu_lists_the_seeded_items(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let menu = app
+        .client
+        .clone()
+        .list_menu_items(ListMenuItemsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .menu_items;
+    let summary: Vec<(i32, &str, &str)> = menu
+        .iter()
+        .map(|item| (item.id, item.name.as_str(), item.price.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (1, "Margherita Pizza", "12.99"),
+            (2, "Pepperoni Pizza", "14.99"),
+            (3, "Caesar Salad", "8.99"),
+            (4, "Chicken Burger", "10.99"),
+            (5, "Veggie Wrap", "9.49"),
+            (6, "Garlic Bread", "4.99"),
+            (7, "Coke", "2.50"),
+            (8, "Water", "1.99"),
+        ]
+    );
+    assert!(menu.iter().all(|item| item.available));
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "foodorder_common::db::MIGRATOR")]
+async fn get_order_returns_the_order_or_a_precise_error(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let mut client = app.client.clone();
+    let placed = client
+        .place_order(order_request(&[(4, 3)]))
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    let fetched = client
+        .get_order(GetOrderRequest {
+            order_id: placed.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    assert_eq!(fetched.id, placed.id);
+    assert_eq!(fetched.total_amount, "32.97");
+    assert_eq!(fetched.items, placed.items);
+    assert_eq!(fetched.status(), OrderStatus::Processing);
+
+    let missing = uuid::Uuid::new_v4().to_string();
+    let status = client
+        .get_order(GetOrderRequest {
+            order_id: missing.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(status.message().contains(&missing));
+    for malformed in ["", "abc", "1234"] {
+        let status = client
+            .get_order(GetOrderRequest {
+                order_id: malformed.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{malformed:?}");
+    }
+    app.stop().await;
+}
+
+/// Completes an order the way the payment service does: attempt + status in one transaction.
+async fn complete_order(pool: &PgPool, order_id: &str) {
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO payment_attempts (id, order_id, status, amount, attempt_count, processing_time_ms) \
+         SELECT gen_random_uuid(), id, 'SUCCEEDED', total_amount, 1, 12 FROM orders WHERE id = $1::uuid",
+    )
+    .bind(order_id)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE orders SET status = 'COMPLETED', updated_at = now() WHERE id = $1::uuid")
+        .bind(order_id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
+#[sqlx::test(migrator = "foodorder_common::db::MIGRATOR")]
+async fn watch_order_streams_changes_until_terminal(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let mut client = app.client.clone();
+    let placed = client
+        .place_order(order_request(&[(1, 1)]))
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    let mut stream = client
+        .watch_order(WatchOrderRequest {
+            order_id: placed.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("first message")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.order.unwrap().status(), OrderStatus::Processing);
+
+    complete_order(&app.pool, &placed.id).await;
+    let second = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("status change within 10 s")
+        .unwrap()
+        .unwrap();
+    let completed = second.order.unwrap();
+    assert_eq!(completed.status(), OrderStatus::Completed);
+    assert_eq!(completed.payment_attempts.len(), 1);
+    assert!(completed.payment_successful);
+    let end = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("stream ends");
+    assert!(end.is_none(), "stream ends after a terminal status");
+
+    // Watching a finished order yields its state and ends.
+    let mut again = client
+        .watch_order(WatchOrderRequest {
+            order_id: placed.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let only = again.next().await.unwrap().unwrap();
+    assert_eq!(only.order.unwrap().status(), OrderStatus::Completed);
+    assert!(again.next().await.is_none());
+
+    let status = client
+        .watch_order(WatchOrderRequest {
+            order_id: uuid::Uuid::new_v4().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let status = client
+        .watch_order(WatchOrderRequest {
+            order_id: "bad".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "foodorder_common::db::MIGRATOR")]
+async fn many_watchers_each_see_their_own_order(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let mut client = app.client.clone();
+    let mut streams = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let order = client
+            .place_order(order_request(&[(8, 1)]))
+            .await
+            .unwrap()
+            .into_inner()
+            .order
+            .unwrap();
+        for _ in 0..5 {
+            let mut stream = client
+                .watch_order(WatchOrderRequest {
+                    order_id: order.id.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            stream.next().await.unwrap().unwrap();
+            streams.push((order.id.clone(), stream));
+        }
+        ids.push(order.id);
+    }
+    for id in &ids {
+        complete_order(&app.pool, id).await;
+    }
+    for (id, mut stream) in streams {
+        let message = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("change")
+            .unwrap()
+            .unwrap();
+        let order = message.order.unwrap();
+        assert_eq!(
+            (order.id.as_str(), order.status()),
+            (id.as_str(), OrderStatus::Completed)
+        );
+    }
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "foodorder_common::db::MIGRATOR")]
+async fn reflection_and_health_work_without_proto_files(pool: PgPool) {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as V1AlphaClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest as V1AlphaRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse as V1AlphaResponse;
+
+    let app = spawn_app(pool).await;
+    let mut health = HealthClient::new(app.channel.clone());
+    for service in ["", "foodorder.v1.OrderService"] {
+        let response = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(response.status(), ServingStatus::Serving, "{service:?}");
+    }
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().status(),
+        ServingStatus::Serving
+    );
+
+    let mut reflection = V1AlphaClient::new(app.channel.clone());
+    let request = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(V1AlphaRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(V1AlphaResponse::ListServicesResponse(list)) =
+        responses.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a list of services");
+    };
+    let names: Vec<String> = list
+        .service
+        .into_iter()
+        .map(|service| service.name)
+        .collect();
+    for expected in ["foodorder.v1.OrderService", "grpc.health.v1.Health"] {
+        assert!(
+            names.iter().any(|name| name == expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+
+    let mut reflection_v1 =
+        tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(
+            app.channel.clone(),
+        );
+    let request = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(tonic_reflection::pb::v1::server_reflection_request::MessageRequest::FileContainingSymbol(
+            "foodorder.v1.OrderService".into(),
+        )),
+    };
+    let mut responses = reflection_v1
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses
+        .next()
+        .await
+        .unwrap()
+        .unwrap()
+        .message_response
+        .unwrap();
+    assert!(
+        matches!(response, tonic_reflection::pb::v1::server_reflection_response::MessageResponse::FileDescriptorResponse(ref files) if !files.file_descriptor_proto.is_empty()),
+        "{response:?}"
+    );
+    app.stop().await;
+}
