@@ -1,8 +1,9 @@
 //! The order API's configuration, read from environment variables.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use foodorder_common::config::{DatabaseConfig, KafkaConfig, env_or};
+use foodorder_common::config::{DatabaseConfig, KafkaConfig, env_or, env_seconds};
 use foodorder_common::outbox::RelayConfig;
 
 /// Everything the order API needs to start.
@@ -16,6 +17,9 @@ pub struct Config {
     pub kafka: KafkaConfig,
     /// Outbox relay settings.
     pub relay: RelayConfig,
+    /// `SHUTDOWN_GRACE_SECONDS` (default 10): how long calls in flight (and
+    /// open streams) may run after a shutdown signal before they are cut.
+    pub shutdown_grace: Duration,
 }
 
 impl Config {
@@ -26,6 +30,7 @@ impl Config {
             database: DatabaseConfig::from_env()?,
             kafka: KafkaConfig::from_env()?,
             relay: RelayConfig::from_env()?,
+            shutdown_grace: env_seconds("SHUTDOWN_GRACE_SECONDS", 10.0)?,
         })
     }
 }

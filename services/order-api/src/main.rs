@@ -1,5 +1,8 @@
 //! `order-api` binary: reads the configuration, starts the gRPC server and the
 //! outbox relay, and stops them cleanly on SIGINT/SIGTERM.
+//!
+//! `order-api --health-check [ADDR]` asks a running server for its gRPC health
+//! (exit 0 when SERVING), for scripts and container health checks.
 
 use anyhow::Context;
 use foodorder_common::{shutdown, telemetry};
@@ -7,6 +10,11 @@ use order_api::{Application, Config};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let arguments: Vec<String> = std::env::args().skip(1).collect();
+    if arguments.first().map(String::as_str) == Some("--health-check") {
+        let address = arguments.get(1).map_or("127.0.0.1:50051", String::as_str);
+        return health_check(address).await;
+    }
     let _telemetry = telemetry::init("order-api");
     let config = Config::from_env().context("failed to read the configuration")?;
     let application = Application::build(config).await.inspect_err(|error| {
@@ -16,4 +24,27 @@ async fn main() -> anyhow::Result<()> {
     application
         .run_until_stopped(shutdown::token_on_signal())
         .await
+}
+
+async fn health_check(address: &str) -> anyhow::Result<()> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .timeout(std::time::Duration::from_secs(2));
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {address}"))?;
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "foodorder.v1.OrderService".into(),
+        })
+        .await
+        .context("health check failed")?;
+    let status = response.into_inner().status();
+    println!("{}", status.as_str_name());
+    anyhow::ensure!(status == ServingStatus::Serving, "order-api is not serving");
+    Ok(())
 }

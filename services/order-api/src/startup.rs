@@ -121,7 +121,15 @@ impl Application {
                         .await;
                 }
             });
-        let served = server.await;
+        tokio::pin!(server);
+        let grace = config.shutdown_grace;
+        let served = tokio::select! {
+            served = &mut server => served,
+            () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(grace_ms = grace.as_millis() as u64, "calls still open after the shutdown grace period, closing them");
+                Ok(())
+            }
+        };
         tracing::info!("grpc server stopped, stopping background tasks");
         background.cancel();
         match relay.await {

@@ -48,6 +48,7 @@ pub async fn spawn_app_with_kafka(pool: PgPool, kafka: KafkaConfig) -> TestApp {
             max_backoff: Duration::from_secs(2),
             ..RelayConfig::default()
         },
+        shutdown_grace: Duration::from_secs(1),
     };
     let application = Application::build_with_pool(config, pool.clone())
         .await
