@@ -70,14 +70,10 @@ impl Application {
             .set_serving::<OrderServiceServer<OrderServiceImpl>>()
             .await;
 
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(foodorder_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        let reflection_v1 = reflection_builder()
             .build_v1()
             .context("failed to build reflection v1")?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(foodorder_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        let reflection_v1alpha = reflection_builder()
             .build_v1alpha()
             .context("failed to build reflection v1alpha")?;
 
@@ -142,4 +138,13 @@ impl Application {
         tracing::info!("order-api stopped");
         served.context("grpc server failed")
     }
+}
+
+/// Reflection over the contract, gRPC health and google.rpc error details (so
+/// grpcurl can decode BadRequest and PreconditionFailure in error responses).
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(foodorder_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }
