@@ -4,8 +4,10 @@
 //! transactional-outbox relay.
 
 pub mod config;
+pub mod consumer;
 pub mod db;
 pub mod events;
+pub mod health;
 pub mod kafka;
 pub mod money;
 pub mod outbox;

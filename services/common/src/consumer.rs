@@ -1,0 +1,599 @@
+//! The effectively-once consumer loop shared by the payment and notification
+//! services.
+//!
+//! * Up to `max_in_flight` messages are handled concurrently; messages with the
+//!   same key are handled one after another, in offset order.
+//! * Auto commit is off. Offsets are committed per partition only up to the
+//!   first message that is not finished, so a commit never passes an
+//!   unfinished message; the handler's own transaction must have committed
+//!   before it returns.
+//! * A handler error is either retryable (database or broker down: retried
+//!   with capped back-off, forever, until shutdown) or fatal (poison message:
+//!   the original record goes to the dead-letter topic with diagnostic
+//!   headers, and its offset is committed).
+//! * On a rebalance, finished work of revoked partitions is committed and
+//!   in-flight work is abandoned: its completion is not committed, the new
+//!   owner re-delivers it, and the handler's deduplication makes that harmless.
+//! * On shutdown: stop taking messages, let in-flight handlers finish, commit
+//!   synchronously, flush the producer.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::KafkaConfig;
+use crate::kafka;
+
+/// DLQ header: topic the record was read from.
+pub const DLQ_SOURCE_TOPIC: &str = "dlq-source-topic";
+/// DLQ header: partition the record was read from.
+pub const DLQ_SOURCE_PARTITION: &str = "dlq-source-partition";
+/// DLQ header: offset of the record.
+pub const DLQ_SOURCE_OFFSET: &str = "dlq-source-offset";
+/// DLQ header: consumer group that gave up on it.
+pub const DLQ_CONSUMER_GROUP: &str = "dlq-consumer-group";
+/// DLQ header: why it could not be processed.
+pub const DLQ_ERROR: &str = "dlq-error";
+/// DLQ header: when it was dead-lettered (RFC 3339).
+pub const DLQ_FAILED_AT: &str = "dlq-failed-at";
+
+/// A record handed to a handler.
+#[derive(Clone, Debug)]
+pub struct ReceivedMessage {
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+    /// Record key.
+    pub key: Option<Vec<u8>>,
+    /// Record value.
+    pub payload: Option<Vec<u8>>,
+    /// Record headers, byte-exact (for the dead-letter copy).
+    pub raw_headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl ReceivedMessage {
+    fn from_borrowed(message: &BorrowedMessage<'_>) -> Self {
+        let raw_headers = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|header| (header.key.to_owned(), header.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            raw_headers,
+        }
+    }
+
+    /// The key as UTF-8, if it is.
+    pub fn key_str(&self) -> Option<&str> {
+        self.key
+            .as_deref()
+            .and_then(|key| std::str::from_utf8(key).ok())
+    }
+
+    /// The UTF-8 headers as name → value.
+    pub fn headers(&self) -> BTreeMap<String, String> {
+        self.raw_headers
+            .iter()
+            .filter_map(|(name, value)| {
+                let text = std::str::from_utf8(value.as_deref()?).ok()?;
+                Some((name.clone(), text.to_owned()))
+            })
+            .collect()
+    }
+}
+
+/// How a handler failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    /// The message can never be processed: dead-letter it.
+    #[error("fatal: {0}")]
+    Fatal(String),
+    /// A dependency is down: retry the same message later.
+    #[error("retryable: {0:#}")]
+    Retryable(anyhow::Error),
+}
+
+impl From<sqlx::Error> for HandleError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Retryable(anyhow::Error::new(error).context("database error"))
+    }
+}
+
+/// Processes one message. Must be idempotent: a message can be delivered again.
+pub trait MessageHandler: Send + Sync + 'static {
+    /// Handles `message`; returns once its effect is committed.
+    fn handle(
+        &self,
+        message: &ReceivedMessage,
+    ) -> impl Future<Output = Result<(), HandleError>> + Send;
+}
+
+/// Consumer loop settings.
+#[derive(Clone, Debug)]
+pub struct ConsumerSettings {
+    /// Consumer group id.
+    pub group_id: String,
+    /// Topic to consume.
+    pub topic: String,
+    /// Dead-letter topic.
+    pub dlq_topic: String,
+    /// Most messages handled at once.
+    pub max_in_flight: usize,
+    /// How often finished offsets are committed.
+    pub commit_interval: Duration,
+    /// How long in-flight handlers may run after shutdown before they are abandoned.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Default)]
+struct PartitionProgress {
+    /// Offsets dispatched and not finished.
+    in_flight: BTreeSet<i64>,
+    /// Next offset to read after the highest dispatched one.
+    next_offset: Option<i64>,
+    /// Last committed position.
+    committed: Option<i64>,
+}
+
+impl PartitionProgress {
+    /// The position that is safe to commit: the first unfinished offset, or past everything dispatched.
+    fn committable(&self) -> Option<i64> {
+        self.in_flight.first().copied().or(self.next_offset)
+    }
+}
+
+type ProgressMap = HashMap<(String, i32), PartitionProgress>;
+
+#[derive(Clone, Default)]
+struct Progress(Arc<Mutex<ProgressMap>>);
+
+impl Progress {
+    fn lock(&self) -> MutexGuard<'_, ProgressMap> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn dispatched(&self, topic: &str, partition: i32, offset: i64) {
+        let mut map = self.lock();
+        let progress = map.entry((topic.to_owned(), partition)).or_default();
+        progress.in_flight.insert(offset);
+        progress.next_offset = Some(
+            progress
+                .next_offset
+                .map_or(offset + 1, |next| next.max(offset + 1)),
+        );
+    }
+
+    fn finished(&self, topic: &str, partition: i32, offset: i64) {
+        // A revoked partition has no entry any more: its completion is not committed.
+        if let Some(progress) = self.lock().get_mut(&(topic.to_owned(), partition)) {
+            progress.in_flight.remove(&offset);
+        }
+    }
+
+    /// Positions that advanced since the last commit, for the given partitions (all when `only` is None).
+    fn to_commit(&self, only: Option<&TopicPartitionList>) -> TopicPartitionList {
+        let mut list = TopicPartitionList::new();
+        let mut map = self.lock();
+        for ((topic, partition), progress) in map.iter_mut() {
+            if let Some(only) = only
+                && only.find_partition(topic, *partition).is_none()
+            {
+                continue;
+            }
+            if let Some(position) = progress.committable()
+                && progress.committed != Some(position)
+            {
+                if list
+                    .add_partition_offset(topic, *partition, Offset::Offset(position))
+                    .is_ok()
+                {
+                    progress.committed = Some(position);
+                }
+            }
+        }
+        list
+    }
+
+    fn forget(&self, partitions: &TopicPartitionList) {
+        let mut map = self.lock();
+        for element in partitions.elements() {
+            map.remove(&(element.topic().to_owned(), element.partition()));
+        }
+    }
+}
+
+/// Commits finished work of revoked partitions and forgets them.
+struct RebalanceContext {
+    progress: Progress,
+}
+
+impl ClientContext for RebalanceContext {}
+
+impl ConsumerContext for RebalanceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            let offsets = self.progress.to_commit(Some(partitions));
+            if offsets.count() > 0
+                && let Err(error) = consumer.commit(&offsets, CommitMode::Sync)
+            {
+                tracing::warn!(%error, "failed to commit offsets of revoked partitions");
+            }
+            self.progress.forget(partitions);
+            tracing::info!(partitions = partitions.count(), "partitions revoked");
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                tracing::info!(partitions = partitions.count(), "partitions assigned")
+            }
+            Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+type Consumer_ = StreamConsumer<RebalanceContext>;
+
+/// Serialises handling of messages with the same key.
+#[derive(Clone, Default)]
+struct KeyLocks(Arc<Mutex<HashMap<Vec<u8>, Arc<tokio::sync::Mutex<()>>>>>);
+
+impl KeyLocks {
+    async fn run<T>(&self, key: Option<&[u8]>, work: impl Future<Output = T>) -> T {
+        let Some(key) = key else { return work.await };
+        let lock = {
+            let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            map.entry(key.to_vec()).or_default().clone()
+        };
+        let result = {
+            let _guard = lock.lock().await;
+            work.await
+        };
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        // Two references: the map's and ours. Nobody else waits: drop the entry.
+        if Arc::strong_count(&lock) == 2 {
+            map.remove(key);
+        }
+        result
+    }
+}
+
+/// Runs the consumer loop until `shutdown`.
+pub async fn run<H: MessageHandler>(
+    kafka_config: &KafkaConfig,
+    settings: ConsumerSettings,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let progress = Progress::default();
+    let consumer: Arc<Consumer_> = Arc::new(
+        kafka::client_config(kafka_config, &settings.group_id)
+            .set("group.id", &settings.group_id)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set(
+                "session.timeout.ms",
+                kafka_config.session_timeout.as_millis().to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                (kafka_config.session_timeout.as_millis() / 3)
+                    .max(100)
+                    .to_string(),
+            )
+            .set("partition.assignment.strategy", "range")
+            .create_with_context(RebalanceContext {
+                progress: progress.clone(),
+            })
+            .context("failed to create the kafka consumer")?,
+    );
+    let producer = kafka::idempotent_producer(kafka_config, &format!("{}-dlq", settings.group_id))?;
+    if !kafka::ensure_topics_with_retry(
+        kafka_config,
+        &kafka::platform_topics(kafka_config),
+        &shutdown,
+    )
+    .await
+    {
+        return Ok(());
+    }
+    consumer
+        .subscribe(&[&settings.topic])
+        .context("failed to subscribe")?;
+    tracing::info!(
+        topic = settings.topic,
+        group = settings.group_id,
+        max_in_flight = settings.max_in_flight,
+        "consumer started"
+    );
+
+    let permits = Arc::new(Semaphore::new(settings.max_in_flight));
+    let key_locks = KeyLocks::default();
+    let settings = Arc::new(settings);
+    let mut commit_timer = tokio::time::interval(settings.commit_interval);
+    commit_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tasks = tokio::task::JoinSet::new();
+
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            permit = permits.clone().acquire_owned() => permit.context("semaphore closed")?,
+        };
+        let message = tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = commit_timer.tick() => {
+                commit(&consumer, &progress, CommitMode::Async);
+                continue;
+            }
+            received = consumer.recv() => match received {
+                Ok(message) => ReceivedMessage::from_borrowed(&message),
+                Err(error) => {
+                    tracing::warn!(%error, "kafka consumer error");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            },
+        };
+        // Reap finished tasks so the set does not grow.
+        while tasks.try_join_next().is_some() {}
+        progress.dispatched(&message.topic, message.partition, message.offset);
+        let (handler, producer, progress, key_locks, settings, shutdown) = (
+            handler.clone(),
+            producer.clone(),
+            progress.clone(),
+            key_locks.clone(),
+            settings.clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn(async move {
+            let key = message.key.clone();
+            let finished = key_locks
+                .run(
+                    key.as_deref(),
+                    process(&*handler, &producer, &settings, &message, &shutdown),
+                )
+                .await;
+            if finished {
+                progress.finished(&message.topic, message.partition, message.offset);
+            }
+            drop(permit);
+        });
+    }
+
+    tracing::info!(
+        in_flight = tasks.len(),
+        "consumer stopping, draining in-flight messages"
+    );
+    let drained = tokio::time::timeout(settings.shutdown_grace, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            abandoned = tasks.len(),
+            "in-flight messages abandoned after the grace period; they will be redelivered"
+        );
+        tasks.abort_all();
+    }
+    commit(&consumer, &progress, CommitMode::Sync);
+    if let Err(error) =
+        rdkafka::producer::Producer::flush(&producer, Timeout::After(Duration::from_secs(5)))
+    {
+        tracing::warn!(%error, "failed to flush the dead-letter producer");
+    }
+    consumer.unsubscribe();
+    tracing::info!("consumer stopped");
+    Ok(())
+}
+
+fn commit(consumer: &Consumer_, progress: &Progress, mode: CommitMode) {
+    let offsets = progress.to_commit(None);
+    if offsets.count() == 0 {
+        return;
+    }
+    if let Err(error) = consumer.commit(&offsets, mode) {
+        tracing::warn!(%error, "failed to commit offsets");
+    }
+}
+
+/// Handles one message until it is done (true) or abandoned at shutdown (false).
+async fn process<H: MessageHandler>(
+    handler: &H,
+    producer: &FutureProducer,
+    settings: &ConsumerSettings,
+    message: &ReceivedMessage,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match handler.handle(message).await {
+            Ok(()) => return true,
+            Err(HandleError::Fatal(reason)) => {
+                tracing::warn!(
+                    topic = message.topic,
+                    partition = message.partition,
+                    offset = message.offset,
+                    reason,
+                    "message cannot be processed, dead-lettering it"
+                );
+                return dead_letter(producer, settings, message, &reason, shutdown).await;
+            }
+            Err(HandleError::Retryable(error)) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    offset = message.offset,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "message handling failed, retrying"
+                );
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Copies the original record to the dead-letter topic with diagnostic headers; retries until acknowledged.
+async fn dead_letter(
+    producer: &FutureProducer,
+    settings: &ConsumerSettings,
+    message: &ReceivedMessage,
+    reason: &str,
+    shutdown: &CancellationToken,
+) -> bool {
+    let failed_at = chrono::Utc::now().to_rfc3339();
+    let partition = message.partition.to_string();
+    let offset = message.offset.to_string();
+    let diagnostics = [
+        (DLQ_SOURCE_TOPIC, message.topic.as_str()),
+        (DLQ_SOURCE_PARTITION, partition.as_str()),
+        (DLQ_SOURCE_OFFSET, offset.as_str()),
+        (DLQ_CONSUMER_GROUP, settings.group_id.as_str()),
+        (DLQ_ERROR, reason),
+        (DLQ_FAILED_AT, failed_at.as_str()),
+    ];
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let mut headers =
+            OwnedHeaders::new_with_capacity(message.raw_headers.len() + diagnostics.len());
+        for (name, value) in &message.raw_headers {
+            headers = headers.insert(Header {
+                key: name,
+                value: value.as_deref(),
+            });
+        }
+        for (name, value) in diagnostics {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value.as_bytes()),
+            });
+        }
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&settings.dlq_topic).headers(headers);
+        if let Some(key) = &message.key {
+            record = record.key(key.as_slice());
+        }
+        if let Some(payload) = &message.payload {
+            record = record.payload(payload.as_slice());
+        }
+        match producer.send(record, Timeout::Never).await {
+            Ok(_) => return true,
+            Err((error, _)) => {
+                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "failed to dead-letter a message, retrying");
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_never_pass_an_unfinished_offset() {
+        let progress = Progress::default();
+        for offset in 10..15 {
+            progress.dispatched("t", 0, offset);
+        }
+        progress.finished("t", 0, 11);
+        progress.finished("t", 0, 12);
+        let first = progress.to_commit(None);
+        assert_eq!(
+            first.find_partition("t", 0).unwrap().offset(),
+            Offset::Offset(10)
+        );
+        progress.finished("t", 0, 10);
+        let second = progress.to_commit(None);
+        assert_eq!(
+            second.find_partition("t", 0).unwrap().offset(),
+            Offset::Offset(13)
+        );
+        assert_eq!(progress.to_commit(None).count(), 0, "nothing new to commit");
+        progress.finished("t", 0, 14);
+        progress.finished("t", 0, 13);
+        assert_eq!(
+            progress
+                .to_commit(None)
+                .find_partition("t", 0)
+                .unwrap()
+                .offset(),
+            Offset::Offset(15)
+        );
+    }
+
+    #[test]
+    fn revoked_partitions_are_forgotten() {
+        let progress = Progress::default();
+        progress.dispatched("t", 0, 1);
+        progress.dispatched("t", 1, 7);
+        let mut revoked = TopicPartitionList::new();
+        revoked.add_partition("t", 1);
+        progress.forget(&revoked);
+        progress.finished("t", 1, 7);
+        let offsets = progress.to_commit(None);
+        assert!(offsets.find_partition("t", 1).is_none());
+        assert_eq!(
+            offsets.find_partition("t", 0).unwrap().offset(),
+            Offset::Offset(1)
+        );
+    }
+
+    #[tokio::test]
+    async fn same_key_runs_one_at_a_time() {
+        let locks = KeyLocks::default();
+        let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let max_seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let runs = (0..8).map(|_| {
+            let (locks, active, max_seen) = (locks.clone(), active.clone(), max_seen.clone());
+            async move {
+                locks
+                    .run(Some(b"order-1"), async {
+                        let now = active.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                        max_seen.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+                        tokio::task::yield_now().await;
+                        active.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    })
+                    .await;
+            }
+        });
+        futures::future::join_all(runs).await;
+        assert_eq!(max_seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(
+            locks.0.lock().unwrap().is_empty(),
+            "entries are dropped when idle"
+        );
+    }
+}

@@ -1,0 +1,135 @@
+//! The payment service's configuration, read from environment variables with
+//! the seed's names and defaults.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use foodorder_common::config::{DatabaseConfig, KafkaConfig, env_or, env_seconds};
+use foodorder_common::outbox::RelayConfig;
+
+/// The mock gateway's behaviour.
+#[derive(Clone, Debug)]
+pub struct GatewaySettings {
+    /// `PAYMENT_MIN_LATENCY` (default 1.0 s).
+    pub min_latency: Duration,
+    /// `PAYMENT_MAX_LATENCY` (default 5.0 s).
+    pub max_latency: Duration,
+    /// `PAYMENT_DECLINE_RATE` (default 0.15).
+    pub decline_rate: f64,
+    /// `PAYMENT_RNG_SEED`: makes the gateway's draws repeatable (default: random).
+    pub rng_seed: Option<u64>,
+}
+
+/// Timeouts and retries around the gateway.
+#[derive(Clone, Debug)]
+pub struct PaymentSettings {
+    /// `PAYMENT_TIMEOUT` (default 4.0 s): a gateway call slower than this is a timeout.
+    pub timeout: Duration,
+    /// `PAYMENT_MAX_RETRIES` (default 3): gateway attempts in all.
+    pub max_attempts: u32,
+    /// `PAYMENT_RETRY_BASE_DELAY` (default 1.0 s): back-off before retry n is base × 2^(n-1).
+    pub retry_base_delay: Duration,
+}
+
+/// The circuit breaker's thresholds.
+#[derive(Clone, Debug)]
+pub struct BreakerSettings {
+    /// `CIRCUIT_BREAKER_FAILURE_THRESHOLD` (default 5) consecutive failures open it.
+    pub failure_threshold: u32,
+    /// `CIRCUIT_BREAKER_RECOVERY_TIMEOUT` (default 30 s) before a half-open trial.
+    pub recovery_timeout: Duration,
+}
+
+/// Everything the payment service needs to start.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// PostgreSQL settings.
+    pub database: DatabaseConfig,
+    /// Kafka settings.
+    pub kafka: KafkaConfig,
+    /// Outbox relay settings (for `payment.completed`).
+    pub relay: RelayConfig,
+    /// Mock gateway.
+    pub gateway: GatewaySettings,
+    /// Timeouts and retries.
+    pub payment: PaymentSettings,
+    /// Circuit breaker.
+    pub breaker: BreakerSettings,
+    /// `PAYMENT_MAX_IN_FLIGHT` (default 256): messages handled concurrently.
+    pub max_in_flight: usize,
+    /// `PAYMENT_CONSUMER_GROUP` (default `payment-service`).
+    pub group_id: String,
+    /// `PAYMENT_HEALTH_ADDR` (default `0.0.0.0:9102`): `GET /healthz`.
+    pub health_addr: SocketAddr,
+    /// `SHUTDOWN_GRACE_SECONDS` (default 10): in-flight payments may finish within this.
+    pub shutdown_grace: Duration,
+    /// `PAYMENT_FAULT_CRASH_AFTER_CHARGE=1` aborts the process right after a
+    /// gateway charge, before the outcome is committed. Fault injection for the
+    /// crash-safety test; never set it in production.
+    pub crash_after_charge: bool,
+}
+
+impl Config {
+    /// Reads the configuration from the environment.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let seed: String = env_or("PAYMENT_RNG_SEED", String::new())?;
+        let config = Self {
+            database: DatabaseConfig::from_env()?,
+            kafka: KafkaConfig::from_env()?,
+            relay: RelayConfig::from_env()?,
+            gateway: GatewaySettings {
+                min_latency: env_seconds("PAYMENT_MIN_LATENCY", 1.0)?,
+                max_latency: env_seconds("PAYMENT_MAX_LATENCY", 5.0)?,
+                decline_rate: env_or("PAYMENT_DECLINE_RATE", 0.15)?,
+                rng_seed: if seed.is_empty() {
+                    None
+                } else {
+                    Some(seed.parse()?)
+                },
+            },
+            payment: PaymentSettings {
+                timeout: env_seconds("PAYMENT_TIMEOUT", 4.0)?,
+                max_attempts: env_or("PAYMENT_MAX_RETRIES", 3)?,
+                retry_base_delay: env_seconds("PAYMENT_RETRY_BASE_DELAY", 1.0)?,
+            },
+            breaker: BreakerSettings {
+                failure_threshold: env_or("CIRCUIT_BREAKER_FAILURE_THRESHOLD", 5)?,
+                recovery_timeout: env_seconds("CIRCUIT_BREAKER_RECOVERY_TIMEOUT", 30.0)?,
+            },
+            max_in_flight: env_or("PAYMENT_MAX_IN_FLIGHT", 256)?,
+            group_id: env_or("PAYMENT_CONSUMER_GROUP", "payment-service".to_owned())?,
+            health_addr: env_or(
+                "PAYMENT_HEALTH_ADDR",
+                SocketAddr::from(([0, 0, 0, 0], 9102)),
+            )?,
+            shutdown_grace: env_seconds("SHUTDOWN_GRACE_SECONDS", 10.0)?,
+            crash_after_charge: env_or("PAYMENT_FAULT_CRASH_AFTER_CHARGE", 0_u8)? == 1,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.gateway.min_latency <= self.gateway.max_latency,
+            "PAYMENT_MIN_LATENCY must not exceed PAYMENT_MAX_LATENCY"
+        );
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.gateway.decline_rate),
+            "PAYMENT_DECLINE_RATE must be within 0..=1"
+        );
+        anyhow::ensure!(
+            self.payment.max_attempts >= 1,
+            "PAYMENT_MAX_RETRIES must be at least 1"
+        );
+        anyhow::ensure!(
+            self.breaker.failure_threshold >= 1,
+            "CIRCUIT_BREAKER_FAILURE_THRESHOLD must be at least 1"
+        );
+        anyhow::ensure!(
+            self.max_in_flight >= 1,
+            "PAYMENT_MAX_IN_FLIGHT must be at least 1"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,250 @@
+//! The payment gateway seam and the deliberately unreliable mock behind it.
+//!
+//! [`PaymentGateway`] is what a real gateway would implement. [`MockGateway`]
+//! draws, per call, a latency uniform in [min, max] and (if the call is not cut
+//! by the caller's timeout first) a decline with the configured probability
+//! ("Insufficient funds"). It is idempotent by key like real gateways: every
+//! decision is written to its ledger (`gateway_ledger`), and a call with a key
+//! that already has a decision returns that decision without charging again. An
+//! advisory lock per key makes concurrent calls with one key safe.
+
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rust_decimal::Decimal;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::config::GatewaySettings;
+
+/// Message of a decline.
+pub const DECLINE_REASON: &str = "Insufficient funds";
+
+/// One charge request.
+#[derive(Clone, Debug)]
+pub struct ChargeRequest {
+    /// Makes the charge idempotent: the order id.
+    pub idempotency_key: String,
+    /// Amount to charge.
+    pub amount: Decimal,
+}
+
+/// The gateway's decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChargeOutcome {
+    /// Charged.
+    Approved {
+        /// The gateway's id of the charge.
+        charge_id: Uuid,
+    },
+    /// Not charged; not worth retrying.
+    Declined {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The gateway could not give a decision for reasons on our side.
+#[derive(Debug, thiserror::Error)]
+#[error("payment gateway unavailable")]
+pub struct GatewayUnavailable(#[source] pub anyhow::Error);
+
+/// A payment gateway. Slow calls are cut by the caller's timeout (the future is dropped).
+pub trait PaymentGateway: Send + Sync + 'static {
+    /// Charges `request.amount`, idempotently by `request.idempotency_key`.
+    fn charge(
+        &self,
+        request: &ChargeRequest,
+    ) -> impl Future<Output = Result<ChargeOutcome, GatewayUnavailable>> + Send;
+}
+
+/// What one call of the mock will do.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Draw {
+    /// How long the call takes.
+    pub latency: Duration,
+    /// Whether it declines.
+    pub decline: bool,
+}
+
+/// The mock gateway with its ledger in PostgreSQL.
+pub struct MockGateway {
+    pool: PgPool,
+    settings: GatewaySettings,
+    rng: Mutex<StdRng>,
+}
+
+impl MockGateway {
+    /// A mock over `pool`, seeded from `settings.rng_seed` when set.
+    pub fn new(pool: PgPool, settings: GatewaySettings) -> Self {
+        let rng = match settings.rng_seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        Self {
+            pool,
+            settings,
+            rng: Mutex::new(rng),
+        }
+    }
+
+    /// Draws the next call's latency and decline.
+    pub fn draw(&self) -> Draw {
+        let mut rng = self
+            .rng
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (min, max) = (
+            self.settings.min_latency.as_secs_f64(),
+            self.settings.max_latency.as_secs_f64(),
+        );
+        let latency = if max > min {
+            rng.random_range(min..=max)
+        } else {
+            min
+        };
+        Draw {
+            latency: Duration::from_secs_f64(latency),
+            decline: rng.random_bool(self.settings.decline_rate),
+        }
+    }
+
+    async fn recorded(
+        executor: impl sqlx::PgExecutor<'_>,
+        key: &str,
+    ) -> Result<Option<ChargeOutcome>, sqlx::Error> {
+        let row: Option<(Uuid, String, Option<String>)> = sqlx::query_as(
+            "SELECT charge_id, outcome, decline_reason FROM gateway_ledger \
+             WHERE idempotency_key = $1 ORDER BY created_at LIMIT 1",
+        )
+        .bind(key)
+        .fetch_optional(executor)
+        .await?;
+        Ok(
+            row.map(|(charge_id, outcome, reason)| match outcome.as_str() {
+                "APPROVED" => ChargeOutcome::Approved { charge_id },
+                _ => ChargeOutcome::Declined {
+                    reason: reason.unwrap_or_else(|| DECLINE_REASON.to_owned()),
+                },
+            }),
+        )
+    }
+
+    async fn decide(
+        &self,
+        request: &ChargeRequest,
+        decline: bool,
+    ) -> Result<ChargeOutcome, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(&request.idempotency_key)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(outcome) = Self::recorded(&mut *tx, &request.idempotency_key).await? {
+            tx.commit().await?;
+            return Ok(outcome);
+        }
+        let charge_id = Uuid::now_v7();
+        let (outcome, label, reason) = if decline {
+            (
+                ChargeOutcome::Declined {
+                    reason: DECLINE_REASON.to_owned(),
+                },
+                "DECLINED",
+                Some(DECLINE_REASON),
+            )
+        } else {
+            (ChargeOutcome::Approved { charge_id }, "APPROVED", None)
+        };
+        sqlx::query(
+            "INSERT INTO gateway_ledger (charge_id, idempotency_key, amount, outcome, decline_reason) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(charge_id)
+        .bind(&request.idempotency_key)
+        .bind(request.amount)
+        .bind(label)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+}
+
+impl PaymentGateway for MockGateway {
+    async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, GatewayUnavailable> {
+        let unavailable = |error: sqlx::Error| GatewayUnavailable(anyhow::Error::new(error));
+        // A key the gateway already decided on answers at once, without a new charge.
+        if let Some(outcome) = Self::recorded(&self.pool, &request.idempotency_key)
+            .await
+            .map_err(unavailable)?
+        {
+            tracing::info!(
+                idempotency_key = request.idempotency_key,
+                "gateway returned a recorded decision"
+            );
+            return Ok(outcome);
+        }
+        let draw = self.draw();
+        tokio::time::sleep(draw.latency).await;
+        self.decide(request, draw.decline)
+            .await
+            .map_err(unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gateway(seed: u64, decline_rate: f64) -> MockGateway {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://unused@127.0.0.1/unused")
+            .unwrap();
+        MockGateway::new(
+            pool,
+            GatewaySettings {
+                min_latency: Duration::from_secs(1),
+                max_latency: Duration::from_secs(5),
+                decline_rate,
+                rng_seed: Some(seed),
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn seeded_draws_repeat_and_follow_the_settings() {
+        let (first, second) = (gateway(7, 0.15), gateway(7, 0.15));
+        let draws: Vec<Draw> = (0..2000).map(|_| first.draw()).collect();
+        let again: Vec<Draw> = (0..2000).map(|_| second.draw()).collect();
+        assert_eq!(draws, again, "same seed, same draws");
+        assert!(
+            draws
+                .iter()
+                .all(|draw| (Duration::from_secs(1)..=Duration::from_secs(5))
+                    .contains(&draw.latency))
+        );
+        let declines = draws.iter().filter(|draw| draw.decline).count() as f64 / draws.len() as f64;
+        assert!((0.12..0.18).contains(&declines), "decline share {declines}");
+        let over_four = draws
+            .iter()
+            .filter(|draw| draw.latency > Duration::from_secs(4))
+            .count() as f64
+            / 2000.0;
+        assert!(
+            (0.21..0.29).contains(&over_four),
+            "share of calls over 4 s {over_four}"
+        );
+    }
+
+    #[tokio::test]
+    async fn zero_and_one_decline_rates_are_exact() {
+        assert!((0..500).all(|_| !gateway(1, 0.0).draw().decline));
+        let always = gateway(2, 1.0);
+        assert!((0..500).all(|_| always.draw().decline));
+    }
+}

@@ -1,0 +1,277 @@
+//! Handling one `order.placed` record: decode, skip what is already paid,
+//! pay, and record the outcome — payment attempt, order status and the
+//! `PaymentCompleted` outbox row — in one transaction. Replays and duplicates
+//! change nothing; the gateway is not called for a finished order.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::Utc;
+use foodorder_common::consumer::{HandleError, MessageHandler, ReceivedMessage};
+use foodorder_common::events::{self, HEADER_TRACEPARENT, HEADER_TRACESTATE};
+use foodorder_common::money::format_money;
+use foodorder_common::outbox::{self, OutboxMessage};
+use foodorder_proto::v1::{OrderPlaced, OrderStatus, PaymentCompleted};
+use prost::Message;
+use rust_decimal::Decimal;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::gateway::{ChargeRequest, PaymentGateway};
+use crate::processor::{PaymentProcessor, PaymentResult};
+
+/// Name of this service in event metadata.
+pub const PRODUCER: &str = "payment-service";
+
+#[derive(sqlx::FromRow)]
+struct OrderRow {
+    status: String,
+    total_amount: Decimal,
+    customer_name: String,
+    customer_email: String,
+    paid: bool,
+}
+
+/// The `order.placed` handler.
+pub struct PaymentHandler<G> {
+    pool: PgPool,
+    processor: Arc<PaymentProcessor<G>>,
+    payment_completed_topic: String,
+    crash_after_charge: bool,
+}
+
+impl<G: PaymentGateway> PaymentHandler<G> {
+    /// A handler writing to `pool` and publishing to `payment_completed_topic`.
+    pub fn new(
+        pool: PgPool,
+        processor: Arc<PaymentProcessor<G>>,
+        payment_completed_topic: String,
+        crash_after_charge: bool,
+    ) -> Self {
+        Self {
+            pool,
+            processor,
+            payment_completed_topic,
+            crash_after_charge,
+        }
+    }
+
+    async fn load_order(&self, order_id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT o.status, o.total_amount, o.customer_name, o.customer_email, \
+             EXISTS (SELECT 1 FROM payment_attempts p WHERE p.order_id = o.id) AS paid \
+             FROM orders o WHERE o.id = $1",
+        )
+        .bind(order_id)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    /// Writes attempt + status + event in one transaction; false if another
+    /// delivery already recorded this order's outcome.
+    async fn record_outcome(
+        &self,
+        order_id: Uuid,
+        order: &OrderRow,
+        result: &PaymentResult,
+        correlation_id: &str,
+        trace_context: &BTreeMap<String, String>,
+    ) -> Result<bool, sqlx::Error> {
+        let final_status = if result.success {
+            OrderStatus::Completed
+        } else {
+            OrderStatus::Failed
+        };
+        let processing_time_ms = result.processing_time.as_millis() as i64;
+        let mut tx = self.pool.begin().await?;
+        let inserted: Option<(Uuid,)> = sqlx::query_as(
+            "INSERT INTO payment_attempts (id, order_id, status, amount, attempt_count, error_message, processing_time_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (order_id) DO NOTHING RETURNING id",
+        )
+        .bind(Uuid::now_v7())
+        .bind(order_id)
+        .bind(if result.success { "SUCCEEDED" } else { "FAILED" })
+        .bind(order.total_amount)
+        .bind(result.attempt_count)
+        .bind(&result.error_message)
+        .bind(processing_time_ms)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if inserted.is_none() {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        sqlx::query("UPDATE orders SET status = $2, updated_at = now() WHERE id = $1")
+            .bind(order_id)
+            .bind(if result.success {
+                "COMPLETED"
+            } else {
+                "FAILED"
+            })
+            .execute(&mut *tx)
+            .await?;
+        let event = PaymentCompleted {
+            metadata: Some(events::metadata(correlation_id, PRODUCER, Utc::now())),
+            order_id: order_id.to_string(),
+            success: result.success,
+            final_status: final_status as i32,
+            attempt_count: result.attempt_count,
+            processing_time_ms,
+            error_message: result.error_message.clone().unwrap_or_default(),
+            amount: format_money(order.total_amount),
+            customer_email: order.customer_email.clone(),
+            customer_name: order.customer_name.clone(),
+        };
+        let message = OutboxMessage {
+            topic: self.payment_completed_topic.clone(),
+            key: order_id.to_string(),
+            payload: event.encode_to_vec(),
+            headers: events::standard_headers::<PaymentCompleted>(correlation_id, trace_context),
+        };
+        outbox::enqueue(&mut tx, &message).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Before dead-lettering: an order whose id is known becomes visibly FAILED.
+    async fn fail_known_order(
+        &self,
+        key: Option<&str>,
+        reason: &str,
+        headers: &BTreeMap<String, String>,
+    ) {
+        let Some(order_id) = key.and_then(|key| Uuid::parse_str(key).ok()) else {
+            return;
+        };
+        let result = async {
+            let Some(order) = self.load_order(order_id).await? else {
+                return Ok(false);
+            };
+            if order.paid {
+                return Ok(false);
+            }
+            let failure = PaymentResult {
+                success: false,
+                attempt_count: 0,
+                error_message: Some(format!("Payment could not be processed: {reason}")),
+                processing_time: std::time::Duration::ZERO,
+                charge_id: None,
+            };
+            let correlation_id = headers
+                .get(events::HEADER_REQUEST_ID)
+                .cloned()
+                .unwrap_or_default();
+            self.record_outcome(
+                order_id,
+                &order,
+                &failure,
+                &correlation_id,
+                &trace_context(headers),
+            )
+            .await
+        }
+        .await;
+        match result {
+            Ok(true) => {
+                tracing::warn!(%order_id, reason, "order marked FAILED before dead-lettering its message")
+            }
+            Ok(false) => {}
+            Err(error) => tracing::error!(%order_id, %error, "failed to mark the order FAILED"),
+        }
+    }
+}
+
+fn trace_context(headers: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    headers
+        .iter()
+        .filter(|(name, _)| {
+            name.as_str() == HEADER_TRACEPARENT || name.as_str() == HEADER_TRACESTATE
+        })
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect()
+}
+
+/// Decodes and checks an `OrderPlaced` record; the error says why it is poison.
+fn decode(message: &ReceivedMessage) -> Result<(Uuid, OrderPlaced), String> {
+    let payload = message.payload.as_deref().ok_or("record has no value")?;
+    let event = OrderPlaced::decode(payload)
+        .map_err(|error| format!("value is not a valid OrderPlaced: {error}"))?;
+    let metadata = event
+        .metadata
+        .as_ref()
+        .ok_or("OrderPlaced without metadata")?;
+    if metadata.schema_version != events::SCHEMA_VERSION {
+        return Err(format!(
+            "unsupported OrderPlaced schema version {}",
+            metadata.schema_version
+        ));
+    }
+    let order_id = Uuid::parse_str(&event.order_id)
+        .map_err(|_| format!("order id {:?} is not a UUID", event.order_id))?;
+    if message.key_str() != Some(event.order_id.as_str()) {
+        return Err("record key does not match the order id".to_owned());
+    }
+    Ok((order_id, event))
+}
+
+impl<G: PaymentGateway> MessageHandler for PaymentHandler<G> {
+    async fn handle(&self, message: &ReceivedMessage) -> Result<(), HandleError> {
+        let headers = message.headers();
+        let (order_id, event) = match decode(message) {
+            Ok(decoded) => decoded,
+            Err(reason) => {
+                self.fail_known_order(message.key_str(), &reason, &headers)
+                    .await;
+                return Err(HandleError::Fatal(reason));
+            }
+        };
+        let Some(order) = self.load_order(order_id).await? else {
+            return Err(HandleError::Fatal(format!(
+                "order {order_id} does not exist"
+            )));
+        };
+        if order.paid || order.status == "COMPLETED" || order.status == "FAILED" {
+            tracing::info!(%order_id, "order already paid, skipping duplicate delivery");
+            return Ok(());
+        }
+        let correlation_id = event
+            .metadata
+            .as_ref()
+            .map(|metadata| metadata.correlation_id.clone())
+            .unwrap_or_default();
+        let request = ChargeRequest {
+            idempotency_key: order_id.to_string(),
+            amount: order.total_amount,
+        };
+        let result = self
+            .processor
+            .pay(&request)
+            .await
+            .map_err(|error| HandleError::Retryable(anyhow::Error::new(error)))?;
+        if self.crash_after_charge {
+            tracing::error!(%order_id, "fault injection: aborting after the gateway call, before the commit");
+            std::process::abort();
+        }
+        let recorded = self
+            .record_outcome(
+                order_id,
+                &order,
+                &result,
+                &correlation_id,
+                &trace_context(&headers),
+            )
+            .await?;
+        if recorded {
+            tracing::info!(
+                %order_id,
+                request_id = correlation_id,
+                success = result.success,
+                attempt_count = result.attempt_count,
+                processing_time_ms = result.processing_time.as_millis() as u64,
+                error_message = result.error_message.as_deref().unwrap_or(""),
+                "payment recorded"
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,245 @@
+//! The payment service against a real PostgreSQL and a real broker.
+
+mod support;
+
+use std::time::Duration;
+
+use foodorder_common::consumer::{
+    DLQ_ERROR, DLQ_SOURCE_OFFSET, DLQ_SOURCE_PARTITION, DLQ_SOURCE_TOPIC,
+};
+use foodorder_common::testing;
+use foodorder_proto::v1::{OrderStatus, PaymentCompleted};
+use prost::Message;
+use sqlx::PgPool;
+use support::*;
+
+#[sqlx::test(migrator = "foodorder_common::db::MIGRATOR")]
+async fn placed_order_is_paid_once_and_reported(pool: PgPool) {
+    let kafka = testing::kafka_config();
+    let producer = producer(&kafka).await;
+    let service = spawn_service(pool.clone(), test_config(kafka.clone(), 0.0)).await;
+    let order_id = insert_order(&pool).await;
+    send_order_placed(&producer, &kafka, order_id).await;
+
+    let (order_status, attempt_status, attempts, error) = wait_for_payment(&pool, order_id).await;
+    assert_eq!(
+        (
+            order_status.as_str(),
+            attempt_status.as_str(),
+            attempts,
+            error
+        ),
+        ("COMPLETED", "SUCCEEDED", 1, None)
+    );
+    let records = testing::collect_records_async(
+        &kafka.bootstrap_servers,
+        &kafka.topics.payment_completed,
+        kafka.event_partitions,
+        1,
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+    )
+    .await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].key, order_id.to_string());
+    assert_eq!(
+        records[0].headers["event-type"],
+        "foodorder.v1.PaymentCompleted"
+    );
+    assert_eq!(
+        records[0].headers["x-request-id"],
+        format!("req-{order_id}")
+    );
+    assert_eq!(
+        records[0].headers["traceparent"],
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    );
+    let event = PaymentCompleted::decode(records[0].payload.as_slice()).unwrap();
+    assert!(event.success);
+    assert_eq!(event.final_status(), OrderStatus::Completed);
+    assert_eq!((event.attempt_count, event.amount.as_str()), (1, "25.98"));
+    assert_eq!(
+        event.metadata.unwrap().correlation_id,
+        format!("req-{order_id}")
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM gateway_ledger WHERE idempotency_key = $1::text",
+            order_id
+        )
+        .await,
+        1
+    );
+    service.stop().await;
+}
+
+#[sqlx::test(migrator = "foodorder_common::db::MIGRATOR")]
+async fn declined_payment_fails_the_order(pool: PgPool) {
+    let kafka = testing::kafka_config();
+    let producer = producer(&kafka).await;
+    let service = spawn_service(pool.clone(), test_config(kafka.clone(), 1.0)).await;
+    let order_id = insert_order(&pool).await;
+    send_order_placed(&producer, &kafka, order_id).await;
+    let outcome = wait_for_payment(&pool, order_id).await;
+    assert_eq!(
+        outcome,
+        (
+            "FAILED".into(),
+            "FAILED".into(),
+            1,
+            Some("Insufficient funds".into())
+        )
+    );
+    service.stop().await;
+}
+
+#[sqlx::test(migrator = "foodorder_common::db::MIGRATOR")]
+async fn timeouts_are_retried_then_fail(pool: PgPool) {
+    let kafka = testing::kafka_config();
+    let producer = producer(&kafka).await;
+    let mut config = test_config(kafka.clone(), 0.0);
+    config.gateway.min_latency = Duration::from_millis(400);
+    config.gateway.max_latency = Duration::from_millis(400);
+    config.payment.timeout = Duration::from_millis(100);
+    config.payment.max_attempts = 2;
+    let service = spawn_service(pool.clone(), config).await;
+    let order_id = insert_order(&pool).await;
+    send_order_placed(&producer, &kafka, order_id).await;
+    let outcome = wait_for_payment(&pool, order_id).await;
+    assert_eq!(
+        outcome,
+        (
+            "FAILED".into(),
+            "FAILED".into(),
+            2,
+            Some("Payment gateway timeout after 2 attempts".into())
+        )
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM gateway_ledger WHERE idempotency_key = $1::text",
+            order_id
+        )
+        .await,
+        0,
+        "timed-out calls charge nothing"
+    );
+    service.stop().await;
+}
+
+#[sqlx::test(migrator = "foodorder_common::db::MIGRATOR")]
+async fn duplicate_deliveries_charge_and_report_once(pool: PgPool) {
+    let kafka = testing::kafka_config();
+    let producer = producer(&kafka).await;
+    let order_id = insert_order(&pool).await;
+    for _ in 0..5 {
+        send_order_placed(&producer, &kafka, order_id).await;
+    }
+    let service = spawn_service(pool.clone(), test_config(kafka.clone(), 0.0)).await;
+    wait_for_payment(&pool, order_id).await;
+    let records = testing::collect_records_async(
+        &kafka.bootstrap_servers,
+        &kafka.topics.payment_completed,
+        kafka.event_partitions,
+        1,
+        Duration::from_secs(60),
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(records.len(), 1, "one payment.completed record");
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM payment_attempts WHERE order_id = $1",
+            order_id
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM gateway_ledger WHERE idempotency_key = $1::text",
+            order_id
+        )
+        .await,
+        1
+    );
+    service.stop().await;
+}
+
+#[sqlx::test(migrator = "foodorder_common::db::MIGRATOR")]
+async fn poison_messages_go_to_the_dlq_and_do_not_stall(pool: PgPool) {
+    let kafka = testing::kafka_config();
+    let producer = producer(&kafka).await;
+    let known_order = insert_order(&pool).await;
+    let good_order = insert_order(&pool).await;
+    send_raw(
+        &producer,
+        &kafka.topics.order_placed,
+        "not-an-order",
+        b"\xff\xfe garbage",
+        "req-poison",
+    )
+    .await;
+    send_raw(
+        &producer,
+        &kafka.topics.order_placed,
+        &known_order.to_string(),
+        b"\x0a\xff",
+        "req-known",
+    )
+    .await;
+    send_order_placed(&producer, &kafka, good_order).await;
+    let service = spawn_service(pool.clone(), test_config(kafka.clone(), 0.0)).await;
+
+    assert_eq!(
+        wait_for_payment(&pool, good_order).await.0,
+        "COMPLETED",
+        "the next message is still processed"
+    );
+    let failed = wait_for_payment(&pool, known_order).await;
+    assert_eq!(
+        (failed.0.as_str(), failed.2),
+        ("FAILED", 0),
+        "a dead-lettered order with a known id is FAILED"
+    );
+    assert!(
+        failed
+            .3
+            .unwrap()
+            .starts_with("Payment could not be processed")
+    );
+
+    let dead = testing::collect_records_async(
+        &kafka.bootstrap_servers,
+        &kafka.topics.payment_dlq,
+        kafka.dlq_partitions,
+        2,
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(dead.len(), 2);
+    let garbage = dead
+        .iter()
+        .find(|record| record.key == "not-an-order")
+        .expect("garbage dead-lettered");
+    assert_eq!(garbage.payload, b"\xff\xfe garbage");
+    assert_eq!(garbage.headers[DLQ_SOURCE_TOPIC], kafka.topics.order_placed);
+    assert!(garbage.headers[DLQ_SOURCE_PARTITION].parse::<i32>().is_ok());
+    assert!(garbage.headers[DLQ_SOURCE_OFFSET].parse::<i64>().is_ok());
+    assert!(
+        garbage.headers[DLQ_ERROR].contains("OrderPlaced"),
+        "{}",
+        garbage.headers[DLQ_ERROR]
+    );
+    assert_eq!(
+        garbage.headers["x-request-id"], "req-poison",
+        "original headers kept"
+    );
+    assert!(garbage.headers.contains_key("dlq-failed-at"));
+    service.stop().await;
+}
