@@ -1,13 +1,14 @@
 //! Building and running the payment service: pool and migrations, the
 //! `order.placed` consumer, the outbox relay for `payment.completed`, and the
-//! `/healthz` endpoint; ordered teardown on shutdown.
+//! `/healthz` endpoint (see `foodorder_common::service`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use foodorder_common::consumer::{self, ConsumerSettings};
-use foodorder_common::health::{self, Readiness};
-use foodorder_common::{db, outbox};
+use foodorder_common::consumer::ConsumerSettings;
+use foodorder_common::service::ConsumerService;
+use foodorder_common::{db, health};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -56,52 +57,34 @@ impl Application {
             pool,
             health_listener,
         } = self;
-        let background = CancellationToken::new();
-        let readiness = Readiness::default();
-        let health_task = tokio::spawn(health::serve(
-            health_listener,
-            readiness.clone(),
-            background.clone(),
-        ));
-        let relay = tokio::spawn(outbox::run_relay_with_topics(
-            pool.clone(),
-            config.kafka.clone(),
-            config.relay.clone(),
-            "payment-service",
-            background.clone(),
-        ));
-
         let processor = Arc::new(PaymentProcessor::new(
             MockGateway::new(pool.clone(), config.gateway.clone()),
             CircuitBreaker::new(config.breaker.clone()),
             config.payment.clone(),
         ));
-        let handler = Arc::new(PaymentHandler::new(
+        let handler = PaymentHandler::new(
             pool.clone(),
             processor,
             config.kafka.topics.payment_completed.clone(),
             config.crash_after_charge,
-        ));
-        let settings = ConsumerSettings {
-            group_id: config.group_id.clone(),
-            topic: config.kafka.topics.order_placed.clone(),
-            dlq_topic: config.kafka.topics.payment_dlq.clone(),
-            max_in_flight: config.max_in_flight,
-            commit_interval: std::time::Duration::from_millis(200),
-            shutdown_grace: config.shutdown_grace,
-        };
-        readiness.set(true);
-        tracing::info!(health = %config.health_addr, max_in_flight = config.max_in_flight, "payment-service ready");
-        let consumed = consumer::run(&config.kafka, settings, handler, shutdown).await;
-        readiness.set(false);
-
-        background.cancel();
-        if let Ok(Err(error)) = relay.await {
-            tracing::error!(error = format!("{error:#}"), "outbox relay failed");
+        );
+        ConsumerService {
+            name: "payment-service",
+            settings: ConsumerSettings {
+                group_id: config.group_id.clone(),
+                topic: config.kafka.topics.order_placed.clone(),
+                dlq_topic: config.kafka.topics.payment_dlq.clone(),
+                max_in_flight: config.max_in_flight,
+                commit_interval: Duration::from_millis(200),
+                shutdown_grace: config.shutdown_grace,
+            },
+            pool,
+            kafka: config.kafka,
+            relay: Some(config.relay),
+            health_listener,
+            handler: Arc::new(handler),
         }
-        let _ = health_task.await;
-        pool.close().await;
-        tracing::info!("payment-service stopped");
-        consumed
+        .run(shutdown)
+        .await
     }
 }

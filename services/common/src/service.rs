@@ -1,0 +1,70 @@
+//! The runtime of a consumer service (payment, notification): its
+//! `/healthz` endpoint, an optional outbox relay for the events it emits, and
+//! the consumer loop; torn down in order: stop intake → drain → commit →
+//! stop the relay (flushing its producer) → close the pool.
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::KafkaConfig;
+use crate::consumer::{self, ConsumerSettings, MessageHandler};
+use crate::health::{self, Readiness};
+use crate::outbox::{self, RelayConfig};
+
+/// Everything a consumer service runs.
+pub struct ConsumerService<H> {
+    /// Service name, for logs and Kafka client ids.
+    pub name: &'static str,
+    /// Database pool (closed at the end).
+    pub pool: PgPool,
+    /// Kafka settings.
+    pub kafka: KafkaConfig,
+    /// Consumer loop settings.
+    pub settings: ConsumerSettings,
+    /// Run an outbox relay too (for services that emit events).
+    pub relay: Option<RelayConfig>,
+    /// Bound listener for `/healthz`.
+    pub health_listener: TcpListener,
+    /// The message handler.
+    pub handler: Arc<H>,
+}
+
+impl<H: MessageHandler> ConsumerService<H> {
+    /// Runs until `shutdown`, then tears down in order.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let background = CancellationToken::new();
+        let readiness = Readiness::default();
+        let health_address = self.health_listener.local_addr()?;
+        let health_task = tokio::spawn(health::serve(
+            self.health_listener,
+            readiness.clone(),
+            background.clone(),
+        ));
+        let relay = self.relay.map(|relay_config| {
+            tokio::spawn(outbox::run_relay_with_topics(
+                self.pool.clone(),
+                self.kafka.clone(),
+                relay_config,
+                self.name,
+                background.clone(),
+            ))
+        });
+        readiness.set(true);
+        tracing::info!(service = self.name, health = %health_address, max_in_flight = self.settings.max_in_flight, "service ready");
+        let consumed = consumer::run(&self.kafka, self.settings, self.handler, shutdown).await;
+        readiness.set(false);
+        background.cancel();
+        if let Some(relay) = relay
+            && let Ok(Err(error)) = relay.await
+        {
+            tracing::error!(error = format!("{error:#}"), "outbox relay failed");
+        }
+        let _ = health_task.await;
+        self.pool.close().await;
+        tracing::info!(service = self.name, "service stopped");
+        consumed
+    }
+}

@@ -1,0 +1,118 @@
+//! Handling one `payment.completed` record: decode, then — in one transaction —
+//! claim the order's notification slot (`notifications.order_id` is unique),
+//! send, and commit. A duplicate or replayed record finds the slot taken and
+//! sends nothing. If sending fails the transaction rolls back and the message
+//! is retried; a crash after sending but before the commit can repeat a send,
+//! which is the best any sender without its own idempotency can do.
+
+use foodorder_common::consumer::{HandleError, MessageHandler, ReceivedMessage};
+use foodorder_common::events;
+use foodorder_proto::v1::{OrderStatus, PaymentCompleted};
+use prost::Message;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::notifier::{Notification, NotificationKind, Notifier};
+
+/// The `payment.completed` handler.
+pub struct NotificationHandler<N> {
+    pool: PgPool,
+    notifier: N,
+}
+
+impl<N: Notifier> NotificationHandler<N> {
+    /// A handler recording in `pool` and sending through `notifier`.
+    pub fn new(pool: PgPool, notifier: N) -> Self {
+        Self { pool, notifier }
+    }
+}
+
+/// Decodes and checks a PaymentCompleted record into the notification to send.
+fn decode(message: &ReceivedMessage) -> Result<(Uuid, Notification), String> {
+    let payload = message.payload.as_deref().ok_or("record has no value")?;
+    let event = PaymentCompleted::decode(payload)
+        .map_err(|error| format!("value is not a valid PaymentCompleted: {error}"))?;
+    let metadata = event
+        .metadata
+        .as_ref()
+        .ok_or("PaymentCompleted without metadata")?;
+    if metadata.schema_version != events::SCHEMA_VERSION {
+        return Err(format!(
+            "unsupported PaymentCompleted schema version {}",
+            metadata.schema_version
+        ));
+    }
+    let order_id = Uuid::parse_str(&event.order_id)
+        .map_err(|_| format!("order id {:?} is not a UUID", event.order_id))?;
+    let kind = match event.final_status() {
+        OrderStatus::Completed if event.success => NotificationKind::OrderConfirmed,
+        OrderStatus::Failed if !event.success => NotificationKind::PaymentFailed,
+        other => {
+            return Err(format!(
+                "inconsistent outcome: success={} final_status={other:?}",
+                event.success
+            ));
+        }
+    };
+    if event.customer_email.is_empty() {
+        return Err("PaymentCompleted without customer email".to_owned());
+    }
+    let notification = Notification {
+        order_id: event.order_id.clone(),
+        kind,
+        recipient: event.customer_email.clone(),
+        customer_name: event.customer_name.clone(),
+        amount: event.amount.clone(),
+        attempt_count: event.attempt_count,
+        processing_time_ms: event.processing_time_ms,
+        error_message: (kind == NotificationKind::PaymentFailed)
+            .then(|| event.error_message.clone()),
+        correlation_id: metadata.correlation_id.clone(),
+        event_id: metadata.event_id.clone(),
+    };
+    Ok((order_id, notification))
+}
+
+impl<N: Notifier> MessageHandler for NotificationHandler<N> {
+    async fn handle(&self, message: &ReceivedMessage) -> Result<(), HandleError> {
+        let (order_id, notification) = decode(message).map_err(HandleError::Fatal)?;
+        let payload = serde_json::to_value(&notification)
+            .map_err(|error| HandleError::Fatal(error.to_string()))?;
+        let mut tx = self.pool.begin().await?;
+        let claimed: Option<(Uuid,)> = sqlx::query_as(
+            "INSERT INTO notifications (id, order_id, event_id, kind, channel, recipient, payload) \
+             SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS (SELECT 1 FROM orders WHERE id = $2) \
+             ON CONFLICT (order_id) DO NOTHING RETURNING id",
+        )
+        .bind(Uuid::now_v7())
+        .bind(order_id)
+        .bind(&notification.event_id)
+        .bind(notification.kind.as_str())
+        .bind(self.notifier.channel())
+        .bind(&notification.recipient)
+        .bind(payload)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if claimed.is_none() {
+            tx.rollback().await?;
+            let known: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM orders WHERE id = $1)")
+                    .bind(order_id)
+                    .fetch_one(&self.pool)
+                    .await?;
+            if !known {
+                return Err(HandleError::Fatal(format!(
+                    "order {order_id} does not exist"
+                )));
+            }
+            tracing::info!(%order_id, "notification already sent, skipping duplicate delivery");
+            return Ok(());
+        }
+        self.notifier
+            .send(&notification)
+            .await
+            .map_err(|error| HandleError::Retryable(error.into()))?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,77 @@
+//! Building and running the notification service: pool and migrations, the
+//! `payment.completed` consumer and the `/healthz` endpoint (see
+//! `foodorder_common::service`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use foodorder_common::consumer::ConsumerSettings;
+use foodorder_common::service::ConsumerService;
+use foodorder_common::{db, health};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::handler::NotificationHandler;
+use crate::notifier::LogNotifier;
+
+/// A built, not yet running, notification service.
+pub struct Application {
+    config: Config,
+    pool: PgPool,
+    health_listener: TcpListener,
+}
+
+impl Application {
+    /// Connects to PostgreSQL (creating the database, running migrations) and binds the health endpoint.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let pool = db::connect_and_migrate(&config.database).await?;
+        Self::build_with_pool(config, pool).await
+    }
+
+    /// Uses an existing, migrated pool.
+    pub async fn build_with_pool(config: Config, pool: PgPool) -> anyhow::Result<Self> {
+        let health_listener = health::bind(config.health_addr).await?;
+        Ok(Self {
+            config,
+            pool,
+            health_listener,
+        })
+    }
+
+    /// Address of the health endpoint.
+    pub fn health_addr(&self) -> SocketAddr {
+        self.health_listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// Consumes until `shutdown`, then drains, commits and closes.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            config,
+            pool,
+            health_listener,
+        } = self;
+        ConsumerService {
+            name: "notification-service",
+            settings: ConsumerSettings {
+                group_id: config.group_id.clone(),
+                topic: config.kafka.topics.payment_completed.clone(),
+                dlq_topic: config.kafka.topics.notification_dlq.clone(),
+                max_in_flight: config.max_in_flight,
+                commit_interval: Duration::from_millis(200),
+                shutdown_grace: config.shutdown_grace,
+            },
+            handler: Arc::new(NotificationHandler::new(pool.clone(), LogNotifier)),
+            pool,
+            kafka: config.kafka,
+            relay: None,
+            health_listener,
+        }
+        .run(shutdown)
+        .await
+    }
+}

@@ -1,0 +1,314 @@
+//! The whole flow with the three real binaries as processes, against the real
+//! broker and PostgreSQL: orders placed over gRPC → paid → notified. Every order
+//! ends terminal with exactly one payment attempt and one notification, WatchOrder
+//! delivers PROCESSING then the terminal state, totals match the menu, and every
+//! service exits 0 on SIGTERM.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use foodorder_common::testing;
+use foodorder_proto::v1::order_service_client::OrderServiceClient;
+use foodorder_proto::v1::{
+    ListMenuItemsRequest, OrderItemInput, OrderStatus, PlaceOrderRequest, WatchOrderRequest,
+};
+use rust_decimal::Decimal;
+use sqlx::PgPool;
+use tokio_stream::StreamExt;
+
+const ORDERS: usize = 20;
+
+/// A service process; killed if still running when dropped.
+struct Service {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Service {
+    fn start(name: &'static str, env: &[(&str, String)], log_dir: &Path) -> Self {
+        let binary = sibling_binary(name);
+        let log = log_dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(&binary)
+            .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
+            .env("LOG_LEVEL", "info")
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| panic!("failed to start {}: {error}", binary.display()));
+        Self { name, child, log }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    fn terminate(mut self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(exit) = self.child.try_wait().unwrap() {
+                assert!(
+                    exit.success(),
+                    "{} exited with {exit} on SIGTERM; log: {}",
+                    self.name,
+                    self.log.display()
+                );
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} did not stop within 30 s of SIGTERM",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The other services' binaries sit next to this package's binary in the target directory.
+fn sibling_binary(name: &str) -> PathBuf {
+    let own = PathBuf::from(env!("CARGO_BIN_EXE_notification-service"));
+    let path = own.with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+fn database_url(pool: &PgPool) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let database = pool
+        .connect_options()
+        .get_database()
+        .expect("database name")
+        .to_owned();
+    format!(
+        "{}/{database}",
+        base.rsplit_once('/').expect("DATABASE_URL has a path").0
+    )
+}
+
+#[sqlx::test(migrator = "foodorder_common::db::MIGRATOR")]
+async fn orders_flow_from_the_api_to_the_notification(pool: PgPool) {
+    let log_dir = std::env::temp_dir().join(format!("foodorder-e2e-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&log_dir).unwrap();
+    let api_port = testing::free_port();
+    let prefix = testing::unique_prefix();
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let common = vec![
+        ("DATABASE_URL", database_url(&pool)),
+        ("KAFKA_BOOTSTRAP_SERVERS", testing::bootstrap_servers()),
+        ("KAFKA_TOPIC_PREFIX", prefix.clone()),
+        ("SHUTDOWN_GRACE_SECONDS", "10".to_owned()),
+    ];
+    let with = |extra: &[(&'static str, String)]| {
+        let mut env = common.clone();
+        env.extend_from_slice(extra);
+        env
+    };
+    let api = Service::start(
+        "order-api",
+        &with(&[("ORDER_API_ADDR", format!("127.0.0.1:{api_port}"))]),
+        &log_dir,
+    );
+    let payment = Service::start(
+        "payment-service",
+        &with(&[
+            ("PAYMENT_MIN_LATENCY", "0.3".into()),
+            ("PAYMENT_MAX_LATENCY", "0.6".into()),
+            ("PAYMENT_DECLINE_RATE", "0.2".into()),
+            ("PAYMENT_RNG_SEED", "7".into()),
+            ("PAYMENT_CONSUMER_GROUP", format!("payment-{run}")),
+            ("PAYMENT_HEALTH_ADDR", "127.0.0.1:0".into()),
+        ]),
+        &log_dir,
+    );
+    let notification = Service::start(
+        "notification-service",
+        &with(&[
+            ("NOTIFICATION_CONSUMER_GROUP", format!("notification-{run}")),
+            ("NOTIFICATION_HEALTH_ADDR", "127.0.0.1:0".into()),
+        ]),
+        &log_dir,
+    );
+
+    let channel = testing::wait_for(
+        "order-api to accept connections",
+        Duration::from_secs(60),
+        || async {
+            tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{api_port}"))
+                .unwrap()
+                .connect()
+                .await
+                .ok()
+        },
+    )
+    .await;
+    let mut client = OrderServiceClient::new(channel);
+    let prices: HashMap<i32, Decimal> = client
+        .list_menu_items(ListMenuItemsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .menu_items
+        .into_iter()
+        .map(|item| (item.id, item.price.parse().unwrap()))
+        .collect();
+
+    let mut watchers = Vec::new();
+    let mut expected_totals = HashMap::new();
+    for index in 0..ORDERS {
+        let items = vec![
+            OrderItemInput {
+                menu_item_id: (index % 8) as i32 + 1,
+                quantity: (index % 3) as i32 + 1,
+            },
+            OrderItemInput {
+                menu_item_id: 7,
+                quantity: 1,
+            },
+        ];
+        let expected: Decimal = items
+            .iter()
+            .map(|item| prices[&item.menu_item_id] * Decimal::from(item.quantity))
+            .sum();
+        let order = client
+            .place_order(PlaceOrderRequest {
+                customer_name: format!("Customer {index}"),
+                customer_email: format!("customer{index}@example.com"),
+                items,
+                idempotency_key: String::new(),
+            })
+            .await
+            .expect("place order")
+            .into_inner()
+            .order
+            .unwrap();
+        let stream = client
+            .watch_order(WatchOrderRequest {
+                order_id: order.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        expected_totals.insert(order.id.clone(), expected);
+        watchers.push((order.id, stream));
+    }
+
+    for (order_id, mut stream) in watchers {
+        let mut statuses = Vec::new();
+        let collect = async {
+            while let Some(message) = stream.next().await {
+                statuses.push(message.expect("watch message").order.unwrap().status());
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(90), collect)
+            .await
+            .expect("order reached a terminal state in 90 s");
+        assert_eq!(
+            statuses.first(),
+            Some(&OrderStatus::Processing),
+            "{order_id}: {statuses:?}"
+        );
+        assert_eq!(
+            statuses.len(),
+            2,
+            "{order_id}: PROCESSING then terminal, got {statuses:?}"
+        );
+        assert!(
+            matches!(statuses[1], OrderStatus::Completed | OrderStatus::Failed),
+            "{order_id}: {statuses:?}"
+        );
+    }
+
+    let rows: Vec<(String, String, Decimal, i64, i64, Option<Decimal>)> = sqlx::query_as(
+        "SELECT o.id::text, o.status, o.total_amount, \
+         (SELECT count(*) FROM payment_attempts p WHERE p.order_id = o.id), \
+         (SELECT count(*) FROM notifications n WHERE n.order_id = o.id), \
+         (SELECT amount FROM payment_attempts p WHERE p.order_id = o.id) FROM orders o",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), ORDERS);
+    for (order_id, status, total, attempts, _, amount) in &rows {
+        assert!(
+            status == "COMPLETED" || status == "FAILED",
+            "{order_id} is {status}"
+        );
+        assert_eq!(*attempts, 1, "{order_id}: one payment attempt");
+        assert_eq!(
+            *total, expected_totals[order_id],
+            "{order_id}: total matches the menu"
+        );
+        assert_eq!(
+            amount.as_ref(),
+            Some(total),
+            "{order_id}: amount charged is the total"
+        );
+    }
+    let notified = testing::wait_for(
+        "one notification per order",
+        Duration::from_secs(60),
+        || async {
+            let count: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            (count == ORDERS as i64).then_some(count)
+        },
+    )
+    .await;
+    assert_eq!(notified, ORDERS as i64);
+    let statuses: BTreeSet<String> = rows.iter().map(|row| row.1.clone()).collect();
+    assert!(
+        statuses.contains("COMPLETED"),
+        "some orders are paid: {statuses:?}"
+    );
+
+    api.terminate();
+    payment.terminate();
+    notification.terminate();
+
+    let lines: Vec<serde_json::Value> = notification_lines(&log_dir);
+    let notified_orders: Vec<&str> = lines
+        .iter()
+        .filter_map(|line| line["order_id"].as_str())
+        .collect();
+    assert_eq!(
+        notified_orders.len(),
+        ORDERS,
+        "one notification log line per order"
+    );
+    assert_eq!(
+        notified_orders.iter().collect::<BTreeSet<_>>().len(),
+        ORDERS,
+        "no order notified twice"
+    );
+    let _ = std::fs::remove_dir_all(&log_dir);
+}
+
+fn notification_lines(log_dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log_dir.join("notification-service.log"))
+        .unwrap()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["message"] == "notification sent")
+        .collect()
+}
