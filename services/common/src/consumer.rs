@@ -32,6 +32,7 @@ use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::KafkaConfig;
 use crate::kafka;
@@ -373,12 +374,10 @@ pub async fn run<H: MessageHandler>(
         );
         tasks.spawn(async move {
             let key = message.key.clone();
-            let finished = key_locks
-                .run(
-                    key.as_deref(),
-                    process(&*handler, &producer, &settings, &message, &shutdown),
-                )
-                .await;
+            let span = consumer_span(&message, &settings.group_id);
+            let work =
+                process(&*handler, &producer, &settings, &message, &shutdown).instrument(span);
+            let finished = key_locks.run(key.as_deref(), work).await;
             if finished {
                 progress.finished(&message.topic, message.partition, message.offset);
             }
@@ -410,6 +409,27 @@ pub async fn run<H: MessageHandler>(
     consumer.unsubscribe();
     tracing::info!("consumer stopped");
     Ok(())
+}
+
+/// A CONSUMER span for one record: child of the producer's span (from the
+/// record's trace-context headers) and linked to it.
+fn consumer_span(message: &ReceivedMessage, group_id: &str) -> tracing::Span {
+    let headers = message.headers();
+    let span = tracing::info_span!(
+        "kafka.process",
+        otel.name = format!("{} process", message.topic),
+        otel.kind = "consumer",
+        messaging.system = "kafka",
+        messaging.operation.type = "process",
+        messaging.destination.name = message.topic.as_str(),
+        messaging.consumer.group.name = group_id,
+        messaging.kafka.message.key = message.key_str(),
+        messaging.kafka.destination.partition = message.partition,
+        messaging.kafka.message.offset = message.offset,
+        request_id = headers.get(crate::events::HEADER_REQUEST_ID).map(String::as_str),
+    );
+    crate::telemetry::continue_trace(&span, &headers, true);
+    span
 }
 
 fn commit(consumer: &Consumer_, progress: &Progress, mode: CommitMode) {

@@ -19,7 +19,9 @@ use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Postgres, Transaction};
 use tokio_util::sync::CancellationToken;
 
-use crate::kafka;
+use tracing::Instrument;
+
+use crate::{kafka, telemetry};
 
 /// The channel on which `enqueue` notifies the relay.
 pub const NOTIFY_CHANNEL: &str = "outbox";
@@ -73,6 +75,9 @@ pub struct RelayConfig {
     pub max_backoff: Duration,
     /// Sent rows older than this are deleted by the sweep (`OUTBOX_RETENTION_HOURS`, default 24).
     pub retention: Duration,
+    /// Topics this relay publishes; rows for other topics are left to the
+    /// service that owns them (empty: every topic).
+    pub topics: Vec<String>,
 }
 
 impl RelayConfig {
@@ -89,6 +94,7 @@ impl RelayConfig {
             retention: Duration::from_secs(
                 3600 * crate::config::env_or::<u64>("OUTBOX_RETENTION_HOURS", 24)?,
             ),
+            topics: Vec::new(),
         })
     }
 }
@@ -101,6 +107,7 @@ impl Default for RelayConfig {
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(10),
             retention: Duration::from_secs(24 * 3600),
+            topics: Vec::new(),
         }
     }
 }
@@ -235,9 +242,11 @@ impl OutboxRelay {
         let mut tx = self.pool.begin().await?;
         let rows: Vec<OutboxRow> = sqlx::query_as(
             "SELECT id, topic, message_key, payload, headers FROM outbox \
-             WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+             WHERE sent_at IS NULL AND (cardinality($2::text[]) = 0 OR topic = ANY($2)) \
+             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(self.config.batch_size)
+        .bind(&self.config.topics)
         .fetch_all(&mut *tx)
         .await?;
         if rows.is_empty() {
@@ -245,11 +254,39 @@ impl OutboxRelay {
             return Ok((0, 0));
         }
         let deliveries = rows.iter().map(|row| {
-            let record = FutureRecord::to(&row.topic)
-                .key(row.message_key.as_bytes())
-                .payload(&row.payload)
-                .headers(kafka::to_kafka_headers(&row.headers.0));
-            self.producer.send(record, Timeout::Never)
+            // A PRODUCER span, child of the span that stored the row; the
+            // consumer continues from this span's context.
+            let span = tracing::info_span!(
+                "outbox.publish",
+                otel.name = format!("{} publish", row.topic),
+                otel.kind = "producer",
+                messaging.system = "kafka",
+                messaging.operation.type = "send",
+                messaging.destination.name = row.topic.as_str(),
+                messaging.kafka.message.key = row.message_key.as_str(),
+                messaging.kafka.destination.partition = tracing::field::Empty,
+                messaging.kafka.message.offset = tracing::field::Empty,
+                request_id = row.headers.0.get(crate::events::HEADER_REQUEST_ID).map(String::as_str),
+                outbox_id = row.id,
+            );
+            telemetry::continue_trace(&span, &row.headers.0, false);
+            let mut headers = row.headers.0.clone();
+            headers.extend(telemetry::inject_span(&span));
+            let producer = self.producer.clone();
+            let record_span = span.clone();
+            async move {
+                let record = FutureRecord::to(&row.topic)
+                    .key(row.message_key.as_bytes())
+                    .payload(&row.payload)
+                    .headers(kafka::to_kafka_headers(&headers));
+                let result = producer.send(record, Timeout::Never).await;
+                if let Ok(delivery) = &result {
+                    record_span.record("messaging.kafka.destination.partition", delivery.partition);
+                    record_span.record("messaging.kafka.message.offset", delivery.offset);
+                }
+                result
+            }
+            .instrument(span)
         });
         let results = join_all(deliveries).await;
         let mut sent_ids = Vec::with_capacity(rows.len());
@@ -317,6 +354,7 @@ pub async fn run_relay_with_topics(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let producer = kafka::idempotent_producer(&kafka_config, client_id)?;
+    tracing::info!(topics = ?relay_config.topics, "outbox relay publishing");
     if !kafka::ensure_topics_with_retry(
         &kafka_config,
         &kafka::platform_topics(&kafka_config),

@@ -10,6 +10,7 @@ use foodorder_common::events;
 use foodorder_proto::v1::{OrderStatus, PaymentCompleted};
 use prost::Message;
 use sqlx::PgPool;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::notifier::{Notification, NotificationKind, Notifier};
@@ -108,8 +109,16 @@ impl<N: Notifier> MessageHandler for NotificationHandler<N> {
             tracing::info!(%order_id, "notification already sent, skipping duplicate delivery");
             return Ok(());
         }
+        let send_span = tracing::info_span!(
+            "notification.send",
+            otel.name = "notification send",
+            notification.channel = self.notifier.channel(),
+            notification.kind = notification.kind.as_str(),
+            order_id = notification.order_id.as_str(),
+        );
         self.notifier
             .send(&notification)
+            .instrument(send_span)
             .await
             .map_err(|error| HandleError::Retryable(error.into()))?;
         tx.commit().await?;

@@ -7,7 +7,7 @@ use notification_service::{Application, Config};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let _telemetry = telemetry::init("notification-service");
+    let telemetry = telemetry::init("notification-service");
     let config = Config::from_env().context("failed to read the configuration")?;
     let application = Application::build(config).await.inspect_err(|error| {
         tracing::error!(
@@ -15,7 +15,9 @@ async fn main() -> anyhow::Result<()> {
             "failed to start notification-service"
         );
     })?;
-    application
+    let result = application
         .run_until_stopped(shutdown::token_on_signal())
-        .await
+        .await;
+    telemetry.shutdown().await;
+    result
 }

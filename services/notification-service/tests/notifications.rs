@@ -141,7 +141,10 @@ async fn one_notification_per_order_and_poison_to_the_dlq(pool: PgPool) {
     assert_eq!(dead[0].headers[DLQ_SOURCE_TOPIC], *topic);
     assert!(dead[0].headers[DLQ_ERROR].contains("PaymentCompleted"));
 
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications").fetch_one(&pool).await.unwrap();
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(total, 2, "duplicates sent nothing more");
     shutdown.cancel();
     handle.await.unwrap().unwrap();

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod grpc_telemetry;
 pub mod repository;
 pub mod service;
 pub mod startup;

@@ -15,15 +15,17 @@ async fn main() -> anyhow::Result<()> {
         let address = arguments.get(1).map_or("127.0.0.1:50051", String::as_str);
         return health_check(address).await;
     }
-    let _telemetry = telemetry::init("order-api");
+    let telemetry = telemetry::init("order-api");
     let config = Config::from_env().context("failed to read the configuration")?;
     let application = Application::build(config).await.inspect_err(|error| {
         tracing::error!(error = format!("{error:#}"), "failed to start order-api");
     })?;
     tracing::info!(address = %application.local_addr(), "order-api listening");
-    application
+    let result = application
         .run_until_stopped(shutdown::token_on_signal())
-        .await
+        .await;
+    telemetry.shutdown().await;
+    result
 }
 
 async fn health_check(address: &str) -> anyhow::Result<()> {

@@ -1,12 +1,11 @@
 //! The `foodorder.v1.OrderService` handlers: read the request and its metadata,
 //! validate, call the repository, map errors to statuses.
 
-use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::time::Duration;
 
 use foodorder_common::config::Topics;
-use foodorder_common::events::{HEADER_REQUEST_ID, HEADER_TRACEPARENT, HEADER_TRACESTATE};
+use foodorder_common::events::HEADER_REQUEST_ID;
 use foodorder_proto::v1::order_service_server::OrderService;
 use foodorder_proto::v1::{
     GetOrderRequest, GetOrderResponse, ListMenuItemsRequest, ListMenuItemsResponse, Order,
@@ -84,17 +83,6 @@ fn correlation_id<T>(request: &Request<T>) -> Result<String, ApiError> {
     Ok(value)
 }
 
-/// The W3C trace context the caller sent, to be carried into the event.
-fn trace_context<T>(request: &Request<T>) -> BTreeMap<String, String> {
-    [HEADER_TRACEPARENT, HEADER_TRACESTATE]
-        .into_iter()
-        .filter_map(|name| {
-            let value = request.metadata().get(name)?.to_str().ok()?;
-            Some((name.to_owned(), value.to_owned()))
-        })
-        .collect()
-}
-
 fn parse_order_id(text: &str) -> Result<Uuid, ApiError> {
     if text.is_empty() {
         return Err(ApiError::invalid_field("order_id", "order_id is required"));
@@ -123,7 +111,7 @@ impl OrderService for OrderServiceImpl {
             })?;
         let context = PlaceContext {
             correlation_id,
-            trace_context: trace_context(&request),
+            trace_context: foodorder_common::telemetry::inject_span(&tracing::Span::current()),
             topic: self.topics.order_placed.clone(),
         };
         let new_order = validate_place_order(request.get_ref(), metadata_key.as_deref())

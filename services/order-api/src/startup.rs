@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::config::Config;
+use crate::grpc_telemetry::GrpcTelemetryLayer;
 use crate::service::OrderServiceImpl;
 use crate::watch::OrderWatchHub;
 
@@ -83,7 +84,10 @@ impl Application {
         let relay = tokio::spawn(outbox::run_relay_with_topics(
             pool.clone(),
             config.kafka.clone(),
-            config.relay.clone(),
+            outbox::RelayConfig {
+                topics: vec![config.kafka.topics.order_placed.clone()],
+                ..config.relay.clone()
+            },
             "order-api",
             background.clone(),
         ));
@@ -103,6 +107,7 @@ impl Application {
         let server = tonic::transport::Server::builder()
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(GrpcTelemetryLayer)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

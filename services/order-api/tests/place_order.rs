@@ -90,7 +90,10 @@ async fn place_order_stores_rows_and_publishes_order_placed(pool: PgPool) {
     assert_eq!(record.headers["content-type"], "application/x-protobuf");
     assert_eq!(record.headers["event-type"], "foodorder.v1.OrderPlaced");
     assert_eq!(record.headers["x-request-id"], "req-place-1");
-    assert_eq!(record.headers["traceparent"], TRACEPARENT);
+    // Same trace as the caller's, continued by our own spans.
+    let traceparent = &record.headers["traceparent"];
+    assert_eq!(&traceparent[..35], &TRACEPARENT[..35], "{traceparent}");
+    assert_ne!(traceparent, TRACEPARENT);
     let event = OrderPlaced::decode(record.payload.as_slice()).expect("decodes as OrderPlaced");
     let metadata = event.metadata.as_ref().unwrap();
     assert_eq!(metadata.correlation_id, "req-place-1");

@@ -8,13 +8,15 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use foodorder_common::consumer::{HandleError, MessageHandler, ReceivedMessage};
-use foodorder_common::events::{self, HEADER_TRACEPARENT, HEADER_TRACESTATE};
+use foodorder_common::events;
 use foodorder_common::money::format_money;
 use foodorder_common::outbox::{self, OutboxMessage};
+use foodorder_common::telemetry;
 use foodorder_proto::v1::{OrderPlaced, OrderStatus, PaymentCompleted};
 use prost::Message;
 use rust_decimal::Decimal;
 use sqlx::PgPool;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::gateway::{ChargeRequest, PaymentGateway};
@@ -75,7 +77,26 @@ impl<G: PaymentGateway> PaymentHandler<G> {
         order: &OrderRow,
         result: &PaymentResult,
         correlation_id: &str,
-        trace_context: &BTreeMap<String, String>,
+    ) -> Result<bool, sqlx::Error> {
+        let span = tracing::info_span!(
+            "payment.record",
+            otel.name = "payment.record transaction",
+            db.system = "postgresql",
+            db.operation.name = "transaction",
+            order_id = %order_id,
+            success = result.success,
+        );
+        self.record_outcome_in_span(order_id, order, result, correlation_id)
+            .instrument(span)
+            .await
+    }
+
+    async fn record_outcome_in_span(
+        &self,
+        order_id: Uuid,
+        order: &OrderRow,
+        result: &PaymentResult,
+        correlation_id: &str,
     ) -> Result<bool, sqlx::Error> {
         let final_status = if result.success {
             OrderStatus::Completed
@@ -126,7 +147,10 @@ impl<G: PaymentGateway> PaymentHandler<G> {
             topic: self.payment_completed_topic.clone(),
             key: order_id.to_string(),
             payload: event.encode_to_vec(),
-            headers: events::standard_headers::<PaymentCompleted>(correlation_id, trace_context),
+            headers: events::standard_headers::<PaymentCompleted>(
+                correlation_id,
+                &telemetry::inject_span(&tracing::Span::current()),
+            ),
         };
         outbox::enqueue(&mut tx, &message).await?;
         tx.commit().await?;
@@ -161,14 +185,8 @@ impl<G: PaymentGateway> PaymentHandler<G> {
                 .get(events::HEADER_REQUEST_ID)
                 .cloned()
                 .unwrap_or_default();
-            self.record_outcome(
-                order_id,
-                &order,
-                &failure,
-                &correlation_id,
-                &trace_context(headers),
-            )
-            .await
+            self.record_outcome(order_id, &order, &failure, &correlation_id)
+                .await
         }
         .await;
         match result {
@@ -179,16 +197,6 @@ impl<G: PaymentGateway> PaymentHandler<G> {
             Err(error) => tracing::error!(%order_id, %error, "failed to mark the order FAILED"),
         }
     }
-}
-
-fn trace_context(headers: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-    headers
-        .iter()
-        .filter(|(name, _)| {
-            name.as_str() == HEADER_TRACEPARENT || name.as_str() == HEADER_TRACESTATE
-        })
-        .map(|(name, value)| (name.clone(), value.clone()))
-        .collect()
 }
 
 /// Decodes and checks an `OrderPlaced` record; the error says why it is poison.
@@ -253,13 +261,7 @@ impl<G: PaymentGateway> MessageHandler for PaymentHandler<G> {
             std::process::abort();
         }
         let recorded = self
-            .record_outcome(
-                order_id,
-                &order,
-                &result,
-                &correlation_id,
-                &trace_context(&headers),
-            )
+            .record_outcome(order_id, &order, &result, &correlation_id)
             .await?;
         if recorded {
             tracing::info!(

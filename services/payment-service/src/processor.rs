@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::breaker::CircuitBreaker;
@@ -74,10 +75,29 @@ impl<G: PaymentGateway> PaymentProcessor<G> {
                 return Ok(failed(attempts, BREAKER_OPEN_MESSAGE.to_owned()));
             }
             attempts += 1;
+            let span = tracing::info_span!(
+                "payment.gateway.attempt",
+                otel.name = "payment gateway attempt",
+                payment.attempt = attempts,
+                payment.outcome = tracing::field::Empty,
+                payment.latency_ms = tracing::field::Empty,
+                order_id = request.idempotency_key.as_str(),
+            );
             let call_started = Instant::now();
-            let outcome =
-                tokio::time::timeout(self.settings.timeout, self.gateway.charge(request)).await;
+            let outcome = tokio::time::timeout(self.settings.timeout, self.gateway.charge(request))
+                .instrument(span.clone())
+                .await;
             let latency_ms = call_started.elapsed().as_millis() as u64;
+            span.record("payment.latency_ms", latency_ms);
+            span.record(
+                "payment.outcome",
+                match &outcome {
+                    Ok(Ok(ChargeOutcome::Approved { .. })) => "approved",
+                    Ok(Ok(ChargeOutcome::Declined { .. })) => "declined",
+                    Ok(Err(_)) => "unavailable",
+                    Err(_) => "timeout",
+                },
+            );
             match outcome {
                 Ok(Ok(ChargeOutcome::Approved { charge_id })) => {
                     self.breaker.record_success();

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use foodorder_common::consumer::ConsumerSettings;
+use foodorder_common::outbox::RelayConfig;
 use foodorder_common::service::ConsumerService;
 use foodorder_common::{db, health};
 use sqlx::PgPool;
@@ -68,6 +69,10 @@ impl Application {
             config.kafka.topics.payment_completed.clone(),
             config.crash_after_charge,
         );
+        let relay = RelayConfig {
+            topics: vec![config.kafka.topics.payment_completed.clone()],
+            ..config.relay
+        };
         ConsumerService {
             name: "payment-service",
             settings: ConsumerSettings {
@@ -80,7 +85,7 @@ impl Application {
             },
             pool,
             kafka: config.kafka,
-            relay: Some(config.relay),
+            relay: Some(relay),
             health_listener,
             handler: Arc::new(handler),
         }
