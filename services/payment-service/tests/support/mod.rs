@@ -70,6 +70,11 @@ pub async fn spawn_service(pool: PgPool, config: Config) -> TestService {
 }
 
 impl TestService {
+    /// Whether the service task has ended.
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(30), self.handle)

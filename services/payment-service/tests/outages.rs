@@ -1,0 +1,80 @@
+//! Database outage: the payment service keeps running, retries with back-off,
+//! and once PostgreSQL is reachable again the order is paid exactly once and
+//! reported — nothing lost, nothing doubled. The outage is a TCP proxy in front
+//! of the real PostgreSQL that the test cuts and restores.
+
+mod support;
+
+use std::time::Duration;
+
+use foodorder_common::testing::{self, CuttableProxy};
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use support::*;
+
+#[sqlx::test(migrator = "foodorder_common::db::MIGRATOR")]
+async fn database_outage_delays_payment_but_loses_and_doubles_nothing(pool: PgPool) {
+    let options: PgConnectOptions = pool.connect_options().as_ref().clone();
+    let target = tokio::net::lookup_host((options.get_host(), options.get_port()))
+        .await
+        .unwrap()
+        .next()
+        .expect("database address");
+    let proxy = CuttableProxy::start(target).await;
+    let proxied_pool = PgPoolOptions::new()
+        .max_connections(5)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_with(options.host("127.0.0.1").port(proxy.address().port()))
+        .await
+        .unwrap();
+
+    let kafka = testing::kafka_config();
+    let producer = producer(&kafka).await;
+    let service = spawn_service(proxied_pool, test_config(kafka.clone(), 0.0)).await;
+    let order_id = insert_order(&pool).await;
+
+    proxy.cut();
+    send_order_placed(&producer, &kafka, order_id).await;
+    // Let the consumer receive the record and fail against the missing database a few times.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM payment_attempts WHERE order_id = $1",
+            order_id
+        )
+        .await,
+        0
+    );
+    assert!(
+        !service.is_finished(),
+        "the service keeps running through the outage"
+    );
+
+    proxy.restore();
+    let outcome = wait_for_payment(&pool, order_id).await;
+    assert_eq!(
+        (outcome.0.as_str(), outcome.1.as_str()),
+        ("COMPLETED", "SUCCEEDED")
+    );
+    let records = testing::collect_records_async(
+        &kafka.bootstrap_servers,
+        &kafka.topics.payment_completed,
+        kafka.event_partitions,
+        1,
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(records.len(), 1, "reported once");
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM gateway_ledger WHERE idempotency_key = $1::text",
+            order_id
+        )
+        .await,
+        1
+    );
+    service.stop().await;
+}
