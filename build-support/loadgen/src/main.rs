@@ -119,6 +119,9 @@ fn spawn_topic_reader(
     }))
 }
 
+/// Order id, when the response arrived, PlaceOrder latency, and (with --watch) the terminal status and latency.
+type Outcome = (String, Instant, Duration, Option<(OrderStatus, Duration)>);
+
 async fn place_one(
     client: &mut OrderServiceClient<Channel>,
     index: usize,
@@ -201,7 +204,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let started = Instant::now();
-    let results: Vec<anyhow::Result<(String, Instant, Duration, Option<(OrderStatus, Duration)>)>> =
+    let results: Vec<anyhow::Result<Outcome>> =
         futures::stream::iter(0..options.orders)
             .map(|index| {
                 let mut client = client.clone();

@@ -116,6 +116,10 @@ pub struct KafkaConfig {
     pub message_timeout: Duration,
     /// `KAFKA_SESSION_TIMEOUT_MS` (default 6000): consumer group session timeout.
     pub session_timeout: Duration,
+    /// `KAFKA_FETCH_WAIT_MAX_MS` (default 50): longest a consumer fetch waits
+    /// for data. Some brokers (tansu among them) hold a fetch for this long
+    /// even when a record arrives, so it bounds the latency of every hop.
+    pub fetch_wait_max: Duration,
 }
 
 impl KafkaConfig {
@@ -130,6 +134,7 @@ impl KafkaConfig {
             replication_factor: env_or("KAFKA_REPLICATION_FACTOR", 1)?,
             message_timeout: Duration::from_millis(env_or("KAFKA_MESSAGE_TIMEOUT_MS", 10_000)?),
             session_timeout: Duration::from_millis(env_or("KAFKA_SESSION_TIMEOUT_MS", 6_000)?),
+            fetch_wait_max: Duration::from_millis(env_or("KAFKA_FETCH_WAIT_MAX_MS", 50)?),
         })
     }
 
@@ -143,6 +148,7 @@ impl KafkaConfig {
             replication_factor: 1,
             message_timeout: Duration::from_secs(10),
             session_timeout: Duration::from_secs(6),
+            fetch_wait_max: Duration::from_millis(50),
         }
     }
 }

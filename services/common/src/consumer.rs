@@ -207,13 +207,11 @@ impl Progress {
             }
             if let Some(position) = progress.committable()
                 && progress.committed != Some(position)
-            {
-                if list
+                && list
                     .add_partition_offset(topic, *partition, Offset::Offset(position))
                     .is_ok()
-                {
-                    progress.committed = Some(position);
-                }
+            {
+                progress.committed = Some(position);
             }
         }
         list
@@ -263,7 +261,9 @@ type Consumer_ = StreamConsumer<RebalanceContext>;
 
 /// Serialises handling of messages with the same key.
 #[derive(Clone, Default)]
-struct KeyLocks(Arc<Mutex<HashMap<Vec<u8>, Arc<tokio::sync::Mutex<()>>>>>);
+struct KeyLocks(Arc<Mutex<HashMap<Vec<u8>, KeyLock>>>);
+
+type KeyLock = Arc<tokio::sync::Mutex<()>>;
 
 impl KeyLocks {
     async fn run<T>(&self, key: Option<&[u8]>, work: impl Future<Output = T>) -> T {
@@ -309,6 +309,7 @@ pub async fn run<H: MessageHandler>(
                     .to_string(),
             )
             .set("partition.assignment.strategy", "range")
+            .set("fetch.wait.max.ms", kafka_config.fetch_wait_max.as_millis().to_string())
             .create_with_context(RebalanceContext {
                 progress: progress.clone(),
             })
