@@ -309,7 +309,10 @@ pub async fn run<H: MessageHandler>(
                     .to_string(),
             )
             .set("partition.assignment.strategy", "range")
-            .set("fetch.wait.max.ms", kafka_config.fetch_wait_max.as_millis().to_string())
+            .set(
+                "fetch.wait.max.ms",
+                kafka_config.fetch_wait_max.as_millis().to_string(),
+            )
             .create_with_context(RebalanceContext {
                 progress: progress.clone(),
             })

@@ -11,74 +11,29 @@ use std::path::Path;
 use std::time::Duration;
 
 use foodorder_common::testing;
-use foodorder_proto::v1::order_service_client::OrderServiceClient;
 use foodorder_proto::v1::{
     ListMenuItemsRequest, OrderItemInput, OrderStatus, PlaceOrderRequest, WatchOrderRequest,
 };
 use rust_decimal::Decimal;
 use sqlx::PgPool;
-use support::{Service, database_url};
+use support::Platform;
 use tokio_stream::StreamExt;
 
 const ORDERS: usize = 20;
 
 #[sqlx::test(migrator = "foodorder_common::db::MIGRATOR")]
 async fn orders_flow_from_the_api_to_the_notification(pool: PgPool) {
-    let log_dir = std::env::temp_dir().join(format!("foodorder-e2e-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&log_dir).unwrap();
-    let api_port = testing::free_port();
-    let prefix = testing::unique_prefix();
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    let common = vec![
-        ("DATABASE_URL", database_url(&pool)),
-        ("KAFKA_BOOTSTRAP_SERVERS", testing::bootstrap_servers()),
-        ("KAFKA_TOPIC_PREFIX", prefix.clone()),
-        ("SHUTDOWN_GRACE_SECONDS", "10".to_owned()),
-    ];
-    let with = |extra: &[(&'static str, String)]| {
-        let mut env = common.clone();
-        env.extend_from_slice(extra);
-        env
-    };
-    let api = Service::start(
-        "order-api",
-        &with(&[("ORDER_API_ADDR", format!("127.0.0.1:{api_port}"))]),
-        &log_dir,
-    );
-    let payment = Service::start(
-        "payment-service",
-        &with(&[
+    let platform = Platform::start(
+        &pool,
+        &[("SHUTDOWN_GRACE_SECONDS", "10".to_owned())],
+        &[
             ("PAYMENT_MIN_LATENCY", "0.3".into()),
             ("PAYMENT_MAX_LATENCY", "0.6".into()),
             ("PAYMENT_DECLINE_RATE", "0.2".into()),
             ("PAYMENT_RNG_SEED", "7".into()),
-            ("PAYMENT_CONSUMER_GROUP", format!("payment-{run}")),
-            ("PAYMENT_HEALTH_ADDR", "127.0.0.1:0".into()),
-        ]),
-        &log_dir,
+        ],
     );
-    let notification = Service::start(
-        "notification-service",
-        &with(&[
-            ("NOTIFICATION_CONSUMER_GROUP", format!("notification-{run}")),
-            ("NOTIFICATION_HEALTH_ADDR", "127.0.0.1:0".into()),
-        ]),
-        &log_dir,
-    );
-
-    let channel = testing::wait_for(
-        "order-api to accept connections",
-        Duration::from_secs(60),
-        || async {
-            tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{api_port}"))
-                .unwrap()
-                .connect()
-                .await
-                .ok()
-        },
-    )
-    .await;
-    let mut client = OrderServiceClient::new(channel);
+    let mut client = platform.client().await;
     let prices: HashMap<i32, Decimal> = client
         .list_menu_items(ListMenuItemsRequest {})
         .await
@@ -200,9 +155,8 @@ async fn orders_flow_from_the_api_to_the_notification(pool: PgPool) {
         "some orders are paid: {statuses:?}"
     );
 
-    api.terminate();
-    payment.terminate();
-    notification.terminate();
+    let log_dir = platform.log_dir.clone();
+    platform.terminate();
 
     let lines: Vec<serde_json::Value> = notification_lines(&log_dir);
     let notified_orders: Vec<&str> = lines
@@ -219,7 +173,7 @@ async fn orders_flow_from_the_api_to_the_notification(pool: PgPool) {
         ORDERS,
         "no order notified twice"
     );
-    let _ = std::fs::remove_dir_all(&log_dir);
+    Platform::remove_logs(&log_dir);
 }
 
 fn notification_lines(log_dir: &Path) -> Vec<serde_json::Value> {

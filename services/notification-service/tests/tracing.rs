@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use foodorder_common::testing;
-use foodorder_proto::v1::order_service_client::OrderServiceClient;
 use foodorder_proto::v1::{OrderItemInput, PlaceOrderRequest};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -24,7 +23,7 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use sqlx::PgPool;
-use support::{Service, database_url};
+use support::Platform;
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN_ID: &str = "00f067aa0ba902b7";
@@ -153,65 +152,24 @@ async fn one_trace_from_the_api_call_to_the_notification(pool: PgPool) {
         })
     });
 
-    let log_dir = std::env::temp_dir().join(format!("foodorder-trace-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&log_dir).unwrap();
-    let api_port = testing::free_port();
-    let prefix = testing::unique_prefix();
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    let common = vec![
-        ("DATABASE_URL", database_url(&pool)),
-        ("KAFKA_BOOTSTRAP_SERVERS", testing::bootstrap_servers()),
-        ("KAFKA_TOPIC_PREFIX", prefix.clone()),
-        (
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://{collector_addr}"),
-        ),
-        ("OTEL_BSP_SCHEDULE_DELAY", "200".to_owned()),
-    ];
-    let with = |extra: &[(&'static str, String)]| {
-        let mut env = common.clone();
-        env.extend_from_slice(extra);
-        env
-    };
-    let services = [
-        Service::start(
-            "order-api",
-            &with(&[("ORDER_API_ADDR", format!("127.0.0.1:{api_port}"))]),
-            &log_dir,
-        ),
-        Service::start(
-            "payment-service",
-            &with(&[
-                ("PAYMENT_MIN_LATENCY", "0.01".into()),
-                ("PAYMENT_MAX_LATENCY", "0.05".into()),
-                ("PAYMENT_DECLINE_RATE", "0".into()),
-                ("PAYMENT_CONSUMER_GROUP", format!("payment-{run}")),
-                ("PAYMENT_HEALTH_ADDR", "127.0.0.1:0".into()),
-            ]),
-            &log_dir,
-        ),
-        Service::start(
-            "notification-service",
-            &with(&[
-                ("NOTIFICATION_CONSUMER_GROUP", format!("notification-{run}")),
-                ("NOTIFICATION_HEALTH_ADDR", "127.0.0.1:0".into()),
-            ]),
-            &log_dir,
-        ),
-    ];
-
-    let channel = testing::wait_for(
-        "order-api to accept connections",
-        Duration::from_secs(60),
-        || async {
-            tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{api_port}"))
-                .unwrap()
-                .connect()
-                .await
-                .ok()
-        },
-    )
-    .await;
+    let platform = Platform::start(
+        &pool,
+        &[
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://{collector_addr}"),
+            ),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200".to_owned()),
+        ],
+        &[
+            ("PAYMENT_MIN_LATENCY", "0.01".into()),
+            ("PAYMENT_MAX_LATENCY", "0.05".into()),
+            ("PAYMENT_DECLINE_RATE", "0".into()),
+        ],
+    );
+    let prefix = platform.prefix.clone();
+    let log_dir = platform.log_dir.clone();
+    let mut client = platform.client().await;
     let mut request = tonic::Request::new(PlaceOrderRequest {
         customer_name: "Trace Tester".into(),
         customer_email: "trace@example.com".into(),
@@ -230,10 +188,7 @@ async fn one_trace_from_the_api_call_to_the_notification(pool: PgPool) {
     request
         .metadata_mut()
         .insert("x-request-id", REQUEST_ID.parse().unwrap());
-    let response = OrderServiceClient::new(channel)
-        .place_order(request)
-        .await
-        .expect("place order");
+    let response = client.place_order(request).await.expect("place order");
     assert_eq!(
         response.metadata().get("x-trace-id").unwrap(),
         TRACE_ID,
@@ -250,13 +205,7 @@ async fn one_trace_from_the_api_call_to_the_notification(pool: PgPool) {
     })
     .await;
     // SIGTERM flushes every service's spans.
-    let log_paths: Vec<(&'static str, std::path::PathBuf)> = services
-        .iter()
-        .map(|service| (service.name, service.log.clone()))
-        .collect();
-    for service in services {
-        service.terminate();
-    }
+    let log_paths = platform.terminate();
 
     let spans: Vec<(String, Span)> = collector.0.lock().unwrap().clone();
     let order_spans: Vec<(String, Span)> = spans
@@ -467,5 +416,5 @@ async fn one_trace_from_the_api_call_to_the_notification(pool: PgPool) {
             "{service} logged nothing about the order: {lines_seen:?}"
         );
     }
-    let _ = std::fs::remove_dir_all(&log_dir);
+    Platform::remove_logs(&log_dir);
 }

@@ -60,22 +60,12 @@ async fn crash_between_charge_and_commit_charges_once(pool: PgPool) {
     .await;
     assert!(!status.success(), "the process aborted");
     assert_eq!(
-        count(
-            &pool,
-            "SELECT count(*) FROM gateway_ledger WHERE idempotency_key = $1::text",
-            order_id
-        )
-        .await,
+        ledger_rows(&pool, order_id).await,
         1,
         "charged before the crash"
     );
     assert_eq!(
-        count(
-            &pool,
-            "SELECT count(*) FROM payment_attempts WHERE order_id = $1",
-            order_id
-        )
-        .await,
+        attempt_rows(&pool, order_id).await,
         0,
         "outcome not committed"
     );
@@ -86,25 +76,8 @@ async fn crash_between_charge_and_commit_charges_once(pool: PgPool) {
         (outcome.0.as_str(), outcome.1.as_str()),
         ("COMPLETED", "SUCCEEDED")
     );
-    assert_eq!(
-        count(
-            &pool,
-            "SELECT count(*) FROM gateway_ledger WHERE idempotency_key = $1::text",
-            order_id
-        )
-        .await,
-        1,
-        "still one charge"
-    );
-    assert_eq!(
-        count(
-            &pool,
-            "SELECT count(*) FROM payment_attempts WHERE order_id = $1",
-            order_id
-        )
-        .await,
-        1
-    );
+    assert_eq!(ledger_rows(&pool, order_id).await, 1, "still one charge");
+    assert_eq!(attempt_rows(&pool, order_id).await, 1);
     let _ = restarted.kill();
     let _ = restarted.wait();
 }

@@ -37,15 +37,7 @@ async fn database_outage_delays_payment_but_loses_and_doubles_nothing(pool: PgPo
     send_order_placed(&producer, &kafka, order_id).await;
     // Let the consumer receive the record and fail against the missing database a few times.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(
-        count(
-            &pool,
-            "SELECT count(*) FROM payment_attempts WHERE order_id = $1",
-            order_id
-        )
-        .await,
-        0
-    );
+    assert_eq!(attempt_rows(&pool, order_id).await, 0);
     assert!(
         !service.is_finished(),
         "the service keeps running through the outage"
@@ -57,24 +49,8 @@ async fn database_outage_delays_payment_but_loses_and_doubles_nothing(pool: PgPo
         (outcome.0.as_str(), outcome.1.as_str()),
         ("COMPLETED", "SUCCEEDED")
     );
-    let records = testing::collect_records_async(
-        &kafka.bootstrap_servers,
-        &kafka.topics.payment_completed,
-        kafka.event_partitions,
-        1,
-        Duration::from_secs(60),
-        Duration::from_secs(1),
-    )
-    .await;
+    let records = payment_completed_records(&kafka, 1, Duration::from_secs(1)).await;
     assert_eq!(records.len(), 1, "reported once");
-    assert_eq!(
-        count(
-            &pool,
-            "SELECT count(*) FROM gateway_ledger WHERE idempotency_key = $1::text",
-            order_id
-        )
-        .await,
-        1
-    );
+    assert_eq!(ledger_rows(&pool, order_id).await, 1);
     service.stop().await;
 }

@@ -31,15 +31,7 @@ async fn placed_order_is_paid_once_and_reported(pool: PgPool) {
         ),
         ("COMPLETED", "SUCCEEDED", 1, None)
     );
-    let records = testing::collect_records_async(
-        &kafka.bootstrap_servers,
-        &kafka.topics.payment_completed,
-        kafka.event_partitions,
-        1,
-        Duration::from_secs(60),
-        Duration::from_millis(500),
-    )
-    .await;
+    let records = payment_completed_records(&kafka, 1, Duration::from_millis(500)).await;
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].key, order_id.to_string());
     assert_eq!(
@@ -65,15 +57,7 @@ async fn placed_order_is_paid_once_and_reported(pool: PgPool) {
         event.metadata.unwrap().correlation_id,
         format!("req-{order_id}")
     );
-    assert_eq!(
-        count(
-            &pool,
-            "SELECT count(*) FROM gateway_ledger WHERE idempotency_key = $1::text",
-            order_id
-        )
-        .await,
-        1
-    );
+    assert_eq!(ledger_rows(&pool, order_id).await, 1);
     service.stop().await;
 }
 
@@ -120,12 +104,7 @@ async fn timeouts_are_retried_then_fail(pool: PgPool) {
         )
     );
     assert_eq!(
-        count(
-            &pool,
-            "SELECT count(*) FROM gateway_ledger WHERE idempotency_key = $1::text",
-            order_id
-        )
-        .await,
+        ledger_rows(&pool, order_id).await,
         0,
         "timed-out calls charge nothing"
     );
@@ -142,34 +121,10 @@ async fn duplicate_deliveries_charge_and_report_once(pool: PgPool) {
     }
     let service = spawn_service(pool.clone(), test_config(kafka.clone(), 0.0)).await;
     wait_for_payment(&pool, order_id).await;
-    let records = testing::collect_records_async(
-        &kafka.bootstrap_servers,
-        &kafka.topics.payment_completed,
-        kafka.event_partitions,
-        1,
-        Duration::from_secs(60),
-        Duration::from_secs(3),
-    )
-    .await;
+    let records = payment_completed_records(&kafka, 1, Duration::from_secs(3)).await;
     assert_eq!(records.len(), 1, "one payment.completed record");
-    assert_eq!(
-        count(
-            &pool,
-            "SELECT count(*) FROM payment_attempts WHERE order_id = $1",
-            order_id
-        )
-        .await,
-        1
-    );
-    assert_eq!(
-        count(
-            &pool,
-            "SELECT count(*) FROM gateway_ledger WHERE idempotency_key = $1::text",
-            order_id
-        )
-        .await,
-        1
-    );
+    assert_eq!(attempt_rows(&pool, order_id).await, 1);
+    assert_eq!(ledger_rows(&pool, order_id).await, 1);
     service.stop().await;
 }
 

@@ -91,3 +91,110 @@ pub fn database_url(pool: &PgPool) -> String {
         base.rsplit_once('/').expect("DATABASE_URL has a path").0
     )
 }
+
+/// The three services started as processes on one database and fresh topics.
+pub struct Platform {
+    /// Port of the order API on 127.0.0.1.
+    pub api_port: u16,
+    /// Topic-name prefix of this run.
+    pub prefix: String,
+    /// Where the services' logs go.
+    pub log_dir: PathBuf,
+    services: Vec<Service>,
+}
+
+impl Platform {
+    /// Starts order-api, payment-service and notification-service. `shared`
+    /// is added to every service's environment, `payment` to the payment service's.
+    pub fn start(
+        pool: &PgPool,
+        shared: &[(&'static str, String)],
+        payment: &[(&'static str, String)],
+    ) -> Self {
+        let log_dir = std::env::temp_dir().join(format!("foodorder-e2e-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&log_dir).unwrap();
+        let api_port = foodorder_common::testing::free_port();
+        let prefix = foodorder_common::testing::unique_prefix();
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        let mut common = vec![
+            ("DATABASE_URL", database_url(pool)),
+            (
+                "KAFKA_BOOTSTRAP_SERVERS",
+                foodorder_common::testing::bootstrap_servers(),
+            ),
+            ("KAFKA_TOPIC_PREFIX", prefix.clone()),
+        ];
+        common.extend_from_slice(shared);
+        let with = |extra: &[(&'static str, String)]| {
+            let mut env = common.clone();
+            env.extend_from_slice(extra);
+            env
+        };
+        let mut payment_env = vec![
+            ("PAYMENT_CONSUMER_GROUP", format!("payment-{run}")),
+            ("PAYMENT_HEALTH_ADDR", "127.0.0.1:0".to_owned()),
+        ];
+        payment_env.extend_from_slice(payment);
+        let services = vec![
+            Service::start(
+                "order-api",
+                &with(&[("ORDER_API_ADDR", format!("127.0.0.1:{api_port}"))]),
+                &log_dir,
+            ),
+            Service::start("payment-service", &with(&payment_env), &log_dir),
+            Service::start(
+                "notification-service",
+                &with(&[
+                    ("NOTIFICATION_CONSUMER_GROUP", format!("notification-{run}")),
+                    ("NOTIFICATION_HEALTH_ADDR", "127.0.0.1:0".to_owned()),
+                ]),
+                &log_dir,
+            ),
+        ];
+        Self {
+            api_port,
+            prefix,
+            log_dir,
+            services,
+        }
+    }
+
+    /// A client of the order API, once it accepts connections.
+    pub async fn client(
+        &self,
+    ) -> foodorder_proto::v1::order_service_client::OrderServiceClient<tonic::transport::Channel>
+    {
+        let address = format!("http://127.0.0.1:{}", self.api_port);
+        let channel = foodorder_common::testing::wait_for(
+            "order-api to accept connections",
+            Duration::from_secs(60),
+            || async {
+                tonic::transport::Endpoint::from_shared(address.clone())
+                    .unwrap()
+                    .connect()
+                    .await
+                    .ok()
+            },
+        )
+        .await;
+        foodorder_proto::v1::order_service_client::OrderServiceClient::new(channel)
+    }
+
+    /// SIGTERMs every service (each must exit 0); returns each service's log file.
+    pub fn terminate(self) -> Vec<(&'static str, PathBuf)> {
+        let logs = self
+            .services
+            .iter()
+            .map(|service| (service.name, service.log.clone()))
+            .collect();
+        for service in self.services {
+            service.terminate();
+        }
+        logs
+    }
+
+    /// Deletes the logs.
+    pub fn remove_logs(log_dir: &Path) {
+        let _ = std::fs::remove_dir_all(log_dir);
+    }
+}

@@ -219,3 +219,40 @@ pub fn database_url(pool: &PgPool) -> String {
     let (prefix, _) = base.rsplit_once('/').expect("DATABASE_URL has a path");
     format!("{prefix}/{database}")
 }
+
+/// Reads `payment.completed` until `expected` records arrived (then `grace` more for extras).
+pub async fn payment_completed_records(
+    kafka: &KafkaConfig,
+    expected: usize,
+    grace: Duration,
+) -> Vec<testing::Record> {
+    testing::collect_records_async(
+        &kafka.bootstrap_servers,
+        &kafka.topics.payment_completed,
+        kafka.event_partitions,
+        expected,
+        Duration::from_secs(60),
+        grace,
+    )
+    .await
+}
+
+/// Charges the gateway recorded for an order.
+pub async fn ledger_rows(pool: &PgPool, order_id: Uuid) -> i64 {
+    count(
+        pool,
+        "SELECT count(*) FROM gateway_ledger WHERE idempotency_key = $1::text",
+        order_id,
+    )
+    .await
+}
+
+/// Payment attempts recorded for an order.
+pub async fn attempt_rows(pool: &PgPool, order_id: Uuid) -> i64 {
+    count(
+        pool,
+        "SELECT count(*) FROM payment_attempts WHERE order_id = $1",
+        order_id,
+    )
+    .await
+}
