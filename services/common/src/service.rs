@@ -68,3 +68,42 @@ impl<H: MessageHandler> ConsumerService<H> {
         consumed
     }
 }
+
+/// What a consumer service needs before it runs: a migrated pool and its bound
+/// health listener (bound early, so a busy port fails at start).
+pub struct ServiceResources {
+    /// Database pool.
+    pub pool: PgPool,
+    /// Bound listener for `/healthz`.
+    pub health_listener: TcpListener,
+}
+
+impl ServiceResources {
+    /// Connects to PostgreSQL (creating the database, running migrations) and binds `health_addr`.
+    pub async fn connect(
+        database: &crate::config::DatabaseConfig,
+        health_addr: std::net::SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let pool = crate::db::connect_and_migrate(database).await?;
+        Self::with_pool(pool, health_addr).await
+    }
+
+    /// Uses an existing, migrated pool and binds `health_addr`.
+    pub async fn with_pool(
+        pool: PgPool,
+        health_addr: std::net::SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let health_listener = health::bind(health_addr).await?;
+        Ok(Self {
+            pool,
+            health_listener,
+        })
+    }
+
+    /// Address of the health endpoint.
+    pub fn health_addr(&self) -> std::net::SocketAddr {
+        self.health_listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+}

@@ -8,10 +8,8 @@ use std::time::Duration;
 
 use foodorder_common::consumer::ConsumerSettings;
 use foodorder_common::outbox::RelayConfig;
-use foodorder_common::service::ConsumerService;
-use foodorder_common::{db, health};
+use foodorder_common::service::{ConsumerService, ServiceResources};
 use sqlx::PgPool;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::breaker::CircuitBreaker;
@@ -23,40 +21,36 @@ use crate::processor::PaymentProcessor;
 /// A built, not yet running, payment service.
 pub struct Application {
     config: Config,
-    pool: PgPool,
-    health_listener: TcpListener,
+    resources: ServiceResources,
 }
 
 impl Application {
     /// Connects to PostgreSQL (creating the database, running migrations) and binds the health endpoint.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let pool = db::connect_and_migrate(&config.database).await?;
-        Self::build_with_pool(config, pool).await
+        let resources = ServiceResources::connect(&config.database, config.health_addr).await?;
+        Ok(Self { config, resources })
     }
 
     /// Uses an existing, migrated pool.
     pub async fn build_with_pool(config: Config, pool: PgPool) -> anyhow::Result<Self> {
-        let health_listener = health::bind(config.health_addr).await?;
-        Ok(Self {
-            config,
-            pool,
-            health_listener,
-        })
+        let resources = ServiceResources::with_pool(pool, config.health_addr).await?;
+        Ok(Self { config, resources })
     }
 
     /// Address of the health endpoint.
     pub fn health_addr(&self) -> SocketAddr {
-        self.health_listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.resources.health_addr()
     }
 
     /// Consumes until `shutdown`, then drains in-flight payments, commits, stops the relay.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self {
             config,
-            pool,
-            health_listener,
+            resources:
+                ServiceResources {
+                    pool,
+                    health_listener,
+                },
         } = self;
         let processor = Arc::new(PaymentProcessor::new(
             MockGateway::new(pool.clone(), config.gateway.clone()),
