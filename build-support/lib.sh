@@ -79,13 +79,16 @@ start_private_postgres() {
   initdb=$(find_pg_bin initdb) && pg_ctl=$(find_pg_bin pg_ctl) || die "PostgreSQL is not reachable at $(url_part "$DATABASE_URL" host):$(url_part "$DATABASE_URL" port) and its server binaries (initdb, pg_ctl) are not installed.
 Install them (Debian/Ubuntu: apt-get install postgresql) or point DATABASE_URL at a running server."
   data="$CACHE_DIR/pgdata"
-  mkdir -p "$CACHE_DIR"
+  # As root the cluster runs as the postgres user, which cannot reach a home
+  # directory that is private to root: keep it in /var/tmp instead.
+  [[ $(id -u) -eq 0 ]] && data="${FOODORDER_PGDATA:-/var/tmp/foodorder/pgdata}"
+  mkdir -p "$CACHE_DIR" "$(dirname "$data")"
   if [[ ! -f $data/PG_VERSION ]]; then
     log "creating a private PostgreSQL cluster in $data"
     mkdir -p "$data"
     [[ $(id -u) -eq 0 ]] && chown postgres "$data"
     as_pg_user "$initdb" -D "$data" -U postgres --auth=trust >"$CACHE_DIR/initdb.log" 2>&1 \
-      || die "initdb failed, see $CACHE_DIR/initdb.log"
+      || { rm -rf "$data"; die "initdb failed, see $CACHE_DIR/initdb.log"; }
   fi
   port=$(free_port)
   log "starting the private PostgreSQL cluster on 127.0.0.1:$port"

@@ -204,25 +204,24 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let started = Instant::now();
-    let results: Vec<anyhow::Result<Outcome>> =
-        futures::stream::iter(0..options.orders)
-            .map(|index| {
-                let mut client = client.clone();
-                let watch = options.watch;
-                async move {
-                    let (order_id, placed_at, latency) = place_one(&mut client, index).await?;
-                    let terminal = if watch {
-                        let status = watch_until_terminal(&mut client, &order_id).await?;
-                        Some((status, placed_at.elapsed() + latency))
-                    } else {
-                        None
-                    };
-                    Ok((order_id, placed_at, latency, terminal))
-                }
-            })
-            .buffer_unordered(options.concurrency)
-            .collect()
-            .await;
+    let results: Vec<anyhow::Result<Outcome>> = futures::stream::iter(0..options.orders)
+        .map(|index| {
+            let mut client = client.clone();
+            let watch = options.watch;
+            async move {
+                let (order_id, placed_at, latency) = place_one(&mut client, index).await?;
+                let terminal = if watch {
+                    let status = watch_until_terminal(&mut client, &order_id).await?;
+                    Some((status, placed_at.elapsed() + latency))
+                } else {
+                    None
+                };
+                Ok((order_id, placed_at, latency, terminal))
+            }
+        })
+        .buffer_unordered(options.concurrency)
+        .collect()
+        .await;
     let elapsed = started.elapsed();
 
     let mut latencies = Vec::new();
