@@ -256,3 +256,59 @@ pub async fn attempt_rows(pool: &PgPool, order_id: Uuid) -> i64 {
     )
     .await
 }
+
+/// Starts the payment-service binary as a process on `database_url` and the
+/// topics of `kafka`, in consumer group `group`, with a zero-latency gateway
+/// that never declines unless `extra_env` says otherwise.
+pub fn spawn_process(
+    database_url: &str,
+    kafka: &KafkaConfig,
+    group: &str,
+    extra_env: &[(&str, &str)],
+) -> ServiceProcess {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_payment-service"))
+        .env("DATABASE_URL", database_url)
+        .env("KAFKA_BOOTSTRAP_SERVERS", &kafka.bootstrap_servers)
+        .env(
+            "KAFKA_TOPIC_PREFIX",
+            kafka.topics.order_placed.trim_end_matches("order.placed"),
+        )
+        .env("PAYMENT_CONSUMER_GROUP", group)
+        .env("PAYMENT_MIN_LATENCY", "0")
+        .env("PAYMENT_MAX_LATENCY", "0")
+        .env("PAYMENT_DECLINE_RATE", "0")
+        .env("PAYMENT_HEALTH_ADDR", "127.0.0.1:0")
+        .env(
+            "LOG_LEVEL",
+            if std::env::var_os("TEST_LOG").is_some() {
+                "info"
+            } else {
+                "warn"
+            },
+        )
+        .envs(extra_env.iter().copied())
+        .stdout(child_output())
+        .stderr(child_output())
+        .spawn()
+        .expect("start payment-service");
+    ServiceProcess(child)
+}
+
+/// A payment-service process, killed when dropped (so a failing test leaves none behind).
+pub struct ServiceProcess(pub std::process::Child);
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Where a child process writes: inherited with `TEST_LOG`, discarded otherwise.
+fn child_output() -> std::process::Stdio {
+    if std::env::var_os("TEST_LOG").is_some() {
+        std::process::Stdio::inherit()
+    } else {
+        std::process::Stdio::null()
+    }
+}
