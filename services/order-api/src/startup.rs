@@ -25,6 +25,7 @@ pub struct Application {
     pool: PgPool,
     listener: TcpListener,
     local_addr: SocketAddr,
+    watch_hub: OrderWatchHub,
 }
 
 impl Application {
@@ -45,12 +46,18 @@ impl Application {
             pool,
             listener,
             local_addr,
+            watch_hub: OrderWatchHub::default(),
         })
     }
 
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The WatchOrder fan-out, to observe how many orders are being watched.
+    pub fn watch_hub(&self) -> OrderWatchHub {
+        self.watch_hub.clone()
     }
 
     /// The port the server listens on.
@@ -64,6 +71,7 @@ impl Application {
             config,
             pool,
             listener,
+            watch_hub,
             ..
         } = self;
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -91,7 +99,6 @@ impl Application {
             "order-api",
             background.clone(),
         ));
-        let watch_hub = OrderWatchHub::default();
         let watch_listener = tokio::spawn(
             watch_hub
                 .clone()

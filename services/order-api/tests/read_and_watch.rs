@@ -308,3 +308,41 @@ async fn reflection_and_health_work_without_proto_files(pool: PgPool) {
     );
     app.stop().await;
 }
+
+#[sqlx::test(migrator = "foodorder_common::db::MIGRATOR")]
+async fn a_client_that_leaves_frees_its_watch(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let mut client = app.client.clone();
+    let order = client
+        .place_order(order_request(&[(2, 1)]))
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let mut stream = client
+            .watch_order(WatchOrderRequest {
+                order_id: order.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        stream.next().await.unwrap().unwrap();
+        streams.push(stream);
+    }
+    assert_eq!(
+        app.watch_hub.watched_orders(),
+        1,
+        "one entry for the watched order"
+    );
+    drop(streams);
+    foodorder_common::testing::wait_for(
+        "the server to drop the abandoned watches",
+        Duration::from_secs(10),
+        || async { (app.watch_hub.watched_orders() == 0).then_some(()) },
+    )
+    .await;
+    app.stop().await;
+}

@@ -25,6 +25,7 @@ pub struct TestApp {
     pub client: OrderServiceClient<Channel>,
     pub kafka: KafkaConfig,
     pub pool: PgPool,
+    pub watch_hub: order_api::watch::OrderWatchHub,
     shutdown: CancellationToken,
     handle: JoinHandle<anyhow::Result<()>>,
 }
@@ -54,6 +55,7 @@ pub async fn spawn_app_with_kafka(pool: PgPool, kafka: KafkaConfig) -> TestApp {
         .await
         .expect("failed to build the app");
     let addr = application.local_addr();
+    let watch_hub = application.watch_hub();
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(application.run_until_stopped(shutdown.clone()));
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -67,6 +69,7 @@ pub async fn spawn_app_with_kafka(pool: PgPool, kafka: KafkaConfig) -> TestApp {
         channel,
         kafka,
         pool,
+        watch_hub,
         shutdown,
         handle,
     }
