@@ -6,7 +6,10 @@
 //! ("Insufficient funds"). It is idempotent by key like real gateways: every
 //! decision is written to its ledger (`gateway_ledger`), and a call with a key
 //! that already has a decision returns that decision without charging again. An
-//! advisory lock per key makes concurrent calls with one key safe.
+//! advisory lock per key makes concurrent calls with one key safe. Giving up on
+//! a key ([`PaymentGateway::void`]) is a decision too, taken under the same
+//! lock: a charge still in flight cannot land after it, and a charge that landed
+//! first stands — so the ledger is the one truth about whether money moved.
 
 use std::future::Future;
 use std::sync::Mutex;
@@ -45,6 +48,11 @@ pub enum ChargeOutcome {
         /// Why.
         reason: String,
     },
+    /// The caller gave up on this key; it will never be charged.
+    Voided {
+        /// Why the caller gave up.
+        reason: String,
+    },
 }
 
 /// The gateway could not give a decision for reasons on our side.
@@ -58,6 +66,20 @@ pub trait PaymentGateway: Send + Sync + 'static {
     fn charge(
         &self,
         request: &ChargeRequest,
+    ) -> impl Future<Output = Result<ChargeOutcome, GatewayUnavailable>> + Send;
+
+    /// The decision already made for `idempotency_key`, if any (no charge, no latency).
+    fn decision(
+        &self,
+        idempotency_key: &str,
+    ) -> impl Future<Output = Result<Option<ChargeOutcome>, GatewayUnavailable>> + Send;
+
+    /// Gives up on `request`: afterwards no call can charge it. Returns the
+    /// decision that stands — a charge that got in first is returned as such.
+    fn void(
+        &self,
+        request: &ChargeRequest,
+        reason: &str,
     ) -> impl Future<Output = Result<ChargeOutcome, GatewayUnavailable>> + Send;
 }
 
@@ -126,6 +148,9 @@ impl MockGateway {
         Ok(
             row.map(|(charge_id, outcome, reason)| match outcome.as_str() {
                 "APPROVED" => ChargeOutcome::Approved { charge_id },
+                "VOIDED" => ChargeOutcome::Voided {
+                    reason: reason.unwrap_or_default(),
+                },
                 _ => ChargeOutcome::Declined {
                     reason: reason.unwrap_or_else(|| DECLINE_REASON.to_owned()),
                 },
@@ -133,10 +158,11 @@ impl MockGateway {
         )
     }
 
+    /// Records `wanted` for the request's key unless a decision exists; returns the one that stands.
     async fn decide(
         &self,
         request: &ChargeRequest,
-        decline: bool,
+        wanted: ChargeOutcome,
     ) -> Result<ChargeOutcome, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
@@ -147,17 +173,12 @@ impl MockGateway {
             tx.commit().await?;
             return Ok(outcome);
         }
-        let charge_id = Uuid::now_v7();
-        let (outcome, label, reason) = if decline {
-            (
-                ChargeOutcome::Declined {
-                    reason: DECLINE_REASON.to_owned(),
-                },
-                "DECLINED",
-                Some(DECLINE_REASON),
-            )
-        } else {
-            (ChargeOutcome::Approved { charge_id }, "APPROVED", None)
+        let (charge_id, label, reason) = match &wanted {
+            ChargeOutcome::Approved { charge_id } => (*charge_id, "APPROVED", None),
+            ChargeOutcome::Declined { reason } => {
+                (Uuid::now_v7(), "DECLINED", Some(reason.as_str()))
+            }
+            ChargeOutcome::Voided { reason } => (Uuid::now_v7(), "VOIDED", Some(reason.as_str())),
         };
         sqlx::query(
             "INSERT INTO gateway_ledger (charge_id, idempotency_key, amount, outcome, decline_reason) \
@@ -171,7 +192,7 @@ impl MockGateway {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(outcome)
+        Ok(wanted)
     }
 }
 
@@ -191,9 +212,38 @@ impl PaymentGateway for MockGateway {
         }
         let draw = self.draw();
         tokio::time::sleep(draw.latency).await;
-        self.decide(request, draw.decline)
+        let wanted = if draw.decline {
+            ChargeOutcome::Declined {
+                reason: DECLINE_REASON.to_owned(),
+            }
+        } else {
+            ChargeOutcome::Approved {
+                charge_id: Uuid::now_v7(),
+            }
+        };
+        self.decide(request, wanted).await.map_err(unavailable)
+    }
+
+    async fn decision(
+        &self,
+        idempotency_key: &str,
+    ) -> Result<Option<ChargeOutcome>, GatewayUnavailable> {
+        Self::recorded(&self.pool, idempotency_key)
             .await
-            .map_err(unavailable)
+            .map_err(|error| GatewayUnavailable(anyhow::Error::new(error)))
+    }
+
+    async fn void(
+        &self,
+        request: &ChargeRequest,
+        reason: &str,
+    ) -> Result<ChargeOutcome, GatewayUnavailable> {
+        let wanted = ChargeOutcome::Voided {
+            reason: reason.to_owned(),
+        };
+        self.decide(request, wanted)
+            .await
+            .map_err(|error| GatewayUnavailable(anyhow::Error::new(error)))
     }
 }
 

@@ -2,6 +2,11 @@
 //! only (attempts in all: `PAYMENT_MAX_RETRIES`, back-off base × 1, 2, 4 …),
 //! all behind the circuit breaker. A decline is final. An open breaker fails
 //! fast: attempt_count 0 when it was open before the first call.
+//!
+//! The gateway's ledger is the truth about money: a decision it already made
+//! for the order (an earlier delivery, another instance) is used as is, and
+//! giving up voids the key at the gateway first — if a charge landed before
+//! the void, the payment succeeded after all and is recorded as such.
 
 use std::time::Duration;
 
@@ -57,14 +62,16 @@ impl<G: PaymentGateway> PaymentProcessor<G> {
     /// Pays `request`. `Err` only when our side failed (e.g. the ledger database): retry later.
     pub async fn pay(&self, request: &ChargeRequest) -> Result<PaymentResult, GatewayUnavailable> {
         let started = Instant::now();
+        if let Some(decided) = self.gateway.decision(&request.idempotency_key).await? {
+            tracing::info!(
+                order_id = request.idempotency_key,
+                "the gateway already decided on this order"
+            );
+            // The decision was made by an earlier delivery: one call, or none for a void.
+            let calls = u32::from(!matches!(decided, ChargeOutcome::Voided { .. }));
+            return Ok(self.result(decided, calls, started));
+        }
         let mut attempts: u32 = 0;
-        let failed = |attempts: u32, message: String| PaymentResult {
-            success: false,
-            attempt_count: attempts as i32,
-            error_message: Some(message),
-            processing_time: started.elapsed(),
-            charge_id: None,
-        };
         loop {
             if !self.breaker.try_acquire() {
                 tracing::warn!(
@@ -72,7 +79,9 @@ impl<G: PaymentGateway> PaymentProcessor<G> {
                     attempts,
                     "circuit breaker open, failing fast"
                 );
-                return Ok(failed(attempts, BREAKER_OPEN_MESSAGE.to_owned()));
+                return self
+                    .give_up(request, attempts, BREAKER_OPEN_MESSAGE, started)
+                    .await;
             }
             attempts += 1;
             let span = tracing::info_span!(
@@ -88,44 +97,31 @@ impl<G: PaymentGateway> PaymentProcessor<G> {
                 .instrument(span.clone())
                 .await;
             let latency_ms = call_started.elapsed().as_millis() as u64;
+            let label = match &outcome {
+                Ok(Ok(ChargeOutcome::Approved { .. })) => "approved",
+                Ok(Ok(ChargeOutcome::Declined { .. })) => "declined",
+                Ok(Ok(ChargeOutcome::Voided { .. })) => "voided",
+                Ok(Err(_)) => "unavailable",
+                Err(_) => "timeout",
+            };
             span.record("payment.latency_ms", latency_ms);
-            span.record(
-                "payment.outcome",
-                match &outcome {
-                    Ok(Ok(ChargeOutcome::Approved { .. })) => "approved",
-                    Ok(Ok(ChargeOutcome::Declined { .. })) => "declined",
-                    Ok(Err(_)) => "unavailable",
-                    Err(_) => "timeout",
-                },
+            span.record("payment.outcome", label);
+            tracing::info!(
+                order_id = request.idempotency_key,
+                attempt = attempts,
+                latency_ms,
+                outcome = label,
+                "gateway attempt"
             );
             match outcome {
-                Ok(Ok(ChargeOutcome::Approved { charge_id })) => {
-                    self.breaker.record_success();
-                    tracing::info!(
-                        order_id = request.idempotency_key,
-                        attempt = attempts,
-                        latency_ms,
-                        outcome = "approved",
-                        "gateway attempt"
-                    );
-                    return Ok(PaymentResult {
-                        success: true,
-                        attempt_count: attempts as i32,
-                        error_message: None,
-                        processing_time: started.elapsed(),
-                        charge_id: Some(charge_id),
-                    });
-                }
-                Ok(Ok(ChargeOutcome::Declined { reason })) => {
-                    self.breaker.record_failure();
-                    tracing::info!(
-                        order_id = request.idempotency_key,
-                        attempt = attempts,
-                        latency_ms,
-                        outcome = "declined",
-                        "gateway attempt"
-                    );
-                    return Ok(failed(attempts, reason));
+                Ok(Ok(decided)) => {
+                    match decided {
+                        ChargeOutcome::Approved { .. } => self.breaker.record_success(),
+                        ChargeOutcome::Declined { .. } => self.breaker.record_failure(),
+                        // Someone else gave up on this order: no verdict on the gateway.
+                        ChargeOutcome::Voided { .. } => self.breaker.record_inconclusive(),
+                    }
+                    return Ok(self.result(decided, attempts, started));
                 }
                 Ok(Err(unavailable)) => {
                     self.breaker.record_inconclusive();
@@ -133,24 +129,50 @@ impl<G: PaymentGateway> PaymentProcessor<G> {
                 }
                 Err(_elapsed) => {
                     self.breaker.record_failure();
-                    tracing::info!(
-                        order_id = request.idempotency_key,
-                        attempt = attempts,
-                        latency_ms,
-                        outcome = "timeout",
-                        "gateway attempt"
-                    );
                     if attempts >= self.settings.max_attempts {
-                        return Ok(failed(
-                            attempts,
-                            format!("Payment gateway timeout after {attempts} attempts"),
-                        ));
+                        let reason = format!("Payment gateway timeout after {attempts} attempts");
+                        return self.give_up(request, attempts, &reason, started).await;
                     }
                     let backoff =
                         self.settings.retry_base_delay * 2_u32.saturating_pow(attempts - 1);
                     tokio::time::sleep(backoff).await;
                 }
             }
+        }
+    }
+
+    /// Voids the order at the gateway and returns what stands: a charge that
+    /// landed before the void (a timed-out call that went through) wins.
+    async fn give_up(
+        &self,
+        request: &ChargeRequest,
+        attempts: u32,
+        reason: &str,
+        started: Instant,
+    ) -> Result<PaymentResult, GatewayUnavailable> {
+        let decided = self.gateway.void(request, reason).await?;
+        if matches!(decided, ChargeOutcome::Approved { .. }) {
+            tracing::warn!(
+                order_id = request.idempotency_key,
+                "a charge landed before the payment was given up; it stands"
+            );
+        }
+        Ok(self.result(decided, attempts, started))
+    }
+
+    fn result(&self, decided: ChargeOutcome, attempts: u32, started: Instant) -> PaymentResult {
+        let (success, error_message, charge_id) = match decided {
+            ChargeOutcome::Approved { charge_id } => (true, None, Some(charge_id)),
+            ChargeOutcome::Declined { reason } | ChargeOutcome::Voided { reason } => {
+                (false, Some(reason), None)
+            }
+        };
+        PaymentResult {
+            success,
+            attempt_count: attempts as i32,
+            error_message,
+            processing_time: started.elapsed(),
+            charge_id,
         }
     }
 }
@@ -167,6 +189,10 @@ mod tests {
     struct ScriptedGateway {
         script: Mutex<VecDeque<(Duration, ChargeOutcome)>>,
         calls: Mutex<Vec<Instant>>,
+        /// The ledger: the decision that stands, per idempotency key.
+        decided: Mutex<std::collections::HashMap<String, ChargeOutcome>>,
+        /// Record the decision before the (possibly too slow) reply.
+        decide_before_reply: bool,
     }
 
     impl ScriptedGateway {
@@ -179,14 +205,35 @@ mod tests {
                         .collect(),
                 ),
                 calls: Mutex::new(Vec::new()),
+                decided: Mutex::new(std::collections::HashMap::new()),
+                decide_before_reply: false,
             }
         }
     }
 
     impl PaymentGateway for ScriptedGateway {
+        async fn decision(&self, key: &str) -> Result<Option<ChargeOutcome>, GatewayUnavailable> {
+            Ok(self.decided.lock().unwrap().get(key).cloned())
+        }
+
+        async fn void(
+            &self,
+            request: &ChargeRequest,
+            reason: &str,
+        ) -> Result<ChargeOutcome, GatewayUnavailable> {
+            let mut decided = self.decided.lock().unwrap();
+            let voided = ChargeOutcome::Voided {
+                reason: reason.to_owned(),
+            };
+            Ok(decided
+                .entry(request.idempotency_key.clone())
+                .or_insert(voided)
+                .clone())
+        }
+
         async fn charge(
             &self,
-            _request: &ChargeRequest,
+            request: &ChargeRequest,
         ) -> Result<ChargeOutcome, GatewayUnavailable> {
             self.calls.lock().unwrap().push(Instant::now());
             let (latency, outcome) = self
@@ -195,8 +242,22 @@ mod tests {
                 .unwrap()
                 .pop_front()
                 .expect("unexpected call");
+            let key = request.idempotency_key.clone();
+            if self.decide_before_reply {
+                self.decided
+                    .lock()
+                    .unwrap()
+                    .entry(key.clone())
+                    .or_insert(outcome.clone());
+            }
             tokio::time::sleep(latency).await;
-            Ok(outcome)
+            Ok(self
+                .decided
+                .lock()
+                .unwrap()
+                .entry(key)
+                .or_insert(outcome)
+                .clone())
         }
     }
 
@@ -267,6 +328,70 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_charge_that_lands_after_the_timeout_wins_over_giving_up() {
+        let mut gateway = ScriptedGateway::new(vec![
+            (5000, approved()),
+            (5000, approved()),
+            (5000, approved()),
+        ]);
+        gateway.decide_before_reply = true;
+        let processor = PaymentProcessor::new(
+            gateway,
+            CircuitBreaker::new(BreakerSettings {
+                failure_threshold: 10,
+                recovery_timeout: Duration::from_secs(30),
+            }),
+            PaymentSettings {
+                timeout: Duration::from_secs(4),
+                max_attempts: 1,
+                retry_base_delay: Duration::from_secs(1),
+            },
+        );
+        let result = processor.pay(&request()).await.unwrap();
+        assert!(
+            result.success,
+            "the gateway charged, so the payment succeeded: {result:?}"
+        );
+        assert_eq!(result.attempt_count, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn giving_up_voids_so_nothing_can_charge_later() {
+        let processor = processor(
+            vec![(5000, approved()), (5000, approved()), (5000, approved())],
+            10,
+        );
+        let result = processor.pay(&request()).await.unwrap();
+        assert!(!result.success);
+        let voided = matches!(
+            processor.gateway.decided.lock().unwrap().get("order-1"),
+            Some(ChargeOutcome::Voided { .. })
+        );
+        assert!(voided, "giving up voids the order at the gateway");
+        let again = processor.pay(&request()).await.unwrap();
+        assert!(
+            !again.success,
+            "a redelivery sees the void and does not call the gateway"
+        );
+        assert_eq!(again.attempt_count, 0);
+        assert_eq!(processor.gateway.calls.lock().unwrap().len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_recorded_decision_is_used_without_a_call() {
+        let processor = processor(vec![], 10);
+        processor
+            .gateway
+            .decided
+            .lock()
+            .unwrap()
+            .insert("order-1".into(), approved());
+        let result = processor.pay(&request()).await.unwrap();
+        assert!(result.success);
+        assert!(processor.gateway.calls.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn declines_are_not_retried() {
         let processor = processor(
             vec![(
@@ -294,9 +419,13 @@ mod tests {
             )
         };
         let processor = processor(vec![declined(), declined()], 2);
-        processor.pay(&request()).await.unwrap();
-        processor.pay(&request()).await.unwrap();
-        let result = processor.pay(&request()).await.unwrap();
+        let order = |key: &str| ChargeRequest {
+            idempotency_key: key.into(),
+            ..request()
+        };
+        processor.pay(&order("order-1")).await.unwrap();
+        processor.pay(&order("order-2")).await.unwrap();
+        let result = processor.pay(&order("order-3")).await.unwrap();
         assert_eq!(result.attempt_count, 0);
         assert_eq!(result.error_message.as_deref(), Some(BREAKER_OPEN_MESSAGE));
         assert_eq!(

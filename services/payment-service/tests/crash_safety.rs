@@ -35,7 +35,7 @@ async fn crash_between_charge_and_commit_charges_once(pool: PgPool) {
     .await;
     assert!(!status.success(), "the process aborted");
     assert_eq!(
-        ledger_rows(&pool, order_id).await,
+        charges(&pool, order_id).await,
         1,
         "charged before the crash"
     );
@@ -51,7 +51,7 @@ async fn crash_between_charge_and_commit_charges_once(pool: PgPool) {
         (outcome.0.as_str(), outcome.1.as_str()),
         ("COMPLETED", "SUCCEEDED")
     );
-    assert_eq!(ledger_rows(&pool, order_id).await, 1, "still one charge");
+    assert_eq!(charges(&pool, order_id).await, 1, "still one charge");
     assert_eq!(attempt_rows(&pool, order_id).await, 1);
     let _ = restarted.0.kill();
     let _ = restarted.0.wait();

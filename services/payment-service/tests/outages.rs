@@ -51,6 +51,6 @@ async fn database_outage_delays_payment_but_loses_and_doubles_nothing(pool: PgPo
     );
     let records = payment_completed_records(&kafka, 1, Duration::from_secs(1)).await;
     assert_eq!(records.len(), 1, "reported once");
-    assert_eq!(ledger_rows(&pool, order_id).await, 1);
+    assert_eq!(charges(&pool, order_id).await, 1);
     service.stop().await;
 }

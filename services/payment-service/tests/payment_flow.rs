@@ -57,7 +57,7 @@ async fn placed_order_is_paid_once_and_reported(pool: PgPool) {
         event.metadata.unwrap().correlation_id,
         format!("req-{order_id}")
     );
-    assert_eq!(ledger_rows(&pool, order_id).await, 1);
+    assert_eq!(charges(&pool, order_id).await, 1);
     service.stop().await;
 }
 
@@ -104,9 +104,9 @@ async fn timeouts_are_retried_then_fail(pool: PgPool) {
         )
     );
     assert_eq!(
-        ledger_rows(&pool, order_id).await,
-        0,
-        "timed-out calls charge nothing"
+        decisions(&pool, order_id).await,
+        ["VOIDED"],
+        "timed-out calls charge nothing, and giving up voids the order at the gateway"
     );
     service.stop().await;
 }
@@ -124,7 +124,7 @@ async fn duplicate_deliveries_charge_and_report_once(pool: PgPool) {
     let records = payment_completed_records(&kafka, 1, Duration::from_secs(3)).await;
     assert_eq!(records.len(), 1, "one payment.completed record");
     assert_eq!(attempt_rows(&pool, order_id).await, 1);
-    assert_eq!(ledger_rows(&pool, order_id).await, 1);
+    assert_eq!(charges(&pool, order_id).await, 1);
     service.stop().await;
 }
 

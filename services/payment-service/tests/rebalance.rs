@@ -76,11 +76,7 @@ async fn stopping_one_of_two_instances_loses_and_doubles_nothing(pool: PgPool) {
             1,
             "{order_id}: one attempt"
         );
-        assert_eq!(
-            ledger_rows(&pool, *order_id).await,
-            1,
-            "{order_id}: one charge"
-        );
+        assert_eq!(charges(&pool, *order_id).await, 1, "{order_id}: one charge");
     }
     let records = payment_completed_records(&kafka, ORDERS, Duration::from_secs(2)).await;
     let mut events_by_order: HashMap<String, Vec<String>> = HashMap::new();

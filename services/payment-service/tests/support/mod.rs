@@ -237,14 +237,25 @@ pub async fn payment_completed_records(
     .await
 }
 
-/// Charges the gateway recorded for an order.
-pub async fn ledger_rows(pool: &PgPool, order_id: Uuid) -> i64 {
+/// Charges the gateway made for an order (APPROVED decisions in its ledger).
+pub async fn charges(pool: &PgPool, order_id: Uuid) -> i64 {
     count(
         pool,
-        "SELECT count(*) FROM gateway_ledger WHERE idempotency_key = $1::text",
+        "SELECT count(*) FROM gateway_ledger WHERE idempotency_key = $1::text AND outcome = 'APPROVED'",
         order_id,
     )
     .await
+}
+
+/// The gateway's decisions for an order, oldest first (APPROVED, DECLINED or VOIDED).
+pub async fn decisions(pool: &PgPool, order_id: Uuid) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT outcome FROM gateway_ledger WHERE idempotency_key = $1::text ORDER BY created_at",
+    )
+    .bind(order_id.to_string())
+    .fetch_all(pool)
+    .await
+    .unwrap()
 }
 
 /// Payment attempts recorded for an order.
