@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
+use futures::FutureExt;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -119,8 +120,14 @@ pub enum HandleError {
 }
 
 impl From<sqlx::Error> for HandleError {
+    /// Data the database rejects is poison (retrying cannot help); anything
+    /// else (unreachable, deadlock, serialization failure …) is retried.
     fn from(error: sqlx::Error) -> Self {
-        Self::Retryable(anyhow::Error::new(error).context("database error"))
+        if crate::db::is_data_error(&error) {
+            Self::Fatal(format!("the database rejected the message's data: {error}"))
+        } else {
+            Self::Retryable(anyhow::Error::new(error).context("database error"))
+        }
     }
 }
 
@@ -217,6 +224,18 @@ impl Progress {
         list
     }
 
+    /// Forgets what was marked committed (all partitions, or those listed), so
+    /// the next commit sends those positions again: after a failed commit, and
+    /// before the final one at shutdown.
+    fn uncommitted(&self, only: Option<&TopicPartitionList>) {
+        let mut map = self.lock();
+        for ((topic, partition), progress) in map.iter_mut() {
+            if only.is_none_or(|only| only.find_partition(topic, *partition).is_some()) {
+                progress.committed = None;
+            }
+        }
+    }
+
     fn forget(&self, partitions: &TopicPartitionList) {
         let mut map = self.lock();
         for element in partitions.elements() {
@@ -243,6 +262,17 @@ impl ConsumerContext for RebalanceContext {
             }
             self.progress.forget(partitions);
             tracing::info!(partitions = partitions.count(), "partitions revoked");
+        }
+    }
+
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
+        if let Err(error) = result {
+            tracing::warn!(%error, "offset commit failed, it will be retried");
+            self.progress.uncommitted(Some(offsets));
         }
     }
 
@@ -404,6 +434,7 @@ pub async fn run<H: MessageHandler>(
         );
         tasks.abort_all();
     }
+    progress.uncommitted(None);
     commit(&consumer, &progress, CommitMode::Sync);
     if let Err(error) =
         rdkafka::producer::Producer::flush(&producer, Timeout::After(Duration::from_secs(5)))
@@ -442,7 +473,8 @@ fn commit(consumer: &Consumer_, progress: &Progress, mode: CommitMode) {
         return;
     }
     if let Err(error) = consumer.commit(&offsets, mode) {
-        tracing::warn!(%error, "failed to commit offsets");
+        tracing::warn!(%error, "failed to commit offsets, they will be retried");
+        progress.uncommitted(Some(&offsets));
     }
 }
 
@@ -456,7 +488,20 @@ async fn process<H: MessageHandler>(
 ) -> bool {
     let mut backoff = Duration::from_millis(200);
     loop {
-        match handler.handle(message).await {
+        // A panicking handler would leave its offset unfinished forever and
+        // stall the partition's commits: treat it as poison instead.
+        let outcome = std::panic::AssertUnwindSafe(handler.handle(message))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                let text = panic
+                    .downcast_ref::<&str>()
+                    .map(|text| (*text).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(HandleError::Fatal(format!("the handler panicked: {text}")))
+            });
+        match outcome {
             Ok(()) => return true,
             Err(HandleError::Fatal(reason)) => {
                 tracing::warn!(

@@ -50,3 +50,16 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
             | sqlx::Error::Tls(_)
     ) || matches!(error, sqlx::Error::Database(db) if db.code().is_some_and(|code| code.starts_with("57P") || code.starts_with("08")))
 }
+
+/// True when the database rejected the data itself (SQLSTATE classes 22 "data
+/// exception" and 23 "integrity constraint violation", or a value it cannot
+/// decode): repeating the same statement will fail the same way.
+pub fn is_data_error(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => true,
+        _ => false,
+    }
+}

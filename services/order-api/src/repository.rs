@@ -340,7 +340,11 @@ async fn find_by_idempotency_key(
 
 /// Reads an order with its items and payment attempts.
 pub async fn load_order(pool: &PgPool, order_id: Uuid) -> Result<Option<Order>, sqlx::Error> {
-    let mut connection = pool.acquire().await?;
+    // One snapshot for the three reads, so an order is never seen PROCESSING
+    // together with the payment attempt that completed it.
+    let mut connection = pool
+        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await?;
     let Some(order): Option<OrderRow> = sqlx::query_as(
         "SELECT id, customer_name, customer_email, status, total_amount, correlation_id, created_at, updated_at \
          FROM orders WHERE id = $1",
@@ -366,6 +370,7 @@ pub async fn load_order(pool: &PgPool, order_id: Uuid) -> Result<Option<Order>, 
     .fetch_all(&mut *connection)
     .await?;
 
+    connection.commit().await?;
     let status = order_status(&order.status);
     Ok(Some(Order {
         id: order.id.to_string(),

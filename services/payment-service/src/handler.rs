@@ -157,45 +157,42 @@ impl<G: PaymentGateway> PaymentHandler<G> {
         Ok(true)
     }
 
-    /// Before dead-lettering: an order whose id is known becomes visibly FAILED.
+    /// Before dead-lettering: an order whose id is known becomes visibly FAILED
+    /// (so no one waits on it forever). A database error is returned, so the
+    /// message is retried rather than dead-lettered with the order left PROCESSING.
     async fn fail_known_order(
         &self,
         key: Option<&str>,
         reason: &str,
         headers: &BTreeMap<String, String>,
-    ) {
+    ) -> Result<(), sqlx::Error> {
         let Some(order_id) = key.and_then(|key| Uuid::parse_str(key).ok()) else {
-            return;
+            return Ok(());
         };
-        let result = async {
-            let Some(order) = self.load_order(order_id).await? else {
-                return Ok(false);
-            };
-            if order.paid {
-                return Ok(false);
-            }
-            let failure = PaymentResult {
-                success: false,
-                attempt_count: 0,
-                error_message: Some(format!("Payment could not be processed: {reason}")),
-                processing_time: std::time::Duration::ZERO,
-                charge_id: None,
-            };
-            let correlation_id = headers
-                .get(events::HEADER_REQUEST_ID)
-                .cloned()
-                .unwrap_or_default();
-            self.record_outcome(order_id, &order, &failure, &correlation_id)
-                .await
+        let Some(order) = self.load_order(order_id).await? else {
+            return Ok(());
+        };
+        if order.paid {
+            return Ok(());
         }
-        .await;
-        match result {
-            Ok(true) => {
-                tracing::warn!(%order_id, reason, "order marked FAILED before dead-lettering its message")
-            }
-            Ok(false) => {}
-            Err(error) => tracing::error!(%order_id, %error, "failed to mark the order FAILED"),
+        let failure = PaymentResult {
+            success: false,
+            attempt_count: 0,
+            error_message: Some(format!("Payment could not be processed: {reason}")),
+            processing_time: std::time::Duration::ZERO,
+            charge_id: None,
+        };
+        let correlation_id = headers
+            .get(events::HEADER_REQUEST_ID)
+            .cloned()
+            .unwrap_or_default();
+        if self
+            .record_outcome(order_id, &order, &failure, &correlation_id)
+            .await?
+        {
+            tracing::warn!(%order_id, reason, "order marked FAILED before dead-lettering its message");
         }
+        Ok(())
     }
 }
 
@@ -229,7 +226,7 @@ impl<G: PaymentGateway> MessageHandler for PaymentHandler<G> {
             Ok(decoded) => decoded,
             Err(reason) => {
                 self.fail_known_order(message.key_str(), &reason, &headers)
-                    .await;
+                    .await?;
                 return Err(HandleError::Fatal(reason));
             }
         };
