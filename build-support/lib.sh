@@ -90,6 +90,13 @@ Install them (Debian/Ubuntu: apt-get install postgresql) or point DATABASE_URL a
     as_pg_user "$initdb" -D "$data" -U postgres --auth=trust >"$CACHE_DIR/initdb.log" 2>&1 \
       || { rm -rf "$data"; die "initdb failed, see $CACHE_DIR/initdb.log"; }
   fi
+  # A cluster already running on this data directory (an earlier run) is reused, not stopped by us.
+  if as_pg_user "$pg_ctl" -D "$data" status >/dev/null 2>&1; then
+    port=$(sed -n 4p "$data/postmaster.pid")
+    log "reusing the private PostgreSQL cluster already running on 127.0.0.1:$port"
+    export DATABASE_URL="postgres://postgres@127.0.0.1:$port/$(url_part "$DATABASE_URL" db)"
+    return 0
+  fi
   port=$(free_port)
   log "starting the private PostgreSQL cluster on 127.0.0.1:$port"
   as_pg_user "$pg_ctl" -D "$data" -w -t 60 -l "$data/server.log" \
@@ -159,8 +166,8 @@ ensure_kafka() {
     log "Kafka: $KAFKA_BOOTSTRAP_SERVERS"
     return 0
   fi
-  install_tansu
   [[ $host == 127.0.0.1 || $host == localhost ]] || die "Kafka is not reachable at $first and tansu can only be started locally"
+  install_tansu
   mkdir -p "$state_dir"
   log "starting tansu on 127.0.0.1:$port (in-memory storage)"
   local pid
