@@ -120,6 +120,10 @@ pub struct KafkaConfig {
     /// for data. Some brokers (tansu among them) hold a fetch for this long
     /// even when a record arrives, so it bounds the latency of every hop.
     pub fetch_wait_max: Duration,
+    /// `KAFKA_MAX_POLL_INTERVAL_MS` (default 600000): a consumer whose handlers
+    /// are all blocked (a long database outage) for longer leaves the group and
+    /// rejoins when they move again; redelivered records are deduplicated.
+    pub max_poll_interval: Duration,
 }
 
 impl KafkaConfig {
@@ -135,6 +139,10 @@ impl KafkaConfig {
             message_timeout: Duration::from_millis(env_or("KAFKA_MESSAGE_TIMEOUT_MS", 10_000)?),
             session_timeout: Duration::from_millis(env_or("KAFKA_SESSION_TIMEOUT_MS", 6_000)?),
             fetch_wait_max: Duration::from_millis(env_or("KAFKA_FETCH_WAIT_MAX_MS", 50)?),
+            max_poll_interval: Duration::from_millis(env_or(
+                "KAFKA_MAX_POLL_INTERVAL_MS",
+                600_000,
+            )?),
         })
     }
 
@@ -149,6 +157,7 @@ impl KafkaConfig {
             message_timeout: Duration::from_secs(10),
             session_timeout: Duration::from_secs(6),
             fetch_wait_max: Duration::from_millis(50),
+            max_poll_interval: Duration::from_secs(600),
         }
     }
 }
