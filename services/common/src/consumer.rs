@@ -343,6 +343,10 @@ pub async fn run<H: MessageHandler>(
                 "fetch.wait.max.ms",
                 kafka_config.fetch_wait_max.as_millis().to_string(),
             )
+            .set(
+                "max.poll.interval.ms",
+                kafka_config.max_poll_interval.as_millis().to_string(),
+            )
             .create_with_context(RebalanceContext {
                 progress: progress.clone(),
             })
