@@ -165,23 +165,21 @@ pub async fn place_order(
         return Err(ApiError::MenuItemsUnavailable(unavailable));
     }
 
-    let mut items = Vec::with_capacity(new_order.lines.len());
-    for line in &new_order.lines {
-        let menu_item = &menu[&line.menu_item_id];
-        items.push(OrderItem {
-            id: 0,
-            menu_item_id: line.menu_item_id,
-            menu_item_name: menu_item.name.clone(),
-            quantity: line.quantity,
-            unit_price: format_money(menu_item.price),
-            subtotal: format_money(menu_item.price * Decimal::from(line.quantity)),
-        });
-    }
-    let total: Decimal = new_order
+    let lines: Vec<PricedLine> = new_order
         .lines
         .iter()
-        .map(|line| menu[&line.menu_item_id].price * Decimal::from(line.quantity))
-        .sum();
+        .map(|line| {
+            let menu_item = &menu[&line.menu_item_id];
+            PricedLine {
+                menu_item_id: line.menu_item_id,
+                name: menu_item.name.clone(),
+                quantity: line.quantity,
+                unit_price: menu_item.price,
+                subtotal: menu_item.price * Decimal::from(line.quantity),
+            }
+        })
+        .collect();
+    let total: Decimal = lines.iter().map(|line| line.subtotal).sum();
 
     let order_id = Uuid::now_v7();
     let inserted: Option<(DateTime<Utc>,)> = sqlx::query_as(
@@ -211,10 +209,19 @@ pub async fn place_order(
             });
     };
 
-    let item_ids = insert_items(&mut tx, order_id, &items).await?;
-    for (item, id) in items.iter_mut().zip(item_ids) {
-        item.id = id;
-    }
+    let item_ids = insert_items(&mut tx, order_id, &lines).await?;
+    let items: Vec<OrderItem> = lines
+        .iter()
+        .zip(item_ids)
+        .map(|(line, id)| OrderItem {
+            id,
+            menu_item_id: line.menu_item_id,
+            menu_item_name: line.name.clone(),
+            quantity: line.quantity,
+            unit_price: format_money(line.unit_price),
+            subtotal: format_money(line.subtotal),
+        })
+        .collect();
 
     let event = OrderPlaced {
         metadata: Some(events::metadata(
@@ -268,25 +275,26 @@ pub async fn place_order(
     })
 }
 
+/// One order line priced from the menu.
+struct PricedLine {
+    menu_item_id: i32,
+    name: String,
+    quantity: i32,
+    unit_price: Decimal,
+    subtotal: Decimal,
+}
+
+/// Inserts the lines in one statement; returns their ids in the order of `lines`.
 async fn insert_items(
     connection: &mut PgConnection,
     order_id: Uuid,
-    items: &[OrderItem],
+    lines: &[PricedLine],
 ) -> Result<Vec<i64>, ApiError> {
-    let menu_item_ids: Vec<i32> = items.iter().map(|item| item.menu_item_id).collect();
-    let names: Vec<String> = items
-        .iter()
-        .map(|item| item.menu_item_name.clone())
-        .collect();
-    let quantities: Vec<i32> = items.iter().map(|item| item.quantity).collect();
-    let unit_prices: Vec<Decimal> = items
-        .iter()
-        .map(|item| parse_stored_money(&item.unit_price))
-        .collect();
-    let subtotals: Vec<Decimal> = items
-        .iter()
-        .map(|item| parse_stored_money(&item.subtotal))
-        .collect();
+    let menu_item_ids: Vec<i32> = lines.iter().map(|line| line.menu_item_id).collect();
+    let names: Vec<&str> = lines.iter().map(|line| line.name.as_str()).collect();
+    let quantities: Vec<i32> = lines.iter().map(|line| line.quantity).collect();
+    let unit_prices: Vec<Decimal> = lines.iter().map(|line| line.unit_price).collect();
+    let subtotals: Vec<Decimal> = lines.iter().map(|line| line.subtotal).collect();
     let rows: Vec<(i64, i32)> = sqlx::query_as(
         "INSERT INTO order_items (order_id, menu_item_id, menu_item_name, quantity, unit_price, subtotal) \
          SELECT $1, * FROM UNNEST($2::int4[], $3::text[], $4::int4[], $5::numeric[], $6::numeric[]) \
@@ -300,6 +308,7 @@ async fn insert_items(
     .bind(&subtotals)
     .fetch_all(connection)
     .await?;
+    // Lines are unique per menu item (merged in validation), so the menu item id names the row.
     let by_menu_item: HashMap<i32, i64> = rows
         .into_iter()
         .map(|(id, menu_item_id)| (menu_item_id, id))
@@ -308,10 +317,6 @@ async fn insert_items(
         .iter()
         .map(|menu_item_id| by_menu_item[menu_item_id])
         .collect())
-}
-
-fn parse_stored_money(text: &str) -> Decimal {
-    foodorder_common::money::parse_money(text).unwrap_or_default()
 }
 
 /// The order stored under `key`, if its request had the same fingerprint.

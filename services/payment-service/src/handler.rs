@@ -16,7 +16,6 @@ use foodorder_proto::v1::{OrderPlaced, OrderStatus, PaymentCompleted};
 use prost::Message;
 use rust_decimal::Decimal;
 use sqlx::PgPool;
-use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::gateway::{ChargeRequest, PaymentGateway};
@@ -71,27 +70,18 @@ impl<G: PaymentGateway> PaymentHandler<G> {
 
     /// Writes attempt + status + event in one transaction; false if another
     /// delivery already recorded this order's outcome.
-    async fn record_outcome(
-        &self,
-        order_id: Uuid,
-        order: &OrderRow,
-        result: &PaymentResult,
-        correlation_id: &str,
-    ) -> Result<bool, sqlx::Error> {
-        let span = tracing::info_span!(
-            "payment.record",
+    #[tracing::instrument(
+        name = "payment.record",
+        skip_all,
+        fields(
             otel.name = "payment.record transaction",
             db.system = "postgresql",
             db.operation.name = "transaction",
             order_id = %order_id,
             success = result.success,
-        );
-        self.record_outcome_in_span(order_id, order, result, correlation_id)
-            .instrument(span)
-            .await
-    }
-
-    async fn record_outcome_in_span(
+        )
+    )]
+    async fn record_outcome(
         &self,
         order_id: Uuid,
         order: &OrderRow,
