@@ -4,16 +4,24 @@
 #
 # Embedded defaults, so that a fresh machine needs nothing running:
 #   PostgreSQL  DATABASE_URL if it answers (database created if absent); otherwise a
-#               private cluster under the cache directory, if initdb/pg_ctl exist.
-#   Kafka       KAFKA_BOOTSTRAP_SERVERS if it answers; otherwise tansu (a Kafka-protocol
-#               broker) installed into the cache directory and started on 127.0.0.1:9092.
+#               private cluster from the installed server binaries; otherwise, as root
+#               with apt, Debian's postgresql package is installed first.
+#   Kafka       KAFKA_BOOTSTRAP_SERVERS if it answers; otherwise Apache Kafka (KRaft,
+#               single node), its jars fetched from Maven Central by Maven into the
+#               cache directory once (build-support/kafka/pom.xml), run with Java 17.
+#   Jaeger      OTEL_EXPORTER_OTLP_ENDPOINT if set; otherwise Jaeger built with the Go
+#               toolchain into the cache directory once, run with in-memory storage.
 # The cache directory is ${FOODORDER_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/foodorder}.
 
 ROOT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE_DIR="${FOODORDER_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/foodorder}"
-TANSU_VERSION="0.6.0"
-TANSU_ROOT="$CACHE_DIR/tansu-$TANSU_VERSION"
-TANSU_BIN="$TANSU_ROOT/bin/tansu"
+# The broker version lives in one place, the pom (docker-compose.yml pins the same image tag).
+KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$ROOT_DIR/build-support/kafka/pom.xml")"
+KAFKA_LIBS="$CACHE_DIR/kafka-$KAFKA_VERSION/libs"
+KAFKA_BROKER="$ROOT_DIR/build-support/kafka/broker"
+JAEGER_VERSION="v1.76.0"
+JAEGER_BIN="$CACHE_DIR/jaeger-$JAEGER_VERSION/jaeger"
+JAEGER_CONFIG="$ROOT_DIR/build-support/jaeger/config.yaml"
 DEFAULT_DATABASE_URL="postgres://postgres@127.0.0.1:5432/foodorder"
 DEFAULT_KAFKA="127.0.0.1:9092"
 
@@ -74,10 +82,32 @@ as_pg_user() {
   fi
 }
 
+# install_postgres_server: Debian's postgresql package, installed non-interactively when
+# running as root with apt. No "main" cluster is created or started: the scripts run
+# a private cluster of their own.
+install_postgres_server() {
+  local where="PostgreSQL is not reachable at $(url_part "$DATABASE_URL" host):$(url_part "$DATABASE_URL" port) and its server binaries (initdb, pg_ctl) are not installed"
+  [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1 \
+    || die "$where.
+Install them (Debian/Ubuntu: apt-get install postgresql) or point DATABASE_URL at a running server."
+  log "installing Debian's postgresql package (apt-get; first time only)"
+  mkdir -p /etc/postgresql-common "$CACHE_DIR"
+  [[ -f /etc/postgresql-common/createcluster.conf ]] || echo 'create_main_cluster = false' >/etc/postgresql-common/createcluster.conf
+  {
+    # Package lists are fetched only when apt has none yet.
+    compgen -G '/var/lib/apt/lists/*_Packages' >/dev/null || apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+      -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold postgresql postgresql-client
+  } >"$CACHE_DIR/postgresql-install.log" 2>&1 \
+    || { tail -20 "$CACHE_DIR/postgresql-install.log" >&2; die "$where, and installing Debian's postgresql package failed (see $CACHE_DIR/postgresql-install.log)"; }
+}
+
 start_private_postgres() {
   local initdb pg_ctl data port
-  initdb=$(find_pg_bin initdb) && pg_ctl=$(find_pg_bin pg_ctl) || die "PostgreSQL is not reachable at $(url_part "$DATABASE_URL" host):$(url_part "$DATABASE_URL" port) and its server binaries (initdb, pg_ctl) are not installed.
-Install them (Debian/Ubuntu: apt-get install postgresql) or point DATABASE_URL at a running server."
+  if ! find_pg_bin initdb >/dev/null || ! find_pg_bin pg_ctl >/dev/null; then
+    install_postgres_server
+  fi
+  initdb=$(find_pg_bin initdb) && pg_ctl=$(find_pg_bin pg_ctl) || die "the postgresql package is installed but initdb/pg_ctl were not found"
   data="$CACHE_DIR/pgdata"
   # As root the cluster runs as the postgres user, which cannot reach a home
   # directory that is private to root: keep it in /var/tmp instead.
@@ -132,33 +162,68 @@ ensure_postgres() {
   log "PostgreSQL: $(url_part "$DATABASE_URL" host):$(url_part "$DATABASE_URL" port)/$db"
 }
 
-# install_tansu: builds tansu into the cache directory once (about 15 minutes on 2 cores).
-install_tansu() {
-  [[ -x $TANSU_BIN ]] && return 0
-  command -v cargo >/dev/null 2>&1 || die "cargo is needed to install the tansu broker"
-  log "installing tansu $TANSU_VERSION into $TANSU_ROOT (first time only; about 15 minutes on 2 cores)"
-  mkdir -p "$CACHE_DIR"
-  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,postgres \
-    --root "$TANSU_ROOT" --target-dir "$CACHE_DIR/tansu-build" >"$CACHE_DIR/tansu-install.log" 2>&1 \
-    || { tail -20 "$CACHE_DIR/tansu-install.log" >&2; die "tansu install failed, see $CACHE_DIR/tansu-install.log"; }
-  rm -rf "$CACHE_DIR/tansu-build"
+# java_major: the major version of the java on PATH (0 when there is none).
+java_major() {
+  command -v java >/dev/null 2>&1 || { echo 0; return; }
+  java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1
 }
 
-# start_tansu PORT LOGFILE: starts a broker with in-memory storage; prints its pid.
-start_tansu() {
-  local port=$1 logfile=$2
-  (
-    cd "$CACHE_DIR" # tansu reads a .env in its working directory
-    exec env -u OTEL_EXPORTER_OTLP_ENDPOINT -u STORAGE_ENGINE -u CLUSTER_ID -u LISTENER_URL -u ADVERTISED_LISTENER_URL \
-      "$TANSU_BIN" broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
-      --storage-engine "${TANSU_STORAGE_ENGINE:-memory://tansu/}" --silent >"$logfile" 2>&1
-  ) &
+# install_kafka: copies the broker's jars from Maven Central into the cache directory, once.
+install_kafka() {
+  [[ -f $KAFKA_LIBS/.installed ]] && return 0
+  (($(java_major) >= 17)) || die "the embedded Kafka broker needs Java 17 or newer (Debian/Ubuntu: apt-get install openjdk-17-jre-headless), or point KAFKA_BOOTSTRAP_SERVERS at a running broker"
+  command -v mvn >/dev/null 2>&1 || die "the embedded Kafka broker's jars are fetched with Maven, which is not installed (Debian/Ubuntu: apt-get install maven), or point KAFKA_BOOTSTRAP_SERVERS at a running broker"
+  log "installing Apache Kafka $KAFKA_VERSION into $KAFKA_LIBS (first time only; jars from Maven Central)"
+  local staging="$KAFKA_LIBS.partial"
+  rm -rf "$staging"
+  mkdir -p "$staging"
+  mvn -q -B -f "$ROOT_DIR/build-support/kafka/pom.xml" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$staging" >"$CACHE_DIR/kafka-install.log" 2>&1 \
+    || { tail -20 "$CACHE_DIR/kafka-install.log" >&2; die "fetching the Kafka jars failed, see $CACHE_DIR/kafka-install.log"; }
+  ls "$staging"/kafka_2.13-"$KAFKA_VERSION".jar >/dev/null 2>&1 || die "Maven did not deliver kafka_2.13-$KAFKA_VERSION.jar"
+  echo "$KAFKA_VERSION" >"$staging/.installed"
+  rm -rf "$KAFKA_LIBS"
+  mv "$staging" "$KAFKA_LIBS"
+}
+
+# start_kafka PORT DATA_DIR: starts the broker in the background on 127.0.0.1:PORT
+# (controller on PORT+1 when free) with its durable data in DATA_DIR; prints its pid.
+start_kafka() {
+  local port=$1 data=$2 controller_port=$(($1 + 1))
+  port_open 127.0.0.1 "$controller_port" && controller_port=$(free_port)
+  mkdir -p "$data"
+  "$KAFKA_BROKER" --libs "$KAFKA_LIBS" --data "$data" --port "$port" --controller-port "$controller_port" \
+    >"$data/broker.out" 2>&1 &
   echo $!
 }
 
-# ensure_kafka [STATE_DIR]: KAFKA_BOOTSTRAP_SERVERS reachable, starting tansu if needed.
+# kafka_ready HOST PORT: the broker answers a metadata request (not just a TCP connect).
+kafka_ready() {
+  python3 - "$1" "$2" <<'PY'
+import socket, struct, sys
+# ApiVersions v0 request: the smallest request every Kafka broker answers.
+client = b"lib.sh"
+body = struct.pack(">hhih", 18, 0, 1, len(client)) + client
+try:
+    with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2) as s:
+        s.sendall(struct.pack(">i", len(body)) + body)
+        size = struct.unpack(">i", s.recv(4))[0]
+        data = b""
+        while len(data) < size:
+            chunk = s.recv(size - len(data))
+            if not chunk: sys.exit(1)
+            data += chunk
+        sys.exit(0 if struct.unpack(">h", data[4:6])[0] == 0 else 1)
+except Exception:
+    sys.exit(1)
+PY
+}
+
+# ensure_kafka [STATE_DIR [fresh]]: KAFKA_BOOTSTRAP_SERVERS reachable, starting the
+# embedded broker if needed, with its data in STATE_DIR/kafka (kept across restarts,
+# wiped first when the second argument is "fresh").
 ensure_kafka() {
-  local state_dir=${1:-$CACHE_DIR}
+  local state_dir=${1:-$CACHE_DIR} fresh=${2:-}
   export KAFKA_BOOTSTRAP_SERVERS="${KAFKA_BOOTSTRAP_SERVERS:-$DEFAULT_KAFKA}"
   local first=${KAFKA_BOOTSTRAP_SERVERS%%,*}
   local host=${first%:*} port=${first##*:}
@@ -166,17 +231,81 @@ ensure_kafka() {
     log "Kafka: $KAFKA_BOOTSTRAP_SERVERS"
     return 0
   fi
-  [[ $host == 127.0.0.1 || $host == localhost ]] || die "Kafka is not reachable at $first and tansu can only be started locally"
-  install_tansu
-  mkdir -p "$state_dir"
-  log "starting tansu on 127.0.0.1:$port (in-memory storage)"
-  local pid
-  pid=$(start_tansu "$port" "$state_dir/tansu.log")
-  echo "$pid" >"$state_dir/tansu.pid"
-  STARTED_PIDS+=("tansu $pid")
-  wait_for_port 127.0.0.1 "$port" 30 || die "tansu did not start, see $state_dir/tansu.log"
+  [[ $host == 127.0.0.1 || $host == localhost ]] || die "Kafka is not reachable at $first and the embedded broker can only be started locally"
+  install_kafka
+  [[ $fresh == fresh ]] && rm -rf "$state_dir/kafka"
+  log "starting Apache Kafka $KAFKA_VERSION on 127.0.0.1:$port (data: $state_dir/kafka, log: $state_dir/kafka/logs/server.log)"
+  local pid deadline=$((SECONDS + 90))
+  pid=$(start_kafka "$port" "$state_dir/kafka")
+  echo "$pid" >"$state_dir/kafka.pid"
+  STARTED_PIDS+=("kafka $pid")
+  until kafka_ready 127.0.0.1 "$port"; do
+    kill -0 "$pid" 2>/dev/null || { tail -20 "$state_dir/kafka/broker.out" "$state_dir/kafka/logs/server.log" >&2 2>/dev/null; die "the Kafka broker exited, see $state_dir/kafka/logs/server.log"; }
+    ((SECONDS < deadline)) || die "the Kafka broker did not answer within 90 s, see $state_dir/kafka/logs/server.log"
+    sleep 0.3
+  done
   export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$port"
-  log "Kafka: $KAFKA_BOOTSTRAP_SERVERS (tansu)"
+  log "Kafka: $KAFKA_BOOTSTRAP_SERVERS (Apache Kafka $KAFKA_VERSION)"
+}
+
+# install_jaeger: builds Jaeger with the Go toolchain into the cache directory, once.
+# `go install module@version` refuses modules whose go.mod has replace directives
+# (Jaeger's has one), so the module is downloaded and built as the main module.
+install_jaeger() {
+  [[ -x $JAEGER_BIN ]] && return 0
+  command -v go >/dev/null 2>&1 || die "Jaeger is built with the Go toolchain, which is not installed (Debian/Ubuntu: apt-get install golang-go, or https://go.dev/dl); or set FOODORDER_JAEGER=off"
+  log "installing Jaeger $JAEGER_VERSION into $(dirname "$JAEGER_BIN") (first time only; built from the Go module proxy)"
+  local source build="$CACHE_DIR/jaeger-build"
+  mkdir -p "$CACHE_DIR"
+  source=$(go mod download -json "github.com/jaegertracing/jaeger@$JAEGER_VERSION" 2>"$CACHE_DIR/jaeger-install.log" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])') \
+    || { cat "$CACHE_DIR/jaeger-install.log" >&2; die "downloading Jaeger failed, see $CACHE_DIR/jaeger-install.log"; }
+  rm -rf "$build"
+  cp -r "$source" "$build"
+  chmod -R u+w "$build"
+  (cd "$build" && go build -trimpath -o "$JAEGER_BIN.partial" ./cmd/jaeger) >>"$CACHE_DIR/jaeger-install.log" 2>&1 \
+    || { tail -20 "$CACHE_DIR/jaeger-install.log" >&2; rm -rf "$build"; die "building Jaeger failed, see $CACHE_DIR/jaeger-install.log"; }
+  mv "$JAEGER_BIN.partial" "$JAEGER_BIN"
+  rm -rf "$build"
+}
+
+# jaeger_enabled: false when FOODORDER_JAEGER is off/0/false/no.
+jaeger_enabled() {
+  case "${FOODORDER_JAEGER:-on}" in off | 0 | false | no) return 1 ;; *) return 0 ;; esac
+}
+
+# ensure_jaeger STATE_DIR: points the services' OTEL_EXPORTER_OTLP_ENDPOINT at a Jaeger.
+# An endpoint already set is used as it is; otherwise the embedded Jaeger is started
+# (OTLP gRPC on JAEGER_OTLP_PORT, default 4317; query API and UI on JAEGER_QUERY_PORT,
+# default 16686). Sets JAEGER_QUERY_URL when the query API is known.
+ensure_jaeger() {
+  local state_dir=$1
+  jaeger_enabled || { log "Jaeger: off (FOODORDER_JAEGER=${FOODORDER_JAEGER})"; return 0; }
+  if [[ -n ${OTEL_EXPORTER_OTLP_ENDPOINT:-} ]]; then
+    log "traces: exported to $OTEL_EXPORTER_OTLP_ENDPOINT"
+    return 0
+  fi
+  local otlp_port=${JAEGER_OTLP_PORT:-4317} query_port=${JAEGER_QUERY_PORT:-16686}
+  if port_open 127.0.0.1 "$otlp_port"; then
+    log "traces: exported to the OTLP receiver already listening on 127.0.0.1:$otlp_port"
+    export OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port"
+    port_open 127.0.0.1 "$query_port" && export JAEGER_QUERY_URL="http://127.0.0.1:$query_port"
+    return 0
+  fi
+  install_jaeger
+  mkdir -p "$state_dir"
+  log "starting Jaeger on 127.0.0.1:$query_port (OTLP 127.0.0.1:$otlp_port, in-memory storage)"
+  JAEGER_OTLP_PORT=$otlp_port JAEGER_QUERY_PORT=$query_port \
+    JAEGER_OTLP_HTTP_PORT=${JAEGER_OTLP_HTTP_PORT:-4318} JAEGER_QUERY_GRPC_PORT=${JAEGER_QUERY_GRPC_PORT:-16685} \
+    JAEGER_HEALTH_PORT=${JAEGER_HEALTH_PORT:-13133} \
+    nohup "$JAEGER_BIN" --config "$JAEGER_CONFIG" >"$state_dir/jaeger.log" 2>&1 &
+  local pid=$!
+  echo "$pid" >"$state_dir/jaeger.pid"
+  STARTED_PIDS+=("jaeger $pid")
+  wait_for_port 127.0.0.1 "$query_port" 30 && wait_for_port 127.0.0.1 "$otlp_port" 5 \
+    || { tail -20 "$state_dir/jaeger.log" >&2; die "Jaeger did not start, see $state_dir/jaeger.log"; }
+  export OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port"
+  export JAEGER_QUERY_URL="http://127.0.0.1:$query_port"
 }
 
 # stop_started: stops what this script started, newest first.

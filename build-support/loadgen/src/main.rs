@@ -96,7 +96,6 @@ fn spawn_topic_reader(
         .set("bootstrap.servers", &bootstrap)
         .set("group.id", format!("loadgen-{}", uuid::Uuid::new_v4()))
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
         .set("log_level", "3")
         .create()?;
     let mut assignment = TopicPartitionList::new();

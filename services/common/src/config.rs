@@ -114,12 +114,10 @@ pub struct KafkaConfig {
     pub replication_factor: i32,
     /// `KAFKA_MESSAGE_TIMEOUT_MS` (default 10000): how long a produce may wait for an ack.
     pub message_timeout: Duration,
-    /// `KAFKA_SESSION_TIMEOUT_MS` (default 6000): consumer group session timeout.
+    /// `KAFKA_SESSION_TIMEOUT_MS` (default 10000): how long the group waits for
+    /// a member that stopped heartbeating (a crashed process) before its
+    /// partitions move to the others. Kafka accepts 6000 to 300000 by default.
     pub session_timeout: Duration,
-    /// `KAFKA_FETCH_WAIT_MAX_MS` (default 50): longest a consumer fetch waits
-    /// for data. Some brokers (tansu among them) hold a fetch for this long
-    /// even when a record arrives, so it bounds the latency of every hop.
-    pub fetch_wait_max: Duration,
     /// `KAFKA_MAX_POLL_INTERVAL_MS` (default 600000): a consumer whose handlers
     /// are all blocked (a long database outage) for longer leaves the group and
     /// rejoins when they move again; redelivered records are deduplicated.
@@ -137,8 +135,7 @@ impl KafkaConfig {
             dlq_partitions: env_or("KAFKA_DLQ_PARTITIONS", 1)?,
             replication_factor: env_or("KAFKA_REPLICATION_FACTOR", 1)?,
             message_timeout: Duration::from_millis(env_or("KAFKA_MESSAGE_TIMEOUT_MS", 10_000)?),
-            session_timeout: Duration::from_millis(env_or("KAFKA_SESSION_TIMEOUT_MS", 6_000)?),
-            fetch_wait_max: Duration::from_millis(env_or("KAFKA_FETCH_WAIT_MAX_MS", 50)?),
+            session_timeout: Duration::from_millis(env_or("KAFKA_SESSION_TIMEOUT_MS", 10_000)?),
             max_poll_interval: Duration::from_millis(env_or(
                 "KAFKA_MAX_POLL_INTERVAL_MS",
                 600_000,
@@ -156,7 +153,6 @@ impl KafkaConfig {
             replication_factor: 1,
             message_timeout: Duration::from_secs(10),
             session_timeout: Duration::from_secs(6),
-            fetch_wait_max: Duration::from_millis(50),
             max_poll_interval: Duration::from_secs(600),
         }
     }

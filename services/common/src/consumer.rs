@@ -340,10 +340,6 @@ pub async fn run<H: MessageHandler>(
             )
             .set("partition.assignment.strategy", "range")
             .set(
-                "fetch.wait.max.ms",
-                kafka_config.fetch_wait_max.as_millis().to_string(),
-            )
-            .set(
                 "max.poll.interval.ms",
                 kafka_config.max_poll_interval.as_millis().to_string(),
             )

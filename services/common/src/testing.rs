@@ -1,6 +1,6 @@
 //! Test support (feature `test-support`): unique topic prefixes, reading every
-//! record of a topic, private tansu brokers, and bounded waits with clear
-//! failure messages.
+//! record of a topic, private Apache Kafka brokers, and bounded waits with
+//! clear failure messages.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -159,48 +159,100 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A private tansu broker (in-memory storage) for tests that stop and start a broker.
-/// Killed when dropped.
+/// The repository's root, for the scripts under `build-support/`.
+pub fn repository_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("the repository root")
+}
+
+/// Whether `build-support/test` runs the suite, in which case every external
+/// tool it installs must be there (a test never skips itself in CI).
+pub fn full_suite() -> bool {
+    std::env::var_os("FOODORDER_FULL_SUITE").is_some()
+}
+
+/// A private Apache Kafka broker (single-node KRaft) for tests that stop, kill
+/// and restart a broker. It runs `build-support/kafka/broker`, the same script
+/// and jars as `build-support/run`, on its own ports and its own data
+/// directory, which survives [`PrivateBroker::kill`] and
+/// [`PrivateBroker::restart`] and is removed when the broker is dropped.
 pub struct PrivateBroker {
-    child: Child,
+    child: Option<Child>,
     port: u16,
+    controller_port: u16,
+    data_dir: std::path::PathBuf,
 }
 
 impl PrivateBroker {
-    /// The tansu binary: `TANSU_BIN`, as exported by `build-support/test`.
-    pub fn binary() -> String {
-        std::env::var("TANSU_BIN").expect(
-            "TANSU_BIN is not set: run the suite with build-support/test, which installs tansu and exports it",
+    /// The broker's jars: `KAFKA_LIBS`, as exported by `build-support/test`.
+    pub fn libs() -> String {
+        std::env::var("KAFKA_LIBS").expect(
+            "KAFKA_LIBS is not set: run the suite with build-support/test, which installs Apache Kafka and exports it",
         )
     }
 
-    /// Starts a broker on 127.0.0.1:`port` and waits until it accepts connections.
+    /// Starts a broker on 127.0.0.1:`port` and waits until it answers Kafka requests.
     pub async fn start(port: u16) -> Self {
-        let child = Command::new(Self::binary())
-            .args(["broker", "--silent", "--storage-engine", "memory://tansu/"])
-            .arg("--listener-url")
-            .arg(format!("tcp://127.0.0.1:{port}"))
-            .arg("--advertised-listener-url")
-            .arg(format!("tcp://127.0.0.1:{port}"))
-            .current_dir(std::env::temp_dir())
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        let data_dir = std::env::temp_dir().join(format!("foodorder-broker-{}", Uuid::new_v4()));
+        let mut broker = Self {
+            child: None,
+            port,
+            controller_port: free_port(),
+            data_dir,
+        };
+        broker.launch().await;
+        broker
+    }
+
+    async fn launch(&mut self) {
+        let log = std::fs::File::create(
+            std::env::temp_dir().join(format!("foodorder-broker-{}.out", self.port)),
+        )
+        .expect("create the broker's output file");
+        let child = Command::new(repository_root().join("build-support/kafka/broker"))
+            .arg("--libs")
+            .arg(Self::libs())
+            .arg("--data")
+            .arg(&self.data_dir)
+            .args(["--port", &self.port.to_string()])
+            .args(["--controller-port", &self.controller_port.to_string()])
+            .env("KAFKA_HEAP", "256m")
+            .stdout(Stdio::from(log.try_clone().expect("clone a file handle")))
+            .stderr(Stdio::from(log))
             .spawn()
-            .expect("failed to start tansu");
-        let broker = Self { child, port };
+            .expect("failed to start build-support/kafka/broker");
+        self.child = Some(child);
+        let bootstrap = self.bootstrap();
         wait_for(
-            "the private broker to accept connections",
-            Duration::from_secs(30),
-            || async {
-                tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .ok()
-                    .map(|_| ())
+            "the private broker to answer metadata requests",
+            Duration::from_secs(90),
+            || {
+                let bootstrap = bootstrap.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || broker_answers(&bootstrap))
+                        .await
+                        .unwrap_or(false)
+                        .then_some(())
+                }
             },
         )
         .await;
-        broker
+    }
+
+    /// Kills the broker with SIGKILL (no clean shutdown) and waits until it is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the broker again on the same ports and data directory.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.launch().await;
     }
 
     /// `127.0.0.1:port`.
@@ -211,9 +263,23 @@ impl PrivateBroker {
 
 impl Drop for PrivateBroker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
     }
+}
+
+/// Whether a broker at `bootstrap` answers a metadata request within a second.
+fn broker_answers(bootstrap: &str) -> bool {
+    let Ok(consumer) = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("log_level", "0")
+        .create::<BaseConsumer>()
+    else {
+        return false;
+    };
+    consumer
+        .fetch_metadata(None, Duration::from_secs(1))
+        .is_ok_and(|metadata| !metadata.brokers().is_empty())
 }
 
 /// A TCP proxy that a test can cut and restore, to simulate a dependency
@@ -284,5 +350,130 @@ impl Drop for CuttableProxy {
     fn drop(&mut self) {
         self.cut();
         self.accept_task.abort();
+    }
+}
+
+/// How many members of consumer group `group` hold a partition assignment, as
+/// the broker's group coordinator reports it (0 while the group is rebalancing).
+pub fn assigned_group_members(bootstrap: &str, group: &str) -> usize {
+    let Ok(client) = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("log_level", "3")
+        .create::<BaseConsumer>()
+    else {
+        return 0;
+    };
+    let Ok(groups) = client.fetch_group_list(Some(group), Duration::from_secs(5)) else {
+        return 0;
+    };
+    groups
+        .groups()
+        .iter()
+        .filter(|info| info.name() == group && info.state() == "Stable")
+        .flat_map(|info| info.members())
+        .filter(|member| member.assignment().is_some_and(|bytes| !bytes.is_empty()))
+        .count()
+}
+
+/// Waits until `members` members of `group` hold an assignment.
+pub async fn wait_for_group_members(bootstrap: &str, group: &str, members: usize) {
+    wait_for(
+        &format!("{members} members of consumer group {group} to hold an assignment"),
+        Duration::from_secs(60),
+        || {
+            let (bootstrap, group) = (bootstrap.to_owned(), group.to_owned());
+            async move {
+                let assigned =
+                    tokio::task::spawn_blocking(move || assigned_group_members(&bootstrap, &group))
+                        .await
+                        .unwrap_or(0);
+                (assigned == members).then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+/// A private Jaeger (in-memory storage) for tests that read traces back through
+/// Jaeger's own HTTP query API. It runs `JAEGER_BIN` (exported by
+/// `build-support/test`) with `build-support/jaeger/config.yaml`, the same
+/// configuration as `build-support/run`, on ephemeral ports. Killed when dropped.
+pub struct PrivateJaeger {
+    child: Child,
+    otlp_port: u16,
+    query_port: u16,
+}
+
+impl PrivateJaeger {
+    /// The Jaeger binary, or `None` (with the reason) when it is not installed.
+    pub fn binary() -> Result<String, String> {
+        std::env::var("JAEGER_BIN").map_err(|_| {
+            "JAEGER_BIN is not set: build-support/test installs Jaeger and exports it".to_owned()
+        })
+    }
+
+    /// Starts Jaeger and waits until its query API answers.
+    pub async fn start(binary: &str) -> Self {
+        let (otlp_port, query_port) = (free_port(), free_port());
+        let log = std::fs::File::create(
+            std::env::temp_dir().join(format!("foodorder-jaeger-{query_port}.log")),
+        )
+        .expect("create Jaeger's log file");
+        let child = Command::new(binary)
+            .arg("--config")
+            .arg(repository_root().join("build-support/jaeger/config.yaml"))
+            .env("JAEGER_OTLP_PORT", otlp_port.to_string())
+            .env("JAEGER_OTLP_HTTP_PORT", free_port().to_string())
+            .env("JAEGER_QUERY_PORT", query_port.to_string())
+            .env("JAEGER_QUERY_GRPC_PORT", free_port().to_string())
+            .env("JAEGER_HEALTH_PORT", free_port().to_string())
+            .stdout(Stdio::from(log.try_clone().expect("clone a file handle")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("failed to start Jaeger");
+        let jaeger = Self {
+            child,
+            otlp_port,
+            query_port,
+        };
+        wait_for(
+            "Jaeger's query API to answer",
+            Duration::from_secs(60),
+            || async { jaeger.get("/api/services").await.map(|_| ()) },
+        )
+        .await;
+        jaeger
+    }
+
+    /// The OTLP/gRPC endpoint for `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub fn otlp_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.otlp_port)
+    }
+
+    /// GETs `path` from the query API; the JSON body of a 200 answer.
+    pub async fn get(&self, path: &str) -> Option<serde_json::Value> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.query_port))
+            .await
+            .ok()?;
+        // HTTP/1.0: the answer is the body up to the end of the stream, never chunked.
+        let request =
+            format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.ok()?;
+        let text = String::from_utf8_lossy(&response);
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+            return None;
+        }
+        serde_json::from_str(body).ok()
+    }
+}
+
+impl Drop for PrivateJaeger {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

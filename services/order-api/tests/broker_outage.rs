@@ -1,5 +1,5 @@
 //! Orders committed while the broker is unreachable are published once it is
-//! back: nothing lost, nothing duplicated. Uses a private tansu broker that the
+//! back: nothing lost, nothing duplicated. Uses a private Apache Kafka broker that the
 //! test starts late, on a port where nothing listened before.
 
 mod support;

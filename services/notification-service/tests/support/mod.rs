@@ -180,6 +180,19 @@ impl Platform {
         foodorder_proto::v1::order_service_client::OrderServiceClient::new(channel)
     }
 
+    /// Panics naming any service that exited on its own (crashed or gave up).
+    pub fn assert_running(&mut self) {
+        for service in &mut self.services {
+            if let Some(exit) = service.child.try_wait().unwrap() {
+                panic!(
+                    "{} exited on its own with {exit}; log: {}",
+                    service.name,
+                    service.log.display()
+                );
+            }
+        }
+    }
+
     /// SIGTERMs every service (each must exit 0); returns each service's log file.
     pub fn terminate(self) -> Vec<(&'static str, PathBuf)> {
         let logs = self
