@@ -14,13 +14,43 @@ where
     T: FromStr,
     T::Err: fmt::Display,
 {
-    match std::env::var(name) {
-        Ok(value) if !value.trim().is_empty() => value
-            .trim()
+    parse_or(name, std::env::var(name).ok().as_deref(), default)
+}
+
+/// Like [`env_or`], for a count that must be at least 1: a zero batch size,
+/// concurrency limit or partition count would stall the service instead of
+/// failing it, so it is refused at start.
+pub fn env_count<T>(name: &str, default: T) -> anyhow::Result<T>
+where
+    T: FromStr + PartialOrd + From<u8> + fmt::Display,
+    T::Err: fmt::Display,
+{
+    parse_count(name, std::env::var(name).ok().as_deref(), default)
+}
+
+fn parse_or<T>(name: &str, raw: Option<&str>, default: T) -> anyhow::Result<T>
+where
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    match raw.map(str::trim) {
+        Some(value) if !value.is_empty() => value
             .parse()
             .map_err(|error| anyhow::anyhow!("invalid value {value:?} for {name}: {error}")),
         _ => Ok(default),
     }
+}
+
+fn parse_count<T>(name: &str, raw: Option<&str>, default: T) -> anyhow::Result<T>
+where
+    T: FromStr + PartialOrd + From<u8> + fmt::Display,
+    T::Err: fmt::Display,
+{
+    let value = parse_or(name, raw, default)?;
+    if value < T::from(1) {
+        anyhow::bail!("{name} must be at least 1, got {value}");
+    }
+    Ok(value)
 }
 
 /// Reads a duration given in (possibly fractional) seconds, e.g. `PAYMENT_TIMEOUT=4.0`.
@@ -69,7 +99,7 @@ impl DatabaseConfig {
                 "DATABASE_URL",
                 "postgres://postgres@127.0.0.1:5432/foodorder".to_owned(),
             )?),
-            max_connections: env_or("DATABASE_MAX_CONNECTIONS", 10)?,
+            max_connections: env_count("DATABASE_MAX_CONNECTIONS", 10)?,
         })
     }
 }
@@ -131,11 +161,11 @@ impl KafkaConfig {
         Ok(Self {
             bootstrap_servers: env_or("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092".to_owned())?,
             topics: Topics::with_prefix(&prefix),
-            event_partitions: env_or("KAFKA_EVENT_PARTITIONS", 6)?,
-            dlq_partitions: env_or("KAFKA_DLQ_PARTITIONS", 1)?,
-            replication_factor: env_or("KAFKA_REPLICATION_FACTOR", 1)?,
-            message_timeout: Duration::from_millis(env_or("KAFKA_MESSAGE_TIMEOUT_MS", 10_000)?),
-            session_timeout: Duration::from_millis(env_or("KAFKA_SESSION_TIMEOUT_MS", 10_000)?),
+            event_partitions: env_count("KAFKA_EVENT_PARTITIONS", 6)?,
+            dlq_partitions: env_count("KAFKA_DLQ_PARTITIONS", 1)?,
+            replication_factor: env_count("KAFKA_REPLICATION_FACTOR", 1)?,
+            message_timeout: Duration::from_millis(env_count("KAFKA_MESSAGE_TIMEOUT_MS", 10_000)?),
+            session_timeout: Duration::from_millis(env_count("KAFKA_SESSION_TIMEOUT_MS", 10_000)?),
             max_poll_interval: Duration::from_millis(env_or(
                 "KAFKA_MAX_POLL_INTERVAL_MS",
                 600_000,
@@ -155,5 +185,33 @@ impl KafkaConfig {
             session_timeout: Duration::from_secs(6),
             max_poll_interval: Duration::from_secs(600),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_refuse_zero_and_negative_values() {
+        let zero = parse_count::<usize>("OUTBOX_BATCH_SIZE", Some("0"), 256).unwrap_err();
+        assert_eq!(
+            zero.to_string(),
+            "OUTBOX_BATCH_SIZE must be at least 1, got 0"
+        );
+        assert!(parse_count::<i32>("KAFKA_EVENT_PARTITIONS", Some("-2"), 6).is_err());
+        assert!(parse_count::<usize>("PAYMENT_MAX_IN_FLIGHT", Some("x"), 6).is_err());
+        assert_eq!(
+            parse_count::<usize>("PAYMENT_MAX_IN_FLIGHT", Some(" 4 "), 6).unwrap(),
+            4
+        );
+        assert_eq!(
+            parse_count::<usize>("PAYMENT_MAX_IN_FLIGHT", None, 6).unwrap(),
+            6
+        );
+        assert_eq!(
+            parse_count::<usize>("PAYMENT_MAX_IN_FLIGHT", Some(""), 6).unwrap(),
+            6
+        );
     }
 }

@@ -40,15 +40,32 @@ pub async fn connect_and_migrate(config: &DatabaseConfig) -> anyhow::Result<PgPo
     Ok(pool)
 }
 
-/// True when the error means the database could not be reached (rather than a bad query).
+/// True when the error is the database's state rather than the request: it
+/// could not be reached, or it refused for a reason that passes (too many
+/// connections, a deadlock or serialization failure, a read-only standby, an
+/// administrator's shutdown). Callers get UNAVAILABLE and may retry; consumers
+/// retry.
 pub fn is_unavailable(error: &sqlx::Error) -> bool {
-    matches!(
-        error,
+    match error {
         sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Tls(_)
-    ) || matches!(error, sqlx::Error::Database(db) if db.code().is_some_and(|code| code.starts_with("57P") || code.starts_with("08")))
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| is_transient_sqlstate(&code)),
+        _ => false,
+    }
+}
+
+/// SQLSTATEs that say "try again later": classes 08 (connection exception),
+/// 53 (insufficient resources, e.g. 53300 too many connections), 57P (admin or
+/// crash shutdown, cannot connect now), 40001 (serialization failure), 40P01
+/// (deadlock), 25006 (read-only transaction, e.g. during a failover) and 55P03
+/// (lock not available).
+pub fn is_transient_sqlstate(code: &str) -> bool {
+    ["08", "53", "57P"]
+        .iter()
+        .any(|class| code.starts_with(class))
+        || ["40001", "40P01", "25006", "55P03"].contains(&code)
 }
 
 /// True when the database rejected the data itself (SQLSTATE classes 22 "data
@@ -61,5 +78,22 @@ pub fn is_data_error(error: &sqlx::Error) -> bool {
             .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
         sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => true,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passing_refusals_are_transient_and_bad_requests_are_not() {
+        for code in [
+            "08006", "53300", "57P01", "57P03", "40001", "40P01", "25006", "55P03",
+        ] {
+            assert!(is_transient_sqlstate(code), "{code} is transient");
+        }
+        for code in ["23505", "22P02", "42P01", "42601", "XX000"] {
+            assert!(!is_transient_sqlstate(code), "{code} is not transient");
+        }
     }
 }

@@ -84,8 +84,8 @@ impl RelayConfig {
     /// Reads the relay settings from the environment.
     pub fn from_env() -> anyhow::Result<Self> {
         Ok(Self {
-            batch_size: crate::config::env_or("OUTBOX_BATCH_SIZE", 256)?,
-            sweep_interval: Duration::from_millis(crate::config::env_or(
+            batch_size: crate::config::env_count("OUTBOX_BATCH_SIZE", 256)?,
+            sweep_interval: Duration::from_millis(crate::config::env_count(
                 "OUTBOX_SWEEP_INTERVAL_MS",
                 5_000,
             )?),

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use foodorder_common::config::{DatabaseConfig, KafkaConfig, env_or, env_seconds};
+use foodorder_common::config::{DatabaseConfig, KafkaConfig, env_count, env_or, env_seconds};
 
 /// Everything the notification service needs to start.
 #[derive(Clone, Debug)]
@@ -28,7 +28,7 @@ impl Config {
         Ok(Self {
             database: DatabaseConfig::from_env()?,
             kafka: KafkaConfig::from_env()?,
-            max_in_flight: env_or("NOTIFICATION_MAX_IN_FLIGHT", 64)?,
+            max_in_flight: env_count("NOTIFICATION_MAX_IN_FLIGHT", 64)?,
             group_id: env_or(
                 "NOTIFICATION_CONSUMER_GROUP",
                 "notification-service".to_owned(),

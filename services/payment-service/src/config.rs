@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use foodorder_common::config::{DatabaseConfig, KafkaConfig, env_or, env_seconds};
+use foodorder_common::config::{DatabaseConfig, KafkaConfig, env_count, env_or, env_seconds};
 use foodorder_common::outbox::RelayConfig;
 
 /// The mock gateway's behaviour.
@@ -89,14 +89,14 @@ impl Config {
             },
             payment: PaymentSettings {
                 timeout: env_seconds("PAYMENT_TIMEOUT", 4.0)?,
-                max_attempts: env_or("PAYMENT_MAX_RETRIES", 3)?,
+                max_attempts: env_count("PAYMENT_MAX_RETRIES", 3)?,
                 retry_base_delay: env_seconds("PAYMENT_RETRY_BASE_DELAY", 1.0)?,
             },
             breaker: BreakerSettings {
-                failure_threshold: env_or("CIRCUIT_BREAKER_FAILURE_THRESHOLD", 5)?,
+                failure_threshold: env_count("CIRCUIT_BREAKER_FAILURE_THRESHOLD", 5)?,
                 recovery_timeout: env_seconds("CIRCUIT_BREAKER_RECOVERY_TIMEOUT", 30.0)?,
             },
-            max_in_flight: env_or("PAYMENT_MAX_IN_FLIGHT", 256)?,
+            max_in_flight: env_count("PAYMENT_MAX_IN_FLIGHT", 256)?,
             group_id: env_or("PAYMENT_CONSUMER_GROUP", "payment-service".to_owned())?,
             health_addr: env_or(
                 "PAYMENT_HEALTH_ADDR",
