@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use foodorder_common::config::{DatabaseConfig, KafkaConfig, env_or, env_seconds};
+use foodorder_common::config::{DatabaseConfig, KafkaConfig, env_count, env_or, env_seconds};
 use foodorder_common::outbox::RelayConfig;
 
 /// Everything the order API needs to start.
@@ -20,17 +20,34 @@ pub struct Config {
     /// `SHUTDOWN_GRACE_SECONDS` (default 10): how long calls in flight (and
     /// open streams) may run after a shutdown signal before they are cut.
     pub shutdown_grace: Duration,
+    /// `WATCH_MAX_STREAMS` (default 1000): WatchOrder streams open at once;
+    /// one more is refused with RESOURCE_EXHAUSTED.
+    pub watch_max_streams: usize,
+    /// `WATCH_MAX_DB_READS` (default: half of `DATABASE_MAX_CONNECTIONS`, at
+    /// least 1): database connections WatchOrder streams may use at once, so
+    /// PlaceOrder always has the rest.
+    pub watch_max_db_reads: usize,
+    /// `GRPC_KEEPALIVE_SECONDS` (default 30): HTTP/2 ping interval; a client
+    /// that does not answer within 10 s more is disconnected and its streams closed.
+    pub keepalive_interval: Duration,
 }
 
 impl Config {
     /// Reads the configuration from the environment.
     pub fn from_env() -> anyhow::Result<Self> {
+        let database = DatabaseConfig::from_env()?;
         Ok(Self {
             listen_addr: env_or("ORDER_API_ADDR", SocketAddr::from(([0, 0, 0, 0], 50051)))?,
-            database: DatabaseConfig::from_env()?,
             kafka: KafkaConfig::from_env()?,
             relay: RelayConfig::from_env()?,
             shutdown_grace: env_seconds("SHUTDOWN_GRACE_SECONDS", 10.0)?,
+            watch_max_streams: env_count("WATCH_MAX_STREAMS", 1000)?,
+            watch_max_db_reads: env_count(
+                "WATCH_MAX_DB_READS",
+                (database.max_connections as usize / 2).max(1),
+            )?,
+            keepalive_interval: env_seconds("GRPC_KEEPALIVE_SECONDS", 30.0)?,
+            database,
         })
     }
 }

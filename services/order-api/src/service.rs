@@ -2,6 +2,7 @@
 //! validate, call the repository, map errors to statuses.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use foodorder_common::config::Topics;
@@ -12,7 +13,7 @@ use foodorder_proto::v1::{
     OrderStatus, PlaceOrderRequest, PlaceOrderResponse, WatchOrderRequest, WatchOrderResponse,
 };
 use sqlx::PgPool;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -37,7 +38,28 @@ pub struct OrderServiceImpl {
     pool: PgPool,
     topics: Topics,
     watch_hub: OrderWatchHub,
+    watch_limits: WatchLimits,
     shutdown: CancellationToken,
+}
+
+/// Bounds on what WatchOrder streams may hold, so that watchers can never
+/// starve PlaceOrder of database connections.
+#[derive(Clone)]
+pub struct WatchLimits {
+    /// One permit per open stream: a call beyond the cap is RESOURCE_EXHAUSTED.
+    streams: Arc<Semaphore>,
+    /// One permit per database read a stream makes at a time.
+    reads: Arc<Semaphore>,
+}
+
+impl WatchLimits {
+    /// At most `max_streams` open streams, reading with at most `max_reads` connections at once.
+    pub fn new(max_streams: usize, max_reads: usize) -> Self {
+        Self {
+            streams: Arc::new(Semaphore::new(max_streams)),
+            reads: Arc::new(Semaphore::new(max_reads.max(1))),
+        }
+    }
 }
 
 impl OrderServiceImpl {
@@ -46,12 +68,14 @@ impl OrderServiceImpl {
         pool: PgPool,
         topics: Topics,
         watch_hub: OrderWatchHub,
+        watch_limits: WatchLimits,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
             pool,
             topics,
             watch_hub,
+            watch_limits,
             shutdown,
         }
     }
@@ -167,20 +191,30 @@ impl OrderService for OrderServiceImpl {
         tracing::Span::current().record("request_id", correlation_id.as_str());
         let order_id = parse_order_id(&request.get_ref().order_id)?;
         tracing::Span::current().record("order_id", tracing::field::display(order_id));
+        let Ok(stream_permit) = self.watch_limits.streams.clone().try_acquire_owned() else {
+            return Err(Status::resource_exhausted(
+                "too many orders are being watched right now; retry later or poll GetOrder",
+            ));
+        };
         // Subscribe before the first read so that no change can slip in between.
         let subscription = self.watch_hub.subscribe(order_id);
-        let order = repository::load_order(&self.pool, order_id)
+        let order = load_for_watch(&self.pool, &self.watch_limits, order_id)
             .await
             .map_err(ApiError::from)?
             .ok_or(ApiError::OrderNotFound(order_id))?;
         let (sender, receiver) = mpsc::channel(4);
-        tokio::spawn(stream_order_changes(
+        let stream = stream_order_changes(
             self.pool.clone(),
+            self.watch_limits.clone(),
             order,
             subscription,
             sender,
             self.shutdown.clone(),
-        ));
+        );
+        tokio::spawn(async move {
+            stream.await;
+            drop(stream_permit);
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 }
@@ -189,6 +223,7 @@ impl OrderService for OrderServiceImpl {
 /// leaving, or shutdown.
 async fn stream_order_changes(
     pool: PgPool,
+    watch_limits: WatchLimits,
     order: Order,
     mut subscription: crate::watch::OrderSubscription,
     sender: mpsc::Sender<Result<WatchOrderResponse, Status>>,
@@ -219,7 +254,7 @@ async fn stream_order_changes(
         let Ok(id) = Uuid::parse_str(&order_id) else {
             return;
         };
-        match repository::load_order(&pool, id).await {
+        match load_for_watch(&pool, &watch_limits, id).await {
             Ok(Some(order)) if order.status != last_status => {
                 last_status = order.status;
                 if sender
@@ -238,4 +273,18 @@ async fn stream_order_changes(
             }
         }
     }
+}
+
+/// Reads an order for a watch, holding one of the watch read permits.
+async fn load_for_watch(
+    pool: &PgPool,
+    limits: &WatchLimits,
+    order_id: Uuid,
+) -> Result<Option<Order>, sqlx::Error> {
+    let _permit = limits
+        .reads
+        .acquire()
+        .await
+        .map_err(|_| sqlx::Error::PoolClosed)?;
+    repository::load_order(pool, order_id).await
 }

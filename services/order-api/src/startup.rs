@@ -4,6 +4,7 @@
 //! down in order on shutdown.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::Context;
 use foodorder_common::{db, outbox};
@@ -16,7 +17,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 
 use crate::config::Config;
 use crate::grpc_telemetry::GrpcTelemetryLayer;
-use crate::service::OrderServiceImpl;
+use crate::service::{OrderServiceImpl, WatchLimits};
 use crate::watch::OrderWatchHub;
 
 /// A built, not yet running, order API.
@@ -109,9 +110,14 @@ impl Application {
             pool.clone(),
             config.kafka.topics.clone(),
             watch_hub,
+            WatchLimits::new(config.watch_max_streams, config.watch_max_db_reads),
             shutdown.clone(),
         );
         let server = tonic::transport::Server::builder()
+            // Dead clients are found and their streams closed; a live one is never cut.
+            .http2_keepalive_interval(Some(config.keepalive_interval))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .tcp_keepalive(Some(Duration::from_secs(60)))
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(GrpcTelemetryLayer)

@@ -346,3 +346,47 @@ async fn a_client_that_leaves_frees_its_watch(pool: PgPool) {
     .await;
     app.stop().await;
 }
+
+#[sqlx::test(migrator = "foodorder_common::db::MIGRATOR")]
+async fn watches_beyond_the_cap_are_refused_and_orders_still_go_through(pool: PgPool) {
+    let app = support::spawn_app_with(pool, foodorder_common::testing::kafka_config(), |config| {
+        config.watch_max_streams = 3;
+    })
+    .await;
+    let mut client = app.client.clone();
+    let order = client
+        .place_order(order_request(&[(2, 1)]))
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    let watch = || {
+        let mut client = app.client.clone();
+        let order_id = order.id.clone();
+        async move { client.watch_order(WatchOrderRequest { order_id }).await }
+    };
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let mut stream = watch().await.expect("a watch within the cap").into_inner();
+        stream.next().await.unwrap().unwrap();
+        streams.push(stream);
+    }
+    let refused = watch().await.expect_err("the fourth watch is over the cap");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    client
+        .place_order(order_request(&[(3, 1)]))
+        .await
+        .expect("PlaceOrder is served while the watches are open");
+
+    drop(streams);
+    let mut again = foodorder_common::testing::wait_for(
+        "a watch to be accepted once the others closed",
+        Duration::from_secs(10),
+        || async { watch().await.ok() },
+    )
+    .await
+    .into_inner();
+    again.next().await.unwrap().unwrap();
+    app.stop().await;
+}

@@ -37,8 +37,17 @@ pub async fn spawn_app(pool: PgPool) -> TestApp {
 
 /// Starts the API with the given Kafka settings.
 pub async fn spawn_app_with_kafka(pool: PgPool, kafka: KafkaConfig) -> TestApp {
+    spawn_app_with(pool, kafka, |_| {}).await
+}
+
+/// Starts the API with the given Kafka settings after `adjust` changed the test configuration.
+pub async fn spawn_app_with(
+    pool: PgPool,
+    kafka: KafkaConfig,
+    adjust: impl FnOnce(&mut Config),
+) -> TestApp {
     foodorder_common::telemetry::init_for_tests();
-    let config = Config {
+    let mut config = Config {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         database: DatabaseConfig {
             url: Secret::new(String::new()),
@@ -50,7 +59,11 @@ pub async fn spawn_app_with_kafka(pool: PgPool, kafka: KafkaConfig) -> TestApp {
             ..RelayConfig::default()
         },
         shutdown_grace: Duration::from_secs(1),
+        watch_max_streams: 1000,
+        watch_max_db_reads: 2,
+        keepalive_interval: Duration::from_secs(30),
     };
+    adjust(&mut config);
     let application = Application::build_with_pool(config, pool.clone())
         .await
         .expect("failed to build the app");
