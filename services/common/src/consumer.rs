@@ -27,7 +27,7 @@ use futures::FutureExt;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
@@ -37,6 +37,7 @@ use tracing::Instrument;
 
 use crate::config::KafkaConfig;
 use crate::kafka;
+use crate::record_headers::{self, RawHeader};
 
 /// DLQ header: topic the record was read from.
 pub const DLQ_SOURCE_TOPIC: &str = "dlq-source-topic";
@@ -64,28 +65,34 @@ pub struct ReceivedMessage {
     pub key: Option<Vec<u8>>,
     /// Record value.
     pub payload: Option<Vec<u8>>,
-    /// Record headers, byte-exact (for the dead-letter copy).
-    pub raw_headers: Vec<(String, Option<Vec<u8>>)>,
+    /// Record headers, names and values byte-exact (names need not be UTF-8).
+    pub raw_headers: Vec<RawHeader>,
+    /// The original header list, copied by librdkafka, for the dead-letter copy.
+    original_headers: OriginalHeaders,
+}
+
+/// A byte-exact copy of a record's header list (rdkafka's type has no `Debug`).
+#[derive(Clone, Default)]
+struct OriginalHeaders(Option<OwnedHeaders>);
+
+impl std::fmt::Debug for OriginalHeaders {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("OriginalHeaders")
+    }
 }
 
 impl ReceivedMessage {
     fn from_borrowed(message: &BorrowedMessage<'_>) -> Self {
-        let raw_headers = message
-            .headers()
-            .map(|headers| {
-                headers
-                    .iter()
-                    .map(|header| (header.key.to_owned(), header.value.map(<[u8]>::to_vec)))
-                    .collect()
-            })
-            .unwrap_or_default();
         Self {
             topic: message.topic().to_owned(),
             partition: message.partition(),
             offset: message.offset(),
             key: message.key().map(<[u8]>::to_vec),
             payload: message.payload().map(<[u8]>::to_vec),
-            raw_headers,
+            raw_headers: record_headers::read(message),
+            // `detach` copies the list inside librdkafka without reading a
+            // name as text (rdkafka's name accessor panics on non-UTF-8).
+            original_headers: OriginalHeaders(message.headers().map(|headers| headers.detach())),
         }
     }
 
@@ -98,13 +105,7 @@ impl ReceivedMessage {
 
     /// The UTF-8 headers as name → value.
     pub fn headers(&self) -> BTreeMap<String, String> {
-        self.raw_headers
-            .iter()
-            .filter_map(|(name, value)| {
-                let text = std::str::from_utf8(value.as_deref()?).ok()?;
-                Some((name.clone(), text.to_owned()))
-            })
-            .collect()
+        record_headers::utf8_map(&self.raw_headers)
     }
 }
 
@@ -551,14 +552,7 @@ async fn dead_letter(
     ];
     let mut backoff = Duration::from_millis(200);
     loop {
-        let mut headers =
-            OwnedHeaders::new_with_capacity(message.raw_headers.len() + diagnostics.len());
-        for (name, value) in &message.raw_headers {
-            headers = headers.insert(Header {
-                key: name,
-                value: value.as_deref(),
-            });
-        }
+        let mut headers = message.original_headers.0.clone().unwrap_or_default();
         for (name, value) in diagnostics {
             headers = headers.insert(Header {
                 key: name,

@@ -9,7 +9,7 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::message::{Headers, OwnedHeaders};
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::FutureProducer;
 
 use crate::config::KafkaConfig;
@@ -150,17 +150,4 @@ pub fn to_kafka_headers(headers: &BTreeMap<String, String>) -> OwnedHeaders {
             })
         },
     )
-}
-
-/// Reads Kafka headers into a name → value map (values that are not UTF-8 are skipped).
-pub fn from_kafka_headers<H: Headers>(headers: Option<&H>) -> BTreeMap<String, String> {
-    let mut map = BTreeMap::new();
-    if let Some(headers) = headers {
-        for header in headers.iter() {
-            if let Some(Ok(value)) = header.value.map(std::str::from_utf8) {
-                map.insert(header.key.to_owned(), value.to_owned());
-            }
-        }
-    }
-    map
 }

@@ -11,6 +11,7 @@ pub mod health;
 pub mod kafka;
 pub mod money;
 pub mod outbox;
+pub mod record_headers;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

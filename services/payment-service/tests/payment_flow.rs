@@ -201,3 +201,61 @@ async fn poison_messages_go_to_the_dlq_and_do_not_stall(pool: PgPool) {
     assert!(garbage.headers.contains_key("dlq-failed-at"));
     service.stop().await;
 }
+
+#[sqlx::test(migrator = "foodorder_common::db::MIGRATOR")]
+async fn header_names_that_are_not_utf8_neither_crash_nor_lose_anything(pool: PgPool) {
+    let kafka = testing::kafka_config();
+    let producer = producer(&kafka).await;
+    let service = spawn_service(pool.clone(), test_config(kafka.clone(), 0.0)).await;
+    let hostile_headers = vec![
+        (b"\xff\xfe-name".to_vec(), Some(b"\xc3\x28 value".to_vec())),
+        (b"x-request-id".to_vec(), Some(b"req-hostile".to_vec())),
+        (b"no-value".to_vec(), None),
+    ];
+    // A valid OrderPlaced that also carries a header named with invalid UTF-8: paid as usual.
+    let valid_order = insert_order(&pool).await;
+    testing::produce_raw(
+        &kafka.bootstrap_servers,
+        &kafka.topics.order_placed,
+        0,
+        Some(valid_order.to_string().as_bytes()),
+        Some(&order_placed(valid_order).encode_to_vec()),
+        &hostile_headers,
+    )
+    .await;
+    // Garbage with the same headers: dead-lettered byte for byte.
+    testing::produce_raw(
+        &kafka.bootstrap_servers,
+        &kafka.topics.order_placed,
+        0,
+        Some(b"hostile-key"),
+        Some(b"\x00\x01 not protobuf"),
+        &hostile_headers,
+    )
+    .await;
+    let after = insert_order(&pool).await;
+    send_order_placed(&producer, &kafka, after).await;
+
+    assert_eq!(wait_for_payment(&pool, valid_order).await.0, "COMPLETED");
+    assert_eq!(wait_for_payment(&pool, after).await.0, "COMPLETED");
+    assert!(!service.is_finished(), "the service is still running");
+    let dead = testing::collect_records_async(
+        &kafka.bootstrap_servers,
+        &kafka.topics.payment_dlq,
+        kafka.dlq_partitions,
+        1,
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(dead.len(), 1, "only the garbage is dead-lettered");
+    assert_eq!(dead[0].key, "hostile-key");
+    assert_eq!(dead[0].payload, b"\x00\x01 not protobuf");
+    assert_eq!(
+        dead[0].raw_headers[..hostile_headers.len()],
+        hostile_headers[..],
+        "the original headers, byte for byte, come first"
+    );
+    assert_eq!(dead[0].headers[DLQ_SOURCE_TOPIC], kafka.topics.order_placed);
+    service.stop().await;
+}
