@@ -27,6 +27,7 @@ use futures::FutureExt;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
@@ -349,7 +350,10 @@ pub async fn run<H: MessageHandler>(
             })
             .context("failed to create the kafka consumer")?,
     );
-    let producer = kafka::idempotent_producer(kafka_config, &format!("{}-dlq", settings.group_id))?;
+    let dead_letters = Arc::new(DeadLetters {
+        producer: kafka::dead_letter_producer(kafka_config, &format!("{}-dlq", settings.group_id))?,
+        kafka_config: kafka_config.clone(),
+    });
     if !kafka::ensure_topics_with_retry(
         kafka_config,
         &kafka::platform_topics(kafka_config),
@@ -399,9 +403,9 @@ pub async fn run<H: MessageHandler>(
         // Reap finished tasks so the set does not grow.
         while tasks.try_join_next().is_some() {}
         progress.dispatched(&message.topic, message.partition, message.offset);
-        let (handler, producer, progress, key_locks, settings, shutdown) = (
+        let (handler, dead_letters, progress, key_locks, settings, shutdown) = (
             handler.clone(),
-            producer.clone(),
+            dead_letters.clone(),
             progress.clone(),
             key_locks.clone(),
             settings.clone(),
@@ -411,7 +415,7 @@ pub async fn run<H: MessageHandler>(
             let key = message.key.clone();
             let span = consumer_span(&message, &settings.group_id);
             let work =
-                process(&*handler, &producer, &settings, &message, &shutdown).instrument(span);
+                process(&*handler, &dead_letters, &settings, &message, &shutdown).instrument(span);
             let finished = key_locks.run(key.as_deref(), work).await;
             if finished {
                 progress.finished(&message.topic, message.partition, message.offset);
@@ -437,9 +441,10 @@ pub async fn run<H: MessageHandler>(
     }
     progress.uncommitted(None);
     commit(&consumer, &progress, CommitMode::Sync);
-    if let Err(error) =
-        rdkafka::producer::Producer::flush(&producer, Timeout::After(Duration::from_secs(5)))
-    {
+    if let Err(error) = rdkafka::producer::Producer::flush(
+        &dead_letters.producer,
+        Timeout::After(Duration::from_secs(5)),
+    ) {
         tracing::warn!(%error, "failed to flush the dead-letter producer");
     }
     consumer.unsubscribe();
@@ -482,7 +487,7 @@ fn commit(consumer: &Consumer_, progress: &Progress, mode: CommitMode) {
 /// Handles one message until it is done (true) or abandoned at shutdown (false).
 async fn process<H: MessageHandler>(
     handler: &H,
-    producer: &FutureProducer,
+    dead_letters: &DeadLetters,
     settings: &ConsumerSettings,
     message: &ReceivedMessage,
     shutdown: &CancellationToken,
@@ -512,7 +517,7 @@ async fn process<H: MessageHandler>(
                     reason,
                     "message cannot be processed, dead-lettering it"
                 );
-                return dead_letter(producer, settings, message, &reason, shutdown).await;
+                return dead_letter(dead_letters, settings, message, &reason, shutdown).await;
             }
             Err(HandleError::Retryable(error)) => {
                 tracing::warn!(
@@ -531,9 +536,22 @@ async fn process<H: MessageHandler>(
     }
 }
 
-/// Copies the original record to the dead-letter topic with diagnostic headers; retries until acknowledged.
+/// Where dead-letter copies go, and what is needed to recreate a missing topic.
+struct DeadLetters {
+    producer: FutureProducer,
+    kafka_config: KafkaConfig,
+}
+
+/// The longest `dlq-error` header: an error text is diagnostic, not data.
+const DLQ_ERROR_MAX_BYTES: usize = 1024;
+
+/// Copies the original record (key, value and header list, byte for byte) to
+/// the dead-letter topic with diagnostic headers; retries until acknowledged.
+/// The dead-letter topics accept any record an event topic accepted plus the
+/// diagnostics (see [`kafka::DLQ_MAX_MESSAGE_BYTES`]), and a topic that has
+/// gone missing is created again, so a copy is never refused for good.
 async fn dead_letter(
-    producer: &FutureProducer,
+    dead_letters: &DeadLetters,
     settings: &ConsumerSettings,
     message: &ReceivedMessage,
     reason: &str,
@@ -542,6 +560,7 @@ async fn dead_letter(
     let failed_at = chrono::Utc::now().to_rfc3339();
     let partition = message.partition.to_string();
     let offset = message.offset.to_string();
+    let reason = truncate_utf8(reason, DLQ_ERROR_MAX_BYTES);
     let diagnostics = [
         (DLQ_SOURCE_TOPIC, message.topic.as_str()),
         (DLQ_SOURCE_PARTITION, partition.as_str()),
@@ -567,10 +586,26 @@ async fn dead_letter(
         if let Some(payload) = &message.payload {
             record = record.payload(payload.as_slice());
         }
-        match producer.send(record, Timeout::Never).await {
+        match dead_letters.producer.send(record, Timeout::Never).await {
             Ok(_) => return true,
             Err((error, _)) => {
-                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "failed to dead-letter a message, retrying");
+                tracing::warn!(%error, dlq_topic = settings.dlq_topic, retry_in_ms = backoff.as_millis() as u64, "failed to dead-letter a message, retrying");
+                if error.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition)
+                    || error.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopic)
+                {
+                    let specs: Vec<_> = kafka::platform_topics(&dead_letters.kafka_config)
+                        .into_iter()
+                        .filter(|spec| spec.name == settings.dlq_topic)
+                        .collect();
+                    if let Err(error) =
+                        kafka::ensure_topics(&dead_letters.kafka_config, &specs).await
+                    {
+                        tracing::warn!(
+                            error = format!("{error:#}"),
+                            "failed to recreate the dead-letter topic"
+                        );
+                    }
+                }
             }
         }
         tokio::select! {
@@ -579,6 +614,18 @@ async fn dead_letter(
         }
         backoff = (backoff * 2).min(Duration::from_secs(10));
     }
+}
+
+/// `text` cut to at most `max` bytes on a character boundary.
+fn truncate_utf8(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 #[cfg(test)]
@@ -615,6 +662,14 @@ mod tests {
                 .offset(),
             Offset::Offset(15)
         );
+    }
+
+    #[test]
+    fn long_error_texts_are_cut_on_a_character_boundary() {
+        let text = "é".repeat(600);
+        let cut = truncate_utf8(&text, DLQ_ERROR_MAX_BYTES);
+        assert!(cut.len() <= DLQ_ERROR_MAX_BYTES && cut.len() >= DLQ_ERROR_MAX_BYTES - 1);
+        assert_eq!(truncate_utf8("short", DLQ_ERROR_MAX_BYTES), "short");
     }
 
     #[test]

@@ -34,47 +34,77 @@ pub fn idempotent_producer(
     config: &KafkaConfig,
     client_id: &str,
 ) -> anyhow::Result<FutureProducer> {
-    client_config(config, client_id)
+    producer_config(config, client_id)
+        .create()
+        .context("failed to create the kafka producer")
+}
+
+/// The producer of dead-letter copies: idempotent like the others, and able to
+/// send a copy of the largest record an event topic accepts.
+pub fn dead_letter_producer(
+    config: &KafkaConfig,
+    client_id: &str,
+) -> anyhow::Result<FutureProducer> {
+    producer_config(config, client_id)
+        .set(
+            "message.max.bytes",
+            (DLQ_MAX_MESSAGE_BYTES + 4096).to_string(),
+        )
+        .create()
+        .context("failed to create the dead-letter producer")
+}
+
+fn producer_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
+    let mut producer = client_config(config, client_id);
+    producer
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "1")
         .set(
             "message.timeout.ms",
             config.message_timeout.as_millis().to_string(),
-        )
-        .create()
-        .context("failed to create the kafka producer")
+        );
+    producer
 }
 
-/// A topic to create: name and partition count.
+/// The largest record batch the event topics accept: Kafka's own default
+/// (`message.max.bytes`), set on the topics explicitly so that the dead-letter
+/// topics can be sized from it.
+pub const EVENT_MAX_MESSAGE_BYTES: usize = 1_048_588;
+
+/// The largest record the dead-letter topics accept: any record an event topic
+/// accepted, plus room for the diagnostic headers added to its copy.
+pub const DLQ_MAX_MESSAGE_BYTES: usize = EVENT_MAX_MESSAGE_BYTES + 65_536;
+
+/// A topic to create: name, partition count and largest record.
 #[derive(Clone, Debug)]
 pub struct TopicSpec {
     /// Topic name.
     pub name: String,
     /// Number of partitions.
     pub partitions: i32,
+    /// The topic's `max.message.bytes`.
+    pub max_message_bytes: usize,
 }
 
 /// Every topic of the platform with its configured partition count.
 pub fn platform_topics(config: &KafkaConfig) -> Vec<TopicSpec> {
     let topics = &config.topics;
+    let event = |name: &String| TopicSpec {
+        name: name.clone(),
+        partitions: config.event_partitions,
+        max_message_bytes: EVENT_MAX_MESSAGE_BYTES,
+    };
+    let dead_letter = |name: &String| TopicSpec {
+        name: name.clone(),
+        partitions: config.dlq_partitions,
+        max_message_bytes: DLQ_MAX_MESSAGE_BYTES,
+    };
     vec![
-        TopicSpec {
-            name: topics.order_placed.clone(),
-            partitions: config.event_partitions,
-        },
-        TopicSpec {
-            name: topics.payment_completed.clone(),
-            partitions: config.event_partitions,
-        },
-        TopicSpec {
-            name: topics.payment_dlq.clone(),
-            partitions: config.dlq_partitions,
-        },
-        TopicSpec {
-            name: topics.notification_dlq.clone(),
-            partitions: config.dlq_partitions,
-        },
+        event(&topics.order_placed),
+        event(&topics.payment_completed),
+        dead_letter(&topics.payment_dlq),
+        dead_letter(&topics.notification_dlq),
     ]
 }
 
@@ -83,14 +113,20 @@ pub async fn ensure_topics(config: &KafkaConfig, specs: &[TopicSpec]) -> anyhow:
     let admin: AdminClient<DefaultClientContext> = client_config(config, "foodorder-admin")
         .create()
         .context("failed to create the kafka admin client")?;
+    let max_message_bytes: Vec<String> = specs
+        .iter()
+        .map(|spec| spec.max_message_bytes.to_string())
+        .collect();
     let new_topics: Vec<NewTopic<'_>> = specs
         .iter()
-        .map(|spec| {
+        .zip(&max_message_bytes)
+        .map(|(spec, max_message_bytes)| {
             NewTopic::new(
                 &spec.name,
                 spec.partitions,
                 TopicReplication::Fixed(config.replication_factor),
             )
+            .set("max.message.bytes", max_message_bytes)
         })
         .collect();
     let options = AdminOptions::new()

@@ -259,3 +259,53 @@ async fn header_names_that_are_not_utf8_neither_crash_nor_lose_anything(pool: Pg
     assert_eq!(dead[0].headers[DLQ_SOURCE_TOPIC], kafka.topics.order_placed);
     service.stop().await;
 }
+
+#[sqlx::test(migrator = "foodorder_common::db::MIGRATOR")]
+async fn the_largest_record_and_a_deleted_dlq_topic_still_reach_the_dlq(pool: PgPool) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+
+    let kafka = testing::kafka_config();
+    let producer = producer(&kafka).await;
+    let service = spawn_service(pool.clone(), test_config(kafka.clone(), 0.0)).await;
+    let admin: AdminClient<DefaultClientContext> =
+        foodorder_common::kafka::client_config(&kafka, "test-admin")
+            .create()
+            .unwrap();
+    let deleted = admin
+        .delete_topics(&[&kafka.topics.payment_dlq], &AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
+
+    // As large as the event topic accepts: its dead-letter copy is larger still.
+    let huge = vec![0xab_u8; foodorder_common::kafka::EVENT_MAX_MESSAGE_BYTES - 4096];
+    testing::produce_raw(
+        &kafka.bootstrap_servers,
+        &kafka.topics.order_placed,
+        1,
+        Some(b"huge-key"),
+        Some(&huge),
+        &[(b"x-request-id".to_vec(), Some(b"req-huge".to_vec()))],
+    )
+    .await;
+    let after = insert_order(&pool).await;
+    send_order_placed(&producer, &kafka, after).await;
+    assert_eq!(wait_for_payment(&pool, after).await.0, "COMPLETED");
+
+    let dead = testing::collect_records_async(
+        &kafka.bootstrap_servers,
+        &kafka.topics.payment_dlq,
+        kafka.dlq_partitions,
+        1,
+        Duration::from_secs(90),
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].key, "huge-key");
+    assert!(dead[0].payload == huge, "the value is kept whole");
+    assert_eq!(dead[0].headers["x-request-id"], "req-huge");
+    assert!(!service.is_finished());
+    service.stop().await;
+}
