@@ -147,15 +147,18 @@ impl<G: PaymentGateway> PaymentHandler<G> {
         Ok(true)
     }
 
-    /// Before dead-lettering: an order whose id is known becomes visibly FAILED
-    /// (so no one waits on it forever). A database error is returned, so the
-    /// message is retried rather than dead-lettered with the order left PROCESSING.
-    async fn fail_known_order(
+    /// Before dead-lettering: an order whose id is known gets its outcome (so
+    /// no one waits on it forever). It is voided at the gateway first, so that
+    /// a charge in flight on another instance cannot land afterwards; a charge
+    /// that landed before the void stands and the order is COMPLETED. A
+    /// database or gateway error is returned, so the record is retried rather
+    /// than dead-lettered with the order left PROCESSING.
+    async fn settle_known_order(
         &self,
         key: Option<&str>,
         reason: &str,
         headers: &BTreeMap<String, String>,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<(), HandleError> {
         let Some(order_id) = key.and_then(|key| Uuid::parse_str(key).ok()) else {
             return Ok(());
         };
@@ -165,22 +168,27 @@ impl<G: PaymentGateway> PaymentHandler<G> {
         if order.paid {
             return Ok(());
         }
-        let failure = PaymentResult {
-            success: false,
-            attempt_count: 0,
-            error_message: Some(format!("Payment could not be processed: {reason}")),
-            processing_time: std::time::Duration::ZERO,
-            charge_id: None,
+        let request = ChargeRequest {
+            idempotency_key: order_id.to_string(),
+            amount: order.total_amount,
         };
+        let outcome = self
+            .processor
+            .abandon(
+                &request,
+                &format!("Payment could not be processed: {reason}"),
+            )
+            .await
+            .map_err(|error| HandleError::Retryable(anyhow::Error::new(error)))?;
         let correlation_id = headers
             .get(events::HEADER_REQUEST_ID)
             .cloned()
             .unwrap_or_default();
         if self
-            .record_outcome(order_id, &order, &failure, &correlation_id)
+            .record_outcome(order_id, &order, &outcome, &correlation_id)
             .await?
         {
-            tracing::warn!(%order_id, reason, "order marked FAILED before dead-lettering its message");
+            tracing::warn!(%order_id, reason, success = outcome.success, "order settled before dead-lettering its message");
         }
         Ok(())
     }
@@ -215,7 +223,7 @@ impl<G: PaymentGateway> MessageHandler for PaymentHandler<G> {
         let (order_id, event) = match decode(message) {
             Ok(decoded) => decoded,
             Err(reason) => {
-                self.fail_known_order(message.key_str(), &reason, &headers)
+                self.settle_known_order(message.key_str(), &reason, &headers)
                     .await?;
                 return Err(HandleError::Fatal(reason));
             }

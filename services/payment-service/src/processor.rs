@@ -141,6 +141,17 @@ impl<G: PaymentGateway> PaymentProcessor<G> {
         }
     }
 
+    /// Gives up on an order without charging it (its record is poison): voids
+    /// it at the gateway, so a charge in flight elsewhere can no longer land,
+    /// and returns what stands — a charge that landed first wins.
+    pub async fn abandon(
+        &self,
+        request: &ChargeRequest,
+        reason: &str,
+    ) -> Result<PaymentResult, GatewayUnavailable> {
+        self.give_up(request, 0, reason, Instant::now()).await
+    }
+
     /// Voids the order at the gateway and returns what stands: a charge that
     /// landed before the void (a timed-out call that went through) wins.
     async fn give_up(

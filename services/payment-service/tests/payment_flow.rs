@@ -309,3 +309,48 @@ async fn the_largest_record_and_a_deleted_dlq_topic_still_reach_the_dlq(pool: Pg
     assert!(!service.is_finished());
     service.stop().await;
 }
+
+#[sqlx::test(migrator = "foodorder_common::db::MIGRATOR")]
+async fn a_poison_record_voids_its_order_and_a_charge_that_landed_first_stands(pool: PgPool) {
+    let kafka = testing::kafka_config();
+    let producer = producer(&kafka).await;
+    let unpaid = insert_order(&pool).await;
+    let charged = insert_order(&pool).await;
+    // A charge for `charged` that landed on another instance before its record turned out poison.
+    sqlx::query(
+        "INSERT INTO gateway_ledger (charge_id, idempotency_key, amount, outcome) \
+         VALUES ($1, $2, 25.98, 'APPROVED')",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(charged.to_string())
+    .execute(&pool)
+    .await
+    .unwrap();
+    for order_id in [unpaid, charged] {
+        send_raw(
+            &producer,
+            &kafka.topics.order_placed,
+            &order_id.to_string(),
+            b"\x0a\xff not an OrderPlaced",
+            "req-poison-known",
+        )
+        .await;
+    }
+    let service = spawn_service(pool.clone(), test_config(kafka.clone(), 0.0)).await;
+
+    let failed = wait_for_payment(&pool, unpaid).await;
+    assert_eq!((failed.0.as_str(), failed.1.as_str()), ("FAILED", "FAILED"));
+    assert_eq!(
+        decisions(&pool, unpaid).await,
+        ["VOIDED"],
+        "voided at the gateway: no charge can land later"
+    );
+    let completed = wait_for_payment(&pool, charged).await;
+    assert_eq!(
+        (completed.0.as_str(), completed.1.as_str()),
+        ("COMPLETED", "SUCCEEDED"),
+        "the customer was charged, so the order is not FAILED"
+    );
+    assert_eq!(charges(&pool, charged).await, 1);
+    service.stop().await;
+}
