@@ -291,28 +291,73 @@ impl ConsumerContext for RebalanceContext {
 
 type Consumer_ = StreamConsumer<RebalanceContext>;
 
-/// Serialises handling of messages with the same key.
+/// Serialises handling of messages with the same key, in the order they were
+/// read. A message's place in its key's line is taken in the loop, before its
+/// task is spawned, so tasks that happen to start in another order still run
+/// in offset order.
 #[derive(Clone, Default)]
-struct KeyLocks(Arc<Mutex<HashMap<Vec<u8>, KeyLock>>>);
+struct KeyQueues(Arc<Mutex<HashMap<Vec<u8>, KeyTail>>>);
 
-type KeyLock = Arc<tokio::sync::Mutex<()>>;
+/// The last message queued for a key: its ticket, and what its successor waits on.
+struct KeyTail {
+    ticket: u64,
+    done: tokio::sync::oneshot::Receiver<()>,
+}
 
-impl KeyLocks {
-    async fn run<T>(&self, key: Option<&[u8]>, work: impl Future<Output = T>) -> T {
-        let Some(key) = key else { return work.await };
-        let lock = {
-            let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-            map.entry(key.to_vec()).or_default().clone()
-        };
-        let result = {
-            let _guard = lock.lock().await;
-            work.await
-        };
-        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        // Two references: the map's and ours. Nobody else waits: drop the entry.
-        if Arc::strong_count(&lock) == 2 {
-            map.remove(key);
+/// A message's place in its key's line.
+struct KeyTurn {
+    key: Vec<u8>,
+    ticket: u64,
+    /// Completes when the previous message with this key is done (or abandoned).
+    previous: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// Dropped when this message is done, which lets the next one go.
+    done: tokio::sync::oneshot::Sender<()>,
+}
+
+impl KeyQueues {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Vec<u8>, KeyTail>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes the next place in `key`'s line (none for a keyless message).
+    fn enqueue(&self, key: Option<&[u8]>, ticket: u64) -> Option<KeyTurn> {
+        let key = key?.to_vec();
+        let (done, waiter) = tokio::sync::oneshot::channel();
+        let previous = self
+            .lock()
+            .insert(
+                key.clone(),
+                KeyTail {
+                    ticket,
+                    done: waiter,
+                },
+            )
+            .map(|tail| tail.done);
+        Some(KeyTurn {
+            key,
+            ticket,
+            previous,
+            done,
+        })
+    }
+
+    /// Waits for the turn, runs `work`, then lets the next message go.
+    async fn run<T>(&self, turn: Option<KeyTurn>, work: impl Future<Output = T>) -> T {
+        let Some(turn) = turn else { return work.await };
+        if let Some(previous) = turn.previous {
+            // An error means the previous message's task ended without signalling: it is done too.
+            let _ = previous.await;
         }
+        let result = work.await;
+        let mut map = self.lock();
+        // Nobody queued behind us: drop the key's entry.
+        if map
+            .get(&turn.key)
+            .is_some_and(|tail| tail.ticket == turn.ticket)
+        {
+            map.remove(&turn.key);
+        }
+        drop(turn.done);
         result
     }
 }
@@ -374,7 +419,8 @@ pub async fn run<H: MessageHandler>(
     );
 
     let permits = Arc::new(Semaphore::new(settings.max_in_flight));
-    let key_locks = KeyLocks::default();
+    let key_queues = KeyQueues::default();
+    let mut next_ticket: u64 = 0;
     let settings = Arc::new(settings);
     let mut commit_timer = tokio::time::interval(settings.commit_interval);
     commit_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -403,20 +449,21 @@ pub async fn run<H: MessageHandler>(
         // Reap finished tasks so the set does not grow.
         while tasks.try_join_next().is_some() {}
         progress.dispatched(&message.topic, message.partition, message.offset);
-        let (handler, dead_letters, progress, key_locks, settings, shutdown) = (
+        next_ticket += 1;
+        let turn = key_queues.enqueue(message.key.as_deref(), next_ticket);
+        let (handler, dead_letters, progress, key_queues, settings, shutdown) = (
             handler.clone(),
             dead_letters.clone(),
             progress.clone(),
-            key_locks.clone(),
+            key_queues.clone(),
             settings.clone(),
             shutdown.clone(),
         );
         tasks.spawn(async move {
-            let key = message.key.clone();
             let span = consumer_span(&message, &settings.group_id);
             let work =
                 process(&*handler, &dead_letters, &settings, &message, &shutdown).instrument(span);
-            let finished = key_locks.run(key.as_deref(), work).await;
+            let finished = key_queues.run(turn, work).await;
             if finished {
                 progress.finished(&message.topic, message.partition, message.offset);
             }
@@ -690,28 +737,57 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn same_key_runs_one_at_a_time() {
-        let locks = KeyLocks::default();
+    async fn same_key_runs_one_at_a_time_in_the_order_read() {
+        let queues = KeyQueues::default();
+        let order = Arc::new(Mutex::new(Vec::new()));
         let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let max_seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let runs = (0..8).map(|_| {
-            let (locks, active, max_seen) = (locks.clone(), active.clone(), max_seen.clone());
-            async move {
-                locks
-                    .run(Some(b"order-1"), async {
+        // Places are taken in reading order 1..=8; the tasks then start in reverse.
+        let turns: Vec<_> = (1..=8_u64)
+            .map(|ticket| (ticket, queues.enqueue(Some(b"order-1"), ticket)))
+            .collect();
+        let mut handles = Vec::new();
+        for (ticket, turn) in turns.into_iter().rev() {
+            let (queues, order, active, max_seen) = (
+                queues.clone(),
+                order.clone(),
+                active.clone(),
+                max_seen.clone(),
+            );
+            handles.push(tokio::spawn(async move {
+                queues
+                    .run(turn, async {
                         let now = active.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
                         max_seen.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
                         tokio::task::yield_now().await;
+                        order.lock().unwrap().push(ticket);
                         active.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                     })
                     .await;
-            }
-        });
-        futures::future::join_all(runs).await;
+            }));
+            tokio::task::yield_now().await;
+        }
+        for handle in handles {
+            handle.await.unwrap();
+        }
         assert_eq!(max_seen.load(std::sync::atomic::Ordering::SeqCst), 1);
-        assert!(
-            locks.0.lock().unwrap().is_empty(),
-            "entries are dropped when idle"
-        );
+        assert_eq!(*order.lock().unwrap(), (1..=8).collect::<Vec<_>>());
+        assert!(queues.lock().is_empty(), "entries are dropped when idle");
+    }
+
+    #[tokio::test]
+    async fn other_keys_and_keyless_messages_do_not_wait() {
+        let queues = KeyQueues::default();
+        let blocked = queues.enqueue(Some(b"a"), 1);
+        let (release, wait) = tokio::sync::oneshot::channel::<()>();
+        let first = tokio::spawn({
+            let queues = queues.clone();
+            async move { queues.run(blocked, async { wait.await.ok() }).await }
+        });
+        let other = queues.enqueue(Some(b"b"), 2);
+        queues.run(other, async {}).await;
+        queues.run(queues.enqueue(None, 3), async {}).await;
+        release.send(()).unwrap();
+        first.await.unwrap();
     }
 }
