@@ -246,9 +246,11 @@ impl Progress {
     }
 }
 
-/// Commits finished work of revoked partitions and forgets them.
+/// Commits finished work of revoked partitions and forgets them; counts
+/// assignments, so that the loop can pause partitions it was newly given.
 struct RebalanceContext {
     progress: Progress,
+    assignments: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ClientContext for RebalanceContext {}
@@ -281,6 +283,8 @@ impl ConsumerContext for RebalanceContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(partitions) => {
+                self.assignments
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tracing::info!(partitions = partitions.count(), "partitions assigned")
             }
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
@@ -370,6 +374,7 @@ pub async fn run<H: MessageHandler>(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let progress = Progress::default();
+    let assignments = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let consumer: Arc<Consumer_> = Arc::new(
         kafka::client_config(kafka_config, &settings.group_id)
             .set("group.id", &settings.group_id)
@@ -392,6 +397,7 @@ pub async fn run<H: MessageHandler>(
             )
             .create_with_context(RebalanceContext {
                 progress: progress.clone(),
+                assignments: assignments.clone(),
             })
             .context("failed to create the kafka consumer")?,
     );
@@ -426,17 +432,34 @@ pub async fn run<H: MessageHandler>(
     commit_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tasks = tokio::task::JoinSet::new();
 
+    // While every slot is busy the assigned partitions are paused, not left
+    // unpolled: polling goes on, so rebalances are served and commits are made.
+    let mut paused: Option<(TopicPartitionList, u64)> = None;
     loop {
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
-            permit = permits.clone().acquire_owned() => permit.context("semaphore closed")?,
-        };
+        let saturated = permits.available_permits() == 0;
+        let generation = assignments.load(std::sync::atomic::Ordering::SeqCst);
+        if saturated
+            && paused
+                .as_ref()
+                .is_none_or(|(_, paused_at)| *paused_at != generation)
+        {
+            if let Ok(assignment) = consumer.assignment()
+                && consumer.pause(&assignment).is_ok()
+            {
+                paused = Some((assignment, generation));
+            }
+        } else if !saturated && let Some((assignment, _)) = paused.take() {
+            // Partitions revoked meanwhile are not ours any more: resuming them is a no-op.
+            let _ = consumer.resume(&assignment);
+        }
         let message = tokio::select! {
             () = shutdown.cancelled() => break,
             _ = commit_timer.tick() => {
                 commit(&consumer, &progress, CommitMode::Async);
                 continue;
             }
+            // A slot freed up: go round to resume the partitions.
+            _ = permits.acquire(), if saturated => continue,
             received = consumer.recv() => match received {
                 Ok(message) => ReceivedMessage::from_borrowed(&message),
                 Err(error) => {
@@ -445,6 +468,11 @@ pub async fn run<H: MessageHandler>(
                     continue;
                 }
             },
+        };
+        // Normally a slot is free; a record fetched just before the pause waits for one.
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            permit = permits.clone().acquire_owned() => permit.context("semaphore closed")?,
         };
         // Reap finished tasks so the set does not grow.
         while tasks.try_join_next().is_some() {}

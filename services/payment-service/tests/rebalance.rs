@@ -124,3 +124,52 @@ async fn one_of_two_instances_stops(pool: PgPool, signal: &str) {
     survivor.0.kill().unwrap();
     survivor.0.wait().unwrap();
 }
+
+/// An instance whose every in-flight slot is busy (one slot, a 60 s gateway
+/// call) still serves a rebalance: its partitions are paused, not left
+/// unpolled, so a second instance gets its share long before the call ends.
+#[sqlx::test(migrator = "foodorder_common::db::MIGRATOR")]
+async fn a_saturated_instance_still_hands_partitions_over(pool: PgPool) {
+    let kafka = testing::kafka_config();
+    let producer = producer(&kafka).await;
+    let database_url = database_url(&pool);
+    let group = format!("payment-saturated-{}", uuid::Uuid::new_v4());
+    let slow = [
+        ("PAYMENT_MIN_LATENCY", "60"),
+        ("PAYMENT_MAX_LATENCY", "60"),
+        ("PAYMENT_TIMEOUT", "120"),
+        ("PAYMENT_MAX_IN_FLIGHT", "1"),
+        ("KAFKA_SESSION_TIMEOUT_MS", SESSION_TIMEOUT_MS),
+    ];
+    let _busy = spawn_process(&database_url, &kafka, &group, &slow);
+    testing::wait_for_group_members(&kafka.bootstrap_servers, &group, 1).await;
+    for _ in 0..6 {
+        let order_id = insert_order(&pool).await;
+        send_order_placed(&producer, &kafka, order_id).await;
+    }
+    // Not a synchronisation: it lets the single slot take its 60 s call first.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _second = spawn_process(&database_url, &kafka, &group, &slow);
+    let joined = std::time::Instant::now();
+    // Bounded well below the 60 s call: an unpolled instance would hold the rebalance that long.
+    testing::wait_for(
+        "both instances to hold partitions while the first one's only slot is busy",
+        Duration::from_secs(40),
+        || {
+            let (bootstrap, group) = (kafka.bootstrap_servers.clone(), group.clone());
+            async move {
+                let members = tokio::task::spawn_blocking(move || {
+                    testing::assigned_group_members(&bootstrap, &group)
+                })
+                .await
+                .unwrap_or(0);
+                (members == 2).then_some(())
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "the rebalance completed {:?} after the second instance started",
+        joined.elapsed()
+    );
+}
