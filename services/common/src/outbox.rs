@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::future::join_all;
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use sqlx::postgres::PgListener;
@@ -133,10 +134,14 @@ enum RelayError {
     },
 }
 
+/// Makes a new producer when the current one hit a fatal error.
+type ProducerFactory = Box<dyn Fn() -> anyhow::Result<FutureProducer> + Send + Sync>;
+
 /// Publishes outbox rows to Kafka.
 pub struct OutboxRelay {
     pool: PgPool,
-    producer: FutureProducer,
+    producer: std::sync::Mutex<FutureProducer>,
+    make_producer: Option<ProducerFactory>,
     config: RelayConfig,
 }
 
@@ -145,9 +150,16 @@ impl OutboxRelay {
     pub fn new(pool: PgPool, producer: FutureProducer, config: RelayConfig) -> Self {
         Self {
             pool,
-            producer,
+            producer: std::sync::Mutex::new(producer),
+            make_producer: None,
             config,
         }
+    }
+
+    /// Replaces the producer with a fresh one from `make_producer` after a fatal error.
+    pub fn renewing_producer_with(mut self, make_producer: ProducerFactory) -> Self {
+        self.make_producer = Some(make_producer);
+        self
     }
 
     /// Runs until `shutdown` is cancelled; then finishes the batch in flight and flushes the producer.
@@ -215,7 +227,10 @@ impl OutboxRelay {
                 "final outbox drain timed out; the rows are published at the next start"
             ),
         }
-        if let Err(error) = self.producer.flush(Timeout::After(Duration::from_secs(5))) {
+        if let Err(error) = self
+            .producer()
+            .flush(Timeout::After(Duration::from_secs(5)))
+        {
             tracing::warn!(%error, "failed to flush the outbox producer");
         }
         tracing::info!("outbox relay stopped");
@@ -255,7 +270,8 @@ impl OutboxRelay {
         let mut tx = self.pool.begin().await?;
         let rows: Vec<OutboxRow> = sqlx::query_as(
             "SELECT id, topic, message_key, payload, headers FROM outbox \
-             WHERE sent_at IS NULL AND (cardinality($2::text[]) = 0 OR topic = ANY($2)) \
+             WHERE sent_at IS NULL AND parked_at IS NULL \
+             AND (cardinality($2::text[]) = 0 OR topic = ANY($2)) \
              ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(self.config.batch_size)
@@ -285,7 +301,7 @@ impl OutboxRelay {
             telemetry::continue_trace(&span, &row.headers.0, false);
             let mut headers = row.headers.0.clone();
             headers.extend(telemetry::inject_span(&span));
-            let producer = self.producer.clone();
+            let producer = self.producer();
             let record_span = span.clone();
             async move {
                 let record = FutureRecord::to(&row.topic)
@@ -303,6 +319,7 @@ impl OutboxRelay {
         });
         let results = join_all(deliveries).await;
         let mut sent_ids = Vec::with_capacity(rows.len());
+        let mut parked = Vec::new();
         let mut first_error = None;
         for (row, result) in rows.iter().zip(results) {
             match result {
@@ -317,10 +334,30 @@ impl OutboxRelay {
                     );
                     sent_ids.push(row.id);
                 }
+                Err((error, _message)) if is_permanent(&error) => {
+                    tracing::error!(
+                        outbox_id = row.id,
+                        topic = row.topic,
+                        key = row.message_key,
+                        %error,
+                        "the broker refuses this outbox record for good; parking it"
+                    );
+                    parked.push((row.id, error.to_string()));
+                }
                 Err((error, _message)) => {
+                    if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+                        self.renew_producer();
+                    }
                     first_error.get_or_insert(error);
                 }
             }
+        }
+        for (id, reason) in &parked {
+            sqlx::query("UPDATE outbox SET parked_at = now(), park_reason = $2 WHERE id = $1")
+                .bind(id)
+                .bind(reason)
+                .execute(&mut *tx)
+                .await?;
         }
         if !sent_ids.is_empty() {
             sqlx::query("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)")
@@ -335,7 +372,37 @@ impl OutboxRelay {
                 claimed: rows.len(),
                 first_error: error,
             }),
-            None => Ok((sent_ids.len(), rows.len())),
+            None => Ok((sent_ids.len() + parked.len(), rows.len())),
+        }
+    }
+
+    /// The producer to publish with now.
+    fn producer(&self) -> FutureProducer {
+        self.producer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces a producer that hit a fatal error (an idempotent producer that
+    /// lost its sequence state refuses every record afterwards). Records it
+    /// may have written are published again; consumers deduplicate.
+    fn renew_producer(&self) {
+        let Some(make_producer) = &self.make_producer else {
+            return;
+        };
+        match make_producer() {
+            Ok(producer) => {
+                tracing::warn!("the outbox producer hit a fatal error; replaced it with a new one");
+                *self
+                    .producer
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = producer;
+            }
+            Err(error) => tracing::warn!(
+                error = format!("{error:#}"),
+                "failed to replace the outbox producer"
+            ),
         }
     }
 
@@ -377,8 +444,27 @@ pub async fn run_relay_with_topics(
     {
         return Ok(());
     }
+    let client_id = client_id.to_owned();
     OutboxRelay::new(pool, producer, relay_config)
+        .renewing_producer_with(Box::new(move || {
+            kafka::idempotent_producer(&kafka_config, &client_id)
+        }))
         .run(shutdown)
         .await;
     Ok(())
+}
+
+/// Errors that repeating the same record cannot fix.
+fn is_permanent(error: &rdkafka::error::KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::InvalidTopic
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidMessageSize
+        )
+    )
 }

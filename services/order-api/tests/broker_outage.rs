@@ -49,3 +49,49 @@ async fn orders_placed_while_the_broker_is_down_are_published_once_it_is_back(po
     assert_eq!(keys.into_iter().collect::<BTreeSet<_>>(), placed, "no loss");
     app.stop().await;
 }
+
+#[sqlx::test(migrator = "foodorder_common::db::MIGRATOR")]
+async fn a_record_the_broker_refuses_for_good_is_parked_and_the_rest_go_out(pool: PgPool) {
+    let app = support::spawn_app(pool).await;
+    // Larger than any record the producer may send: it can never be published.
+    sqlx::query("INSERT INTO outbox (topic, message_key, payload) VALUES ($1, 'too-large', $2)")
+        .bind(&app.kafka.topics.order_placed)
+        .bind(vec![0_u8; 2 * 1024 * 1024])
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let mut client = app.client.clone();
+    let order = client
+        .place_order(order_request(&[(1, 1)]))
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    app.wait_outbox_drained().await;
+    let (parked, reason): (bool, Option<String>) = sqlx::query_as(
+        "SELECT parked_at IS NOT NULL, park_reason FROM outbox WHERE message_key = 'too-large'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(parked, "the unpublishable row is parked");
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|reason| reason.contains("size")),
+        "{reason:?}"
+    );
+    let records = testing::collect_records_async(
+        &app.kafka.bootstrap_servers,
+        &app.kafka.topics.order_placed,
+        app.kafka.event_partitions,
+        1,
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+    )
+    .await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].key, order.id, "the order's event went out");
+    app.stop().await;
+}

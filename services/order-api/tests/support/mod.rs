@@ -107,17 +107,18 @@ impl TestApp {
             .unwrap()
     }
 
-    /// Waits until no outbox row is unsent.
+    /// Waits until every outbox row is sent (or parked as unpublishable).
     pub async fn wait_outbox_drained(&self) {
         testing::wait_for(
             "every outbox row to be marked sent",
             Duration::from_secs(60),
             || async {
-                let unsent: i64 =
-                    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
-                        .fetch_one(&self.pool)
-                        .await
-                        .unwrap();
+                let unsent: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND parked_at IS NULL",
+                )
+                .fetch_one(&self.pool)
+                .await
+                .unwrap();
                 (unsent == 0).then_some(())
             },
         )
