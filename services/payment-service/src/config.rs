@@ -18,6 +18,10 @@ pub struct GatewaySettings {
     pub decline_rate: f64,
     /// `PAYMENT_RNG_SEED`: makes the gateway's draws repeatable (default: random).
     pub rng_seed: Option<u64>,
+    /// `PAYMENT_GATEWAY_DB_CONNECTIONS` (default 16): connections of the mock
+    /// gateway's own pool for its ledger. A real gateway is another system: a
+    /// service pool busy with consumers must not look like a slow gateway.
+    pub db_connections: u32,
 }
 
 /// Timeouts and retries around the gateway.
@@ -86,6 +90,7 @@ impl Config {
                 } else {
                     Some(seed.parse()?)
                 },
+                db_connections: env_count("PAYMENT_GATEWAY_DB_CONNECTIONS", 16)?,
             },
             payment: PaymentSettings {
                 timeout: env_seconds("PAYMENT_TIMEOUT", 4.0)?,

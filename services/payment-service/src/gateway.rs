@@ -262,6 +262,7 @@ mod tests {
                 max_latency: Duration::from_secs(5),
                 decline_rate,
                 rng_seed: Some(seed),
+                db_connections: 1,
             },
         )
     }

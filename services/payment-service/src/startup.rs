@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::gateway::MockGateway;
 use crate::handler::PaymentHandler;
 use crate::processor::PaymentProcessor;
+use sqlx::postgres::PgPoolOptions;
 
 /// A built, not yet running, payment service.
 pub struct Application {
@@ -52,8 +53,15 @@ impl Application {
                     health_listener,
                 },
         } = self;
+        // The mock gateway keeps its ledger through a pool of its own, as a
+        // remote gateway would: consumers holding every service connection
+        // must not make the gateway look slow (and trip the breaker).
+        let gateway_pool = PgPoolOptions::new()
+            .max_connections(config.gateway.db_connections)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect_lazy_with(pool.connect_options().as_ref().clone());
         let processor = Arc::new(PaymentProcessor::new(
-            MockGateway::new(pool.clone(), config.gateway.clone()),
+            MockGateway::new(gateway_pool, config.gateway.clone()),
             CircuitBreaker::new(config.breaker.clone()),
             config.payment.clone(),
         ));

@@ -35,6 +35,7 @@ pub fn test_config(kafka: KafkaConfig, decline_rate: f64) -> Config {
             max_latency: Duration::from_millis(20),
             decline_rate,
             rng_seed: Some(42),
+            db_connections: 4,
         },
         payment: PaymentSettings {
             timeout: Duration::from_secs(2),
