@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::KafkaConfig;
+use crate::health::Readiness;
 use crate::kafka;
 use crate::record_headers::{self, RawHeader};
 
@@ -251,6 +252,9 @@ impl Progress {
 struct RebalanceContext {
     progress: Progress,
     assignments: Arc<std::sync::atomic::AtomicU64>,
+    /// Ready while the consumer holds an assignment (an empty one counts: the
+    /// group has more members than partitions).
+    readiness: Readiness,
 }
 
 impl ClientContext for RebalanceContext {}
@@ -265,6 +269,7 @@ impl ConsumerContext for RebalanceContext {
                 tracing::warn!(%error, "failed to commit offsets of revoked partitions");
             }
             self.progress.forget(partitions);
+            self.readiness.set(false);
             tracing::info!(partitions = partitions.count(), "partitions revoked");
         }
     }
@@ -285,6 +290,7 @@ impl ConsumerContext for RebalanceContext {
             Rebalance::Assign(partitions) => {
                 self.assignments
                     .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                self.readiness.set(true);
                 tracing::info!(partitions = partitions.count(), "partitions assigned")
             }
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
@@ -371,6 +377,7 @@ pub async fn run<H: MessageHandler>(
     kafka_config: &KafkaConfig,
     settings: ConsumerSettings,
     handler: Arc<H>,
+    readiness: Readiness,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let progress = Progress::default();
@@ -398,6 +405,7 @@ pub async fn run<H: MessageHandler>(
             .create_with_context(RebalanceContext {
                 progress: progress.clone(),
                 assignments: assignments.clone(),
+                readiness: readiness.clone(),
             })
             .context("failed to create the kafka consumer")?,
     );
@@ -499,6 +507,7 @@ pub async fn run<H: MessageHandler>(
         });
     }
 
+    readiness.set(false);
     tracing::info!(
         in_flight = tasks.len(),
         "consumer stopping, draining in-flight messages"

@@ -1,6 +1,8 @@
 //! A minimal HTTP health endpoint for the Kafka consumers (the gRPC API uses
-//! grpc.health.v1 instead): `GET /healthz` answers 200 while the service is
-//! ready and 503 otherwise. Deliberately tiny: no HTTP framework for one route.
+//! grpc.health.v1 instead): `GET /healthz` (liveness) answers 200 while the
+//! process serves; `GET /readyz` answers 200 once the consumer is subscribed
+//! and holds its assignment, 503 otherwise (before that, during a rebalance,
+//! at shutdown). Deliberately tiny: no HTTP framework for two routes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,12 +51,12 @@ pub async fn serve(listener: TcpListener, readiness: Readiness, shutdown: Cancel
                 Ok(Ok(length)) => String::from_utf8_lossy(&buffer[..length]).into_owned(),
                 _ => return,
             };
-            let (status, body) = if !request.starts_with("GET /healthz") {
-                ("404 Not Found", "not found\n")
-            } else if readiness.is_ready() {
-                ("200 OK", "ready\n")
-            } else {
-                ("503 Service Unavailable", "not ready\n")
+            let path = request.split_whitespace().nth(1).unwrap_or_default();
+            let (status, body) = match (request.starts_with("GET "), path) {
+                (true, "/healthz") => ("200 OK", "alive\n"),
+                (true, "/readyz") if readiness.is_ready() => ("200 OK", "ready\n"),
+                (true, "/readyz") => ("503 Service Unavailable", "not ready\n"),
+                _ => ("404 Not Found", "not found\n"),
             };
             let response = format!(
                 "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",

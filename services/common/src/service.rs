@@ -1,5 +1,5 @@
 //! The runtime of a consumer service (payment, notification): its
-//! `/healthz` endpoint, an optional outbox relay for the events it emits, and
+//! `/healthz` and `/readyz` endpoints, an optional outbox relay for the events it emits, and
 //! the consumer loop; torn down in order: stop intake → drain → commit →
 //! stop the relay (flushing its producer) → close the pool.
 
@@ -52,9 +52,15 @@ impl<H: MessageHandler> ConsumerService<H> {
                 background.clone(),
             ))
         });
-        readiness.set(true);
-        tracing::info!(service = self.name, health = %health_address, max_in_flight = self.settings.max_in_flight, "service ready");
-        let consumed = consumer::run(&self.kafka, self.settings, self.handler, shutdown).await;
+        tracing::info!(service = self.name, health = %health_address, max_in_flight = self.settings.max_in_flight, "service started; ready once the consumer holds its assignment");
+        let consumed = consumer::run(
+            &self.kafka,
+            self.settings,
+            self.handler,
+            readiness.clone(),
+            shutdown,
+        )
+        .await;
         readiness.set(false);
         background.cancel();
         if let Some(relay) = relay

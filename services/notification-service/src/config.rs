@@ -16,7 +16,7 @@ pub struct Config {
     pub max_in_flight: usize,
     /// `NOTIFICATION_CONSUMER_GROUP` (default `notification-service`).
     pub group_id: String,
-    /// `NOTIFICATION_HEALTH_ADDR` (default `0.0.0.0:9103`): `GET /healthz`.
+    /// `NOTIFICATION_HEALTH_ADDR` (default `0.0.0.0:9103`): `GET /healthz` (liveness) and `GET /readyz` (subscribed, holding its assignment).
     pub health_addr: SocketAddr,
     /// `SHUTDOWN_GRACE_SECONDS` (default 10).
     pub shutdown_grace: Duration,

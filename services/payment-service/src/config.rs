@@ -63,7 +63,7 @@ pub struct Config {
     pub max_in_flight: usize,
     /// `PAYMENT_CONSUMER_GROUP` (default `payment-service`).
     pub group_id: String,
-    /// `PAYMENT_HEALTH_ADDR` (default `0.0.0.0:9102`): `GET /healthz`.
+    /// `PAYMENT_HEALTH_ADDR` (default `0.0.0.0:9102`): `GET /healthz` (liveness) and `GET /readyz` (subscribed, holding its assignment).
     pub health_addr: SocketAddr,
     /// `SHUTDOWN_GRACE_SECONDS` (default 10): in-flight payments may finish within this.
     pub shutdown_grace: Duration,

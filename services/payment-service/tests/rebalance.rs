@@ -173,3 +173,52 @@ async fn a_saturated_instance_still_hands_partitions_over(pool: PgPool) {
         joined.elapsed()
     );
 }
+
+/// `/healthz` (liveness) answers at once; `/readyz` only once the consumer is
+/// subscribed and holds its assignment, and not any more after shutdown begins.
+#[sqlx::test(migrator = "foodorder_common::db::MIGRATOR")]
+async fn ready_only_once_the_consumer_holds_its_assignment(pool: PgPool) {
+    let kafka = testing::kafka_config();
+    let config = test_config(kafka.clone(), 0.0);
+    let group = config.group_id.clone();
+    let application = payment_service::Application::build_with_pool(config, pool)
+        .await
+        .unwrap();
+    let health = application.health_addr();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let service = tokio::spawn(application.run_until_stopped(shutdown.clone()));
+    testing::wait_for(
+        "/healthz to answer 200",
+        Duration::from_secs(10),
+        || async { (http_status(health, "/healthz").await == Some(200)).then_some(()) },
+    )
+    .await;
+    testing::wait_for("/readyz to answer 200", Duration::from_secs(60), || async {
+        (http_status(health, "/readyz").await == Some(200)).then_some(())
+    })
+    .await;
+    let bootstrap = kafka.bootstrap_servers.clone();
+    let members =
+        tokio::task::spawn_blocking(move || testing::assigned_group_members(&bootstrap, &group))
+            .await
+            .unwrap();
+    assert_eq!(
+        members, 1,
+        "ready means the group shows this member with its partitions"
+    );
+    shutdown.cancel();
+    service.await.unwrap().unwrap();
+}
+
+/// The status code of `GET path`, or None when nothing answers.
+async fn http_status(address: std::net::SocketAddr, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
+}
