@@ -45,6 +45,18 @@ wait_for_port() {
   done
 }
 
+# http_ready HOST:PORT: GET /readyz answers 200 (a consumer service holds its assignment).
+http_ready() {
+  local host=${1%:*} port=${1##*:} status
+  [[ $host == 0.0.0.0 ]] && host=127.0.0.1
+  # The braces keep the 2>/dev/null from applying to the whole script.
+  { exec 3<>"/dev/tcp/$host/$port"; } 2>/dev/null || return 1
+  printf 'GET /readyz HTTP/1.0\r\n\r\n' >&3
+  read -r -t 2 _ status _ <&3 || true
+  exec 3<&- 3>&-
+  [[ $status == 200 ]]
+}
+
 # free_port: an unused TCP port on 127.0.0.1.
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
@@ -108,7 +120,7 @@ start_private_postgres() {
     install_postgres_server
   fi
   initdb=$(find_pg_bin initdb) && pg_ctl=$(find_pg_bin pg_ctl) || die "the postgresql package is installed but initdb/pg_ctl were not found"
-  data="$CACHE_DIR/pgdata"
+  data="${FOODORDER_PGDATA:-$CACHE_DIR/pgdata}"
   # As root the cluster runs as the postgres user, which cannot reach a home
   # directory that is private to root: keep it in /var/tmp instead.
   [[ $(id -u) -eq 0 ]] && data="${FOODORDER_PGDATA:-/var/tmp/foodorder/pgdata}"
@@ -129,12 +141,27 @@ start_private_postgres() {
   fi
   port=$(free_port)
   log "starting the private PostgreSQL cluster on 127.0.0.1:$port"
-  as_pg_user "$pg_ctl" -D "$data" -w -t 60 -l "$data/server.log" \
-    -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$data -c max_connections=300" start >/dev/null \
-    || die "the private PostgreSQL cluster did not start, see $data/server.log"
+  pg_start_cluster "$pg_ctl" "$data" "$port" || die "the private PostgreSQL cluster did not start, see $data/server.log"
   PRIVATE_PG_CTL="$pg_ctl"
   PRIVATE_PG_DATA="$data"
   export DATABASE_URL="postgres://postgres@127.0.0.1:$port/$(url_part "$DATABASE_URL" db)"
+}
+
+# pg_start_cluster PG_CTL DATA PORT: starts the cluster on 127.0.0.1:PORT and waits for it.
+pg_start_cluster() {
+  as_pg_user "$1" -D "$2" -w -t 60 -l "$2/server.log" \
+    -o "-p $3 -c listen_addresses=127.0.0.1 -c unix_socket_directories=$2 -c max_connections=300" start >/dev/null
+}
+
+# restart_private_postgres: an abrupt restart of the private cluster this script
+# started (immediate shutdown: no checkpoint, crash recovery at the start), on the same port.
+restart_private_postgres() {
+  [[ -n ${PRIVATE_PG_DATA:-} ]] || die "no private PostgreSQL cluster was started by this script"
+  local port
+  port=$(sed -n 4p "$PRIVATE_PG_DATA/postmaster.pid")
+  as_pg_user "$PRIVATE_PG_CTL" -D "$PRIVATE_PG_DATA" -m immediate stop >/dev/null 2>&1 || true
+  sleep "${1:-2}"
+  pg_start_cluster "$PRIVATE_PG_CTL" "$PRIVATE_PG_DATA" "$port"
 }
 
 stop_private_postgres() {

@@ -1,0 +1,111 @@
+//! The careful client: a steady rate of PlaceOrder calls, each with its own
+//! idempotency key, retried with that key while the API is unreachable, so an
+//! order is either acknowledged once or reported as failed, never doubled.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use foodorder_proto::v1::order_service_client::OrderServiceClient;
+use foodorder_proto::v1::{OrderItemInput, PlaceOrderRequest};
+use tonic::Code;
+
+#[derive(clap::Args)]
+pub struct LoadArgs {
+    /// The order API, host:port.
+    #[arg(long)]
+    addr: String,
+    /// Orders per second.
+    #[arg(long, default_value_t = 40)]
+    rate: u32,
+    /// How long to place orders, in seconds.
+    #[arg(long)]
+    seconds: u64,
+    /// Where to write the ids of the acknowledged orders, one per line.
+    #[arg(long)]
+    acked: std::path::PathBuf,
+    /// How long one order may be retried before it counts as failed, in seconds.
+    #[arg(long, default_value_t = 120)]
+    retry_for: u64,
+}
+
+/// Codes a careful client retries with the same key: the API or its database was unreachable.
+fn retryable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+    )
+}
+
+pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", args.addr))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10))
+        .connect_lazy();
+    let client = OrderServiceClient::new(channel);
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let outcomes: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    let retries = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(args.rate)));
+    let end = Instant::now() + Duration::from_secs(args.seconds);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut index: u64 = 0;
+    while Instant::now() < end {
+        ticker.tick().await;
+        index += 1;
+        let (mut client, acked, outcomes, retries) = (
+            client.clone(),
+            acked.clone(),
+            outcomes.clone(),
+            retries.clone(),
+        );
+        let retry_for = Duration::from_secs(args.retry_for);
+        tasks.spawn(async move {
+            let request = PlaceOrderRequest {
+                customer_name: format!("Chaos Customer {index}"),
+                customer_email: format!("chaos{index}@example.com"),
+                items: vec![
+                    OrderItemInput {
+                        menu_item_id: (index % 8) as i32 + 1,
+                        quantity: (index % 3) as i32 + 1,
+                    },
+                    OrderItemInput {
+                        menu_item_id: 7,
+                        quantity: 1,
+                    },
+                ],
+                idempotency_key: uuid::Uuid::new_v4().to_string(),
+            };
+            let started = Instant::now();
+            let outcome = loop {
+                match client.place_order(request.clone()).await {
+                    Ok(response) => {
+                        let order = response.into_inner().order.unwrap_or_default();
+                        acked.lock().unwrap().push(order.id);
+                        break "OK".to_owned();
+                    }
+                    Err(status) if retryable(status.code()) && started.elapsed() < retry_for => {
+                        retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    Err(status) => break format!("{:?}", status.code()),
+                }
+            };
+            *outcomes.lock().unwrap().entry(outcome).or_default() += 1;
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    let acked = acked.lock().unwrap().clone();
+    std::fs::write(&args.acked, acked.join("\n") + "\n")
+        .with_context(|| format!("failed to write {}", args.acked.display()))?;
+    let summary = serde_json::json!({
+        "placed": index,
+        "acknowledged": acked.len(),
+        "outcomes": *outcomes.lock().unwrap(),
+        "retried_calls": retries.load(std::sync::atomic::Ordering::Relaxed),
+    });
+    println!("{summary}");
+    Ok(())
+}
