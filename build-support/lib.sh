@@ -191,8 +191,9 @@ ensure_postgres() {
 
 # java_major: the major version of the java on PATH (0 when there is none).
 java_major() {
-  command -v java >/dev/null 2>&1 || { echo 0; return; }
-  java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1
+  local major
+  command -v java >/dev/null 2>&1 && major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)
+  echo "${major:-0}"
 }
 
 # install_kafka: copies the broker's jars from Maven Central into the cache directory, once.
@@ -204,7 +205,8 @@ install_kafka() {
   local staging="$KAFKA_LIBS.partial"
   rm -rf "$staging"
   mkdir -p "$staging"
-  mvn -q -B -f "$ROOT_DIR/build-support/kafka/pom.xml" dependency:copy-dependencies \
+  mvn -q -B -f "$ROOT_DIR/build-support/kafka/pom.xml" \
+    org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
     -DincludeScope=runtime -DoutputDirectory="$staging" >"$CACHE_DIR/kafka-install.log" 2>&1 \
     || { tail -20 "$CACHE_DIR/kafka-install.log" >&2; die "fetching the Kafka jars failed, see $CACHE_DIR/kafka-install.log"; }
   ls "$staging"/kafka_2.13-"$KAFKA_VERSION".jar >/dev/null 2>&1 || die "Maven did not deliver kafka_2.13-$KAFKA_VERSION.jar"
@@ -213,18 +215,26 @@ install_kafka() {
   mv "$staging" "$KAFKA_LIBS"
 }
 
+# install_kafka_unless_external: installs the broker's jars unless KAFKA_BOOTSTRAP_SERVERS answers.
+install_kafka_unless_external() {
+  local first=${KAFKA_BOOTSTRAP_SERVERS:-$DEFAULT_KAFKA}
+  first=${first%%,*}
+  port_open "${first%:*}" "${first##*:}" || install_kafka
+}
+
 # start_kafka PORT DATA_DIR: starts the broker in the background on 127.0.0.1:PORT
 # (controller on PORT+1 when free) with its durable data in DATA_DIR; prints its pid.
 start_kafka() {
   local port=$1 data=$2 controller_port=$(($1 + 1))
   port_open 127.0.0.1 "$controller_port" && controller_port=$(free_port)
   mkdir -p "$data"
-  "$KAFKA_BROKER" --libs "$KAFKA_LIBS" --data "$data" --port "$port" --controller-port "$controller_port" \
+  # nohup: a closed terminal must not stop the broker under a detached platform.
+  nohup "$KAFKA_BROKER" --libs "$KAFKA_LIBS" --data "$data" --port "$port" --controller-port "$controller_port" \
     >"$data/broker.out" 2>&1 &
   echo $!
 }
 
-# kafka_ready HOST PORT: the broker answers a metadata request (not just a TCP connect).
+# kafka_ready HOST PORT: the broker answers an ApiVersions request (not just a TCP connect).
 kafka_ready() {
   python3 - "$1" "$2" <<'PY'
 import socket, struct, sys
@@ -255,6 +265,7 @@ ensure_kafka() {
   local first=${KAFKA_BOOTSTRAP_SERVERS%%,*}
   local host=${first%:*} port=${first##*:}
   if port_open "$host" "$port"; then
+    kafka_ready "$host" "$port" || die "something listens on $first but does not answer as a Kafka broker"
     log "Kafka: $KAFKA_BOOTSTRAP_SERVERS"
     return 0
   fi
@@ -280,7 +291,7 @@ ensure_kafka() {
 # (Jaeger's has one), so the module is downloaded and built as the main module.
 install_jaeger() {
   [[ -x $JAEGER_BIN ]] && return 0
-  command -v go >/dev/null 2>&1 || die "Jaeger is built with the Go toolchain, which is not installed (Debian/Ubuntu: apt-get install golang-go, or https://go.dev/dl); or set FOODORDER_JAEGER=off"
+  command -v go >/dev/null 2>&1 || die "Jaeger is built with the Go toolchain (1.24.6 or newer, from https://go.dev/dl; Debian 12's golang-go is too old), which is not installed; or set FOODORDER_JAEGER=off"
   log "installing Jaeger $JAEGER_VERSION into $(dirname "$JAEGER_BIN") (first time only; built from the Go module proxy)"
   local source build="$CACHE_DIR/jaeger-build"
   mkdir -p "$CACHE_DIR"

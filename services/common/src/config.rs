@@ -146,7 +146,7 @@ pub struct KafkaConfig {
     pub message_timeout: Duration,
     /// `KAFKA_SESSION_TIMEOUT_MS` (default 10000): how long the group waits for
     /// a member that stopped heartbeating (a crashed process) before its
-    /// partitions move to the others. Kafka accepts 6000 to 300000 by default.
+    /// partitions move to the others. Kafka accepts 6000 to 1800000 by default.
     pub session_timeout: Duration,
     /// `KAFKA_MAX_POLL_INTERVAL_MS` (default 600000): a consumer whose handlers
     /// are all blocked (a long database outage) for longer leaves the group and

@@ -269,7 +269,14 @@ impl PrivateBroker {
 impl Drop for PrivateBroker {
     fn drop(&mut self) {
         self.kill();
-        let _ = std::fs::remove_dir_all(&self.data_dir);
+        if std::thread::panicking() {
+            eprintln!(
+                "the private broker's data and log are kept for the failed test: {}",
+                self.data_dir.join("logs/server.log").display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
     }
 }
 
@@ -604,4 +611,45 @@ fn crc32c(data: &[u8]) -> u32 {
         }
     }
     !crc
+}
+
+/// For each partition of `topic`: consumer group `group`'s committed offset
+/// (-1 when it has none) and the partition's high watermark.
+pub fn group_offsets(bootstrap: &str, group: &str, topic: &str) -> BTreeMap<i32, (i64, i64)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("log_level", "3")
+        .create()
+        .expect("create the offsets reader");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("topic metadata");
+    let partitions = metadata
+        .topics()
+        .first()
+        .map(|topic| topic.partitions().len())
+        .unwrap_or(0) as i32;
+    let mut list = TopicPartitionList::new();
+    for partition in 0..partitions {
+        list.add_partition(topic, partition);
+    }
+    let committed = consumer
+        .committed_offsets(list, Duration::from_secs(10))
+        .expect("committed offsets");
+    committed
+        .elements()
+        .iter()
+        .map(|element| {
+            let committed = match element.offset() {
+                Offset::Offset(offset) => offset,
+                _ => -1,
+            };
+            let (_, high) = consumer
+                .fetch_watermarks(topic, element.partition(), Duration::from_secs(10))
+                .expect("watermarks");
+            (element.partition(), (committed, high))
+        })
+        .collect()
 }

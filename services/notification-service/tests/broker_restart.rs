@@ -54,10 +54,48 @@ async fn broker_restarts_under_load_lose_and_double_nothing(pool: PgPool) {
         || async { (notified().await >= 10).then_some(()) },
     )
     .await;
+    let watched = [
+        (
+            platform.payment_group.clone(),
+            format!("{}order.placed", platform.prefix),
+        ),
+        (
+            platform.notification_group.clone(),
+            format!("{}payment.completed", platform.prefix),
+        ),
+    ];
+    let offsets = |bootstrap: String| {
+        let watched = watched.clone();
+        tokio::task::spawn_blocking(move || {
+            watched
+                .iter()
+                .map(|(group, topic)| testing::group_offsets(&bootstrap, group, topic))
+                .collect::<Vec<_>>()
+        })
+    };
     for round in 1..=2 {
+        let before_kill = offsets(broker.bootstrap()).await.unwrap();
         broker.kill();
         tokio::time::sleep(OUTAGE).await;
         broker.restart().await;
+        // What the groups had committed and what the topics held survived the restart.
+        let after_restart = offsets(broker.bootstrap()).await.unwrap();
+        for ((group, topic), (before, after)) in
+            watched.iter().zip(before_kill.iter().zip(&after_restart))
+        {
+            assert!(
+                before.values().any(|(committed, _)| *committed > 0),
+                "{group} had committed offsets before restart {round}: {before:?}"
+            );
+            for (partition, (committed, high)) in before {
+                let (committed_after, high_after) = after[partition];
+                assert!(
+                    committed_after >= *committed && high_after >= *high,
+                    "{topic}[{partition}] for {group} after restart {round}: committed {committed} -> {committed_after}, \
+                     high watermark {high} -> {high_after}"
+                );
+            }
+        }
         let before = notified().await;
         testing::wait_for(
             &format!("notifications to resume after broker restart {round}"),

@@ -69,14 +69,26 @@ async fn jaeger_shows_one_order_across_three_services_and_both_kafka_hops(pool: 
 
     let path = format!("/api/v3/traces/{trace_id}");
     let spans = testing::wait_for(
-        "Jaeger to hold the order's spans from all three services, both hops complete",
+        "Jaeger to hold the order's spans from all three services, both hops with their parents",
         Duration::from_secs(60),
         || async {
             let spans = spans_of(&jaeger.get(&path).await?);
             let consumers = spans.iter().filter(|span| span.kind == "CONSUMER").count();
             let services: BTreeSet<&str> = spans.iter().map(|span| span.service.as_str()).collect();
+            // Each service exports in batches of its own: wait until every
+            // CONSUMER span's parent has arrived too.
+            let parents_arrived =
+                spans
+                    .iter()
+                    .filter(|span| span.kind == "CONSUMER")
+                    .all(|consumer| {
+                        spans
+                            .iter()
+                            .any(|span| span.span_id == consumer.parent_span_id)
+                    });
             (services.len() == 3
                 && consumers == 2
+                && parents_arrived
                 && spans.iter().any(|span| span.name == "notification send"))
             .then_some(spans)
         },

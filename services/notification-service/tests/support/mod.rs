@@ -100,6 +100,10 @@ pub struct Platform {
     pub prefix: String,
     /// Where the services' logs go.
     pub log_dir: PathBuf,
+    /// The payment service's consumer group.
+    pub payment_group: String,
+    /// The notification service's consumer group.
+    pub notification_group: String,
     services: Vec<Service>,
 }
 
@@ -155,6 +159,8 @@ impl Platform {
             api_port,
             prefix,
             log_dir,
+            payment_group: format!("payment-{run}"),
+            notification_group: format!("notification-{run}"),
             services,
         }
     }
