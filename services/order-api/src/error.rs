@@ -48,15 +48,28 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+/// The most field violations one INVALID_ARGUMENT reports (the message says how many more there were).
+const MAX_REPORTED_VIOLATIONS: usize = 10;
+
 impl From<ApiError> for Status {
     fn from(error: ApiError) -> Self {
         match error {
-            ApiError::InvalidArgument(violations) => {
-                let summary = violations
+            ApiError::InvalidArgument(mut violations) => {
+                // Bounded: a request with hundreds of bad lines must not produce
+                // response headers larger than a client accepts.
+                let total = violations.len();
+                violations.truncate(MAX_REPORTED_VIOLATIONS);
+                let mut summary = violations
                     .iter()
                     .map(|violation| format!("{}: {}", violation.field, violation.description))
                     .collect::<Vec<_>>()
                     .join("; ");
+                if total > violations.len() {
+                    summary.push_str(&format!(
+                        "; and {} more violations",
+                        total - violations.len()
+                    ));
+                }
                 let details = ErrorDetails::with_bad_request(
                     violations
                         .into_iter()
@@ -119,6 +132,33 @@ mod tests {
         let details = status.get_error_details();
         let bad_request = details.bad_request().expect("bad request details");
         assert_eq!(bad_request.field_violations[0].field, "customer_email");
+    }
+
+    #[test]
+    fn many_violations_are_reported_bounded() {
+        let violations = (0..200)
+            .map(|index| {
+                FieldViolation::new(
+                    format!("items[{index}].quantity"),
+                    "quantity must be between 1 and 99",
+                )
+            })
+            .collect();
+        let status = Status::from(ApiError::InvalidArgument(violations));
+        assert!(
+            status.message().ends_with("; and 190 more violations"),
+            "{}",
+            status.message()
+        );
+        assert_eq!(
+            status
+                .get_error_details()
+                .bad_request()
+                .unwrap()
+                .field_violations
+                .len(),
+            10
+        );
     }
 
     #[test]

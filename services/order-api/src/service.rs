@@ -112,9 +112,19 @@ fn parse_order_id(text: &str) -> Result<Uuid, ApiError> {
         return Err(ApiError::invalid_field("order_id", "order_id is required"));
     }
     Uuid::parse_str(text).map_err(|_| {
-        ApiError::invalid_field("order_id", format!("order_id {text:?} is not a UUID"))
+        // The caller's text is quoted only when short: an error must never
+        // carry unbounded input back (it would overflow the response headers).
+        let shown = if text.chars().count() <= MAX_ECHOED_CHARS {
+            format!("{text:?}")
+        } else {
+            format!("of {} characters", text.chars().count())
+        };
+        ApiError::invalid_field("order_id", format!("order_id {shown} is not a UUID"))
     })
 }
+
+/// The longest caller input an error message quotes.
+const MAX_ECHOED_CHARS: usize = 64;
 
 #[tonic::async_trait]
 impl OrderService for OrderServiceImpl {
