@@ -12,8 +12,48 @@ use crate::config::DatabaseConfig;
 /// The workspace's migrations, compiled into every service.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
 
-/// Creates the database if it does not exist, opens a pool and runs the migrations.
+/// How long a starting service waits for PostgreSQL to be reachable before it gives up.
+const STARTUP_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Creates the database if it does not exist, opens a pool and runs the
+/// migrations. A database that is unreachable or restarting (see
+/// [`is_unavailable`]) is waited for, with capped back-off, for up to two
+/// minutes: a service started during a database restart comes up with it
+/// instead of exiting. Anything else (bad credentials, a broken migration)
+/// fails at once.
 pub async fn connect_and_migrate(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
+    let started = std::time::Instant::now();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match try_connect_and_migrate(config).await {
+            Ok(pool) => return Ok(pool),
+            Err(error)
+                if is_transient_startup_error(&error) && started.elapsed() < STARTUP_PATIENCE =>
+            {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "postgresql not reachable yet, retrying"
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Whether a start-up failure comes from a database that is down or restarting.
+fn is_transient_startup_error(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<sqlx::Error>()
+            .is_some_and(is_unavailable)
+            || cause.downcast_ref::<std::io::Error>().is_some()
+    })
+}
+
+async fn try_connect_and_migrate(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
     let url = config.url.expose();
     if !sqlx::Postgres::database_exists(url)
         .await

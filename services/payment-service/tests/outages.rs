@@ -54,3 +54,45 @@ async fn database_outage_delays_payment_but_loses_and_doubles_nothing(pool: PgPo
     assert_eq!(charges(&pool, order_id).await, 1);
     service.stop().await;
 }
+
+/// A service started while PostgreSQL is unreachable (a database restart)
+/// waits for it instead of exiting, then works normally.
+#[sqlx::test(migrator = "foodorder_common::db::MIGRATOR")]
+async fn a_service_started_while_the_database_is_down_comes_up_with_it(pool: PgPool) {
+    let options: PgConnectOptions = pool.connect_options().as_ref().clone();
+    let target = tokio::net::lookup_host((options.get_host(), options.get_port()))
+        .await
+        .unwrap()
+        .next()
+        .expect("database address");
+    let proxy = CuttableProxy::start(target).await;
+    proxy.cut();
+    let url = database_url(&pool).replacen(
+        &format!(":{}/", options.get_port()),
+        &format!(":{}/", proxy.address().port()),
+        1,
+    );
+    let kafka = testing::kafka_config();
+    let producer = producer(&kafka).await;
+    let mut config = test_config(kafka.clone(), 0.0);
+    config.database.url = foodorder_common::config::Secret::new(url);
+    let building = tokio::spawn(payment_service::Application::build(config));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !building.is_finished(),
+        "start-up waits while the database is unreachable"
+    );
+    proxy.restore();
+    let application = tokio::time::timeout(Duration::from_secs(60), building)
+        .await
+        .expect("start-up finishes once the database is back")
+        .unwrap()
+        .expect("the service starts");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let service = tokio::spawn(application.run_until_stopped(shutdown.clone()));
+    let order_id = insert_order(&pool).await;
+    send_order_placed(&producer, &kafka, order_id).await;
+    assert_eq!(wait_for_payment(&pool, order_id).await.0, "COMPLETED");
+    shutdown.cancel();
+    service.await.unwrap().unwrap();
+}
