@@ -209,42 +209,19 @@ async fn group_lags(
         ),
     ];
     let bootstrap = args.bootstrap.clone();
-    tokio::task::spawn_blocking(move || {
+    let lags = tokio::task::spawn_blocking(move || {
         let mut lags = BTreeMap::new();
         for (group, topic) in plan {
-            let consumer: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &bootstrap)
-                .set("group.id", &group)
-                .set("enable.auto.commit", "false")
-                .set("log_level", "3")
-                .create()?;
-            let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
-            let partitions = metadata
-                .topics()
-                .first()
-                .map(|topic| topic.partitions().len())
-                .unwrap_or(0);
-            let mut list = TopicPartitionList::new();
-            for partition in 0..partitions as i32 {
-                list.add_partition(&topic, partition);
-            }
-            let committed = consumer.committed_offsets(list, Duration::from_secs(10))?;
-            for element in committed.elements() {
-                let (_, high) = consumer.fetch_watermarks(
-                    &topic,
-                    element.partition(),
-                    Duration::from_secs(10),
-                )?;
-                let position = match element.offset() {
-                    Offset::Offset(offset) => offset,
-                    _ => 0,
-                };
-                lags.insert((group.clone(), element.partition()), high - position);
+            for (partition, (committed, high)) in
+                foodorder_common::testing::group_offsets(&bootstrap, &group, &topic)
+            {
+                lags.insert((group.clone(), partition), high - committed.max(0));
             }
         }
-        anyhow::Ok(lags)
+        lags
     })
-    .await?
+    .await?;
+    Ok(lags)
 }
 
 /// Every injected record is on its dead-letter topic with its key, value and

@@ -14,13 +14,7 @@ use support::*;
 
 #[sqlx::test(migrator = "foodorder_common::db::MIGRATOR")]
 async fn database_outage_delays_payment_but_loses_and_doubles_nothing(pool: PgPool) {
-    let options: PgConnectOptions = pool.connect_options().as_ref().clone();
-    let target = tokio::net::lookup_host((options.get_host(), options.get_port()))
-        .await
-        .unwrap()
-        .next()
-        .expect("database address");
-    let proxy = CuttableProxy::start(target).await;
+    let (proxy, options) = database_proxy(&pool).await;
     let proxied_pool = PgPoolOptions::new()
         .max_connections(5)
         .acquire_timeout(Duration::from_secs(2))
@@ -59,13 +53,7 @@ async fn database_outage_delays_payment_but_loses_and_doubles_nothing(pool: PgPo
 /// waits for it instead of exiting, then works normally.
 #[sqlx::test(migrator = "foodorder_common::db::MIGRATOR")]
 async fn a_service_started_while_the_database_is_down_comes_up_with_it(pool: PgPool) {
-    let options: PgConnectOptions = pool.connect_options().as_ref().clone();
-    let target = tokio::net::lookup_host((options.get_host(), options.get_port()))
-        .await
-        .unwrap()
-        .next()
-        .expect("database address");
-    let proxy = CuttableProxy::start(target).await;
+    let (proxy, options) = database_proxy(&pool).await;
     proxy.cut();
     let url = database_url(&pool).replacen(
         &format!(":{}/", options.get_port()),
@@ -95,4 +83,15 @@ async fn a_service_started_while_the_database_is_down_comes_up_with_it(pool: PgP
     assert_eq!(wait_for_payment(&pool, order_id).await.0, "COMPLETED");
     shutdown.cancel();
     service.await.unwrap().unwrap();
+}
+
+/// A cuttable proxy in front of the test's PostgreSQL, and the test database's connect options.
+async fn database_proxy(pool: &PgPool) -> (CuttableProxy, PgConnectOptions) {
+    let options: PgConnectOptions = pool.connect_options().as_ref().clone();
+    let target = tokio::net::lookup_host((options.get_host(), options.get_port()))
+        .await
+        .unwrap()
+        .next()
+        .expect("database address");
+    (CuttableProxy::start(target).await, options)
 }
