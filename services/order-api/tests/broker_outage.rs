@@ -82,15 +82,9 @@ async fn a_record_the_broker_refuses_for_good_is_parked_and_the_rest_go_out(pool
             .is_some_and(|reason| reason.contains("size")),
         "{reason:?}"
     );
-    let records = testing::collect_records_async(
-        &app.kafka.bootstrap_servers,
-        &app.kafka.topics.order_placed,
-        app.kafka.event_partitions,
-        1,
-        Duration::from_secs(60),
-        Duration::from_millis(500),
-    )
-    .await;
+    let records = app
+        .order_placed_records(1, Duration::from_millis(500))
+        .await;
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].key, order.id, "the order's event went out");
     app.stop().await;

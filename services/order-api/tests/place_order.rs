@@ -5,7 +5,6 @@ mod support;
 
 use std::time::Duration;
 
-use foodorder_common::testing;
 use foodorder_proto::v1::{OrderPlaced, OrderStatus, PlaceOrderRequest};
 use prost::Message;
 use sqlx::PgPool;
@@ -75,15 +74,9 @@ async fn place_order_stores_rows_and_publishes_order_placed(pool: PgPool) {
     assert_eq!(app.count("order_items").await, 2);
     assert_eq!(app.count("outbox").await, 1);
 
-    let records = testing::collect_records_async(
-        &app.kafka.bootstrap_servers,
-        &app.kafka.topics.order_placed,
-        app.kafka.event_partitions,
-        1,
-        Duration::from_secs(60),
-        Duration::from_millis(500),
-    )
-    .await;
+    let records = app
+        .order_placed_records(1, Duration::from_millis(500))
+        .await;
     assert_eq!(records.len(), 1, "exactly one record");
     let record = &records[0];
     assert_eq!(record.key, order.id);
@@ -314,15 +307,7 @@ async fn idempotency_key_returns_the_original_order(pool: PgPool) {
 
     assert_eq!(app.count("orders").await, 2);
     assert_eq!(app.count("outbox").await, 2);
-    let records = testing::collect_records_async(
-        &app.kafka.bootstrap_servers,
-        &app.kafka.topics.order_placed,
-        app.kafka.event_partitions,
-        2,
-        Duration::from_secs(60),
-        Duration::from_secs(1),
-    )
-    .await;
+    let records = app.order_placed_records(2, Duration::from_secs(1)).await;
     assert_eq!(records.len(), 2, "one event per order");
     app.stop().await;
 }

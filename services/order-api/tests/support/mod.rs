@@ -107,6 +107,24 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Reads `order.placed` from the shared broker until `expected` records
+    /// arrived, then `grace` longer to catch extras.
+    pub async fn order_placed_records(
+        &self,
+        expected: usize,
+        grace: Duration,
+    ) -> Vec<testing::Record> {
+        testing::collect_records_async(
+            &self.kafka.bootstrap_servers,
+            &self.kafka.topics.order_placed,
+            self.kafka.event_partitions,
+            expected,
+            Duration::from_secs(60),
+            grace,
+        )
+        .await
+    }
+
     /// Waits until every outbox row is sent (or parked as unpublishable).
     pub async fn wait_outbox_drained(&self) {
         testing::wait_for(
