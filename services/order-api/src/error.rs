@@ -48,6 +48,19 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+/// The longest violation description an error carries, in characters.
+const MAX_DESCRIPTION_CHARS: usize = 200;
+
+/// `text` cut to [`MAX_DESCRIPTION_CHARS`] characters, marked with "…" when cut.
+fn bounded(text: &str) -> String {
+    if text.chars().count() <= MAX_DESCRIPTION_CHARS {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(MAX_DESCRIPTION_CHARS).collect();
+    cut.push('…');
+    cut
+}
+
 /// The most field violations one INVALID_ARGUMENT reports (the message says how many more there were).
 const MAX_REPORTED_VIOLATIONS: usize = 10;
 
@@ -59,6 +72,10 @@ impl From<ApiError> for Status {
                 // response headers larger than a client accepts.
                 let total = violations.len();
                 violations.truncate(MAX_REPORTED_VIOLATIONS);
+                // Descriptions are ours, but some quote caller input: keep each bounded.
+                for violation in &mut violations {
+                    violation.description = bounded(&violation.description);
+                }
                 let mut summary = violations
                     .iter()
                     .map(|violation| format!("{}: {}", violation.field, violation.description))
@@ -159,6 +176,15 @@ mod tests {
                 .len(),
             10
         );
+    }
+
+    #[test]
+    fn long_descriptions_are_cut() {
+        let status = Status::from(ApiError::invalid_field("order_id", "z".repeat(5_000)));
+        assert!(status.message().len() < 300, "{}", status.message().len());
+        let details = status.get_error_details();
+        let description = &details.bad_request().unwrap().field_violations[0].description;
+        assert!(description.ends_with('…') && description.chars().count() == 201);
     }
 
     #[test]
