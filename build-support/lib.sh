@@ -234,6 +234,39 @@ start_kafka() {
   echo $!
 }
 
+# boot_kafka PORT DATA [--same-port]: starts the broker and waits until it answers
+# ApiVersions; sets KAFKA_PID and KAFKA_PORT. A broker that exits while starting
+# (most often because another socket took one of its ports in the meantime) has
+# the tail of its logs printed and is started again, up to three tries: on new
+# ports, or with --same-port (a restart whose clients already know the port) on
+# the same port after a pause.
+boot_kafka() {
+  local port=$1 data=$2 same=${3:-} try deadline
+  for try in 1 2 3; do
+    KAFKA_PID=$(start_kafka "$port" "$data")
+    deadline=$((SECONDS + 90))
+    until kafka_ready 127.0.0.1 "$port"; do
+      if ! kill -0 "$KAFKA_PID" 2>/dev/null; then
+        printf 'warning: the Kafka broker on 127.0.0.1:%s exited while starting (try %s of 3); the end of its logs:\n' "$port" "$try" >&2
+        tail -n 20 "$data/broker.out" "$data/logs/server.log" >&2 2>/dev/null || true
+        KAFKA_PID=""
+        break
+      fi
+      if ((SECONDS >= deadline)); then
+        kill "$KAFKA_PID" 2>/dev/null || true
+        die "the Kafka broker did not answer within 90 s, see $data/logs/server.log"
+      fi
+      sleep 0.3
+    done
+    if [[ -n $KAFKA_PID ]]; then
+      KAFKA_PORT=$port
+      return 0
+    fi
+    if [[ $same == --same-port ]]; then sleep 3; else port=$(free_port); fi
+  done
+  die "the Kafka broker would not start, see $data/logs/server.log"
+}
+
 # kafka_ready HOST PORT: the broker answers an ApiVersions request (not just a TCP connect).
 kafka_ready() {
   python3 - "$1" "$2" <<'PY'
@@ -273,15 +306,9 @@ ensure_kafka() {
   install_kafka
   [[ $fresh == fresh ]] && rm -rf "$state_dir/kafka"
   log "starting Apache Kafka $KAFKA_VERSION on 127.0.0.1:$port (data: $state_dir/kafka, log: $state_dir/kafka/logs/server.log)"
-  local pid deadline=$((SECONDS + 90))
-  pid=$(start_kafka "$port" "$state_dir/kafka")
-  echo "$pid" >"$state_dir/kafka.pid"
-  STARTED_PIDS+=("kafka $pid")
-  until kafka_ready 127.0.0.1 "$port"; do
-    kill -0 "$pid" 2>/dev/null || { tail -20 "$state_dir/kafka/broker.out" "$state_dir/kafka/logs/server.log" >&2 2>/dev/null; die "the Kafka broker exited, see $state_dir/kafka/logs/server.log"; }
-    ((SECONDS < deadline)) || die "the Kafka broker did not answer within 90 s, see $state_dir/kafka/logs/server.log"
-    sleep 0.3
-  done
+  boot_kafka "$port" "$state_dir/kafka" --same-port
+  echo "$KAFKA_PID" >"$state_dir/kafka.pid"
+  STARTED_PIDS+=("kafka $KAFKA_PID")
   export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$port"
   log "Kafka: $KAFKA_BOOTSTRAP_SERVERS (Apache Kafka $KAFKA_VERSION)"
 }

@@ -211,39 +211,67 @@ impl PrivateBroker {
         broker
     }
 
+    /// Starts the broker and waits until it answers. A broker that exits while
+    /// starting (one of its ports taken by another socket in the meantime) has
+    /// its output printed and is started again, with a new controller port, up
+    /// to three times.
     async fn launch(&mut self) {
-        let log = std::fs::File::create(
-            std::env::temp_dir().join(format!("foodorder-broker-{}.out", self.port)),
-        )
-        .expect("create the broker's output file");
-        let child = Command::new(repository_root().join("build-support/kafka/broker"))
-            .arg("--libs")
-            .arg(Self::libs())
-            .arg("--data")
-            .arg(&self.data_dir)
-            .args(["--port", &self.port.to_string()])
-            .args(["--controller-port", &self.controller_port.to_string()])
-            .env("KAFKA_HEAP", "256m")
-            .stdout(Stdio::from(log.try_clone().expect("clone a file handle")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("failed to start build-support/kafka/broker");
-        self.child = Some(child);
-        let bootstrap = self.bootstrap();
-        wait_for(
-            "the private broker to answer metadata requests",
-            Duration::from_secs(90),
-            || {
-                let bootstrap = bootstrap.clone();
-                async move {
-                    tokio::task::spawn_blocking(move || broker_answers(&bootstrap))
-                        .await
-                        .unwrap_or(false)
-                        .then_some(())
+        let output = std::env::temp_dir().join(format!("foodorder-broker-{}.out", self.port));
+        for attempt in 1..=3 {
+            let log = std::fs::File::create(&output).expect("create the broker's output file");
+            let child = Command::new(repository_root().join("build-support/kafka/broker"))
+                .arg("--libs")
+                .arg(Self::libs())
+                .arg("--data")
+                .arg(&self.data_dir)
+                .args(["--port", &self.port.to_string()])
+                .args(["--controller-port", &self.controller_port.to_string()])
+                .env("KAFKA_HEAP", "256m")
+                .stdout(Stdio::from(log.try_clone().expect("clone a file handle")))
+                .stderr(Stdio::from(log))
+                .spawn()
+                .expect("failed to start build-support/kafka/broker");
+            self.child = Some(child);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+            loop {
+                let bootstrap = self.bootstrap();
+                if tokio::task::spawn_blocking(move || broker_answers(&bootstrap))
+                    .await
+                    .unwrap_or(false)
+                {
+                    return;
                 }
-            },
-        )
-        .await;
+                let exited = self
+                    .child
+                    .as_mut()
+                    .and_then(|child| child.try_wait().ok().flatten());
+                if let Some(status) = exited {
+                    let said = std::fs::read_to_string(&output).unwrap_or_default();
+                    let tail: Vec<&str> = said.lines().rev().take(20).collect();
+                    eprintln!(
+                        "the private broker on port {} exited while starting ({status}, try {attempt} of 3):\n{}",
+                        self.port,
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    );
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "timed out after 90 s waiting for the private broker on port {} to answer; see {}",
+                    self.port,
+                    self.data_dir.join("logs/server.log").display()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            self.child = None;
+            self.controller_port = free_port();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        panic!(
+            "the private broker on port {} would not start; see {}",
+            self.port,
+            self.data_dir.join("logs/server.log").display()
+        );
     }
 
     /// Kills the broker with SIGKILL (no clean shutdown) and waits until it is gone.
