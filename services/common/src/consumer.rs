@@ -39,6 +39,7 @@ use tracing::Instrument;
 use crate::config::KafkaConfig;
 use crate::health::Readiness;
 use crate::kafka;
+use crate::metrics::{Metrics, TopicLabel};
 use crate::record_headers::{self, RawHeader};
 
 /// DLQ header: topic the record was read from.
@@ -134,13 +135,22 @@ impl From<sqlx::Error> for HandleError {
     }
 }
 
+/// What handling a message did (for the metrics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handled {
+    /// Its effect was applied now.
+    Processed,
+    /// Its effect had been applied already (a redelivery or a duplicate).
+    Duplicate,
+}
+
 /// Processes one message. Must be idempotent: a message can be delivered again.
 pub trait MessageHandler: Send + Sync + 'static {
     /// Handles `message`; returns once its effect is committed.
     fn handle(
         &self,
         message: &ReceivedMessage,
-    ) -> impl Future<Output = Result<(), HandleError>> + Send;
+    ) -> impl Future<Output = Result<Handled, HandleError>> + Send;
 }
 
 /// Consumer loop settings.
@@ -255,9 +265,40 @@ struct RebalanceContext {
     /// Ready while the consumer holds an assignment (an empty one counts: the
     /// group has more members than partitions).
     readiness: Readiness,
+    /// Where the lag from librdkafka's statistics goes.
+    metrics: ConsumerMetrics,
 }
 
-impl ClientContext for RebalanceContext {}
+impl ClientContext for RebalanceContext {
+    /// librdkafka's periodic statistics: the lag of each partition this
+    /// consumer is assigned (high watermark minus committed offset, or minus
+    /// the low watermark while nothing is committed).
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.metrics.lag.clear();
+        for (topic, stats) in &statistics.topics {
+            for (partition, stats) in &stats.partitions {
+                if *partition < 0 || stats.fetch_state == "none" || stats.hi_offset < 0 {
+                    continue;
+                }
+                // Nothing committed yet: everything retained is still to be read.
+                let lag = if stats.committed_offset >= 0 {
+                    stats.hi_offset - stats.committed_offset
+                } else if stats.lo_offset >= 0 {
+                    stats.hi_offset - stats.lo_offset
+                } else {
+                    continue;
+                };
+                self.metrics
+                    .lag
+                    .get_or_create(&LagLabels {
+                        topic: topic.clone(),
+                        partition: partition.to_string(),
+                    })
+                    .set(lag.max(0));
+            }
+        }
+    }
+}
 
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -269,7 +310,7 @@ impl ConsumerContext for RebalanceContext {
                 tracing::warn!(%error, "failed to commit offsets of revoked partitions");
             }
             self.progress.forget(partitions);
-            self.readiness.set(false);
+            self.readiness.set_assigned(false);
             tracing::info!(partitions = partitions.count(), "partitions revoked");
         }
     }
@@ -290,7 +331,7 @@ impl ConsumerContext for RebalanceContext {
             Rebalance::Assign(partitions) => {
                 self.assignments
                     .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                self.readiness.set(true);
+                self.readiness.set_assigned(true);
                 tracing::info!(partitions = partitions.count(), "partitions assigned")
             }
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
@@ -378,6 +419,7 @@ pub async fn run<H: MessageHandler>(
     settings: ConsumerSettings,
     handler: Arc<H>,
     readiness: Readiness,
+    metrics: ConsumerMetrics,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let progress = Progress::default();
@@ -398,6 +440,8 @@ pub async fn run<H: MessageHandler>(
                     .to_string(),
             )
             .set("partition.assignment.strategy", "range")
+            // Statistics feed the lag gauge (see `RebalanceContext::stats`).
+            .set("statistics.interval.ms", LAG_STATISTICS_INTERVAL_MS)
             .set(
                 "max.poll.interval.ms",
                 kafka_config.max_poll_interval.as_millis().to_string(),
@@ -406,6 +450,7 @@ pub async fn run<H: MessageHandler>(
                 progress: progress.clone(),
                 assignments: assignments.clone(),
                 readiness: readiness.clone(),
+                metrics: metrics.clone(),
             })
             .context("failed to create the kafka consumer")?,
     );
@@ -487,27 +532,41 @@ pub async fn run<H: MessageHandler>(
         progress.dispatched(&message.topic, message.partition, message.offset);
         next_ticket += 1;
         let turn = key_queues.enqueue(message.key.as_deref(), next_ticket);
-        let (handler, dead_letters, progress, key_queues, settings, shutdown) = (
+        let (handler, dead_letters, progress, key_queues, settings, shutdown, metrics) = (
             handler.clone(),
             dead_letters.clone(),
             progress.clone(),
             key_queues.clone(),
             settings.clone(),
             shutdown.clone(),
+            metrics.clone(),
         );
+        let topic = TopicLabel {
+            topic: message.topic.clone(),
+        };
+        let in_flight = metrics.in_flight.get_or_create(&topic).clone();
+        in_flight.inc();
         tasks.spawn(async move {
             let span = consumer_span(&message, &settings.group_id);
-            let work =
-                process(&*handler, &dead_letters, &settings, &message, &shutdown).instrument(span);
+            let work = process(
+                &*handler,
+                &dead_letters,
+                &settings,
+                &message,
+                &metrics,
+                &shutdown,
+            )
+            .instrument(span);
             let finished = key_queues.run(turn, work).await;
             if finished {
                 progress.finished(&message.topic, message.partition, message.offset);
             }
+            in_flight.dec();
             drop(permit);
         });
     }
 
-    readiness.set(false);
+    readiness.set_assigned(false);
     tracing::info!(
         in_flight = tasks.len(),
         "consumer stopping, draining in-flight messages"
@@ -574,9 +633,12 @@ async fn process<H: MessageHandler>(
     dead_letters: &DeadLetters,
     settings: &ConsumerSettings,
     message: &ReceivedMessage,
+    metrics: &ConsumerMetrics,
     shutdown: &CancellationToken,
 ) -> bool {
     let mut backoff = Duration::from_millis(200);
+    let started = std::time::Instant::now();
+    let topic = message.topic.as_str();
     loop {
         // A panicking handler would leave its offset unfinished forever and
         // stall the partition's commits: treat it as poison instead.
@@ -592,7 +654,14 @@ async fn process<H: MessageHandler>(
                 Err(HandleError::Fatal(format!("the handler panicked: {text}")))
             });
         match outcome {
-            Ok(()) => return true,
+            Ok(handled) => {
+                let outcome = match handled {
+                    Handled::Processed => "processed",
+                    Handled::Duplicate => "duplicate",
+                };
+                metrics.finished(topic, outcome, started);
+                return true;
+            }
             Err(HandleError::Fatal(reason)) => {
                 tracing::warn!(
                     topic = message.topic,
@@ -601,9 +670,14 @@ async fn process<H: MessageHandler>(
                     reason,
                     "message cannot be processed, dead-lettering it"
                 );
-                return dead_letter(dead_letters, settings, message, &reason, shutdown).await;
+                let done = dead_letter(dead_letters, settings, message, &reason, shutdown).await;
+                if done {
+                    metrics.finished(topic, "dead_lettered", started);
+                }
+                return done;
             }
             Err(HandleError::Retryable(error)) => {
+                metrics.count(topic, "retried");
                 tracing::warn!(
                     error = format!("{error:#}"),
                     offset = message.offset,
@@ -617,6 +691,83 @@ async fn process<H: MessageHandler>(
             () = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// How often librdkafka reports statistics, hence how fresh the lag gauge is.
+const LAG_STATISTICS_INTERVAL_MS: &str = "5000";
+
+/// Labels of the lag gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct LagLabels {
+    topic: String,
+    partition: String,
+}
+
+/// Labels of the records counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct RecordLabels {
+    topic: String,
+    outcome: &'static str,
+}
+
+/// The consumer loop's metrics.
+#[derive(Clone)]
+pub struct ConsumerMetrics {
+    records: prometheus_client::metrics::family::Family<
+        RecordLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    duration: crate::metrics::LatencyFamily<TopicLabel>,
+    in_flight: prometheus_client::metrics::family::Family<
+        TopicLabel,
+        prometheus_client::metrics::gauge::Gauge,
+    >,
+    lag: prometheus_client::metrics::family::Family<
+        LagLabels,
+        prometheus_client::metrics::gauge::Gauge,
+    >,
+}
+
+impl ConsumerMetrics {
+    /// Registers the consumer families in `metrics`.
+    pub fn new(metrics: &Metrics) -> Self {
+        Self {
+            records: metrics.counter_family(
+                "foodorder_consumer_records",
+                "Records consumed, by topic and outcome (processed, duplicate, dead_lettered; retried counts each failed try)",
+            ),
+            duration: metrics.latency_family(
+                "foodorder_consumer_handler_duration_seconds",
+                "Time from a record's first handling try to its outcome, retries included, by topic",
+            ),
+            in_flight: metrics.gauge_family(
+                "foodorder_consumer_in_flight_records",
+                "Records being handled now, by topic",
+            ),
+            lag: metrics.gauge_family(
+                "foodorder_consumer_lag_records",
+                "Records between each assigned partition's high watermark and the group's committed offset",
+            ),
+        }
+    }
+
+    fn count(&self, topic: &str, outcome: &'static str) {
+        self.records
+            .get_or_create(&RecordLabels {
+                topic: topic.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    fn finished(&self, topic: &str, outcome: &'static str, started: std::time::Instant) {
+        self.count(topic, outcome);
+        self.duration
+            .get_or_create(&TopicLabel {
+                topic: topic.to_owned(),
+            })
+            .observe(started.elapsed().as_secs_f64());
     }
 }
 

@@ -1,76 +1,356 @@
-//! A minimal HTTP health endpoint for the Kafka consumers (the gRPC API uses
-//! grpc.health.v1 instead): `GET /healthz` (liveness) answers 200 while the
-//! process serves; `GET /readyz` answers 200 once the consumer is subscribed
-//! and holds its assignment, 503 otherwise (before that, during a rebalance,
-//! at shutdown). Deliberately tiny: no HTTP framework for two routes.
+//! Each service's small HTTP endpoint (order-api 9101, payment 9102,
+//! notification 9103):
+//!
+//! * `GET /healthz` (liveness): 200 while the process serves, whatever its
+//!   dependencies do;
+//! * `GET /readyz` (readiness): 200 while PostgreSQL and the broker answer
+//!   and, for a consumer, while it is subscribed and holds its assignment;
+//!   503 otherwise, with the reasons in the body;
+//! * `GET /metrics`: the service's Prometheus metrics (OpenMetrics text).
+//!
+//! Deliberately tiny (no HTTP framework for three GET routes; every response
+//! closes its connection). [`watch_dependencies`] keeps the readiness
+//! conditions up to date; order-api mirrors them into grpc.health.v1.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use sqlx::Connection;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// Shared readiness flag.
-#[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+use crate::config::KafkaConfig;
+use crate::metrics::Metrics;
+
+/// How often [`watch_dependencies`] checks PostgreSQL and the broker.
+pub const DEPENDENCY_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// How long one dependency check may take before it counts as a failure.
+const DEPENDENCY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+struct Conditions {
+    database: AtomicBool,
+    broker: AtomicBool,
+    assigned: AtomicBool,
+    needs_assignment: bool,
+    ready: watch::Sender<bool>,
+}
+
+/// The readiness conditions a service shares between its parts. Cheap to clone.
+#[derive(Clone)]
+pub struct Readiness(Arc<Conditions>);
+
+impl Default for Readiness {
+    /// A consumer's readiness: dependencies and assignment.
+    fn default() -> Self {
+        Self::new(true)
+    }
+}
 
 impl Readiness {
-    /// Marks the service ready or not.
-    pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Relaxed);
+    /// Readiness that also waits for a consumer assignment when `needs_assignment`.
+    /// Dependencies count as reachable until a check says otherwise.
+    pub fn new(needs_assignment: bool) -> Self {
+        Self(Arc::new(Conditions {
+            database: AtomicBool::new(true),
+            broker: AtomicBool::new(true),
+            assigned: AtomicBool::new(false),
+            needs_assignment,
+            ready: watch::channel(!needs_assignment).0,
+        }))
+    }
+
+    /// A server's readiness (no consumer assignment to wait for).
+    pub fn for_server() -> Self {
+        Self::new(false)
+    }
+
+    /// Records whether the consumer holds its assignment.
+    pub fn set_assigned(&self, assigned: bool) {
+        self.0.assigned.store(assigned, Ordering::SeqCst);
+        self.refresh();
+    }
+
+    /// Records whether PostgreSQL answers.
+    pub fn set_database(&self, reachable: bool) {
+        self.0.database.store(reachable, Ordering::SeqCst);
+        self.refresh();
+    }
+
+    /// Records whether the broker answers.
+    pub fn set_broker(&self, reachable: bool) {
+        self.0.broker.store(reachable, Ordering::SeqCst);
+        self.refresh();
     }
 
     /// Whether the service is ready.
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.unmet().is_empty()
+    }
+
+    /// The conditions that are not met, for `/readyz` and the logs.
+    pub fn unmet(&self) -> Vec<&'static str> {
+        let conditions = &self.0;
+        let mut unmet = Vec::new();
+        if !conditions.database.load(Ordering::SeqCst) {
+            unmet.push("postgresql unreachable");
+        }
+        if !conditions.broker.load(Ordering::SeqCst) {
+            unmet.push("kafka unreachable");
+        }
+        if conditions.needs_assignment && !conditions.assigned.load(Ordering::SeqCst) {
+            unmet.push("no consumer assignment");
+        }
+        unmet
+    }
+
+    /// Readiness as it changes (the current value first).
+    pub fn changes(&self) -> watch::Receiver<bool> {
+        self.0.ready.subscribe()
+    }
+
+    fn refresh(&self) {
+        let ready = self.is_ready();
+        self.0.ready.send_if_modified(|current| {
+            let changed = *current != ready;
+            *current = ready;
+            changed
+        });
+    }
+
+    /// `foodorder_ready`: 1 while ready, 0 otherwise.
+    pub fn register(&self, metrics: &Metrics) {
+        let gauge = metrics.gauge(
+            "foodorder_ready",
+            "1 while the service is ready (its dependencies answer and, for a consumer, it holds its assignment)",
+        );
+        let readiness = self.clone();
+        metrics.on_scrape(move || {
+            gauge.set(i64::from(readiness.is_ready()));
+        });
     }
 }
 
-/// Serves `/healthz` on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, readiness: Readiness, shutdown: CancellationToken) {
+/// Checks PostgreSQL (over a connection of its own, so a busy pool does not
+/// read as an outage) and the broker (a metadata request) every
+/// [`DEPENDENCY_CHECK_INTERVAL`], and records the results in `readiness`
+/// until `shutdown`. Transitions are logged.
+pub async fn watch_dependencies(
+    database: sqlx::postgres::PgConnectOptions,
+    kafka: KafkaConfig,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) {
+    let broker: Option<Arc<BaseConsumer>> = crate::kafka::client_config(&kafka, "readiness")
+        .create()
+        .map(Arc::new)
+        .map_err(|error| tracing::error!(%error, "failed to create the broker health client"))
+        .ok();
+    let mut connection: Option<sqlx::PgConnection> = None;
+    let mut interval = tokio::time::interval(DEPENDENCY_CHECK_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut database_up, mut broker_up) = (true, true);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let database_now = check_database(&database, &mut connection).await;
+        let broker_now = match &broker {
+            Some(client) => {
+                let client = client.clone();
+                tokio::task::spawn_blocking(move || {
+                    client
+                        .fetch_metadata(None, DEPENDENCY_CHECK_TIMEOUT)
+                        .is_ok_and(|metadata| !metadata.brokers().is_empty())
+                })
+                .await
+                .unwrap_or(false)
+            }
+            None => false,
+        };
+        if database_now != database_up {
+            log_transition("postgresql", database_now);
+            database_up = database_now;
+        }
+        if broker_now != broker_up {
+            log_transition("kafka", broker_now);
+            broker_up = broker_now;
+        }
+        readiness.set_database(database_now);
+        readiness.set_broker(broker_now);
+    }
+}
+
+fn log_transition(dependency: &str, reachable: bool) {
+    if reachable {
+        tracing::info!(dependency, "dependency reachable again");
+    } else {
+        tracing::warn!(dependency, "dependency unreachable, reporting not ready");
+    }
+}
+
+async fn check_database(
+    options: &sqlx::postgres::PgConnectOptions,
+    connection: &mut Option<sqlx::PgConnection>,
+) -> bool {
+    let checked = tokio::time::timeout(DEPENDENCY_CHECK_TIMEOUT, async {
+        if connection.is_none() {
+            *connection = Some(sqlx::PgConnection::connect_with(options).await?);
+        }
+        match connection.as_mut() {
+            Some(connection) => connection.ping().await,
+            None => Ok(()),
+        }
+    })
+    .await;
+    let healthy = matches!(checked, Ok(Ok(())));
+    if !healthy {
+        // A fresh connection next time: this one may be broken or half-open.
+        *connection = None;
+    }
+    healthy
+}
+
+/// Serves `/healthz`, `/readyz` and `/metrics` on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    readiness: Readiness,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
     loop {
         let (mut stream, _) = tokio::select! {
             () = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(connection) => connection,
                 Err(error) => {
-                    tracing::warn!(%error, "health endpoint accept failed");
+                    tracing::warn!(%error, "http endpoint accept failed");
                     continue;
                 }
             },
         };
-        let readiness = readiness.clone();
+        let (readiness, metrics) = (readiness.clone(), metrics.clone());
         tokio::spawn(async move {
             let mut buffer = [0_u8; 1024];
-            let read =
-                tokio::time::timeout(std::time::Duration::from_secs(2), stream.read(&mut buffer))
-                    .await;
+            let read = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buffer)).await;
             let request = match read {
                 Ok(Ok(length)) => String::from_utf8_lossy(&buffer[..length]).into_owned(),
                 _ => return,
             };
-            let path = request.split_whitespace().nth(1).unwrap_or_default();
-            let (status, body) = match (request.starts_with("GET "), path) {
-                (true, "/healthz") => ("200 OK", "alive\n"),
-                (true, "/readyz") if readiness.is_ready() => ("200 OK", "ready\n"),
-                (true, "/readyz") => ("503 Service Unavailable", "not ready\n"),
-                _ => ("404 Not Found", "not found\n"),
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
+            let response = respond(&request, &readiness, &metrics);
+            let _ = stream.write_all(&response).await;
         });
     }
 }
 
-/// Binds `address` for the health endpoint.
+/// The whole HTTP/1.1 response to `request`.
+fn respond(request: &str, readiness: &Readiness, metrics: &Metrics) -> Vec<u8> {
+    let mut words = request.split_whitespace();
+    let (method, target) = (
+        words.next().unwrap_or_default(),
+        words.next().unwrap_or_default(),
+    );
+    let path = target.split('?').next().unwrap_or_default();
+    let (status, content_type, body) = match (method, path) {
+        ("GET", "/healthz") => ("200 OK", "text/plain", "alive\n".to_owned()),
+        ("GET", "/readyz") => match readiness.unmet() {
+            unmet if unmet.is_empty() => ("200 OK", "text/plain", "ready\n".to_owned()),
+            unmet => (
+                "503 Service Unavailable",
+                "text/plain",
+                format!("not ready: {}\n", unmet.join(", ")),
+            ),
+        },
+        ("GET", "/metrics") => ("200 OK", crate::metrics::CONTENT_TYPE, metrics.encode()),
+        ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "method not allowed\n".to_owned(),
+        ),
+    };
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Binds `address` for the HTTP endpoint.
 pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
     use anyhow::Context;
     TcpListener::bind(address)
         .await
-        .with_context(|| format!("failed to bind the health endpoint on {address}"))
+        .with_context(|| format!("failed to bind the http endpoint (health, metrics) on {address}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_needs_every_condition() {
+        let readiness = Readiness::default();
+        let mut changes = readiness.changes();
+        assert!(!readiness.is_ready(), "no assignment yet");
+        readiness.set_assigned(true);
+        assert!(readiness.is_ready());
+        assert!(changes.has_changed().unwrap());
+        assert!(*changes.borrow_and_update());
+        readiness.set_database(false);
+        assert_eq!(readiness.unmet(), ["postgresql unreachable"]);
+        readiness.set_broker(false);
+        assert_eq!(
+            readiness.unmet(),
+            ["postgresql unreachable", "kafka unreachable"]
+        );
+        assert!(!*changes.borrow_and_update());
+        readiness.set_database(true);
+        readiness.set_broker(true);
+        assert!(readiness.is_ready());
+        assert!(
+            Readiness::for_server().is_ready(),
+            "a server waits for no assignment"
+        );
+    }
+
+    #[test]
+    fn routes_answer_with_the_right_status() {
+        let readiness = Readiness::for_server();
+        let metrics = Metrics::new();
+        readiness.register(&metrics);
+        let get = |path: &str| {
+            String::from_utf8(respond(
+                &format!("GET {path} HTTP/1.1\r\n\r\n"),
+                &readiness,
+                &metrics,
+            ))
+            .unwrap()
+        };
+        assert!(get("/healthz").starts_with("HTTP/1.1 200"));
+        assert!(get("/readyz").starts_with("HTTP/1.1 200"));
+        let scraped = get("/metrics?x=1");
+        assert!(scraped.contains("foodorder_ready 1"), "{scraped}");
+        readiness.set_broker(false);
+        let not_ready = get("/readyz");
+        assert!(not_ready.starts_with("HTTP/1.1 503"), "{not_ready}");
+        assert!(
+            not_ready.ends_with("not ready: kafka unreachable\n"),
+            "{not_ready}"
+        );
+        assert!(get("/metrics").contains("foodorder_ready 0"));
+        assert!(get("/nope").starts_with("HTTP/1.1 404"));
+        let post = String::from_utf8(respond(
+            "POST /readyz HTTP/1.1\r\n\r\n",
+            &readiness,
+            &metrics,
+        ))
+        .unwrap();
+        assert!(post.starts_with("HTTP/1.1 405"));
+    }
 }

@@ -9,6 +9,7 @@ pub mod db;
 pub mod events;
 pub mod health;
 pub mod kafka;
+pub mod metrics;
 pub mod money;
 pub mod outbox;
 pub mod record_headers;

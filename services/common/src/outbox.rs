@@ -10,9 +10,13 @@
 //! replicas can run relays on one table without publishing a row concurrently.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use futures::future::join_all;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
@@ -22,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use tracing::Instrument;
 
+use crate::metrics::{LatencyFamily, Metrics, TopicLabel};
 use crate::{kafka, telemetry};
 
 /// The channel on which `enqueue` notifies the relay.
@@ -143,6 +148,43 @@ pub struct OutboxRelay {
     producer: std::sync::Mutex<FutureProducer>,
     make_producer: Option<ProducerFactory>,
     config: RelayConfig,
+    metrics: OutboxMetrics,
+}
+
+/// The relay's metrics.
+#[derive(Clone)]
+pub struct OutboxMetrics {
+    unsent: Family<TopicLabel, Gauge>,
+    oldest_age: Family<TopicLabel, Gauge<f64, AtomicU64>>,
+    published: Family<TopicLabel, Counter>,
+    publish_duration: LatencyFamily<TopicLabel>,
+}
+
+impl OutboxMetrics {
+    /// Registers the outbox families in `metrics`.
+    pub fn new(metrics: &Metrics) -> Self {
+        let oldest_age = Family::<TopicLabel, Gauge<f64, AtomicU64>>::default();
+        metrics.register(
+            "foodorder_outbox_oldest_unsent_age_seconds",
+            "Age of the oldest outbox row not yet published, by topic (0 when none)",
+            oldest_age.clone(),
+        );
+        Self {
+            unsent: metrics.gauge_family(
+                "foodorder_outbox_unsent_rows",
+                "Outbox rows not yet published (parked rows excluded), by topic",
+            ),
+            oldest_age,
+            published: metrics.counter_family(
+                "foodorder_outbox_published",
+                "Outbox rows the broker acknowledged, by topic",
+            ),
+            publish_duration: metrics.latency_family(
+                "foodorder_outbox_publish_duration_seconds",
+                "Time from handing an outbox row to the producer to the broker's acknowledgement, by topic",
+            ),
+        }
+    }
 }
 
 impl OutboxRelay {
@@ -153,7 +195,14 @@ impl OutboxRelay {
             producer: std::sync::Mutex::new(producer),
             make_producer: None,
             config,
+            metrics: OutboxMetrics::new(&Metrics::default()),
         }
+    }
+
+    /// Reports into `metrics` (by default the relay's metrics go nowhere).
+    pub fn with_metrics(mut self, metrics: OutboxMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Replaces the producer with a fresh one from `make_producer` after a fatal error.
@@ -167,6 +216,12 @@ impl OutboxRelay {
         let mut listener: Option<PgListener> = None;
         let mut backoff = self.config.initial_backoff;
         let mut last_cleanup = tokio::time::Instant::now();
+        let backlog = tokio::spawn(watch_backlog(
+            self.pool.clone(),
+            self.config.topics.clone(),
+            self.metrics.clone(),
+            shutdown.clone(),
+        ));
         tracing::info!("outbox relay started");
         while !shutdown.is_cancelled() {
             // Listen before draining so that no notification falls in between.
@@ -233,6 +288,7 @@ impl OutboxRelay {
         {
             tracing::warn!(%error, "failed to flush the outbox producer");
         }
+        let _ = backlog.await;
         tracing::info!("outbox relay stopped");
     }
 
@@ -303,15 +359,25 @@ impl OutboxRelay {
             headers.extend(telemetry::inject_span(&span));
             let producer = self.producer();
             let record_span = span.clone();
+            let metrics = &self.metrics;
             async move {
                 let record = FutureRecord::to(&row.topic)
                     .key(row.message_key.as_bytes())
                     .payload(&row.payload)
                     .headers(kafka::to_kafka_headers(&headers));
+                let started = std::time::Instant::now();
                 let result = producer.send(record, Timeout::Never).await;
                 if let Ok(delivery) = &result {
                     record_span.record("messaging.kafka.destination.partition", delivery.partition);
                     record_span.record("messaging.kafka.message.offset", delivery.offset);
+                    let topic = TopicLabel {
+                        topic: row.topic.clone(),
+                    };
+                    metrics
+                        .publish_duration
+                        .get_or_create(&topic)
+                        .observe(started.elapsed().as_secs_f64());
+                    metrics.published.get_or_create(&topic).inc();
                 }
                 result
             }
@@ -424,6 +490,55 @@ impl OutboxRelay {
     }
 }
 
+/// How often the backlog gauges are refreshed.
+const BACKLOG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Refreshes the backlog gauges (unsent rows, age of the oldest) every
+/// [`BACKLOG_INTERVAL`] until `shutdown`. A topic with no backlog reads 0.
+async fn watch_backlog(
+    pool: PgPool,
+    topics: Vec<String>,
+    metrics: OutboxMetrics,
+    shutdown: CancellationToken,
+) {
+    let mut known: std::collections::BTreeSet<String> = topics.iter().cloned().collect();
+    let mut interval = tokio::time::interval(BACKLOG_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let backlog: Result<Vec<(String, i64, f64)>, sqlx::Error> = sqlx::query_as(
+            "SELECT topic, count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0) \
+             FROM outbox WHERE sent_at IS NULL AND parked_at IS NULL \
+             AND (cardinality($1::text[]) = 0 OR topic = ANY($1)) GROUP BY topic",
+        )
+        .bind(&topics)
+        .fetch_all(&pool)
+        .await;
+        let backlog = match backlog {
+            Ok(rows) => rows,
+            Err(error) => {
+                tracing::debug!(%error, "failed to read the outbox backlog");
+                continue;
+            }
+        };
+        known.extend(backlog.iter().map(|(topic, _, _)| topic.clone()));
+        for topic in &known {
+            let (rows, age) = backlog
+                .iter()
+                .find(|(name, _, _)| name == topic)
+                .map_or((0, 0.0), |(_, rows, age)| (*rows, age.max(0.0)));
+            let label = TopicLabel {
+                topic: topic.clone(),
+            };
+            metrics.unsent.get_or_create(&label).set(rows);
+            metrics.oldest_age.get_or_create(&label).set(age);
+        }
+    }
+}
+
 /// Creates the platform's topics (retrying until the broker answers), then runs
 /// the relay until `shutdown`. This is what a service spawns.
 pub async fn run_relay_with_topics(
@@ -431,6 +546,7 @@ pub async fn run_relay_with_topics(
     kafka_config: crate::config::KafkaConfig,
     relay_config: RelayConfig,
     client_id: &str,
+    metrics: OutboxMetrics,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let producer = kafka::idempotent_producer(&kafka_config, client_id)?;
@@ -449,6 +565,7 @@ pub async fn run_relay_with_topics(
         .renewing_producer_with(Box::new(move || {
             kafka::idempotent_producer(&kafka_config, &client_id)
         }))
+        .with_metrics(metrics)
         .run(shutdown)
         .await;
     Ok(())

@@ -1,7 +1,8 @@
-//! The runtime of a consumer service (payment, notification): its
-//! `/healthz` and `/readyz` endpoints, an optional outbox relay for the events it emits, and
-//! the consumer loop; torn down in order: stop intake → drain → commit →
-//! stop the relay (flushing its producer) → close the pool.
+//! The runtime of a consumer service (payment, notification): its HTTP
+//! endpoint (`/healthz`, `/readyz`, `/metrics`), the dependency checks behind
+//! readiness, an optional outbox relay for the events it emits, and the
+//! consumer loop; torn down in order: stop intake → drain → commit → stop the
+//! relay (flushing its producer) → close the pool.
 
 use std::sync::Arc;
 
@@ -10,9 +11,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaConfig;
-use crate::consumer::{self, ConsumerSettings, MessageHandler};
+use crate::consumer::{self, ConsumerMetrics, ConsumerSettings, MessageHandler};
 use crate::health::{self, Readiness};
-use crate::outbox::{self, RelayConfig};
+use crate::metrics::Metrics;
+use crate::outbox::{self, OutboxMetrics, RelayConfig};
 
 /// Everything a consumer service runs.
 pub struct ConsumerService<H> {
@@ -26,8 +28,10 @@ pub struct ConsumerService<H> {
     pub settings: ConsumerSettings,
     /// Run an outbox relay too (for services that emit events).
     pub relay: Option<RelayConfig>,
-    /// Bound listener for `/healthz`.
+    /// Bound listener for the HTTP endpoint.
     pub health_listener: TcpListener,
+    /// The service's metrics (the handler registers its own families in it).
+    pub metrics: Metrics,
     /// The message handler.
     pub handler: Arc<H>,
 }
@@ -37,9 +41,19 @@ impl<H: MessageHandler> ConsumerService<H> {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let background = CancellationToken::new();
         let readiness = Readiness::default();
+        readiness.register(&self.metrics);
+        self.metrics.register_pool(&self.pool);
+        let consumer_metrics = ConsumerMetrics::new(&self.metrics);
         let health_address = self.health_listener.local_addr()?;
         let health_task = tokio::spawn(health::serve(
             self.health_listener,
+            readiness.clone(),
+            self.metrics.clone(),
+            background.clone(),
+        ));
+        let dependencies = tokio::spawn(health::watch_dependencies(
+            (*self.pool.connect_options()).clone(),
+            self.kafka.clone(),
             readiness.clone(),
             background.clone(),
         ));
@@ -49,6 +63,7 @@ impl<H: MessageHandler> ConsumerService<H> {
                 self.kafka.clone(),
                 relay_config,
                 self.name,
+                OutboxMetrics::new(&self.metrics),
                 background.clone(),
             ))
         });
@@ -58,11 +73,13 @@ impl<H: MessageHandler> ConsumerService<H> {
             self.settings,
             self.handler,
             readiness.clone(),
+            consumer_metrics,
             shutdown,
         )
         .await;
-        readiness.set(false);
+        readiness.set_assigned(false);
         background.cancel();
+        let _ = dependencies.await;
         if let Some(relay) = relay
             && let Ok(Err(error)) = relay.await
         {
@@ -80,8 +97,10 @@ impl<H: MessageHandler> ConsumerService<H> {
 pub struct ServiceResources {
     /// Database pool.
     pub pool: PgPool,
-    /// Bound listener for `/healthz`.
+    /// Bound listener for the HTTP endpoint.
     pub health_listener: TcpListener,
+    /// The service's metric registry.
+    pub metrics: Metrics,
 }
 
 impl ServiceResources {
@@ -103,6 +122,7 @@ impl ServiceResources {
         Ok(Self {
             pool,
             health_listener,
+            metrics: Metrics::new(),
         })
     }
 

@@ -20,6 +20,20 @@ pub struct Config {
     pub health_addr: SocketAddr,
     /// `SHUTDOWN_GRACE_SECONDS` (default 10).
     pub shutdown_grace: Duration,
+    /// Planned incidents, off by default.
+    pub incidents: Incidents,
+}
+
+/// The planned incidents (the roadmap's drills), each switched on by a setting.
+#[derive(Clone, Debug, Default)]
+pub struct Incidents {
+    /// `NOTIFICATION_SEND_DELAY` (seconds, default 0): every send takes this
+    /// long, as a slow email provider would; the backlog (consumer lag) grows
+    /// while records arrive faster than `max_in_flight / delay`.
+    pub send_delay: Duration,
+    /// `NOTIFICATION_LEAK_BYTES_PER_MESSAGE` (default 0): memory kept for good
+    /// per handled record, a slow leak that `process_resident_memory_bytes` shows.
+    pub leak_bytes_per_message: usize,
 }
 
 impl Config {
@@ -38,6 +52,10 @@ impl Config {
                 SocketAddr::from(([0, 0, 0, 0], 9103)),
             )?,
             shutdown_grace: env_seconds("SHUTDOWN_GRACE_SECONDS", 10.0)?,
+            incidents: Incidents {
+                send_delay: env_seconds("NOTIFICATION_SEND_DELAY", 0.0)?,
+                leak_bytes_per_message: env_or("NOTIFICATION_LEAK_BYTES_PER_MESSAGE", 0)?,
+            },
         })
     }
 }

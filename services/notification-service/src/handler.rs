@@ -5,26 +5,87 @@
 //! is retried; a crash after sending but before the commit can repeat a send,
 //! which is the best any sender without its own idempotency can do.
 
-use foodorder_common::consumer::{HandleError, MessageHandler, ReceivedMessage};
+use std::sync::{Mutex, PoisonError};
+
+use foodorder_common::consumer::{HandleError, Handled, MessageHandler, ReceivedMessage};
 use foodorder_common::events;
+use foodorder_common::metrics::Metrics;
 use foodorder_proto::v1::{OrderStatus, PaymentCompleted};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prost::Message;
 use sqlx::PgPool;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::config::Incidents;
 use crate::notifier::{Notification, NotificationKind, Notifier};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
 
 /// The `payment.completed` handler.
 pub struct NotificationHandler<N> {
     pool: PgPool,
     notifier: N,
+    sent: Family<KindLabel, Counter>,
+    incidents: Incidents,
+    /// What the leak incident keeps.
+    leaked: Mutex<Vec<Vec<u8>>>,
 }
 
 impl<N: Notifier> NotificationHandler<N> {
     /// A handler recording in `pool` and sending through `notifier`.
     pub fn new(pool: PgPool, notifier: N) -> Self {
-        Self { pool, notifier }
+        Self {
+            pool,
+            notifier,
+            sent: Family::default(),
+            incidents: Incidents::default(),
+            leaked: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Registers `foodorder_notifications_sent_total{kind}` in `metrics`.
+    pub fn with_metrics(self, metrics: &Metrics) -> Self {
+        metrics.register(
+            "foodorder_notifications_sent",
+            "Notifications sent, by kind (order_confirmed, payment_failed)",
+            self.sent.clone(),
+        );
+        self
+    }
+
+    /// Switches on the planned incidents in `incidents`.
+    pub fn with_incidents(mut self, incidents: Incidents) -> Self {
+        if incidents.send_delay > std::time::Duration::ZERO {
+            tracing::warn!(
+                delay_ms = incidents.send_delay.as_millis() as u64,
+                "incident on: every notification send is delayed"
+            );
+        }
+        if incidents.leak_bytes_per_message > 0 {
+            tracing::warn!(
+                bytes_per_message = incidents.leak_bytes_per_message,
+                "incident on: memory leaks on every handled record"
+            );
+        }
+        self.incidents = incidents;
+        self
+    }
+
+    /// The leak incident: keeps `leak_bytes_per_message` bytes for good (written, so they are resident).
+    fn leak(&self) {
+        if self.incidents.leak_bytes_per_message > 0 {
+            let kept = vec![0xa5_u8; self.incidents.leak_bytes_per_message];
+            self.leaked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(kept);
+        }
     }
 }
 
@@ -75,7 +136,8 @@ fn decode(message: &ReceivedMessage) -> Result<(Uuid, Notification), String> {
 }
 
 impl<N: Notifier> MessageHandler for NotificationHandler<N> {
-    async fn handle(&self, message: &ReceivedMessage) -> Result<(), HandleError> {
+    async fn handle(&self, message: &ReceivedMessage) -> Result<Handled, HandleError> {
+        self.leak();
         let (order_id, notification) = decode(message).map_err(HandleError::Fatal)?;
         let payload = serde_json::to_value(&notification)
             .map_err(|error| HandleError::Fatal(error.to_string()))?;
@@ -107,7 +169,7 @@ impl<N: Notifier> MessageHandler for NotificationHandler<N> {
                 )));
             }
             tracing::info!(%order_id, "notification already sent, skipping duplicate delivery");
-            return Ok(());
+            return Ok(Handled::Duplicate);
         }
         let send_span = tracing::info_span!(
             "notification.send",
@@ -116,12 +178,22 @@ impl<N: Notifier> MessageHandler for NotificationHandler<N> {
             notification.kind = notification.kind.as_str(),
             order_id = notification.order_id.as_str(),
         );
+        if self.incidents.send_delay > std::time::Duration::ZERO {
+            tokio::time::sleep(self.incidents.send_delay)
+                .instrument(send_span.clone())
+                .await;
+        }
         self.notifier
             .send(&notification)
             .instrument(send_span)
             .await
             .map_err(|error| HandleError::Retryable(error.into()))?;
         tx.commit().await?;
-        Ok(())
+        let kind = match notification.kind {
+            NotificationKind::OrderConfirmed => "order_confirmed",
+            NotificationKind::PaymentFailed => "payment_failed",
+        };
+        self.sent.get_or_create(&KindLabel { kind }).inc();
+        Ok(Handled::Processed)
     }
 }

@@ -47,6 +47,7 @@ impl Application {
                 ServiceResources {
                     pool,
                     health_listener,
+                    metrics,
                 },
         } = self;
         ConsumerService {
@@ -59,11 +60,16 @@ impl Application {
                 commit_interval: Duration::from_millis(200),
                 shutdown_grace: config.shutdown_grace,
             },
-            handler: Arc::new(NotificationHandler::new(pool.clone(), LogNotifier)),
+            handler: Arc::new(
+                NotificationHandler::new(pool.clone(), LogNotifier)
+                    .with_metrics(&metrics)
+                    .with_incidents(config.incidents),
+            ),
             pool,
             kafka: config.kafka,
             relay: None,
             health_listener,
+            metrics,
         }
         .run(shutdown)
         .await

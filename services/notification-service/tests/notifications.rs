@@ -25,6 +25,7 @@ fn config(kafka: KafkaConfig) -> Config {
         group_id: format!("notification-test-{}", Uuid::new_v4()),
         health_addr: "127.0.0.1:0".parse().unwrap(),
         shutdown_grace: Duration::from_secs(5),
+        incidents: Default::default(),
     }
 }
 
@@ -99,6 +100,7 @@ async fn one_notification_per_order_and_poison_to_the_dlq(pool: PgPool) {
     let application = Application::build_with_pool(config(kafka_config.clone()), pool.clone())
         .await
         .unwrap();
+    let http = application.health_addr();
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(application.run_until_stopped(shutdown.clone()));
 
@@ -146,6 +148,149 @@ async fn one_notification_per_order_and_poison_to_the_dlq(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(total, 2, "duplicates sent nothing more");
+    let (_, scrape) = testing::http_get(http, "/metrics").await;
+    for (series, expected) in [
+        (
+            r#"foodorder_notifications_sent_total{kind="order_confirmed"}"#.to_owned(),
+            1.0,
+        ),
+        (
+            r#"foodorder_notifications_sent_total{kind="payment_failed"}"#.to_owned(),
+            1.0,
+        ),
+        (
+            format!(r#"foodorder_consumer_records_total{{topic="{topic}",outcome="processed"}}"#),
+            2.0,
+        ),
+        (
+            format!(r#"foodorder_consumer_records_total{{topic="{topic}",outcome="duplicate"}}"#),
+            2.0,
+        ),
+        (
+            format!(
+                r#"foodorder_consumer_records_total{{topic="{topic}",outcome="dead_lettered"}}"#
+            ),
+            1.0,
+        ),
+    ] {
+        assert_eq!(
+            testing::metric_value(&scrape, &series),
+            Some(expected),
+            "{series}\n{scrape}"
+        );
+    }
+    shutdown.cancel();
+    handle.await.unwrap().unwrap();
+}
+
+/// Produces `count` PaymentCompleted records for new COMPLETED orders.
+async fn produce_completed(
+    pool: &PgPool,
+    kafka_config: &foodorder_common::config::KafkaConfig,
+    count: usize,
+) {
+    let producer = kafka::idempotent_producer(kafka_config, "notification-test").unwrap();
+    for _ in 0..count {
+        let order_id = insert_order(pool, "COMPLETED").await;
+        producer
+            .send(
+                FutureRecord::to(&kafka_config.topics.payment_completed)
+                    .key(&order_id.to_string())
+                    .payload(&payment_completed(order_id, true)),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("produce");
+    }
+}
+
+/// The sum of `foodorder_consumer_lag_records` over every partition in a scrape.
+fn total_lag(scrape: &str) -> Option<f64> {
+    let lags: Vec<f64> = scrape
+        .lines()
+        .filter(|line| line.starts_with("foodorder_consumer_lag_records{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!lags.is_empty()).then(|| lags.iter().sum())
+}
+
+/// The notification-backlog incident (`NOTIFICATION_SEND_DELAY`): the lag
+/// metric rises while sends are slow and falls back to 0 once they caught up.
+#[sqlx::test(migrator = "foodorder_common::db::MIGRATOR")]
+async fn a_slow_notifier_shows_as_lag_that_drains_back_to_zero(pool: PgPool) {
+    foodorder_common::telemetry::init_for_tests();
+    let kafka_config = testing::kafka_config();
+    kafka::ensure_topics(&kafka_config, &kafka::platform_topics(&kafka_config))
+        .await
+        .unwrap();
+    let mut config = config(kafka_config.clone());
+    config.max_in_flight = 1;
+    config.incidents.send_delay = Duration::from_millis(700);
+    let application = Application::build_with_pool(config, pool.clone())
+        .await
+        .unwrap();
+    let http = application.health_addr();
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(application.run_until_stopped(shutdown.clone()));
+    testing::wait_for(
+        "the consumer to be ready",
+        Duration::from_secs(60),
+        || async { (testing::http_get(http, "/readyz").await.0 == 200).then_some(()) },
+    )
+    .await;
+    produce_completed(&pool, &kafka_config, 20).await;
+
+    let mut peak = 0.0_f64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let (_, scrape) = testing::http_get(http, "/metrics").await;
+        if let Some(lag) = total_lag(&scrape) {
+            peak = peak.max(lag);
+            if peak >= 5.0 && lag == 0.0 {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lag should rise to 5 or more and fall back to 0 within 90 s (peak {peak}):\n{scrape}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(sent, 20, "the backlog drained: every notification went out");
+    shutdown.cancel();
+    handle.await.unwrap().unwrap();
+}
+
+/// The slow-leak incident (`NOTIFICATION_LEAK_BYTES_PER_MESSAGE`): resident
+/// memory, exported as `process_resident_memory_bytes`, grows with the records handled.
+#[sqlx::test(migrator = "foodorder_common::db::MIGRATOR")]
+async fn a_leak_shows_in_resident_memory(pool: PgPool) {
+    foodorder_common::telemetry::init_for_tests();
+    let kafka_config = testing::kafka_config();
+    kafka::ensure_topics(&kafka_config, &kafka::platform_topics(&kafka_config))
+        .await
+        .unwrap();
+    let mut config = config(kafka_config.clone());
+    config.incidents.leak_bytes_per_message = 4 * 1024 * 1024;
+    let application = Application::build_with_pool(config, pool.clone())
+        .await
+        .unwrap();
+    let http = application.health_addr();
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(application.run_until_stopped(shutdown.clone()));
+    let (_, scrape) = testing::http_get(http, "/metrics").await;
+    let before =
+        testing::metric_value(&scrape, "process_resident_memory_bytes").expect("rss exported");
+    produce_completed(&pool, &kafka_config, 25).await;
+    let grown = testing::wait_for_metric(http, "process_resident_memory_bytes", |rss| {
+        rss >= before + 80.0 * 1024.0 * 1024.0
+    })
+    .await;
+    assert!(grown > before, "{before} -> {grown}");
     shutdown.cancel();
     handle.await.unwrap().unwrap();
 }

@@ -11,6 +11,9 @@ use foodorder_common::outbox::RelayConfig;
 pub struct Config {
     /// `ORDER_API_ADDR` (default `0.0.0.0:50051`); port 0 picks a free port.
     pub listen_addr: SocketAddr,
+    /// `ORDER_API_HTTP_ADDR` (default `0.0.0.0:9101`): `GET /healthz`
+    /// (liveness), `GET /readyz` (PostgreSQL and Kafka answer) and `GET /metrics`.
+    pub http_addr: SocketAddr,
     /// PostgreSQL settings.
     pub database: DatabaseConfig,
     /// Kafka settings.
@@ -38,6 +41,10 @@ impl Config {
         let database = DatabaseConfig::from_env()?;
         Ok(Self {
             listen_addr: env_or("ORDER_API_ADDR", SocketAddr::from(([0, 0, 0, 0], 50051)))?,
+            http_addr: env_or(
+                "ORDER_API_HTTP_ADDR",
+                SocketAddr::from(([0, 0, 0, 0], 9101)),
+            )?,
             kafka: KafkaConfig::from_env()?,
             relay: RelayConfig::from_env()?,
             shutdown_grace: env_seconds("SHUTDOWN_GRACE_SECONDS", 10.0)?,

@@ -3,7 +3,10 @@
 //! `rpc.method`, `rpc.grpc.status_code`), continuing the caller's trace when
 //! the request carries `traceparent`, and returning the trace id in the
 //! `x-trace-id` response metadata so a caller can jump to Jaeger.
-//! Reflection and health calls are not traced.
+//! Reflection and health calls are not traced. Every call is counted in
+//! `foodorder_grpc_server_requests_total{method,code}` and timed in
+//! `foodorder_grpc_server_request_duration_seconds{method}` (to the response
+//! headers: for WatchOrder, the time to open the stream).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -11,29 +14,132 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use foodorder_common::events::{HEADER_REQUEST_ID, HEADER_TRACEPARENT, HEADER_TRACESTATE};
+use foodorder_common::metrics::{LatencyFamily, Metrics};
 use foodorder_common::telemetry;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
 /// Response metadata with the trace id.
 pub const TRACE_ID_HEADER: &str = "x-trace-id";
 
-/// Adds the SERVER span.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct GrpcTelemetryLayer;
+/// The methods counted under their own name; any other path counts as `other`,
+/// so that a caller cannot grow the label set.
+const METHODS: [&str; 4] = ["PlaceOrder", "GetOrder", "ListMenuItems", "WatchOrder"];
+const SERVICE: &str = "foodorder.v1.OrderService";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodCode {
+    method: &'static str,
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabel {
+    method: &'static str,
+}
+
+/// The server's request metrics.
+#[derive(Clone)]
+pub struct GrpcMetrics {
+    requests: Family<MethodCode, Counter>,
+    duration: LatencyFamily<MethodLabel>,
+}
+
+impl GrpcMetrics {
+    /// Registers the gRPC server families in `metrics`.
+    pub fn new(metrics: &Metrics) -> Self {
+        Self {
+            requests: metrics.counter_family(
+                "foodorder_grpc_server_requests",
+                "gRPC calls handled, by method and status code",
+            ),
+            duration: metrics.latency_family(
+                "foodorder_grpc_server_request_duration_seconds",
+                "Time from a gRPC call's arrival to its response headers, by method",
+            ),
+        }
+    }
+}
+
+/// Adds the SERVER span and counts the call.
+#[derive(Clone)]
+pub struct GrpcTelemetryLayer {
+    metrics: GrpcMetrics,
+}
+
+impl GrpcTelemetryLayer {
+    /// A layer reporting into `metrics`.
+    pub fn new(metrics: GrpcMetrics) -> Self {
+        Self { metrics }
+    }
+}
 
 impl<S> Layer<S> for GrpcTelemetryLayer {
     type Service = GrpcTelemetry<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        GrpcTelemetry { inner }
+        GrpcTelemetry {
+            inner,
+            metrics: self.metrics.clone(),
+        }
     }
 }
 
 /// The service wrapper made by [`GrpcTelemetryLayer`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct GrpcTelemetry<S> {
     inner: S,
+    metrics: GrpcMetrics,
+}
+
+/// The `method` label of a request path (`/package.Service/Method`).
+fn method_label(path: &str) -> &'static str {
+    match path.split_once('/') {
+        Some((SERVICE, method)) => METHODS
+            .into_iter()
+            .find(|known| *known == method)
+            .unwrap_or("other"),
+        Some(("grpc.health.v1.Health", _)) => "health",
+        Some((service, _)) if service.starts_with("grpc.reflection.") => "reflection",
+        _ => "other",
+    }
+}
+
+/// The canonical name of a gRPC status code.
+fn code_label(code: i64) -> &'static str {
+    match code {
+        0 => "OK",
+        1 => "CANCELLED",
+        2 => "UNKNOWN",
+        3 => "INVALID_ARGUMENT",
+        4 => "DEADLINE_EXCEEDED",
+        5 => "NOT_FOUND",
+        6 => "ALREADY_EXISTS",
+        7 => "PERMISSION_DENIED",
+        8 => "RESOURCE_EXHAUSTED",
+        9 => "FAILED_PRECONDITION",
+        10 => "ABORTED",
+        11 => "OUT_OF_RANGE",
+        12 => "UNIMPLEMENTED",
+        13 => "INTERNAL",
+        14 => "UNAVAILABLE",
+        15 => "DATA_LOSS",
+        16 => "UNAUTHENTICATED",
+        _ => "UNKNOWN",
+    }
+}
+
+/// The status code of a response: `grpc-status` in the headers (errors come
+/// as trailers-only responses); absent means OK (it follows in the trailers).
+fn status_code<B>(response: &http::Response<B>) -> i64 {
+    response
+        .headers()
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok()?.parse::<i64>().ok())
+        .unwrap_or(0)
 }
 
 fn header(request: &http::request::Parts, name: &str) -> Option<String> {
@@ -57,8 +163,16 @@ where
 
     fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
         let path = request.uri().path().trim_start_matches('/').to_owned();
+        let method_label = method_label(&path);
+        let metrics = self.metrics.clone();
+        let started = std::time::Instant::now();
         if path.starts_with("grpc.") {
-            return Box::pin(self.inner.call(request));
+            let future = self.inner.call(request);
+            return Box::pin(async move {
+                let response = future.await?;
+                metrics.observe(method_label, status_code(&response), started);
+                Ok(response)
+            });
         }
         let (parts, body) = request.into_parts();
         let (service, method) = path.split_once('/').unwrap_or((path.as_str(), ""));
@@ -86,12 +200,8 @@ where
         .instrument(span.clone());
         Box::pin(async move {
             let mut response = future.await?;
-            // Errors come as trailers-only responses, with grpc-status in the headers.
-            let status = response
-                .headers()
-                .get("grpc-status")
-                .and_then(|value| value.to_str().ok()?.parse::<i64>().ok())
-                .unwrap_or(0);
+            let status = status_code(&response);
+            metrics.observe(method_label, status, started);
             span.record("rpc.grpc.status_code", status);
             if status != 0 {
                 span.record("otel.status_code", "ERROR");
@@ -103,5 +213,41 @@ where
             }
             Ok(response)
         })
+    }
+}
+
+impl GrpcMetrics {
+    fn observe(&self, method: &'static str, status: i64, started: std::time::Instant) {
+        self.requests
+            .get_or_create(&MethodCode {
+                method,
+                code: code_label(status),
+            })
+            .inc();
+        self.duration
+            .get_or_create(&MethodLabel { method })
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_labels_are_bounded() {
+        assert_eq!(
+            method_label("foodorder.v1.OrderService/PlaceOrder"),
+            "PlaceOrder"
+        );
+        assert_eq!(method_label("foodorder.v1.OrderService/Nope"), "other");
+        assert_eq!(method_label("grpc.health.v1.Health/Check"), "health");
+        assert_eq!(
+            method_label("grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
+            "reflection"
+        );
+        assert_eq!(method_label("x".repeat(5000).as_str()), "other");
+        assert_eq!(code_label(3), "INVALID_ARGUMENT");
+        assert_eq!(code_label(99), "UNKNOWN");
     }
 }

@@ -106,6 +106,14 @@ pub struct PlaceContext {
     pub topic: String,
 }
 
+/// What [`place_order`] did.
+pub struct Placed {
+    /// The order.
+    pub order: Order,
+    /// False when an idempotent retry returned the original order.
+    pub created: bool,
+}
+
 /// Stores `new_order` (status PROCESSING), its items and an outbox row with
 /// `OrderPlaced`, all in one transaction; on an idempotent retry returns the
 /// original order instead.
@@ -113,12 +121,15 @@ pub async fn place_order(
     pool: &PgPool,
     new_order: &NewOrder,
     context: &PlaceContext,
-) -> Result<Order, ApiError> {
+) -> Result<Placed, ApiError> {
     let fingerprint = new_order.fingerprint();
     if let Some(key) = &new_order.idempotency_key
         && let Some(existing) = find_by_idempotency_key(pool, key, &fingerprint).await?
     {
-        return Ok(existing);
+        return Ok(Placed {
+            order: existing,
+            created: false,
+        });
     }
 
     let mut tx = pool.begin().await?;
@@ -200,13 +211,17 @@ pub async fn place_order(
         // A concurrent call with the same key committed first.
         tx.rollback().await?;
         let key = new_order.idempotency_key.as_deref().unwrap_or_default();
-        return find_by_idempotency_key(pool, key, &fingerprint)
+        let existing = find_by_idempotency_key(pool, key, &fingerprint)
             .await?
             .ok_or_else(|| {
                 ApiError::Internal(anyhow::anyhow!(
                     "idempotency key conflict without a stored order"
                 ))
-            });
+            })?;
+        return Ok(Placed {
+            order: existing,
+            created: false,
+        });
     };
 
     let item_ids = insert_items(&mut tx, order_id, &lines).await?;
@@ -260,7 +275,7 @@ pub async fn place_order(
     outbox::enqueue(&mut tx, &message).await?;
     tx.commit().await?;
 
-    Ok(Order {
+    let order = Order {
         id: order_id.to_string(),
         customer_name: new_order.customer_name.clone(),
         customer_email: new_order.customer_email.clone(),
@@ -272,6 +287,10 @@ pub async fn place_order(
         payment_attempts: Vec::new(),
         payment_successful: false,
         correlation_id: context.correlation_id.clone(),
+    };
+    Ok(Placed {
+        order,
+        created: true,
     })
 }
 

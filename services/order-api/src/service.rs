@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use foodorder_common::config::Topics;
 use foodorder_common::events::HEADER_REQUEST_ID;
+use foodorder_common::metrics::Metrics;
 use foodorder_proto::v1::order_service_server::OrderService;
 use foodorder_proto::v1::{
     GetOrderRequest, GetOrderResponse, ListMenuItemsRequest, ListMenuItemsResponse, Order,
     OrderStatus, PlaceOrderRequest, PlaceOrderResponse, WatchOrderRequest, WatchOrderResponse,
 };
+use prometheus_client::metrics::counter::Counter;
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::Stream;
@@ -40,6 +42,7 @@ pub struct OrderServiceImpl {
     watch_hub: OrderWatchHub,
     watch_limits: WatchLimits,
     shutdown: CancellationToken,
+    orders_placed: Counter,
 }
 
 /// Bounds on what WatchOrder streams may hold, so that watchers can never
@@ -60,6 +63,20 @@ impl WatchLimits {
             reads: Arc::new(Semaphore::new(max_reads.max(1))),
         }
     }
+
+    /// Registers `foodorder_watch_streams_active` in `metrics`.
+    pub fn register(&self, metrics: &Metrics, max_streams: usize) {
+        let active = metrics.gauge(
+            "foodorder_watch_streams_active",
+            "WatchOrder streams open now",
+        );
+        let streams = Arc::downgrade(&self.streams);
+        metrics.on_scrape(move || {
+            if let Some(streams) = streams.upgrade() {
+                active.set(max_streams.saturating_sub(streams.available_permits()) as i64);
+            }
+        });
+    }
 }
 
 impl OrderServiceImpl {
@@ -70,6 +87,7 @@ impl OrderServiceImpl {
         watch_hub: OrderWatchHub,
         watch_limits: WatchLimits,
         shutdown: CancellationToken,
+        metrics: &Metrics,
     ) -> Self {
         Self {
             pool,
@@ -77,6 +95,10 @@ impl OrderServiceImpl {
             watch_hub,
             watch_limits,
             shutdown,
+            orders_placed: metrics.counter(
+                "foodorder_orders_placed",
+                "Orders placed (idempotent retries that return an existing order are not counted)",
+            ),
         }
     }
 }
@@ -150,7 +172,11 @@ impl OrderService for OrderServiceImpl {
         };
         let new_order = validate_place_order(request.get_ref(), metadata_key.as_deref())
             .map_err(ApiError::InvalidArgument)?;
-        let order = repository::place_order(&self.pool, &new_order, &context).await?;
+        let placed = repository::place_order(&self.pool, &new_order, &context).await?;
+        if placed.created {
+            self.orders_placed.inc();
+        }
+        let order = placed.order;
         tracing::Span::current().record("order_id", order.id.as_str());
         tracing::info!(
             total_amount = order.total_amount,

@@ -7,16 +7,19 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
+use foodorder_common::health::{self, Readiness};
+use foodorder_common::metrics::Metrics;
 use foodorder_common::{db, outbox};
-use foodorder_proto::v1::order_service_server::OrderServiceServer;
+use foodorder_proto::v1::order_service_server::{OrderServiceServer, SERVICE_NAME};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::config::Config;
-use crate::grpc_telemetry::GrpcTelemetryLayer;
+use crate::grpc_telemetry::{GrpcMetrics, GrpcTelemetryLayer};
 use crate::service::{OrderServiceImpl, WatchLimits};
 use crate::watch::OrderWatchHub;
 
@@ -26,6 +29,7 @@ pub struct Application {
     pool: PgPool,
     listener: TcpListener,
     local_addr: SocketAddr,
+    http_listener: TcpListener,
     watch_hub: OrderWatchHub,
 }
 
@@ -42,13 +46,22 @@ impl Application {
             .await
             .with_context(|| format!("failed to bind {}", config.listen_addr))?;
         let local_addr = listener.local_addr()?;
+        let http_listener = health::bind(config.http_addr).await?;
         Ok(Self {
             config,
             pool,
             listener,
             local_addr,
+            http_listener,
             watch_hub: OrderWatchHub::default(),
         })
+    }
+
+    /// The address of the HTTP endpoint (`/healthz`, `/readyz`, `/metrics`).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     /// The address the server listens on.
@@ -72,9 +85,14 @@ impl Application {
             config,
             pool,
             listener,
+            http_listener,
             watch_hub,
             ..
         } = self;
+        let metrics = Metrics::new();
+        metrics.register_pool(&pool);
+        let readiness = Readiness::for_server();
+        readiness.register(&metrics);
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<OrderServiceServer<OrderServiceImpl>>()
@@ -90,6 +108,44 @@ impl Application {
         // Background tasks outlive the server so that orders accepted during
         // the drain are still published promptly.
         let background = CancellationToken::new();
+        let http = tokio::spawn(health::serve(
+            http_listener,
+            readiness.clone(),
+            metrics.clone(),
+            background.clone(),
+        ));
+        let dependencies = tokio::spawn(health::watch_dependencies(
+            (*pool.connect_options()).clone(),
+            config.kafka.clone(),
+            readiness.clone(),
+            background.clone(),
+        ));
+        // grpc.health.v1 follows readiness until shutdown, which sets NOT_SERVING for good.
+        let health_follower = tokio::spawn({
+            let (mut changes, health_reporter, shutdown) = (
+                readiness.changes(),
+                health_reporter.clone(),
+                shutdown.clone(),
+            );
+            async move {
+                loop {
+                    let status = if *changes.borrow_and_update() {
+                        ServingStatus::Serving
+                    } else {
+                        ServingStatus::NotServing
+                    };
+                    // The server as a whole ("") and the order service.
+                    health_reporter.set_service_status("", status).await;
+                    health_reporter
+                        .set_service_status(SERVICE_NAME, status)
+                        .await;
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        changed = changes.changed() => if changed.is_err() { return },
+                    }
+                }
+            }
+        });
         let relay = tokio::spawn(outbox::run_relay_with_topics(
             pool.clone(),
             config.kafka.clone(),
@@ -98,6 +154,7 @@ impl Application {
                 ..config.relay.clone()
             },
             "order-api",
+            outbox::OutboxMetrics::new(&metrics),
             background.clone(),
         ));
         let watch_listener = tokio::spawn(
@@ -106,12 +163,15 @@ impl Application {
                 .run_listener(pool.clone(), background.clone()),
         );
 
+        let watch_limits = WatchLimits::new(config.watch_max_streams, config.watch_max_db_reads);
+        watch_limits.register(&metrics, config.watch_max_streams);
         let service = OrderServiceImpl::new(
             pool.clone(),
             config.kafka.topics.clone(),
             watch_hub,
-            WatchLimits::new(config.watch_max_streams, config.watch_max_db_reads),
+            watch_limits,
             shutdown.clone(),
+            &metrics,
         );
         let server = tonic::transport::Server::builder()
             // Dead clients are found and their streams closed; a live one is never cut.
@@ -120,7 +180,7 @@ impl Application {
             .tcp_keepalive(Some(Duration::from_secs(60)))
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .layer(PropagateRequestIdLayer::x_request_id())
-            .layer(GrpcTelemetryLayer)
+            .layer(GrpcTelemetryLayer::new(GrpcMetrics::new(&metrics)))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -130,9 +190,12 @@ impl Application {
                 let health_reporter = health_reporter.clone();
                 async move {
                     shutdown.cancelled().await;
-                    health_reporter
-                        .set_not_serving::<OrderServiceServer<OrderServiceImpl>>()
-                        .await;
+                    let _ = health_follower.await;
+                    for service in ["", SERVICE_NAME] {
+                        health_reporter
+                            .set_service_status(service, ServingStatus::NotServing)
+                            .await;
+                    }
                 }
             });
         tokio::pin!(server);
@@ -152,6 +215,8 @@ impl Application {
             Err(error) => tracing::error!(%error, "outbox relay task panicked"),
         }
         let _ = watch_listener.await;
+        let _ = dependencies.await;
+        let _ = http.await;
         pool.close().await;
         tracing::info!("order-api stopped");
         served.context("grpc server failed")

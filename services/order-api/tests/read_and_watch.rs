@@ -390,3 +390,98 @@ async fn watches_beyond_the_cap_are_refused_and_orders_still_go_through(pool: Pg
     again.next().await.unwrap().unwrap();
     app.stop().await;
 }
+
+/// `/metrics` counts calls by method and code, new orders (not idempotent
+/// replays), published outbox rows and open WatchOrder streams.
+#[sqlx::test(migrator = "foodorder_common::db::MIGRATOR")]
+async fn metrics_count_calls_orders_outbox_and_streams(pool: PgPool) {
+    use foodorder_common::testing::{http_get, metric_value, wait_for_metric};
+    use support::with_metadata;
+
+    let app = spawn_app(pool).await;
+    let mut client = app.client.clone();
+    let mut placed = None;
+    for _ in 0..2 {
+        let request = with_metadata(
+            order_request(&[(1, 1)]),
+            &[("idempotency-key", "metrics-key-1")],
+        );
+        placed = client
+            .place_order(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .order;
+    }
+    client.place_order(order_request(&[(2, 3)])).await.unwrap();
+    let refused = client.place_order(order_request(&[])).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    let mut stream = client
+        .watch_order(WatchOrderRequest {
+            order_id: placed.unwrap().id,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    stream.next().await.expect("the first update").unwrap();
+
+    let http = app.http_addr;
+    let (status, scrape) = http_get(http, "/metrics").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        metric_value(&scrape, "foodorder_orders_placed_total"),
+        Some(2.0),
+        "a replay is not a new order:\n{scrape}"
+    );
+    assert_eq!(
+        metric_value(
+            &scrape,
+            r#"foodorder_grpc_server_requests_total{method="PlaceOrder",code="OK"}"#
+        ),
+        Some(3.0),
+        "{scrape}"
+    );
+    assert_eq!(
+        metric_value(
+            &scrape,
+            r#"foodorder_grpc_server_requests_total{method="PlaceOrder",code="INVALID_ARGUMENT"}"#
+        ),
+        Some(1.0),
+        "{scrape}"
+    );
+    assert_eq!(
+        metric_value(
+            &scrape,
+            r#"foodorder_grpc_server_request_duration_seconds_count{method="PlaceOrder"}"#
+        ),
+        Some(4.0),
+        "{scrape}"
+    );
+    assert_eq!(
+        metric_value(&scrape, "foodorder_watch_streams_active"),
+        Some(1.0),
+        "{scrape}"
+    );
+    assert!(metric_value(&scrape, r#"foodorder_db_pool_connections{state="idle"}"#).is_some());
+    assert!(metric_value(&scrape, "process_resident_memory_bytes").unwrap() > 1e6);
+
+    let topic = &app.kafka.topics.order_placed;
+    wait_for_metric(
+        http,
+        &format!(r#"foodorder_outbox_published_total{{topic="{topic}"}}"#),
+        |published| published == 2.0,
+    )
+    .await;
+    wait_for_metric(
+        http,
+        &format!(r#"foodorder_outbox_unsent_rows{{topic="{topic}"}}"#),
+        |unsent| unsent == 0.0,
+    )
+    .await;
+    drop(stream);
+    wait_for_metric(http, "foodorder_watch_streams_active", |active| {
+        active == 0.0
+    })
+    .await;
+    app.stop().await;
+}

@@ -6,6 +6,11 @@
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use foodorder_common::metrics::Metrics;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
 use tokio::time::Instant;
 
 use crate::config::BreakerSettings;
@@ -29,10 +34,25 @@ enum State {
 }
 
 /// Thread-safe circuit breaker.
-#[derive(Debug)]
 pub struct CircuitBreaker {
     settings: BreakerSettings,
     state: Mutex<State>,
+    transitions: Family<TransitionLabel, Counter>,
+}
+
+impl std::fmt::Debug for CircuitBreaker {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("CircuitBreaker")
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `to` label of the transitions counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionLabel {
+    to: &'static str,
 }
 
 impl CircuitBreaker {
@@ -43,7 +63,38 @@ impl CircuitBreaker {
             state: Mutex::new(State::Closed {
                 consecutive_failures: 0,
             }),
+            transitions: Family::default(),
         }
+    }
+
+    /// Registers `foodorder_payment_breaker_state` (0 closed, 1 half-open,
+    /// 2 open) and `foodorder_payment_breaker_transitions_total{to}` in `metrics`.
+    pub fn register(self: &std::sync::Arc<Self>, metrics: &Metrics) {
+        metrics.register(
+            "foodorder_payment_breaker_transitions",
+            "Circuit-breaker state changes, by the state entered",
+            self.transitions.clone(),
+        );
+        let gauge = metrics.gauge(
+            "foodorder_payment_breaker_state",
+            "Circuit-breaker state: 0 closed, 1 half-open, 2 open",
+        );
+        let breaker = std::sync::Arc::downgrade(self);
+        metrics.on_scrape(move || {
+            if let Some(breaker) = breaker.upgrade() {
+                gauge.set(match breaker.state() {
+                    BreakerState::Closed => 0,
+                    BreakerState::HalfOpen => 1,
+                    BreakerState::Open => 2,
+                });
+            }
+        });
+    }
+
+    fn entered(&self, to: &'static str) {
+        self.transitions
+            .get_or_create(&TransitionLabel { to })
+            .inc();
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -74,6 +125,7 @@ impl CircuitBreaker {
                     state = "half_open",
                     "circuit breaker half-open, letting a trial call through"
                 );
+                self.entered("half_open");
                 true
             }
             State::Open { .. } => false,
@@ -101,6 +153,7 @@ impl CircuitBreaker {
         ) {
             if !matches!(*state, State::Closed { .. }) {
                 tracing::info!(state = "closed", "circuit breaker closed");
+                self.entered("closed");
             }
             *state = State::Closed {
                 consecutive_failures: 0,
@@ -131,6 +184,7 @@ impl CircuitBreaker {
                 recovery_timeout_ms = self.settings.recovery_timeout.as_millis() as u64,
                 "circuit breaker opened"
             );
+            self.entered("open");
         }
     }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::Utc;
-use foodorder_common::consumer::{HandleError, MessageHandler, ReceivedMessage};
+use foodorder_common::consumer::{HandleError, Handled, MessageHandler, ReceivedMessage};
 use foodorder_common::events;
 use foodorder_common::money::format_money;
 use foodorder_common::outbox::{self, OutboxMessage};
@@ -188,6 +188,7 @@ impl<G: PaymentGateway> PaymentHandler<G> {
             .record_outcome(order_id, &order, &outcome, &correlation_id)
             .await?
         {
+            self.processor.metrics().recorded(&outcome);
             tracing::warn!(%order_id, reason, success = outcome.success, "order settled before dead-lettering its message");
         }
         Ok(())
@@ -218,7 +219,7 @@ fn decode(message: &ReceivedMessage) -> Result<(Uuid, OrderPlaced), String> {
 }
 
 impl<G: PaymentGateway> MessageHandler for PaymentHandler<G> {
-    async fn handle(&self, message: &ReceivedMessage) -> Result<(), HandleError> {
+    async fn handle(&self, message: &ReceivedMessage) -> Result<Handled, HandleError> {
         let headers = message.headers();
         let (order_id, event) = match decode(message) {
             Ok(decoded) => decoded,
@@ -235,7 +236,7 @@ impl<G: PaymentGateway> MessageHandler for PaymentHandler<G> {
         };
         if order.paid || order.status == "COMPLETED" || order.status == "FAILED" {
             tracing::info!(%order_id, "order already paid, skipping duplicate delivery");
-            return Ok(());
+            return Ok(Handled::Duplicate);
         }
         let correlation_id = event
             .metadata
@@ -259,6 +260,7 @@ impl<G: PaymentGateway> MessageHandler for PaymentHandler<G> {
             .record_outcome(order_id, &order, &result, &correlation_id)
             .await?;
         if recorded {
+            self.processor.metrics().recorded(&result);
             tracing::info!(
                 %order_id,
                 request_id = correlation_id,
@@ -268,7 +270,10 @@ impl<G: PaymentGateway> MessageHandler for PaymentHandler<G> {
                 error_message = result.error_message.as_deref().unwrap_or(""),
                 "payment recorded"
             );
+            Ok(Handled::Processed)
+        } else {
+            // Another delivery recorded this order while we paid (the gateway call was deduplicated).
+            Ok(Handled::Duplicate)
         }
-        Ok(())
     }
 }

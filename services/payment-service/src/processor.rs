@@ -8,8 +8,14 @@
 //! giving up voids the key at the gateway first — if a charge landed before
 //! the void, the payment succeeded after all and is recorded as such.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use foodorder_common::metrics::{LatencyFamily, Metrics, latency_histogram};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::time::Instant;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -22,11 +28,41 @@ use crate::gateway::{ChargeOutcome, ChargeRequest, GatewayUnavailable, PaymentGa
 pub const BREAKER_OPEN_MESSAGE: &str =
     "Payment service temporarily unavailable (circuit breaker open)";
 
+/// How a payment ended, for the metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PaymentOutcome {
+    /// Charged.
+    Succeeded,
+    /// The gateway declined the charge.
+    Declined,
+    /// Every attempt timed out.
+    TimedOut,
+    /// The circuit breaker failed it fast.
+    BreakerOpen,
+    /// Given up for another reason (a poison record, a void made elsewhere).
+    Failed,
+}
+
+impl PaymentOutcome {
+    /// The `outcome` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Declined => "declined",
+            Self::TimedOut => "timed_out",
+            Self::BreakerOpen => "breaker_open",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 /// How the payment ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PaymentResult {
     /// Whether the order was charged.
     pub success: bool,
+    /// Why it ended as it did.
+    pub outcome: PaymentOutcome,
     /// Gateway calls made.
     pub attempt_count: i32,
     /// Why it failed.
@@ -40,8 +76,71 @@ pub struct PaymentResult {
 /// Runs payments through a gateway with retries and a circuit breaker.
 pub struct PaymentProcessor<G> {
     gateway: G,
-    breaker: CircuitBreaker,
+    breaker: Arc<CircuitBreaker>,
     settings: PaymentSettings,
+    metrics: PaymentMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// The payment metrics.
+#[derive(Clone)]
+pub struct PaymentMetrics {
+    outcomes: Family<OutcomeLabel, Counter>,
+    processing: Histogram,
+    gateway_calls: LatencyFamily<ResultLabel>,
+    attempts: Histogram,
+}
+
+impl PaymentMetrics {
+    /// Registers the payment families in `metrics`.
+    pub fn new(metrics: &Metrics) -> Self {
+        let processing = latency_histogram();
+        metrics.register(
+            "foodorder_payment_processing_duration_seconds",
+            "Time to pay one order: gateway calls, back-off and the void when giving up",
+            processing.clone(),
+        );
+        let attempts = Histogram::new([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 10.0]);
+        metrics.register(
+            "foodorder_payment_attempts",
+            "Gateway calls made for one payment (0: failed fast by the open breaker)",
+            attempts.clone(),
+        );
+        Self {
+            outcomes: metrics.counter_family(
+                "foodorder_payment_outcomes",
+                "Payments recorded, by outcome (succeeded, declined, timed_out, breaker_open, failed)",
+            ),
+            processing,
+            gateway_calls: metrics.latency_family(
+                "foodorder_payment_gateway_call_duration_seconds",
+                "Gateway charge calls, by result (approved, declined, voided, timeout, error)",
+            ),
+            attempts,
+        }
+    }
+
+    /// Counts a payment this instance recorded.
+    pub fn recorded(&self, result: &PaymentResult) {
+        self.outcomes
+            .get_or_create(&OutcomeLabel {
+                outcome: result.outcome.label(),
+            })
+            .inc();
+        self.processing
+            .observe(result.processing_time.as_secs_f64());
+        self.attempts
+            .observe(f64::from(result.attempt_count.max(0)));
+    }
 }
 
 impl<G: PaymentGateway> PaymentProcessor<G> {
@@ -49,9 +148,22 @@ impl<G: PaymentGateway> PaymentProcessor<G> {
     pub fn new(gateway: G, breaker: CircuitBreaker, settings: PaymentSettings) -> Self {
         Self {
             gateway,
-            breaker,
+            breaker: Arc::new(breaker),
             settings,
+            metrics: PaymentMetrics::new(&Metrics::default()),
         }
+    }
+
+    /// Reports into `metrics` (payments, gateway calls, the breaker).
+    pub fn with_metrics(mut self, metrics: &Metrics) -> Self {
+        self.metrics = PaymentMetrics::new(metrics);
+        self.breaker.register(metrics);
+        self
+    }
+
+    /// The payment metrics.
+    pub fn metrics(&self) -> &PaymentMetrics {
+        &self.metrics
     }
 
     /// The circuit breaker, for observation.
@@ -69,7 +181,7 @@ impl<G: PaymentGateway> PaymentProcessor<G> {
             );
             // The decision was made by an earlier delivery: one call, or none for a void.
             let calls = u32::from(!matches!(decided, ChargeOutcome::Voided { .. }));
-            return Ok(self.result(decided, calls, started));
+            return Ok(self.result(decided, calls, started, PaymentOutcome::Failed));
         }
         let mut attempts: u32 = 0;
         loop {
@@ -80,7 +192,13 @@ impl<G: PaymentGateway> PaymentProcessor<G> {
                     "circuit breaker open, failing fast"
                 );
                 return self
-                    .give_up(request, attempts, BREAKER_OPEN_MESSAGE, started)
+                    .give_up(
+                        request,
+                        attempts,
+                        BREAKER_OPEN_MESSAGE,
+                        started,
+                        PaymentOutcome::BreakerOpen,
+                    )
                     .await;
             }
             attempts += 1;
@@ -104,6 +222,14 @@ impl<G: PaymentGateway> PaymentProcessor<G> {
                 Ok(Err(_)) => "unavailable",
                 Err(_) => "timeout",
             };
+            let result = match label {
+                "unavailable" => "error",
+                other => other,
+            };
+            self.metrics
+                .gateway_calls
+                .get_or_create(&ResultLabel { result })
+                .observe(call_started.elapsed().as_secs_f64());
             span.record("payment.latency_ms", latency_ms);
             span.record("payment.outcome", label);
             tracing::info!(
@@ -121,7 +247,7 @@ impl<G: PaymentGateway> PaymentProcessor<G> {
                         // Someone else gave up on this order: no verdict on the gateway.
                         ChargeOutcome::Voided { .. } => self.breaker.record_inconclusive(),
                     }
-                    return Ok(self.result(decided, attempts, started));
+                    return Ok(self.result(decided, attempts, started, PaymentOutcome::Failed));
                 }
                 Ok(Err(unavailable)) => {
                     self.breaker.record_inconclusive();
@@ -131,7 +257,15 @@ impl<G: PaymentGateway> PaymentProcessor<G> {
                     self.breaker.record_failure();
                     if attempts >= self.settings.max_attempts {
                         let reason = format!("Payment gateway timeout after {attempts} attempts");
-                        return self.give_up(request, attempts, &reason, started).await;
+                        return self
+                            .give_up(
+                                request,
+                                attempts,
+                                &reason,
+                                started,
+                                PaymentOutcome::TimedOut,
+                            )
+                            .await;
                     }
                     let backoff =
                         self.settings.retry_base_delay * 2_u32.saturating_pow(attempts - 1);
@@ -149,7 +283,8 @@ impl<G: PaymentGateway> PaymentProcessor<G> {
         request: &ChargeRequest,
         reason: &str,
     ) -> Result<PaymentResult, GatewayUnavailable> {
-        self.give_up(request, 0, reason, Instant::now()).await
+        self.give_up(request, 0, reason, Instant::now(), PaymentOutcome::Failed)
+            .await
     }
 
     /// Voids the order at the gateway and returns what stands: a charge that
@@ -160,6 +295,7 @@ impl<G: PaymentGateway> PaymentProcessor<G> {
         attempts: u32,
         reason: &str,
         started: Instant,
+        voided: PaymentOutcome,
     ) -> Result<PaymentResult, GatewayUnavailable> {
         let decided = self.gateway.void(request, reason).await?;
         if matches!(decided, ChargeOutcome::Approved { .. }) {
@@ -168,18 +304,27 @@ impl<G: PaymentGateway> PaymentProcessor<G> {
                 "a charge landed before the payment was given up; it stands"
             );
         }
-        Ok(self.result(decided, attempts, started))
+        Ok(self.result(decided, attempts, started, voided))
     }
 
-    fn result(&self, decided: ChargeOutcome, attempts: u32, started: Instant) -> PaymentResult {
-        let (success, error_message, charge_id) = match decided {
-            ChargeOutcome::Approved { charge_id } => (true, None, Some(charge_id)),
-            ChargeOutcome::Declined { reason } | ChargeOutcome::Voided { reason } => {
-                (false, Some(reason), None)
+    /// The result of `decided`; `voided` says why, when it is a void.
+    fn result(
+        &self,
+        decided: ChargeOutcome,
+        attempts: u32,
+        started: Instant,
+        voided: PaymentOutcome,
+    ) -> PaymentResult {
+        let (outcome, error_message, charge_id) = match decided {
+            ChargeOutcome::Approved { charge_id } => {
+                (PaymentOutcome::Succeeded, None, Some(charge_id))
             }
+            ChargeOutcome::Declined { reason } => (PaymentOutcome::Declined, Some(reason), None),
+            ChargeOutcome::Voided { reason } => (voided, Some(reason), None),
         };
         PaymentResult {
-            success,
+            success: outcome == PaymentOutcome::Succeeded,
+            outcome,
             attempt_count: attempts as i32,
             error_message,
             processing_time: started.elapsed(),

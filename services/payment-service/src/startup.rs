@@ -51,6 +51,7 @@ impl Application {
                 ServiceResources {
                     pool,
                     health_listener,
+                    metrics,
                 },
         } = self;
         // The mock gateway keeps its ledger through a pool of its own, as a
@@ -60,11 +61,14 @@ impl Application {
             .max_connections(config.gateway.db_connections)
             .acquire_timeout(std::time::Duration::from_secs(5))
             .connect_lazy_with(pool.connect_options().as_ref().clone());
-        let processor = Arc::new(PaymentProcessor::new(
-            MockGateway::new(gateway_pool, config.gateway.clone()),
-            CircuitBreaker::new(config.breaker.clone()),
-            config.payment.clone(),
-        ));
+        let processor = Arc::new(
+            PaymentProcessor::new(
+                MockGateway::new(gateway_pool, config.gateway.clone()),
+                CircuitBreaker::new(config.breaker.clone()),
+                config.payment.clone(),
+            )
+            .with_metrics(&metrics),
+        );
         let handler = PaymentHandler::new(
             pool.clone(),
             processor,
@@ -89,6 +93,7 @@ impl Application {
             kafka: config.kafka,
             relay: Some(relay),
             health_listener,
+            metrics,
             handler: Arc::new(handler),
         }
         .run(shutdown)

@@ -95,3 +95,35 @@ async fn database_proxy(pool: &PgPool) -> (CuttableProxy, PgConnectOptions) {
         .expect("database address");
     (CuttableProxy::start(target).await, options)
 }
+
+/// A consumer's `/readyz` follows PostgreSQL: 503 naming it while it is
+/// unreachable, 200 once it is back; `/healthz` stays 200.
+#[sqlx::test(migrator = "foodorder_common::db::MIGRATOR")]
+async fn readiness_follows_the_database(pool: PgPool) {
+    let (proxy, options) = database_proxy(&pool).await;
+    let proxied_pool = PgPoolOptions::new()
+        .max_connections(5)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_with(options.host("127.0.0.1").port(proxy.address().port()))
+        .await
+        .unwrap();
+    let service = spawn_service(proxied_pool, test_config(testing::kafka_config(), 0.0)).await;
+    let readyz = async |code: u16, body: &str| {
+        testing::wait_for(
+            &format!("/readyz to answer {code} {body:?}"),
+            Duration::from_secs(60),
+            || async {
+                let answer = testing::http_get(service.http, "/readyz").await;
+                (answer.0 == code && answer.1.contains(body)).then_some(())
+            },
+        )
+        .await;
+        assert_eq!(testing::http_get(service.http, "/healthz").await.0, 200);
+    };
+    readyz(200, "ready").await;
+    proxy.cut();
+    readyz(503, "postgresql unreachable").await;
+    proxy.restore();
+    readyz(200, "ready").await;
+    service.stop().await;
+}

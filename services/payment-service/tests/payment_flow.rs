@@ -103,6 +103,24 @@ async fn timeouts_are_retried_then_fail(pool: PgPool) {
             Some("Payment gateway timeout after 2 attempts".into())
         )
     );
+    let (_, scrape) = testing::http_get(service.http, "/metrics").await;
+    for (series, expected) in [
+        (
+            r#"foodorder_payment_outcomes_total{outcome="timed_out"}"#,
+            1.0,
+        ),
+        (
+            r#"foodorder_payment_gateway_call_duration_seconds_count{result="timeout"}"#,
+            2.0,
+        ),
+        ("foodorder_payment_attempts_sum", 2.0),
+    ] {
+        assert_eq!(
+            testing::metric_value(&scrape, series),
+            Some(expected),
+            "{series}\n{scrape}"
+        );
+    }
     assert_eq!(
         decisions(&pool, order_id).await,
         ["VOIDED"],
@@ -125,6 +143,76 @@ async fn duplicate_deliveries_charge_and_report_once(pool: PgPool) {
     assert_eq!(records.len(), 1, "one payment.completed record");
     assert_eq!(attempt_rows(&pool, order_id).await, 1);
     assert_eq!(charges(&pool, order_id).await, 1);
+
+    // The metrics tell the same story: one payment, four duplicates, nothing left behind.
+    let topic = &kafka.topics.order_placed;
+    let records = |outcome: &str| {
+        format!(r#"foodorder_consumer_records_total{{topic="{topic}",outcome="{outcome}"}}"#)
+    };
+    testing::wait_for_metric(service.http, &records("duplicate"), |count| count == 4.0).await;
+    let (_, scrape) = testing::http_get(service.http, "/metrics").await;
+    let value = |series: &str| testing::metric_value(&scrape, series);
+    assert_eq!(value(&records("processed")), Some(1.0), "{scrape}");
+    assert_eq!(
+        value(r#"foodorder_payment_outcomes_total{outcome="succeeded"}"#),
+        Some(1.0),
+        "{scrape}"
+    );
+    assert_eq!(
+        value("foodorder_payment_attempts_count"),
+        Some(1.0),
+        "{scrape}"
+    );
+    assert_eq!(
+        value("foodorder_payment_attempts_sum"),
+        Some(1.0),
+        "{scrape}"
+    );
+    assert_eq!(
+        value(r#"foodorder_payment_gateway_call_duration_seconds_count{result="approved"}"#),
+        Some(1.0),
+        "one gateway call for five deliveries:\n{scrape}"
+    );
+    assert_eq!(
+        value("foodorder_payment_breaker_state"),
+        Some(0.0),
+        "{scrape}"
+    );
+    assert_eq!(
+        value(&format!(
+            r#"foodorder_consumer_in_flight_records{{topic="{topic}"}}"#
+        )),
+        Some(0.0),
+        "{scrape}"
+    );
+    let completed = &kafka.topics.payment_completed;
+    testing::wait_for_metric(
+        service.http,
+        &format!(r#"foodorder_outbox_published_total{{topic="{completed}"}}"#),
+        |published| published == 1.0,
+    )
+    .await;
+    // Lag comes from librdkafka's statistics (every 5 s): every partition read, all committed.
+    let lagging = |scrape: &str| {
+        scrape
+            .lines()
+            .filter(|line| line.starts_with("foodorder_consumer_lag_records{"))
+            .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, scrape) = testing::http_get(service.http, "/metrics").await;
+        let lags = lagging(&scrape);
+        if lags.len() == kafka.event_partitions as usize && lags.iter().all(|lag| *lag == 0.0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lag of every assigned partition is reported as 0 within 60 s:\n{scrape}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     service.stop().await;
 }
 
@@ -199,6 +287,11 @@ async fn poison_messages_go_to_the_dlq_and_do_not_stall(pool: PgPool) {
         "original headers kept"
     );
     assert!(garbage.headers.contains_key("dlq-failed-at"));
+    let dead_lettered = format!(
+        r#"foodorder_consumer_records_total{{topic="{}",outcome="dead_lettered"}}"#,
+        kafka.topics.order_placed
+    );
+    testing::wait_for_metric(service.http, &dead_lettered, |count| count == 2.0).await;
     service.stop().await;
 }
 
@@ -352,5 +445,34 @@ async fn a_poison_record_voids_its_order_and_a_charge_that_landed_first_stands(p
         "the customer was charged, so the order is not FAILED"
     );
     assert_eq!(charges(&pool, charged).await, 1);
+    service.stop().await;
+}
+
+/// The payment-slowdown incident (the gateway's latency settings): the gateway
+/// latency histogram shows it.
+#[sqlx::test(migrator = "foodorder_common::db::MIGRATOR")]
+async fn a_gateway_slowdown_shows_in_the_gateway_latency_histogram(pool: PgPool) {
+    let kafka = testing::kafka_config();
+    let producer = producer(&kafka).await;
+    let mut config = test_config(kafka.clone(), 0.0);
+    config.gateway.min_latency = Duration::from_millis(300);
+    config.gateway.max_latency = Duration::from_millis(400);
+    let service = spawn_service(pool.clone(), config).await;
+    for _ in 0..3 {
+        let order_id = insert_order(&pool).await;
+        send_order_placed(&producer, &kafka, order_id).await;
+    }
+    let bucket = |le: &str| {
+        format!(
+            r#"foodorder_payment_gateway_call_duration_seconds_bucket{{le="{le}",result="approved"}}"#
+        )
+    };
+    testing::wait_for_metric(service.http, &bucket("0.5"), |calls| calls == 3.0).await;
+    let (_, scrape) = testing::http_get(service.http, "/metrics").await;
+    assert_eq!(
+        testing::metric_value(&scrape, &bucket("0.25")),
+        Some(0.0),
+        "no call was faster than the slowdown allows:\n{scrape}"
+    );
     service.stop().await;
 }

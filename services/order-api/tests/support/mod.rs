@@ -21,6 +21,8 @@ use tonic::transport::Channel;
 /// A running order API.
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The HTTP endpoint: /healthz, /readyz, /metrics.
+    pub http_addr: SocketAddr,
     pub channel: Channel,
     pub client: OrderServiceClient<Channel>,
     pub kafka: KafkaConfig,
@@ -49,6 +51,7 @@ pub async fn spawn_app_with(
     foodorder_common::telemetry::init_for_tests();
     let mut config = Config {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
         database: DatabaseConfig {
             url: Secret::new(String::new()),
             max_connections: 5,
@@ -68,6 +71,7 @@ pub async fn spawn_app_with(
         .await
         .expect("failed to build the app");
     let addr = application.local_addr();
+    let http_addr = application.http_addr();
     let watch_hub = application.watch_hub();
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(application.run_until_stopped(shutdown.clone()));
@@ -78,6 +82,7 @@ pub async fn spawn_app_with(
         .expect("failed to connect to the app");
     TestApp {
         addr,
+        http_addr,
         client: OrderServiceClient::new(channel.clone()),
         channel,
         kafka,

@@ -56,6 +56,8 @@ pub fn test_config(kafka: KafkaConfig, decline_rate: f64) -> Config {
 
 /// A running in-process payment service.
 pub struct TestService {
+    /// The HTTP endpoint: /healthz, /readyz, /metrics.
+    pub http: std::net::SocketAddr,
     shutdown: CancellationToken,
     handle: JoinHandle<anyhow::Result<()>>,
 }
@@ -65,9 +67,14 @@ pub async fn spawn_service(pool: PgPool, config: Config) -> TestService {
     let application = Application::build_with_pool(config, pool)
         .await
         .expect("build payment service");
+    let http = application.health_addr();
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(application.run_until_stopped(shutdown.clone()));
-    TestService { shutdown, handle }
+    TestService {
+        http,
+        shutdown,
+        handle,
+    }
 }
 
 impl TestService {
