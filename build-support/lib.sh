@@ -45,17 +45,20 @@ wait_for_port() {
   done
 }
 
-# http_ready HOST:PORT: GET /readyz answers 200 (a consumer service holds its assignment).
-http_ready() {
-  local host=${1%:*} port=${1##*:} status
+# http_ok HOST:PORT PATH: GET PATH answers 200.
+http_ok() {
+  local host=${1%:*} port=${1##*:} path=$2 status
   [[ $host == 0.0.0.0 ]] && host=127.0.0.1
   # The braces keep the 2>/dev/null from applying to the whole script.
   { exec 3<>"/dev/tcp/$host/$port"; } 2>/dev/null || return 1
-  printf 'GET /readyz HTTP/1.0\r\n\r\n' >&3
+  printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$path" "$host" >&3
   read -r -t 2 _ status _ <&3 || true
   exec 3<&- 3>&-
   [[ $status == 200 ]]
 }
+
+# http_ready HOST:PORT: GET /readyz answers 200 (dependencies answer; a consumer holds its assignment).
+http_ready() { http_ok "$1" /readyz; }
 
 # free_port: an unused TCP port on 127.0.0.1.
 free_port() {
@@ -105,12 +108,7 @@ Install them (Debian/Ubuntu: apt-get install postgresql) or point DATABASE_URL a
   log "installing Debian's postgresql package (apt-get; first time only)"
   mkdir -p /etc/postgresql-common "$CACHE_DIR"
   [[ -f /etc/postgresql-common/createcluster.conf ]] || echo 'create_main_cluster = false' >/etc/postgresql-common/createcluster.conf
-  {
-    # Package lists are fetched only when apt has none yet.
-    compgen -G '/var/lib/apt/lists/*_Packages' >/dev/null || apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-      -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold postgresql postgresql-client
-  } >"$CACHE_DIR/postgresql-install.log" 2>&1 \
+  apt_install "$CACHE_DIR/postgresql-install.log" postgresql postgresql-client \
     || { tail -20 "$CACHE_DIR/postgresql-install.log" >&2; die "$where, and installing Debian's postgresql package failed (see $CACHE_DIR/postgresql-install.log)"; }
 }
 
@@ -371,6 +369,86 @@ ensure_jaeger() {
     || { tail -20 "$state_dir/jaeger.log" >&2; die "Jaeger did not start, see $state_dir/jaeger.log"; }
   export OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port"
   export JAEGER_QUERY_URL="http://127.0.0.1:$query_port"
+}
+
+# apt_install LOG PACKAGE...: installs Debian packages quietly (package lists
+# fetched only when apt has none yet); the output goes to LOG.
+apt_install() {
+  local log_file=$1
+  shift
+  mkdir -p "$(dirname "$log_file")"
+  {
+    compgen -G '/var/lib/apt/lists/*_Packages' >/dev/null || apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+      -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@"
+  } >"$log_file" 2>&1
+}
+
+PROMETHEUS_CONFIG_DIR="$ROOT_DIR/build-support/prometheus"
+
+# prometheus_enabled: FOODORDER_PROMETHEUS=off runs the platform without Prometheus.
+prometheus_enabled() { [[ ${FOODORDER_PROMETHEUS:-on} != off ]]; }
+
+# install_prometheus: Debian's prometheus package (the server and promtool), when
+# absent, as root with apt. Returns 1 with a message when it cannot.
+install_prometheus() {
+  command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 && return 0
+  if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+    printf 'note: Prometheus is not installed and this is not root with apt; install it (Debian/Ubuntu: apt-get install prometheus) to get it\n' >&2
+    return 1
+  fi
+  log "installing Debian's prometheus package (apt-get; first time only)"
+  # policy-rc.d keeps the package from starting its own server (we run ours).
+  local policy=/usr/sbin/policy-rc.d had_policy=""
+  [[ -e $policy ]] && had_policy=yes
+  [[ -n $had_policy ]] || printf '#!/bin/sh\nexit 101\n' >"$policy"
+  chmod +x "$policy" 2>/dev/null || true
+  local installed=0
+  apt_install "$CACHE_DIR/prometheus-install.log" prometheus || installed=$?
+  [[ -n $had_policy ]] || rm -f "$policy"
+  if ((installed != 0)); then
+    tail -20 "$CACHE_DIR/prometheus-install.log" >&2
+    printf 'note: installing Debian'"'"'s prometheus package failed (see %s)\n' "$CACHE_DIR/prometheus-install.log" >&2
+    return 1
+  fi
+}
+
+# ensure_prometheus STATE_DIR: starts Prometheus on 127.0.0.1:${PROMETHEUS_PORT:-9090}
+# scraping the services' HTTP ports (ORDER_API_HTTP_ADDR, PAYMENT_HEALTH_ADDR,
+# NOTIFICATION_HEALTH_ADDR), with the recording and alerting rules, storage in
+# STATE_DIR/prometheus; exports PROMETHEUS_URL. Without Prometheus it says so and
+# returns (the platform runs without it).
+ensure_prometheus() {
+  local state_dir=$1 port=${PROMETHEUS_PORT:-9090}
+  prometheus_enabled || { log "Prometheus: off (FOODORDER_PROMETHEUS=${FOODORDER_PROMETHEUS})"; return 0; }
+  install_prometheus || { log "Prometheus: not started (see the note above)"; return 0; }
+  if port_open 127.0.0.1 "$port"; then
+    log "Prometheus: port $port is taken; not starting one (set PROMETHEUS_PORT to start one elsewhere)"
+    return 0
+  fi
+  mkdir -p "$state_dir/prometheus"
+  local config="$state_dir/prometheus/prometheus.yml"
+  sed -e "s/127\.0\.0\.1:9101/127.0.0.1:${ORDER_API_HTTP_ADDR##*:}/" \
+    -e "s/127\.0\.0\.1:9102/127.0.0.1:${PAYMENT_HEALTH_ADDR##*:}/" \
+    -e "s/127\.0\.0\.1:9103/127.0.0.1:${NOTIFICATION_HEALTH_ADDR##*:}/" \
+    "$PROMETHEUS_CONFIG_DIR/prometheus.yml" >"$config"
+  cp "$PROMETHEUS_CONFIG_DIR/rules.yml" "$state_dir/prometheus/rules.yml"
+  log "starting Prometheus on 127.0.0.1:$port (log: $state_dir/prometheus.log)"
+  nohup prometheus --config.file="$config" --storage.tsdb.path="$state_dir/prometheus/data" \
+    --storage.tsdb.retention.time=2d --web.listen-address="127.0.0.1:$port" \
+    >"$state_dir/prometheus.log" 2>&1 &
+  local pid=$!
+  echo "$pid" >"$state_dir/prometheus.pid"
+  STARTED_PIDS+=("prometheus $pid")
+  local deadline=$((SECONDS + 30))
+  until http_ok "127.0.0.1:$port" /-/ready; do
+    if ! kill -0 "$pid" 2>/dev/null || ((SECONDS >= deadline)); then
+      tail -20 "$state_dir/prometheus.log" >&2
+      die "Prometheus did not start, see $state_dir/prometheus.log"
+    fi
+    sleep 0.3
+  done
+  export PROMETHEUS_URL="http://127.0.0.1:$port"
 }
 
 # stop_started: stops what this script started, newest first.

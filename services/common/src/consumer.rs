@@ -477,6 +477,7 @@ pub async fn run<H: MessageHandler>(
         "consumer started"
     );
 
+    metrics.start(&settings.topic);
     let permits = Arc::new(Semaphore::new(settings.max_in_flight));
     let key_queues = KeyQueues::default();
     let mut next_ticket: u64 = 0;
@@ -750,6 +751,19 @@ impl ConsumerMetrics {
                 "Records between each assigned partition's high watermark and the group's committed offset",
             ),
         }
+    }
+
+    /// Exports every outcome of `topic` (and its in-flight gauge) from the start, at 0.
+    fn start(&self, topic: &str) {
+        for outcome in ["processed", "duplicate", "dead_lettered", "retried"] {
+            drop(self.records.get_or_create(&RecordLabels {
+                topic: topic.to_owned(),
+                outcome,
+            }));
+        }
+        drop(self.in_flight.get_or_create(&TopicLabel {
+            topic: topic.to_owned(),
+        }));
     }
 
     fn count(&self, topic: &str, outcome: &'static str) {

@@ -266,7 +266,11 @@ fn respond(request: &str, readiness: &Readiness, metrics: &Metrics) -> Vec<u8> {
                 format!("not ready: {}\n", unmet.join(", ")),
             ),
         },
-        ("GET", "/metrics") => ("200 OK", crate::metrics::CONTENT_TYPE, metrics.encode()),
+        // Prometheus asks for OpenMetrics; other clients get the classic text format.
+        ("GET", "/metrics") if accepts_openmetrics(request) => {
+            ("200 OK", crate::metrics::CONTENT_TYPE, metrics.encode())
+        }
+        ("GET", "/metrics") => ("200 OK", crate::metrics::TEXT_CONTENT_TYPE, metrics.encode_text()),
         ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
         _ => (
             "405 Method Not Allowed",
@@ -279,6 +283,16 @@ fn respond(request: &str, readiness: &Readiness, metrics: &Metrics) -> Vec<u8> {
         body.len()
     )
     .into_bytes()
+}
+
+/// Whether the request's `Accept` header asks for OpenMetrics.
+fn accepts_openmetrics(request: &str) -> bool {
+    request.lines().any(|line| {
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("accept")
+                && value.contains("application/openmetrics-text")
+        })
+    })
 }
 
 /// Binds `address` for the HTTP endpoint.
@@ -336,6 +350,15 @@ mod tests {
         assert!(get("/readyz").starts_with("HTTP/1.1 200"));
         let scraped = get("/metrics?x=1");
         assert!(scraped.contains("foodorder_ready 1"), "{scraped}");
+        assert!(scraped.contains("text/plain; version=0.0.4"), "{scraped}");
+        let openmetrics = String::from_utf8(respond(
+            "GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n\r\n",
+            &readiness,
+            &metrics,
+        ))
+        .unwrap();
+        assert!(openmetrics.contains("application/openmetrics-text"), "{openmetrics}");
+        assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
         readiness.set_broker(false);
         let not_ready = get("/readyz");
         assert!(not_ready.starts_with("HTTP/1.1 503"), "{not_ready}");

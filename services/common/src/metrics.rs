@@ -25,6 +25,8 @@ use prometheus_client::registry::{Metric, Registry};
 
 /// Content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Content type of [`Metrics::encode_text`]'s output.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Buckets for request and handler latencies, in seconds: 1 ms … 30 s.
 pub const LATENCY_BUCKETS: [f64; 16] = [
@@ -156,6 +158,14 @@ impl Metrics {
         text
     }
 
+    /// The current values in Prometheus's classic text format (0.0.4), for
+    /// clients that do not ask for OpenMetrics (`promtool check metrics`,
+    /// `curl`): a counter family is named with its `_total` suffix and there
+    /// is no `# EOF`.
+    pub fn encode_text(&self) -> String {
+        to_classic_text(&self.encode())
+    }
+
     /// `foodorder_db_pool_connections{state="in_use"|"idle"}` for `pool`.
     pub fn register_pool(&self, pool: &sqlx::PgPool) {
         let connections = self.gauge_family::<StateLabel>(
@@ -213,6 +223,37 @@ pub struct TopicLabel {
     pub topic: String,
 }
 
+/// OpenMetrics text → classic text format (see [`Metrics::encode_text`]).
+fn to_classic_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("# TYPE ")?;
+            let (name, kind) = rest.split_once(' ')?;
+            (kind == "counter").then_some(name)
+        })
+        .collect();
+    let mut text = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let metadata = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|prefix| Some((prefix, line.strip_prefix(prefix)?)));
+        match metadata {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let suffix = if counters.contains(name) { "_total" } else { "" };
+                text.push_str(&format!("{prefix}{name}{suffix} {tail}"));
+            }
+            None => text.push_str(line),
+        }
+        text.push('\n');
+    }
+    text
+}
+
 /// The process's resident set size, from `/proc/self/status` (Linux).
 fn resident_memory_bytes() -> Option<i64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -245,5 +286,11 @@ mod tests {
         );
         assert!(text.contains("process_resident_memory_bytes "), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+
+        let classic = metrics.encode_text();
+        assert!(classic.contains("# TYPE foodorder_test_things_total counter\n"), "{classic}");
+        assert!(classic.contains("# HELP foodorder_test_things_total Things.\n"), "{classic}");
+        assert!(classic.contains("# TYPE foodorder_test_seconds histogram\n"), "{classic}");
+        assert!(!classic.contains("# EOF"), "{classic}");
     }
 }

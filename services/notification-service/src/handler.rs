@@ -56,6 +56,9 @@ impl<N: Notifier> NotificationHandler<N> {
             "Notifications sent, by kind (order_confirmed, payment_failed)",
             self.sent.clone(),
         );
+        for kind in ["order_confirmed", "payment_failed"] {
+            drop(self.sent.get_or_create(&KindLabel { kind }));
+        }
         self
     }
 

@@ -51,7 +51,7 @@ pub struct GrpcMetrics {
 impl GrpcMetrics {
     /// Registers the gRPC server families in `metrics`.
     pub fn new(metrics: &Metrics) -> Self {
-        Self {
+        let grpc = Self {
             requests: metrics.counter_family(
                 "foodorder_grpc_server_requests",
                 "gRPC calls handled, by method and status code",
@@ -60,7 +60,16 @@ impl GrpcMetrics {
                 "foodorder_grpc_server_request_duration_seconds",
                 "Time from a gRPC call's arrival to its response headers, by method",
             ),
+        };
+        // The order service's methods are exported from the start, at 0.
+        for method in METHODS {
+            drop(
+                grpc.requests
+                    .get_or_create(&MethodCode { method, code: "OK" }),
+            );
+            drop(grpc.duration.get_or_create(&MethodLabel { method }));
         }
+        grpc
     }
 }
 

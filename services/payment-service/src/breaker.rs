@@ -70,6 +70,9 @@ impl CircuitBreaker {
     /// Registers `foodorder_payment_breaker_state` (0 closed, 1 half-open,
     /// 2 open) and `foodorder_payment_breaker_transitions_total{to}` in `metrics`.
     pub fn register(self: &std::sync::Arc<Self>, metrics: &Metrics) {
+        for to in ["closed", "half_open", "open"] {
+            drop(self.transitions.get_or_create(&TransitionLabel { to }));
+        }
         metrics.register(
             "foodorder_payment_breaker_transitions",
             "Circuit-breaker state changes, by the state entered",

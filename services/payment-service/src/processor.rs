@@ -115,7 +115,7 @@ impl PaymentMetrics {
             "Gateway calls made for one payment (0: failed fast by the open breaker)",
             attempts.clone(),
         );
-        Self {
+        let payment = Self {
             outcomes: metrics.counter_family(
                 "foodorder_payment_outcomes",
                 "Payments recorded, by outcome (succeeded, declined, timed_out, breaker_open, failed)",
@@ -126,7 +126,23 @@ impl PaymentMetrics {
                 "Gateway charge calls, by result (approved, declined, voided, timeout, error)",
             ),
             attempts,
+        };
+        // Every known label value is exported from the start, at 0.
+        for outcome in [
+            PaymentOutcome::Succeeded,
+            PaymentOutcome::Declined,
+            PaymentOutcome::TimedOut,
+            PaymentOutcome::BreakerOpen,
+            PaymentOutcome::Failed,
+        ] {
+            drop(payment.outcomes.get_or_create(&OutcomeLabel {
+                outcome: outcome.label(),
+            }));
         }
+        for result in ["approved", "declined", "voided", "timeout", "error"] {
+            drop(payment.gateway_calls.get_or_create(&ResultLabel { result }));
+        }
+        payment
     }
 
     /// Counts a payment this instance recorded.
