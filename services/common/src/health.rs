@@ -270,7 +270,11 @@ fn respond(request: &str, readiness: &Readiness, metrics: &Metrics) -> Vec<u8> {
         ("GET", "/metrics") if accepts_openmetrics(request) => {
             ("200 OK", crate::metrics::CONTENT_TYPE, metrics.encode())
         }
-        ("GET", "/metrics") => ("200 OK", crate::metrics::TEXT_CONTENT_TYPE, metrics.encode_text()),
+        ("GET", "/metrics") => (
+            "200 OK",
+            crate::metrics::TEXT_CONTENT_TYPE,
+            metrics.encode_text(),
+        ),
         ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
         _ => (
             "405 Method Not Allowed",
@@ -357,7 +361,10 @@ mod tests {
             &metrics,
         ))
         .unwrap();
-        assert!(openmetrics.contains("application/openmetrics-text"), "{openmetrics}");
+        assert!(
+            openmetrics.contains("application/openmetrics-text"),
+            "{openmetrics}"
+        );
         assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
         readiness.set_broker(false);
         let not_ready = get("/readyz");

@@ -244,7 +244,11 @@ fn to_classic_text(openmetrics: &str) -> String {
         match metadata {
             Some((prefix, rest)) => {
                 let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-                let suffix = if counters.contains(name) { "_total" } else { "" };
+                let suffix = if counters.contains(name) {
+                    "_total"
+                } else {
+                    ""
+                };
                 text.push_str(&format!("{prefix}{name}{suffix} {tail}"));
             }
             None => text.push_str(line),
@@ -288,9 +292,18 @@ mod tests {
         assert!(text.ends_with("# EOF\n"), "{text}");
 
         let classic = metrics.encode_text();
-        assert!(classic.contains("# TYPE foodorder_test_things_total counter\n"), "{classic}");
-        assert!(classic.contains("# HELP foodorder_test_things_total Things.\n"), "{classic}");
-        assert!(classic.contains("# TYPE foodorder_test_seconds histogram\n"), "{classic}");
+        assert!(
+            classic.contains("# TYPE foodorder_test_things_total counter\n"),
+            "{classic}"
+        );
+        assert!(
+            classic.contains("# HELP foodorder_test_things_total Things.\n"),
+            "{classic}"
+        );
+        assert!(
+            classic.contains("# TYPE foodorder_test_seconds histogram\n"),
+            "{classic}"
+        );
         assert!(!classic.contains("# EOF"), "{classic}");
     }
 }
