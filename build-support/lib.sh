@@ -45,16 +45,18 @@ wait_for_port() {
   done
 }
 
-# http_ok HOST:PORT PATH: GET PATH answers 200.
+# http_ok HOST:PORT PATH: GET PATH answers 200. The probe runs in a subshell: a
+# peer that closes early makes the write raise SIGPIPE, which must end the probe
+# (not ready yet), not the calling script.
 http_ok() {
-  local host=${1%:*} port=${1##*:} path=$2 status
+  local host=${1%:*} port=${1##*:} path=$2
   [[ $host == 0.0.0.0 ]] && host=127.0.0.1
-  # The braces keep the 2>/dev/null from applying to the whole script.
-  { exec 3<>"/dev/tcp/$host/$port"; } 2>/dev/null || return 1
-  printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$path" "$host" >&3
-  read -r -t 2 _ status _ <&3 || true
-  exec 3<&- 3>&-
-  [[ $status == 200 ]]
+  (
+    exec 3<>"/dev/tcp/$host/$port" || exit 1
+    printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$path" "$host" >&3
+    read -r -t 2 _ status _ <&3 || exit 1
+    [[ $status == 200 ]]
+  ) 2>/dev/null
 }
 
 # http_ready HOST:PORT: GET /readyz answers 200 (dependencies answer; a consumer holds its assignment).

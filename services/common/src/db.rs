@@ -7,6 +7,7 @@ use anyhow::Context;
 use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
+use crate::backoff::Backoff;
 use crate::config::DatabaseConfig;
 
 /// The workspace's migrations, compiled into every service.
@@ -23,20 +24,20 @@ const STARTUP_PATIENCE: Duration = Duration::from_secs(120);
 /// fails at once.
 pub async fn connect_and_migrate(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
     let started = std::time::Instant::now();
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
         match try_connect_and_migrate(config).await {
             Ok(pool) => return Ok(pool),
             Err(error)
                 if is_transient_startup_error(&error) && started.elapsed() < STARTUP_PATIENCE =>
             {
+                let delay = backoff.next_delay();
                 tracing::warn!(
                     error = format!("{error:#}"),
-                    retry_in_ms = backoff.as_millis() as u64,
+                    retry_in_ms = delay.as_millis() as u64,
                     "postgresql not reachable yet, retrying"
                 );
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(delay).await;
             }
             Err(error) => return Err(error),
         }

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use foodorder_proto::EventType;
-use foodorder_proto::v1::EventMetadata;
+use foodorder_proto::v1::{EventMetadata, OrderPlaced, OrderStatus, PaymentCompleted};
+use prost::Message;
 use uuid::Uuid;
 
 /// Version of the event schemas in `events.proto`.
@@ -62,4 +63,63 @@ pub fn standard_headers<E: EventType>(
         }
     }
     headers
+}
+
+/// Checks an event's metadata envelope: present, of the schema version we read.
+fn check_metadata(metadata: Option<&EventMetadata>, event: &str) -> Result<(), String> {
+    let metadata = metadata.ok_or_else(|| format!("{event} without metadata"))?;
+    if metadata.schema_version != SCHEMA_VERSION {
+        return Err(format!(
+            "unsupported {event} schema version {}",
+            metadata.schema_version
+        ));
+    }
+    Ok(())
+}
+
+/// The order id of an event, which must be a UUID.
+fn order_id(text: &str) -> Result<Uuid, String> {
+    Uuid::parse_str(text).map_err(|_| format!("order id {text:?} is not a UUID"))
+}
+
+/// Decodes and checks an `order.placed` record (its key and value) as
+/// payment-service reads it; the error says why the record is poison.
+pub fn decode_order_placed(
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+) -> Result<(Uuid, OrderPlaced), String> {
+    let value = value.ok_or("record has no value")?;
+    let event = OrderPlaced::decode(value)
+        .map_err(|error| format!("value is not a valid OrderPlaced: {error}"))?;
+    check_metadata(event.metadata.as_ref(), "OrderPlaced")?;
+    let order_id = order_id(&event.order_id)?;
+    if key != Some(event.order_id.as_bytes()) {
+        return Err("record key does not match the order id".to_owned());
+    }
+    Ok((order_id, event))
+}
+
+/// Decodes and checks a `payment.completed` record's value as
+/// notification-service reads it (the outcome consistent, a recipient
+/// present); the error says why the record is poison.
+pub fn decode_payment_completed(value: Option<&[u8]>) -> Result<(Uuid, PaymentCompleted), String> {
+    let value = value.ok_or("record has no value")?;
+    let event = PaymentCompleted::decode(value)
+        .map_err(|error| format!("value is not a valid PaymentCompleted: {error}"))?;
+    check_metadata(event.metadata.as_ref(), "PaymentCompleted")?;
+    let order_id = order_id(&event.order_id)?;
+    match event.final_status() {
+        OrderStatus::Completed if event.success => {}
+        OrderStatus::Failed if !event.success => {}
+        other => {
+            return Err(format!(
+                "inconsistent outcome: success={} final_status={other:?}",
+                event.success
+            ));
+        }
+    }
+    if event.customer_email.is_empty() {
+        return Err("PaymentCompleted without customer email".to_owned());
+    }
+    Ok((order_id, event))
 }

@@ -6,12 +6,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, AlterConfig, ConfigEntry, ConfigSource, NewTopic, ResourceSpecifier,
+    TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::FutureProducer;
 
+use crate::backoff::Backoff;
 use crate::config::KafkaConfig;
 
 /// Base client settings every client shares.
@@ -108,7 +112,9 @@ pub fn platform_topics(config: &KafkaConfig) -> Vec<TopicSpec> {
     ]
 }
 
-/// Creates the topics that do not exist yet; existing topics are left alone.
+/// Creates the topics that do not exist yet. An existing topic is left alone,
+/// except that a `max.message.bytes` below the spec's is raised (a DLQ topic
+/// made by an older version would refuse the largest dead-letter copies).
 pub async fn ensure_topics(config: &KafkaConfig, specs: &[TopicSpec]) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = client_config(config, "foodorder-admin")
         .create()
@@ -136,16 +142,91 @@ pub async fn ensure_topics(config: &KafkaConfig, specs: &[TopicSpec]) -> anyhow:
         .create_topics(new_topics.iter(), &options)
         .await
         .context("failed to create kafka topics")?;
+    let mut existing = Vec::new();
     for result in results {
         match result {
             Ok(topic) => tracing::info!(topic, "created kafka topic"),
             Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
                 tracing::debug!(topic, "kafka topic already exists");
+                existing.extend(specs.iter().filter(|spec| spec.name == topic));
             }
             Err((topic, code)) => anyhow::bail!("failed to create kafka topic {topic}: {code}"),
         }
     }
+    for spec in existing {
+        widen_max_message_bytes(&admin, spec, &options).await?;
+    }
     Ok(())
+}
+
+/// Raises an existing topic's `max.message.bytes` to the spec's when it is
+/// lower. The broker's AlterConfigs replaces a topic's whole set of
+/// overrides, so the topic's other overrides are sent along unchanged; a
+/// topic with a sensitive override (whose value the broker does not reveal)
+/// is left alone, with a warning.
+async fn widen_max_message_bytes(
+    admin: &AdminClient<DefaultClientContext>,
+    spec: &TopicSpec,
+    options: &AdminOptions,
+) -> anyhow::Result<()> {
+    let described = admin
+        .describe_configs(&[ResourceSpecifier::Topic(&spec.name)], options)
+        .await
+        .context("failed to describe a kafka topic")?;
+    let Some(Ok(resource)) = described.into_iter().next() else {
+        anyhow::bail!("failed to describe kafka topic {}", spec.name);
+    };
+    let current = resource
+        .get("max.message.bytes")
+        .and_then(|entry| entry.value.as_deref()?.parse::<usize>().ok());
+    if current.is_some_and(|bytes| bytes >= spec.max_message_bytes) {
+        return Ok(());
+    }
+    let overrides: Vec<&ConfigEntry> = resource
+        .entries
+        .iter()
+        .filter(|entry| {
+            entry.source == ConfigSource::DynamicTopic && entry.name != "max.message.bytes"
+        })
+        .collect();
+    if overrides
+        .iter()
+        .any(|entry| entry.is_sensitive || entry.value.is_none())
+    {
+        tracing::warn!(
+            topic = spec.name,
+            current,
+            wanted = spec.max_message_bytes,
+            "kafka topic accepts smaller records than this platform may write, and has a sensitive setting that prevents raising it; raise max.message.bytes by hand"
+        );
+        return Ok(());
+    }
+    let wanted = spec.max_message_bytes.to_string();
+    let mut alter =
+        AlterConfig::new(ResourceSpecifier::Topic(&spec.name)).set("max.message.bytes", &wanted);
+    for entry in &overrides {
+        alter = alter.set(&entry.name, entry.value.as_deref().unwrap_or_default());
+    }
+    let altered = admin
+        .alter_configs(&[alter], options)
+        .await
+        .context("failed to alter a kafka topic's configuration")?;
+    match altered.into_iter().next() {
+        Some(Ok(_)) => {
+            tracing::info!(
+                topic = spec.name,
+                from = current,
+                to = spec.max_message_bytes,
+                "raised the kafka topic's max.message.bytes"
+            );
+            Ok(())
+        }
+        Some(Err((_, code))) => anyhow::bail!(
+            "failed to raise max.message.bytes of kafka topic {}: {code}",
+            spec.name
+        ),
+        None => anyhow::bail!("no answer to altering kafka topic {}", spec.name),
+    }
 }
 
 /// Keeps calling [`ensure_topics`] with capped exponential back-off until it
@@ -155,23 +236,24 @@ pub async fn ensure_topics_with_retry(
     specs: &[TopicSpec],
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> bool {
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
-        match ensure_topics(config, specs).await {
+        let delay = match ensure_topics(config, specs).await {
             Ok(()) => return true,
             Err(error) => {
+                let delay = backoff.next_delay();
                 tracing::warn!(
                     error = format!("{error:#}"),
                     retry_in_ms = delay.as_millis() as u64,
                     "kafka topics not ready"
                 );
+                delay
             }
-        }
+        };
         tokio::select! {
             () = shutdown.cancelled() => return false,
             () = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
 

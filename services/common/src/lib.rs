@@ -3,10 +3,12 @@
 //! and migrations, Kafka client builders and headers, event helpers and the
 //! transactional-outbox relay.
 
+pub mod backoff;
 pub mod config;
 pub mod consumer;
 pub mod db;
 pub mod events;
+pub mod fuzzing;
 pub mod health;
 pub mod kafka;
 pub mod metrics;

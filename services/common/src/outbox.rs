@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use tracing::Instrument;
 
+use crate::backoff::Backoff;
 use crate::metrics::{LatencyFamily, Metrics, TopicLabel};
 use crate::{kafka, telemetry};
 
@@ -214,7 +215,7 @@ impl OutboxRelay {
     /// Runs until `shutdown` is cancelled; then finishes the batch in flight and flushes the producer.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut listener: Option<PgListener> = None;
-        let mut backoff = self.config.initial_backoff;
+        let mut backoff = Backoff::new(self.config.initial_backoff, self.config.max_backoff);
         let mut last_cleanup = tokio::time::Instant::now();
         let backlog = tokio::spawn(watch_backlog(
             self.pool.clone(),
@@ -230,18 +231,18 @@ impl OutboxRelay {
             }
             match self.drain().await {
                 Ok(published) => {
-                    backoff = self.config.initial_backoff;
+                    backoff.reset();
                     if published > 0 {
                         tracing::debug!(published, "outbox drained");
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "outbox relay failed, retrying");
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "outbox relay failed, retrying");
                     tokio::select! {
                         () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(delay) => {}
                     }
-                    backoff = (backoff * 2).min(self.config.max_backoff);
                     continue;
                 }
             }

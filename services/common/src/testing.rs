@@ -178,6 +178,132 @@ pub fn full_suite() -> bool {
     std::env::var_os("FOODORDER_FULL_SUITE").is_some()
 }
 
+/// The PostgreSQL server the tests use: `DATABASE_URL` (any database on it;
+/// each test gets its own), default `postgres://postgres@127.0.0.1:5432/foodorder`.
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/foodorder".to_owned())
+}
+
+/// Whether something accepts TCP connections at `host:port` within a second.
+fn answers(address: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    address.to_socket_addrs().is_ok_and(|mut addresses| {
+        addresses.any(|address| {
+            std::net::TcpStream::connect_timeout(&address, Duration::from_secs(1)).is_ok()
+        })
+    })
+}
+
+/// Says on the real stderr (not the captured test output, so it shows in a
+/// plain `cargo test`) that the running test is skipped, and why.
+fn skip_notice(why: &str) {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipping {}: {why}",
+        std::thread::current().name().unwrap_or("this test")
+    );
+}
+
+/// A database of one test's own, dropped when the test passes (kept for a
+/// failed test, to look at).
+pub struct TestDatabase {
+    name: String,
+    server: sqlx::postgres::PgConnectOptions,
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "the test database {} is kept for the failed test",
+                self.name
+            );
+            return;
+        }
+        let (name, server) = (self.name.clone(), self.server.clone());
+        // Drop cannot await: a thread of its own with a small runtime.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime to drop the test database");
+            runtime.block_on(async move {
+                use sqlx::{ConnectOptions, Executor};
+                if let Ok(mut connection) = server.connect().await {
+                    let _ = connection
+                        .execute(
+                            format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#).as_str(),
+                        )
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A fresh, migrated database for one test, and its guard (keep it alive to
+/// the end of the test). `None`, with a message saying why, when PostgreSQL
+/// or the broker does not answer: `cargo test` alone then skips what needs
+/// them. Under `build-support/test` (`FOODORDER_FULL_SUITE`) it panics instead.
+pub async fn database() -> Option<(sqlx::PgPool, TestDatabase)> {
+    use sqlx::{ConnectOptions, Executor};
+    let url = database_url();
+    let server: sqlx::postgres::PgConnectOptions = match url.parse() {
+        Ok(options) => options,
+        Err(error) => panic!("DATABASE_URL is not a PostgreSQL URL: {error}"),
+    };
+    let server = server.database("postgres");
+    let database_address = format!("{}:{}", server.get_host(), server.get_port());
+    let broker = bootstrap_servers();
+    let broker_address = broker.split(',').next().unwrap_or_default().to_owned();
+    let (database_up, broker_up) = tokio::task::spawn_blocking({
+        let (database_address, broker_address) = (database_address.clone(), broker_address.clone());
+        move || (answers(&database_address), answers(&broker_address))
+    })
+    .await
+    .unwrap_or((false, false));
+    if !(database_up && broker_up) {
+        let missing = match (database_up, broker_up) {
+            (false, false) => format!(
+                "PostgreSQL ({database_address}) and Kafka ({broker_address}) do not answer"
+            ),
+            (false, true) => format!("PostgreSQL ({database_address}) does not answer"),
+            _ => format!("Kafka ({broker_address}) does not answer"),
+        };
+        assert!(
+            !full_suite(),
+            "{missing}: build-support/test provisions both before running the suite"
+        );
+        skip_notice(&format!(
+            "{missing} (set DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS, or run build-support/test)"
+        ));
+        return None;
+    }
+    let name = format!("foodorder_test_{}", Uuid::new_v4().simple());
+    let mut admin = server
+        .connect()
+        .await
+        .unwrap_or_else(|error| panic!("connect to PostgreSQL at {database_address}: {error}"));
+    admin
+        .execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
+        .await
+        .unwrap_or_else(|error| panic!("create the test database {name}: {error}"));
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(10)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(server.clone().database(&name))
+        .await
+        .unwrap_or_else(|error| panic!("connect to the test database {name}: {error}"));
+    crate::db::MIGRATOR
+        .run(&pool)
+        .await
+        .unwrap_or_else(|error| panic!("migrate the test database {name}: {error}"));
+    Some((pool, TestDatabase { name, server }))
+}
+
 /// A private Apache Kafka broker (single-node KRaft) for tests that stop, kill
 /// and restart a broker. It runs `build-support/kafka/broker`, the same script
 /// and jars as `build-support/run`, on its own ports and its own data
@@ -196,6 +322,23 @@ impl PrivateBroker {
         std::env::var("KAFKA_LIBS").expect(
             "KAFKA_LIBS is not set: run the suite with build-support/test, which installs Apache Kafka and exports it",
         )
+    }
+
+    /// Whether the broker's jars are installed (`KAFKA_LIBS`). Without them a
+    /// test that needs a private broker says so and is skipped, except under
+    /// `build-support/test`, where it fails.
+    pub fn available() -> bool {
+        if std::env::var_os("KAFKA_LIBS").is_some() {
+            return true;
+        }
+        assert!(
+            !full_suite(),
+            "KAFKA_LIBS is not set, yet build-support/test installs the broker and exports it"
+        );
+        skip_notice(
+            "it starts a private Kafka broker, whose jars KAFKA_LIBS names (build-support/test sets it)",
+        );
+        false
     }
 
     /// Starts a broker on 127.0.0.1:`port` and waits until it answers Kafka requests.
@@ -382,6 +525,29 @@ pub async fn wait_for_metric(
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Puts `producer` in librdkafka's fatal-error state, as an idempotent
+/// producer that lost its sequence state would be: every later send fails
+/// with `Fatal`. librdkafka's own fault injection (`rd_kafka_test_fatal_error`).
+#[allow(unsafe_code)]
+pub fn inject_fatal_error(producer: &rdkafka::producer::FutureProducer, reason: &str) {
+    use rdkafka::producer::Producer;
+    let reason = std::ffi::CString::new(reason).expect("a reason without NUL bytes");
+    // SAFETY: the client pointer belongs to `producer`, which is alive for the
+    // call; `reason` is a valid NUL-terminated string that librdkafka copies.
+    let error = unsafe {
+        rdkafka::bindings::rd_kafka_test_fatal_error(
+            producer.client().native_ptr(),
+            rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+            reason.as_ptr(),
+        )
+    };
+    assert_eq!(
+        error,
+        rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR,
+        "librdkafka refused to inject a fatal error"
+    );
 }
 
 /// A TCP proxy that a test can cut and restore, to simulate a dependency

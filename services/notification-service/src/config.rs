@@ -1,25 +1,17 @@
 //! The notification service's configuration, read from environment variables.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use foodorder_common::config::{DatabaseConfig, KafkaConfig, env_count, env_or, env_seconds};
+use foodorder_common::config::{env_or, env_seconds};
+use foodorder_common::service::ConsumerConfig;
 
 /// Everything the notification service needs to start.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// PostgreSQL settings.
-    pub database: DatabaseConfig,
-    /// Kafka settings.
-    pub kafka: KafkaConfig,
-    /// `NOTIFICATION_MAX_IN_FLIGHT` (default 64): messages handled concurrently.
-    pub max_in_flight: usize,
-    /// `NOTIFICATION_CONSUMER_GROUP` (default `notification-service`).
-    pub group_id: String,
-    /// `NOTIFICATION_HEALTH_ADDR` (default `0.0.0.0:9103`): `GET /healthz` (liveness) and `GET /readyz` (subscribed, holding its assignment).
-    pub health_addr: SocketAddr,
-    /// `SHUTDOWN_GRACE_SECONDS` (default 10).
-    pub shutdown_grace: Duration,
+    /// `NOTIFICATION_MAX_IN_FLIGHT` (default 64), `NOTIFICATION_CONSUMER_GROUP`
+    /// (`notification-service`), `NOTIFICATION_HEALTH_ADDR` (`0.0.0.0:9103`),
+    /// the database, Kafka and the shutdown grace.
+    pub consumer: ConsumerConfig,
     /// Planned incidents, off by default.
     pub incidents: Incidents,
 }
@@ -40,18 +32,7 @@ impl Config {
     /// Reads the configuration from the environment.
     pub fn from_env() -> anyhow::Result<Self> {
         Ok(Self {
-            database: DatabaseConfig::from_env()?,
-            kafka: KafkaConfig::from_env()?,
-            max_in_flight: env_count("NOTIFICATION_MAX_IN_FLIGHT", 64)?,
-            group_id: env_or(
-                "NOTIFICATION_CONSUMER_GROUP",
-                "notification-service".to_owned(),
-            )?,
-            health_addr: env_or(
-                "NOTIFICATION_HEALTH_ADDR",
-                SocketAddr::from(([0, 0, 0, 0], 9103)),
-            )?,
-            shutdown_grace: env_seconds("SHUTDOWN_GRACE_SECONDS", 10.0)?,
+            consumer: ConsumerConfig::from_env("NOTIFICATION", "notification-service", 64, 9103)?,
             incidents: Incidents {
                 send_delay: env_seconds("NOTIFICATION_SEND_DELAY", 0.0)?,
                 leak_bytes_per_message: env_or("NOTIFICATION_LEAK_BYTES_PER_MESSAGE", 0)?,

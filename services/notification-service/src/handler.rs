@@ -10,11 +10,9 @@ use std::sync::{Mutex, PoisonError};
 use foodorder_common::consumer::{HandleError, Handled, MessageHandler, ReceivedMessage};
 use foodorder_common::events;
 use foodorder_common::metrics::Metrics;
-use foodorder_proto::v1::{OrderStatus, PaymentCompleted};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prost::Message;
 use sqlx::PgPool;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -94,34 +92,13 @@ impl<N: Notifier> NotificationHandler<N> {
 
 /// Decodes and checks a PaymentCompleted record into the notification to send.
 fn decode(message: &ReceivedMessage) -> Result<(Uuid, Notification), String> {
-    let payload = message.payload.as_deref().ok_or("record has no value")?;
-    let event = PaymentCompleted::decode(payload)
-        .map_err(|error| format!("value is not a valid PaymentCompleted: {error}"))?;
-    let metadata = event
-        .metadata
-        .as_ref()
-        .ok_or("PaymentCompleted without metadata")?;
-    if metadata.schema_version != events::SCHEMA_VERSION {
-        return Err(format!(
-            "unsupported PaymentCompleted schema version {}",
-            metadata.schema_version
-        ));
-    }
-    let order_id = Uuid::parse_str(&event.order_id)
-        .map_err(|_| format!("order id {:?} is not a UUID", event.order_id))?;
-    let kind = match event.final_status() {
-        OrderStatus::Completed if event.success => NotificationKind::OrderConfirmed,
-        OrderStatus::Failed if !event.success => NotificationKind::PaymentFailed,
-        other => {
-            return Err(format!(
-                "inconsistent outcome: success={} final_status={other:?}",
-                event.success
-            ));
-        }
+    let (order_id, event) = events::decode_payment_completed(message.payload.as_deref())?;
+    let metadata = event.metadata.clone().unwrap_or_default();
+    let kind = if event.success {
+        NotificationKind::OrderConfirmed
+    } else {
+        NotificationKind::PaymentFailed
     };
-    if event.customer_email.is_empty() {
-        return Err("PaymentCompleted without customer email".to_owned());
-    }
     let notification = Notification {
         order_id: event.order_id.clone(),
         kind,

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use foodorder_common::backoff::Backoff;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::watch;
@@ -96,7 +97,7 @@ impl OrderWatchHub {
 
     /// Listens for status changes until `shutdown`, reconnecting with back-off.
     pub async fn run_listener(self, pool: PgPool, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         while !shutdown.is_cancelled() {
             let listener = async {
                 let mut listener = PgListener::connect_with(&pool).await?;
@@ -106,16 +107,16 @@ impl OrderWatchHub {
             let mut listener = match listener.await {
                 Ok(listener) => listener,
                 Err(error) => {
-                    tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "order status listener failed to connect");
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "order status listener failed to connect");
                     tokio::select! {
                         () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(delay) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
                     continue;
                 }
             };
-            backoff = Duration::from_millis(200);
+            backoff.reset();
             // Changes may have happened while no listener was connected.
             self.notify_all();
             loop {

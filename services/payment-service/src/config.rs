@@ -1,11 +1,11 @@
 //! The payment service's configuration, read from environment variables with
 //! the seed's names and defaults.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use foodorder_common::config::{DatabaseConfig, KafkaConfig, env_count, env_or, env_seconds};
+use foodorder_common::config::{env_count, env_or, env_seconds};
 use foodorder_common::outbox::RelayConfig;
+use foodorder_common::service::ConsumerConfig;
 
 /// The mock gateway's behaviour.
 #[derive(Clone, Debug)]
@@ -47,10 +47,10 @@ pub struct BreakerSettings {
 /// Everything the payment service needs to start.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// PostgreSQL settings.
-    pub database: DatabaseConfig,
-    /// Kafka settings.
-    pub kafka: KafkaConfig,
+    /// `PAYMENT_MAX_IN_FLIGHT` (default 256), `PAYMENT_CONSUMER_GROUP`
+    /// (`payment-service`), `PAYMENT_HEALTH_ADDR` (`0.0.0.0:9102`), the
+    /// database, Kafka and the shutdown grace.
+    pub consumer: ConsumerConfig,
     /// Outbox relay settings (for `payment.completed`).
     pub relay: RelayConfig,
     /// Mock gateway.
@@ -59,14 +59,6 @@ pub struct Config {
     pub payment: PaymentSettings,
     /// Circuit breaker.
     pub breaker: BreakerSettings,
-    /// `PAYMENT_MAX_IN_FLIGHT` (default 256): messages handled concurrently.
-    pub max_in_flight: usize,
-    /// `PAYMENT_CONSUMER_GROUP` (default `payment-service`).
-    pub group_id: String,
-    /// `PAYMENT_HEALTH_ADDR` (default `0.0.0.0:9102`): `GET /healthz` (liveness) and `GET /readyz` (subscribed, holding its assignment).
-    pub health_addr: SocketAddr,
-    /// `SHUTDOWN_GRACE_SECONDS` (default 10): in-flight payments may finish within this.
-    pub shutdown_grace: Duration,
     /// `PAYMENT_FAULT_CRASH_AFTER_CHARGE=1` aborts the process right after a
     /// gateway charge, before the outcome is committed. Fault injection for the
     /// crash-safety test; never set it in production.
@@ -78,8 +70,7 @@ impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
         let seed: String = env_or("PAYMENT_RNG_SEED", String::new())?;
         let config = Self {
-            database: DatabaseConfig::from_env()?,
-            kafka: KafkaConfig::from_env()?,
+            consumer: ConsumerConfig::from_env("PAYMENT", "payment-service", 256, 9102)?,
             relay: RelayConfig::from_env()?,
             gateway: GatewaySettings {
                 min_latency: env_seconds("PAYMENT_MIN_LATENCY", 1.0)?,
@@ -101,13 +92,6 @@ impl Config {
                 failure_threshold: env_count("CIRCUIT_BREAKER_FAILURE_THRESHOLD", 5)?,
                 recovery_timeout: env_seconds("CIRCUIT_BREAKER_RECOVERY_TIMEOUT", 30.0)?,
             },
-            max_in_flight: env_count("PAYMENT_MAX_IN_FLIGHT", 256)?,
-            group_id: env_or("PAYMENT_CONSUMER_GROUP", "payment-service".to_owned())?,
-            health_addr: env_or(
-                "PAYMENT_HEALTH_ADDR",
-                SocketAddr::from(([0, 0, 0, 0], 9102)),
-            )?,
-            shutdown_grace: env_seconds("SHUTDOWN_GRACE_SECONDS", 10.0)?,
             crash_after_charge: env_or("PAYMENT_FAULT_CRASH_AFTER_CHARGE", 0_u8)? == 1,
         };
         config.validate()?;
@@ -132,7 +116,7 @@ impl Config {
             "CIRCUIT_BREAKER_FAILURE_THRESHOLD must be at least 1"
         );
         anyhow::ensure!(
-            self.max_in_flight >= 1,
+            self.consumer.max_in_flight >= 1,
             "PAYMENT_MAX_IN_FLIGHT must be at least 1"
         );
         Ok(())

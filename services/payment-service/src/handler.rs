@@ -12,7 +12,7 @@ use foodorder_common::events;
 use foodorder_common::money::format_money;
 use foodorder_common::outbox::{self, OutboxMessage};
 use foodorder_common::telemetry;
-use foodorder_proto::v1::{OrderPlaced, OrderStatus, PaymentCompleted};
+use foodorder_proto::v1::{OrderStatus, PaymentCompleted};
 use prost::Message;
 use rust_decimal::Decimal;
 use sqlx::PgPool;
@@ -195,40 +195,18 @@ impl<G: PaymentGateway> PaymentHandler<G> {
     }
 }
 
-/// Decodes and checks an `OrderPlaced` record; the error says why it is poison.
-fn decode(message: &ReceivedMessage) -> Result<(Uuid, OrderPlaced), String> {
-    let payload = message.payload.as_deref().ok_or("record has no value")?;
-    let event = OrderPlaced::decode(payload)
-        .map_err(|error| format!("value is not a valid OrderPlaced: {error}"))?;
-    let metadata = event
-        .metadata
-        .as_ref()
-        .ok_or("OrderPlaced without metadata")?;
-    if metadata.schema_version != events::SCHEMA_VERSION {
-        return Err(format!(
-            "unsupported OrderPlaced schema version {}",
-            metadata.schema_version
-        ));
-    }
-    let order_id = Uuid::parse_str(&event.order_id)
-        .map_err(|_| format!("order id {:?} is not a UUID", event.order_id))?;
-    if message.key_str() != Some(event.order_id.as_str()) {
-        return Err("record key does not match the order id".to_owned());
-    }
-    Ok((order_id, event))
-}
-
 impl<G: PaymentGateway> MessageHandler for PaymentHandler<G> {
     async fn handle(&self, message: &ReceivedMessage) -> Result<Handled, HandleError> {
         let headers = message.headers();
-        let (order_id, event) = match decode(message) {
-            Ok(decoded) => decoded,
-            Err(reason) => {
-                self.settle_known_order(message.key_str(), &reason, &headers)
-                    .await?;
-                return Err(HandleError::Fatal(reason));
-            }
-        };
+        let (order_id, event) =
+            match events::decode_order_placed(message.key.as_deref(), message.payload.as_deref()) {
+                Ok(decoded) => decoded,
+                Err(reason) => {
+                    self.settle_known_order(message.key_str(), &reason, &headers)
+                        .await?;
+                    return Err(HandleError::Fatal(reason));
+                }
+            };
         let Some(order) = self.load_order(order_id).await? else {
             return Err(HandleError::Fatal(format!(
                 "order {order_id} does not exist"

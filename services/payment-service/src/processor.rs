@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use foodorder_common::backoff::Backoff;
 use foodorder_common::metrics::{LatencyFamily, Metrics, latency_histogram};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -200,6 +201,8 @@ impl<G: PaymentGateway> PaymentProcessor<G> {
             return Ok(self.result(decided, calls, started, PaymentOutcome::Failed));
         }
         let mut attempts: u32 = 0;
+        // Before retry n: PAYMENT_RETRY_BASE_DELAY × 2^(n-1); the attempt cap bounds it.
+        let mut backoff = Backoff::new(self.settings.retry_base_delay, Duration::from_secs(3600));
         loop {
             if !self.breaker.try_acquire() {
                 tracing::warn!(
@@ -283,9 +286,7 @@ impl<G: PaymentGateway> PaymentProcessor<G> {
                             )
                             .await;
                     }
-                    let backoff =
-                        self.settings.retry_base_delay * 2_u32.saturating_pow(attempts - 1);
-                    tokio::time::sleep(backoff).await;
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
         }

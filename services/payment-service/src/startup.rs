@@ -1,102 +1,66 @@
-//! Building and running the payment service: pool and migrations, the
-//! `order.placed` consumer, the outbox relay for `payment.completed`, and the
-//! `/healthz` endpoint (see `foodorder_common::service`).
+//! What makes the payment service (see `foodorder_common::service`): the
+//! `order.placed` consumer with the payment handler, and the outbox relay for
+//! `payment.completed`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use foodorder_common::consumer::ConsumerSettings;
+use foodorder_common::metrics::Metrics;
 use foodorder_common::outbox::RelayConfig;
-use foodorder_common::service::{ConsumerService, ServiceResources};
+use foodorder_common::service::{Assembly, ConsumerApp, ConsumerApplication, ConsumerConfig};
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
+use sqlx::postgres::PgPoolOptions;
 
 use crate::breaker::CircuitBreaker;
 use crate::config::Config;
 use crate::gateway::MockGateway;
 use crate::handler::PaymentHandler;
 use crate::processor::PaymentProcessor;
-use sqlx::postgres::PgPoolOptions;
 
-/// A built, not yet running, payment service.
-pub struct Application {
-    config: Config,
-    resources: ServiceResources,
-}
+/// The payment service, built and ready to run.
+pub type Application = ConsumerApplication<Config>;
 
-impl Application {
-    /// Connects to PostgreSQL (creating the database, running migrations) and binds the health endpoint.
-    pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let resources = ServiceResources::connect(&config.database, config.health_addr).await?;
-        Ok(Self { config, resources })
+impl ConsumerApp for Config {
+    const NAME: &'static str = "payment-service";
+    type Handler = PaymentHandler<MockGateway>;
+
+    fn consumer(&self) -> &ConsumerConfig {
+        &self.consumer
     }
 
-    /// Uses an existing, migrated pool.
-    pub async fn build_with_pool(config: Config, pool: PgPool) -> anyhow::Result<Self> {
-        let resources = ServiceResources::with_pool(pool, config.health_addr).await?;
-        Ok(Self { config, resources })
-    }
-
-    /// Address of the health endpoint.
-    pub fn health_addr(&self) -> SocketAddr {
-        self.resources.health_addr()
-    }
-
-    /// Consumes until `shutdown`, then drains in-flight payments, commits, stops the relay.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self {
-            config,
-            resources:
-                ServiceResources {
-                    pool,
-                    health_listener,
-                    metrics,
-                },
-        } = self;
+    fn assemble(self, pool: &PgPool, metrics: &Metrics) -> Assembly<Self::Handler> {
         // The mock gateway keeps its ledger through a pool of its own, as a
         // remote gateway would: consumers holding every service connection
         // must not make the gateway look slow (and trip the breaker).
         let gateway_pool = PgPoolOptions::new()
-            .max_connections(config.gateway.db_connections)
-            .acquire_timeout(std::time::Duration::from_secs(5))
+            .max_connections(self.gateway.db_connections)
+            .acquire_timeout(Duration::from_secs(5))
             .connect_lazy_with(pool.connect_options().as_ref().clone());
         let processor = Arc::new(
             PaymentProcessor::new(
-                MockGateway::new(gateway_pool, config.gateway.clone()),
-                CircuitBreaker::new(config.breaker.clone()),
-                config.payment.clone(),
+                MockGateway::new(gateway_pool, self.gateway.clone()),
+                CircuitBreaker::new(self.breaker.clone()),
+                self.payment.clone(),
             )
-            .with_metrics(&metrics),
+            .with_metrics(metrics),
         );
+        let topics = &self.consumer.kafka.topics;
         let handler = PaymentHandler::new(
             pool.clone(),
             processor,
-            config.kafka.topics.payment_completed.clone(),
-            config.crash_after_charge,
+            topics.payment_completed.clone(),
+            self.crash_after_charge,
         );
-        let relay = RelayConfig {
-            topics: vec![config.kafka.topics.payment_completed.clone()],
-            ..config.relay
-        };
-        ConsumerService {
-            name: "payment-service",
-            settings: ConsumerSettings {
-                group_id: config.group_id.clone(),
-                topic: config.kafka.topics.order_placed.clone(),
-                dlq_topic: config.kafka.topics.payment_dlq.clone(),
-                max_in_flight: config.max_in_flight,
-                commit_interval: Duration::from_millis(200),
-                shutdown_grace: config.shutdown_grace,
-            },
-            pool,
-            kafka: config.kafka,
-            relay: Some(relay),
-            health_listener,
-            metrics,
-            handler: Arc::new(handler),
+        Assembly {
+            settings: self
+                .consumer
+                .settings(&topics.order_placed, &topics.payment_dlq),
+            relay: Some(RelayConfig {
+                topics: vec![topics.payment_completed.clone()],
+                ..self.relay
+            }),
+            kafka: self.consumer.kafka,
+            handler,
         }
-        .run(shutdown)
-        .await
     }
 }

@@ -1,0 +1,159 @@
+//! The effectively-once consumer framework shared by the consumer services:
+//! the handler API here, and one module per concern —
+//! [`progress`] (offsets and commits), [`key_order`] (same-key ordering),
+//! [`dead_letter`] (poison records), [`rebalance`] (assignment, readiness,
+//! lag), [`metrics`] and [`run_loop`] (the loop itself).
+//!
+//! * Up to `max_in_flight` messages are handled concurrently; messages with the
+//!   same key are handled one after another, in offset order.
+//! * Auto commit is off. Offsets are committed per partition only up to the
+//!   first message that is not finished, so a commit never passes an
+//!   unfinished message; the handler's own transaction must have committed
+//!   before it returns.
+//! * A handler error is either retryable (database or broker down: retried
+//!   with capped back-off, forever, until shutdown) or fatal (poison message:
+//!   the original record goes to the dead-letter topic with diagnostic
+//!   headers, and its offset is committed).
+//! * On a rebalance, finished work of revoked partitions is committed and
+//!   in-flight work is abandoned: its completion is not committed, the new
+//!   owner re-delivers it, and the handler's deduplication makes that harmless.
+//! * On shutdown: stop taking messages, let in-flight handlers finish, commit
+//!   synchronously, flush the producer.
+
+mod dead_letter;
+mod key_order;
+mod metrics;
+mod progress;
+mod rebalance;
+mod run_loop;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use rdkafka::Message;
+use rdkafka::message::{BorrowedMessage, OwnedHeaders};
+
+use crate::record_headers::{self, RawHeader};
+
+pub use dead_letter::{
+    DLQ_CONSUMER_GROUP, DLQ_ERROR, DLQ_FAILED_AT, DLQ_SOURCE_OFFSET, DLQ_SOURCE_PARTITION,
+    DLQ_SOURCE_TOPIC,
+};
+pub use metrics::ConsumerMetrics;
+pub use run_loop::run;
+
+/// A record handed to a handler.
+#[derive(Clone, Debug)]
+pub struct ReceivedMessage {
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+    /// Record key.
+    pub key: Option<Vec<u8>>,
+    /// Record value.
+    pub payload: Option<Vec<u8>>,
+    /// Record headers, names and values byte-exact (names need not be UTF-8).
+    pub raw_headers: Vec<RawHeader>,
+    /// The original header list, copied by librdkafka, for the dead-letter copy.
+    pub(crate) original_headers: OriginalHeaders,
+}
+
+/// A byte-exact copy of a record's header list (rdkafka's type has no `Debug`).
+#[derive(Clone, Default)]
+pub(crate) struct OriginalHeaders(pub(crate) Option<OwnedHeaders>);
+
+impl std::fmt::Debug for OriginalHeaders {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("OriginalHeaders")
+    }
+}
+
+impl ReceivedMessage {
+    pub(crate) fn from_borrowed(message: &BorrowedMessage<'_>) -> Self {
+        Self {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            raw_headers: record_headers::read(message),
+            // `detach` copies the list inside librdkafka without reading a
+            // name as text (rdkafka's name accessor panics on non-UTF-8).
+            original_headers: OriginalHeaders(message.headers().map(|headers| headers.detach())),
+        }
+    }
+
+    /// The key as UTF-8, if it is.
+    pub fn key_str(&self) -> Option<&str> {
+        self.key
+            .as_deref()
+            .and_then(|key| std::str::from_utf8(key).ok())
+    }
+
+    /// The UTF-8 headers as name → value.
+    pub fn headers(&self) -> BTreeMap<String, String> {
+        record_headers::utf8_map(&self.raw_headers)
+    }
+}
+
+/// How a handler failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    /// The message can never be processed: dead-letter it.
+    #[error("fatal: {0}")]
+    Fatal(String),
+    /// A dependency is down: retry the same message later.
+    #[error("retryable: {0:#}")]
+    Retryable(anyhow::Error),
+}
+
+impl From<sqlx::Error> for HandleError {
+    /// Data the database rejects is poison (retrying cannot help); anything
+    /// else (unreachable, deadlock, serialization failure …) is retried.
+    fn from(error: sqlx::Error) -> Self {
+        if crate::db::is_data_error(&error) {
+            Self::Fatal(format!("the database rejected the message's data: {error}"))
+        } else {
+            Self::Retryable(anyhow::Error::new(error).context("database error"))
+        }
+    }
+}
+
+/// What handling a message did (for the metrics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handled {
+    /// Its effect was applied now.
+    Processed,
+    /// Its effect had been applied already (a redelivery or a duplicate).
+    Duplicate,
+}
+
+/// Processes one message. Must be idempotent: a message can be delivered again.
+pub trait MessageHandler: Send + Sync + 'static {
+    /// Handles `message`; returns once its effect is committed.
+    fn handle(
+        &self,
+        message: &ReceivedMessage,
+    ) -> impl Future<Output = Result<Handled, HandleError>> + Send;
+}
+
+/// Consumer loop settings.
+#[derive(Clone, Debug)]
+pub struct ConsumerSettings {
+    /// Consumer group id.
+    pub group_id: String,
+    /// Topic to consume.
+    pub topic: String,
+    /// Dead-letter topic.
+    pub dlq_topic: String,
+    /// Most messages handled at once.
+    pub max_in_flight: usize,
+    /// How often finished offsets are committed.
+    pub commit_interval: Duration,
+    /// How long in-flight handlers may run after shutdown before they are abandoned.
+    pub shutdown_grace: Duration,
+}

@@ -1,0 +1,95 @@
+//! The consumer's librdkafka context: commits finished work of revoked
+//! partitions, tracks assignments (readiness, pausing), and turns librdkafka's
+//! statistics into the lag gauge.
+
+use std::sync::Arc;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::{ClientContext, TopicPartitionList};
+
+use super::metrics::{ConsumerMetrics, LagLabels};
+use super::progress::Progress;
+use crate::health::Readiness;
+
+/// Commits finished work of revoked partitions and forgets them; counts
+/// assignments, so that the loop can pause partitions it was newly given.
+pub(super) struct RebalanceContext {
+    pub(super) progress: Progress,
+    pub(super) assignments: Arc<std::sync::atomic::AtomicU64>,
+    /// Ready while the consumer holds an assignment (an empty one counts: the
+    /// group has more members than partitions).
+    pub(super) readiness: Readiness,
+    /// Where the lag from librdkafka's statistics goes.
+    pub(super) metrics: ConsumerMetrics,
+}
+
+impl ClientContext for RebalanceContext {
+    /// librdkafka's periodic statistics: the lag of each partition this
+    /// consumer is assigned (high watermark minus committed offset, or minus
+    /// the low watermark while nothing is committed).
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.metrics.lag.clear();
+        for (topic, stats) in &statistics.topics {
+            for (partition, stats) in &stats.partitions {
+                if *partition < 0 || stats.fetch_state == "none" || stats.hi_offset < 0 {
+                    continue;
+                }
+                // Nothing committed yet: everything retained is still to be read.
+                let lag = if stats.committed_offset >= 0 {
+                    stats.hi_offset - stats.committed_offset
+                } else if stats.lo_offset >= 0 {
+                    stats.hi_offset - stats.lo_offset
+                } else {
+                    continue;
+                };
+                self.metrics
+                    .lag
+                    .get_or_create(&LagLabels {
+                        topic: topic.clone(),
+                        partition: partition.to_string(),
+                    })
+                    .set(lag.max(0));
+            }
+        }
+    }
+}
+
+impl ConsumerContext for RebalanceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            let offsets = self.progress.to_commit(Some(partitions));
+            if offsets.count() > 0
+                && let Err(error) = consumer.commit(&offsets, CommitMode::Sync)
+            {
+                tracing::warn!(%error, "failed to commit offsets of revoked partitions");
+            }
+            self.progress.forget(partitions);
+            self.readiness.set_assigned(false);
+            tracing::info!(partitions = partitions.count(), "partitions revoked");
+        }
+    }
+
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
+        if let Err(error) = result {
+            tracing::warn!(%error, "offset commit failed, it will be retried");
+            self.progress.uncommitted(Some(offsets));
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                self.assignments
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                self.readiness.set_assigned(true);
+                tracing::info!(partitions = partitions.count(), "partitions assigned")
+            }
+            Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! The loop: poll, dispatch up to `max_in_flight` records (pausing the
+//! partitions while every slot is busy), handle each with retries, commit
+//! what finished, and drain at shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::FutureExt;
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::util::Timeout;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::dead_letter::{DeadLetters, dead_letter};
+use super::key_order::KeyQueues;
+use super::metrics::{ConsumerMetrics, LAG_STATISTICS_INTERVAL_MS};
+use super::progress::Progress;
+use super::rebalance::RebalanceContext;
+use super::{ConsumerSettings, HandleError, Handled, MessageHandler, ReceivedMessage};
+use crate::backoff::Backoff;
+use crate::config::KafkaConfig;
+use crate::health::Readiness;
+use crate::kafka;
+use crate::metrics::TopicLabel;
+
+type Consumer_ = StreamConsumer<RebalanceContext>;
+
+/// Runs the consumer loop until `shutdown`.
+pub async fn run<H: MessageHandler>(
+    kafka_config: &KafkaConfig,
+    settings: ConsumerSettings,
+    handler: Arc<H>,
+    readiness: Readiness,
+    metrics: ConsumerMetrics,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let progress = Progress::default();
+    let assignments = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let consumer: Arc<Consumer_> = Arc::new(
+        kafka::client_config(kafka_config, &settings.group_id)
+            .set("group.id", &settings.group_id)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set(
+                "session.timeout.ms",
+                kafka_config.session_timeout.as_millis().to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                (kafka_config.session_timeout.as_millis() / 3)
+                    .max(100)
+                    .to_string(),
+            )
+            .set("partition.assignment.strategy", "range")
+            // Statistics feed the lag gauge (see `RebalanceContext::stats`).
+            .set("statistics.interval.ms", LAG_STATISTICS_INTERVAL_MS)
+            .set(
+                "max.poll.interval.ms",
+                kafka_config.max_poll_interval.as_millis().to_string(),
+            )
+            .create_with_context(RebalanceContext {
+                progress: progress.clone(),
+                assignments: assignments.clone(),
+                readiness: readiness.clone(),
+                metrics: metrics.clone(),
+            })
+            .context("failed to create the kafka consumer")?,
+    );
+    let dead_letters = Arc::new(DeadLetters {
+        producer: kafka::dead_letter_producer(kafka_config, &format!("{}-dlq", settings.group_id))?,
+        kafka_config: kafka_config.clone(),
+    });
+    if !kafka::ensure_topics_with_retry(
+        kafka_config,
+        &kafka::platform_topics(kafka_config),
+        &shutdown,
+    )
+    .await
+    {
+        return Ok(());
+    }
+    consumer
+        .subscribe(&[&settings.topic])
+        .context("failed to subscribe")?;
+    tracing::info!(
+        topic = settings.topic,
+        group = settings.group_id,
+        max_in_flight = settings.max_in_flight,
+        "consumer started"
+    );
+
+    metrics.start(&settings.topic);
+    let permits = Arc::new(Semaphore::new(settings.max_in_flight));
+    let key_queues = KeyQueues::default();
+    let mut next_ticket: u64 = 0;
+    let settings = Arc::new(settings);
+    let mut commit_timer = tokio::time::interval(settings.commit_interval);
+    commit_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tasks = tokio::task::JoinSet::new();
+
+    // While every slot is busy the assigned partitions are paused, not left
+    // unpolled: polling goes on, so rebalances are served and commits are made.
+    let mut paused: Option<(TopicPartitionList, u64)> = None;
+    loop {
+        let saturated = permits.available_permits() == 0;
+        let generation = assignments.load(std::sync::atomic::Ordering::SeqCst);
+        if saturated
+            && paused
+                .as_ref()
+                .is_none_or(|(_, paused_at)| *paused_at != generation)
+        {
+            if let Ok(assignment) = consumer.assignment()
+                && consumer.pause(&assignment).is_ok()
+            {
+                paused = Some((assignment, generation));
+            }
+        } else if !saturated && let Some((assignment, _)) = paused.take() {
+            // Partitions revoked meanwhile are not ours any more: resuming them is a no-op.
+            let _ = consumer.resume(&assignment);
+        }
+        let message = tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = commit_timer.tick() => {
+                commit(&consumer, &progress, CommitMode::Async);
+                continue;
+            }
+            // A slot freed up: go round to resume the partitions.
+            _ = permits.acquire(), if saturated => continue,
+            received = consumer.recv() => match received {
+                Ok(message) => ReceivedMessage::from_borrowed(&message),
+                Err(error) => {
+                    tracing::warn!(%error, "kafka consumer error");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            },
+        };
+        // Normally a slot is free; a record fetched just before the pause waits for one.
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            permit = permits.clone().acquire_owned() => permit.context("semaphore closed")?,
+        };
+        // Reap finished tasks so the set does not grow.
+        while tasks.try_join_next().is_some() {}
+        progress.dispatched(&message.topic, message.partition, message.offset);
+        next_ticket += 1;
+        let turn = key_queues.enqueue(message.key.as_deref(), next_ticket);
+        let (handler, dead_letters, progress, key_queues, settings, shutdown, metrics) = (
+            handler.clone(),
+            dead_letters.clone(),
+            progress.clone(),
+            key_queues.clone(),
+            settings.clone(),
+            shutdown.clone(),
+            metrics.clone(),
+        );
+        let topic = TopicLabel {
+            topic: message.topic.clone(),
+        };
+        let in_flight = metrics.in_flight.get_or_create(&topic).clone();
+        in_flight.inc();
+        tasks.spawn(async move {
+            let span = consumer_span(&message, &settings.group_id);
+            let work = process(
+                &*handler,
+                &dead_letters,
+                &settings,
+                &message,
+                &metrics,
+                &shutdown,
+            )
+            .instrument(span);
+            let finished = key_queues.run(turn, work).await;
+            if finished {
+                progress.finished(&message.topic, message.partition, message.offset);
+            }
+            in_flight.dec();
+            drop(permit);
+        });
+    }
+
+    readiness.set_assigned(false);
+    tracing::info!(
+        in_flight = tasks.len(),
+        "consumer stopping, draining in-flight messages"
+    );
+    let drained = tokio::time::timeout(settings.shutdown_grace, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            abandoned = tasks.len(),
+            "in-flight messages abandoned after the grace period; they will be redelivered"
+        );
+        tasks.abort_all();
+    }
+    progress.uncommitted(None);
+    commit(&consumer, &progress, CommitMode::Sync);
+    if let Err(error) = rdkafka::producer::Producer::flush(
+        &dead_letters.producer,
+        Timeout::After(Duration::from_secs(5)),
+    ) {
+        tracing::warn!(%error, "failed to flush the dead-letter producer");
+    }
+    consumer.unsubscribe();
+    tracing::info!("consumer stopped");
+    Ok(())
+}
+
+/// A CONSUMER span for one record: child of the producer's span (from the
+/// record's trace-context headers) and linked to it.
+fn consumer_span(message: &ReceivedMessage, group_id: &str) -> tracing::Span {
+    let headers = message.headers();
+    let span = tracing::info_span!(
+        "kafka.process",
+        otel.name = format!("{} process", message.topic),
+        otel.kind = "consumer",
+        messaging.system = "kafka",
+        messaging.operation.type = "process",
+        messaging.destination.name = message.topic.as_str(),
+        messaging.consumer.group.name = group_id,
+        messaging.kafka.message.key = message.key_str(),
+        messaging.kafka.destination.partition = message.partition,
+        messaging.kafka.message.offset = message.offset,
+        request_id = headers.get(crate::events::HEADER_REQUEST_ID).map(String::as_str),
+    );
+    crate::telemetry::continue_trace(&span, &headers, true);
+    span
+}
+
+fn commit(consumer: &Consumer_, progress: &Progress, mode: CommitMode) {
+    let offsets = progress.to_commit(None);
+    if offsets.count() == 0 {
+        return;
+    }
+    if let Err(error) = consumer.commit(&offsets, mode) {
+        tracing::warn!(%error, "failed to commit offsets, they will be retried");
+        progress.uncommitted(Some(&offsets));
+    }
+}
+
+/// Handles one message until it is done (true) or abandoned at shutdown (false).
+async fn process<H: MessageHandler>(
+    handler: &H,
+    dead_letters: &DeadLetters,
+    settings: &ConsumerSettings,
+    message: &ReceivedMessage,
+    metrics: &ConsumerMetrics,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let started = std::time::Instant::now();
+    let topic = message.topic.as_str();
+    loop {
+        // A panicking handler would leave its offset unfinished forever and
+        // stall the partition's commits: treat it as poison instead.
+        let outcome = std::panic::AssertUnwindSafe(handler.handle(message))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                let text = panic
+                    .downcast_ref::<&str>()
+                    .map(|text| (*text).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(HandleError::Fatal(format!("the handler panicked: {text}")))
+            });
+        match outcome {
+            Ok(handled) => {
+                let outcome = match handled {
+                    Handled::Processed => "processed",
+                    Handled::Duplicate => "duplicate",
+                };
+                metrics.finished(topic, outcome, started);
+                return true;
+            }
+            Err(HandleError::Fatal(reason)) => {
+                tracing::warn!(
+                    topic = message.topic,
+                    partition = message.partition,
+                    offset = message.offset,
+                    reason,
+                    "message cannot be processed, dead-lettering it"
+                );
+                let done = dead_letter(dead_letters, settings, message, &reason, shutdown).await;
+                if done {
+                    metrics.finished(topic, "dead_lettered", started);
+                }
+                return done;
+            }
+            Err(HandleError::Retryable(error)) => {
+                metrics.count(topic, "retried");
+                let delay = backoff.next_delay();
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    offset = message.offset,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "message handling failed, retrying"
+                );
+                tokio::select! {
+                    () = shutdown.cancelled() => return false,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,684 @@
+//! Bodies of the `cargo fuzz` targets in `fuzz/` (run for a bounded time by
+//! `build-support/fuzz`, nightly only), kept here so that the stable unit test
+//! below runs the very same code over seeded random and mutated inputs.
+//!
+//! * [`event_decoding`]: a record value, decoded as every event type the
+//!   consumers read, then put through the checks that can run without a
+//!   database (the consumers' poison checks, money parsing, re-encoding).
+//! * [`record_headers`]: a record's header list (see [`headers_from_bytes`]
+//!   for how bytes become one) → [`record_headers::utf8_map`] → the W3C trace
+//!   context, continued into a consumer span and forwarded as the services do.
+//!
+//! Neither may panic on any input; the assertions state properties that
+//! every input must have.
+#![cfg(any(test, feature = "test-support"))]
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Once;
+
+use foodorder_proto::v1::{
+    EventMetadata, OrderPlaced, OrderPlacedItem, OrderStatus, PaymentCompleted,
+};
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use prost::Message;
+use uuid::Uuid;
+
+use crate::events;
+use crate::money::{format_money, parse_money};
+use crate::record_headers::{self, RawHeader};
+use crate::telemetry;
+
+/// Fuzz body: `data` as the value of a consumed record.
+pub fn event_decoding(data: &[u8]) {
+    if let Ok(event) = OrderPlaced::decode(data) {
+        let _ = order_placed_verdict(Some(&event.order_id), data);
+        assert!(
+            order_placed_verdict(None, data).is_err(),
+            "a keyless record is poison"
+        );
+        for amount in std::iter::once(&event.total_amount).chain(
+            event
+                .items
+                .iter()
+                .flat_map(|item| [&item.unit_price, &item.subtotal]),
+        ) {
+            money_round_trip(amount);
+        }
+        re_encodes(&event);
+    }
+    if let Ok(event) = PaymentCompleted::decode(data) {
+        let _ = payment_completed_verdict(data);
+        money_round_trip(&event.amount);
+        re_encodes(&event);
+    }
+    if let Ok(metadata) = EventMetadata::decode(data) {
+        re_encodes(&metadata);
+    }
+    if let Ok(item) = OrderPlacedItem::decode(data) {
+        re_encodes(&item);
+    }
+    // A leading length varint, possibly huge: must be refused, not allocated.
+    let _ = OrderPlaced::decode_length_delimited(data);
+    let _ = PaymentCompleted::decode_length_delimited(data);
+    // Merging into an existing event, as prost does for repeated fields.
+    let mut merged = seed_order_placed();
+    let _ = merged.merge(data);
+    // A value that is not UTF-8 text is still a string in error messages.
+    let _ = money_round_trip(&String::from_utf8_lossy(data));
+}
+
+/// payment-service's poison checks (`events::decode_order_placed`), for a
+/// record keyed by `key`: what passes has a UUID order id equal to the key.
+pub fn order_placed_verdict(key: Option<&str>, data: &[u8]) -> Result<Uuid, String> {
+    let (order_id, event) = events::decode_order_placed(key.map(str::as_bytes), Some(data))?;
+    assert_eq!(key, Some(event.order_id.as_str()));
+    assert_eq!(Uuid::parse_str(&event.order_id).ok(), Some(order_id));
+    Ok(order_id)
+}
+
+/// notification-service's poison checks (`events::decode_payment_completed`):
+/// what passes has a UUID order id, an outcome consistent with its final
+/// status and a recipient.
+pub fn payment_completed_verdict(data: &[u8]) -> Result<Uuid, String> {
+    let (order_id, event) = events::decode_payment_completed(Some(data))?;
+    assert_eq!(Uuid::parse_str(&event.order_id).ok(), Some(order_id));
+    assert!(!event.customer_email.is_empty());
+    let expected = if event.success {
+        OrderStatus::Completed
+    } else {
+        OrderStatus::Failed
+    };
+    assert_eq!(event.final_status(), expected);
+    let text = serde_json::to_string(&serde_json::json!({
+        "recipient": event.customer_email,
+        "customer_name": event.customer_name,
+        "amount": event.amount,
+        "error_message": event.error_message,
+    }))
+    .map_err(|error| error.to_string())?;
+    serde_json::from_str::<serde_json::Value>(&text).expect("a stored payload reads back");
+    Ok(order_id)
+}
+
+/// A wire amount that parses formats to text that parses to the same amount.
+fn money_round_trip(text: &str) -> Option<()> {
+    let amount = parse_money(text)?;
+    let formatted = format_money(amount);
+    assert_eq!(
+        parse_money(&formatted),
+        Some(amount),
+        "{text:?} parsed as {amount}, formatted as {formatted:?}"
+    );
+    Some(())
+}
+
+/// What prost decoded encodes to bytes that decode to the same message.
+fn re_encodes<M: Message + Default + PartialEq + std::fmt::Debug>(message: &M) {
+    let bytes = message.encode_to_vec();
+    assert_eq!(bytes.len(), message.encoded_len());
+    let again = M::decode(bytes.as_slice()).expect("a re-encoded message decodes");
+    assert_eq!(&again, message);
+    let _ = format!("{message:?}");
+}
+
+/// Fuzz body: `data` as a record's header list (see [`headers_from_bytes`]).
+pub fn record_headers(data: &[u8]) {
+    record_header_list(&headers_from_bytes(data));
+}
+
+/// A header list from bytes: one header per `\n`-separated line, the name up
+/// to the line's first NUL and the value after it; a line without NUL is a
+/// header without value. Names can hold any byte but NUL (librdkafka keeps
+/// them as C strings) and `\n`; values any byte but `\n`.
+pub fn headers_from_bytes(data: &[u8]) -> Vec<RawHeader> {
+    if data.is_empty() {
+        return Vec::new();
+    }
+    data.split(|&byte| byte == b'\n')
+        .map(|line| match line.iter().position(|&byte| byte == 0) {
+            Some(nul) => (line[..nul].to_vec(), Some(line[nul + 1..].to_vec())),
+            None => (line.to_vec(), None),
+        })
+        .collect()
+}
+
+/// The inverse of [`headers_from_bytes`] for headers it can express.
+pub fn headers_to_bytes(headers: &[RawHeader]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (index, (name, value)) in headers.iter().enumerate() {
+        if index > 0 {
+            out.push(b'\n');
+        }
+        out.extend_from_slice(name);
+        if let Some(value) = value {
+            out.push(0);
+            out.extend_from_slice(value);
+        }
+    }
+    out
+}
+
+static TRACING: Once = Once::new();
+
+/// Fuzz body: a consumed record's headers, as a consumer reads them.
+pub fn record_header_list(headers: &[RawHeader]) {
+    // Spans with OpenTelemetry contexts, as in the services (logs stay off).
+    TRACING.call_once(telemetry::init_for_tests);
+    let map = record_headers::utf8_map(headers);
+    assert!(map.len() <= headers.len());
+    for (name, value) in &map {
+        // The last header with this name whose value is UTF-8 wins.
+        let last = headers.iter().rev().find_map(|(header, value)| {
+            (header == name.as_bytes())
+                .then_some(value.as_deref())
+                .flatten()
+                .filter(|value| std::str::from_utf8(value).is_ok())
+        });
+        assert_eq!(last, Some(value.as_bytes()), "header {name:?}");
+    }
+
+    let parent = telemetry::extract(&map);
+    let parent_span = parent.span().span_context().clone();
+    if parent_span.is_valid() {
+        assert!(map.contains_key(events::HEADER_TRACEPARENT));
+        // What is extracted injects to headers that extract to the same context.
+        let mut carrier = HashMap::new();
+        TraceContextPropagator::new().inject_context(&parent, &mut carrier);
+        let carrier: BTreeMap<String, String> = carrier.into_iter().collect();
+        let again = telemetry::extract(&carrier);
+        let again_span = again.span().span_context().clone();
+        assert_eq!(again_span.trace_id(), parent_span.trace_id());
+        assert_eq!(again_span.span_id(), parent_span.span_id());
+        assert_eq!(again_span.trace_flags(), parent_span.trace_flags());
+        assert_eq!(
+            again_span.trace_state().header(),
+            parent_span.trace_state().header()
+        );
+    }
+
+    // The consumer's span continues the producer's trace, and what it
+    // publishes carries that trace on.
+    let span = tracing::info_span!("fuzz.consume");
+    telemetry::continue_trace(&span, &map, true);
+    let correlation_id = map
+        .get(events::HEADER_REQUEST_ID)
+        .cloned()
+        .unwrap_or_default();
+    let forwarded = events::standard_headers::<PaymentCompleted>(
+        &correlation_id,
+        &telemetry::inject_span(&span),
+    );
+    assert_eq!(forwarded[events::HEADER_REQUEST_ID], correlation_id);
+    if let Some(trace_id) = telemetry::trace_id(&span) {
+        if parent_span.is_valid() {
+            assert_eq!(trace_id, parent_span.trace_id().to_string());
+        }
+        let child = telemetry::extract(&forwarded);
+        assert_eq!(child.span().span_context().trace_id().to_string(), trace_id);
+    }
+}
+
+/// A fixed, valid `OrderPlaced` (no clock, no random ids).
+pub fn seed_order_placed() -> OrderPlaced {
+    OrderPlaced {
+        metadata: Some(seed_metadata("order-api")),
+        order_id: "0190f5e8-7a4c-7b1e-9c2d-3e4f5a6b7c8d".to_owned(),
+        customer_name: "Zoë Example".to_owned(),
+        customer_email: "zoe@example.com".to_owned(),
+        total_amount: "25.98".to_owned(),
+        items: vec![
+            OrderPlacedItem {
+                menu_item_id: 1,
+                menu_item_name: "Margherita".to_owned(),
+                quantity: 2,
+                unit_price: "9.99".to_owned(),
+                subtotal: "19.98".to_owned(),
+            },
+            OrderPlacedItem {
+                menu_item_id: 7,
+                menu_item_name: "Tiramisù".to_owned(),
+                quantity: 1,
+                unit_price: "6.00".to_owned(),
+                subtotal: "6.00".to_owned(),
+            },
+        ],
+    }
+}
+
+/// A fixed, valid `PaymentCompleted`; `success` picks the outcome.
+pub fn seed_payment_completed(success: bool) -> PaymentCompleted {
+    PaymentCompleted {
+        metadata: Some(seed_metadata("payment-service")),
+        order_id: "0190f5e8-7a4c-7b1e-9c2d-3e4f5a6b7c8d".to_owned(),
+        success,
+        final_status: if success {
+            OrderStatus::Completed
+        } else {
+            OrderStatus::Failed
+        } as i32,
+        attempt_count: if success { 1 } else { 3 },
+        processing_time_ms: 412,
+        error_message: if success {
+            String::new()
+        } else {
+            "card declined".to_owned()
+        },
+        amount: "25.98".to_owned(),
+        customer_email: "zoe@example.com".to_owned(),
+        customer_name: "Zoë Example".to_owned(),
+    }
+}
+
+fn seed_metadata(producer: &str) -> EventMetadata {
+    EventMetadata {
+        event_id: "0190f5e8-7a4d-7000-8000-000000000001".to_owned(),
+        correlation_id: "req-seed-1".to_owned(),
+        occurred_at: Some(prost_types::Timestamp {
+            seconds: 1_720_000_000,
+            nanos: 123_456_000,
+        }),
+        schema_version: events::SCHEMA_VERSION,
+        producer: producer.to_owned(),
+    }
+}
+
+/// A valid W3C `traceparent`.
+pub const SEED_TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+/// A header list as the services send it, with a trace context.
+pub fn seed_headers() -> Vec<RawHeader> {
+    [
+        (events::HEADER_CONTENT_TYPE, events::CONTENT_TYPE_PROTOBUF),
+        (events::HEADER_EVENT_TYPE, "foodorder.v1.OrderPlaced"),
+        (events::HEADER_REQUEST_ID, "req-seed-1"),
+        (events::HEADER_TRACEPARENT, SEED_TRACEPARENT),
+        (
+            events::HEADER_TRACESTATE,
+            "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7",
+        ),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.as_bytes().to_vec(), Some(value.as_bytes().to_vec())))
+    .collect()
+}
+
+/// The seed corpus of each fuzz target: (target, file name, bytes). Written to
+/// `fuzz/corpus/<target>/` by the ignored test `write_seed_corpus`.
+pub fn seed_corpus() -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    let mut odd = seed_headers();
+    odd.push((
+        b"\xff\xfe-not-utf8".to_vec(),
+        Some(b"\xc3\x28\xa0\xa1".to_vec()),
+    ));
+    odd.push((b"caf\xe9-latin1".to_vec(), Some(b"\x00\xff".to_vec())));
+    odd.push((b"x-null-value".to_vec(), None));
+    odd.push((b"traceparent".to_vec(), Some(vec![0xff, b'0', b'0'])));
+    vec![
+        (
+            "event_decoding",
+            "seed-order-placed",
+            seed_order_placed().encode_to_vec(),
+        ),
+        (
+            "event_decoding",
+            "seed-payment-completed",
+            seed_payment_completed(true).encode_to_vec(),
+        ),
+        (
+            "event_decoding",
+            "seed-payment-failed",
+            seed_payment_completed(false).encode_to_vec(),
+        ),
+        (
+            "record_headers",
+            "seed-standard",
+            headers_to_bytes(&seed_headers()),
+        ),
+        ("record_headers", "seed-not-utf8", headers_to_bytes(&odd)),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Inputs per fuzz body.
+    const CASES: usize = 20_000;
+
+    /// SplitMix64: deterministic, no dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        fn below(&mut self, bound: usize) -> usize {
+            (self.next() % bound.max(1) as u64) as usize
+        }
+        fn chance(&mut self, percent: usize) -> bool {
+            self.below(100) < percent
+        }
+        /// Up to `max - 1` random bytes.
+        fn random_bytes(&mut self, max: usize) -> Vec<u8> {
+            let len = self.below(max);
+            (0..len).map(|_| self.next() as u8).collect()
+        }
+        fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+            &items[self.below(items.len())]
+        }
+    }
+
+    /// Strings that probe the checks: UUIDs good and bad, amounts at the
+    /// edges of `Decimal`, non-ASCII text.
+    const TEXT: &[&str] = &[
+        "",
+        "0190f5e8-7a4c-7b1e-9c2d-3e4f5a6b7c8d",
+        "0190F5E8-7A4C-7B1E-9C2D-3E4F5A6B7C8D",
+        "{0190f5e8-7a4c-7b1e-9c2d-3e4f5a6b7c8d}",
+        "urn:uuid:0190f5e8-7a4c-7b1e-9c2d-3e4f5a6b7c8d",
+        "0190f5e87a4c7b1e9c2d3e4f5a6b7c8d",
+        "0190f5e8-7a4c-7b1e-9c2d-3e4f5a6b7c8",
+        "25.98",
+        "-0.00",
+        "0.005",
+        "1e5",
+        "79228162514264337593543950335",
+        "-79228162514264337593543950335",
+        "79228162514264337593543950335.99",
+        "7922816251426433759354395033.5",
+        "0.0000000000000000000000000001",
+        "0.00000000000000000000000000001",
+        "99999999999999999999999999999999999",
+        "1_000.00",
+        " 1.00",
+        "+1.00",
+        ".5",
+        "5.",
+        "Zoë 🍕 \u{202e}",
+        "\u{0}",
+        "zoe@example.com",
+    ];
+
+    fn text(rng: &mut Rng) -> String {
+        if rng.chance(80) {
+            let mut text = (*rng.pick(TEXT)).to_owned();
+            if rng.chance(20) && !text.is_empty() {
+                let mut cut = rng.below(text.len());
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                text.truncate(cut);
+            }
+            text
+        } else {
+            String::from_utf8_lossy(&rng.random_bytes(40)).into_owned()
+        }
+    }
+
+    fn metadata(rng: &mut Rng) -> Option<EventMetadata> {
+        rng.chance(90).then(|| EventMetadata {
+            event_id: text(rng),
+            correlation_id: text(rng),
+            occurred_at: rng.chance(80).then(|| prost_types::Timestamp {
+                seconds: rng.next() as i64 >> rng.below(64),
+                nanos: rng.next() as i32,
+            }),
+            schema_version: if rng.chance(70) {
+                events::SCHEMA_VERSION
+            } else {
+                rng.next() as u32
+            },
+            producer: text(rng),
+        })
+    }
+
+    fn order_placed(rng: &mut Rng) -> OrderPlaced {
+        OrderPlaced {
+            metadata: metadata(rng),
+            order_id: text(rng),
+            customer_name: text(rng),
+            customer_email: text(rng),
+            total_amount: text(rng),
+            items: (0..rng.below(4))
+                .map(|_| OrderPlacedItem {
+                    menu_item_id: rng.next() as i32,
+                    menu_item_name: text(rng),
+                    quantity: rng.next() as i32,
+                    unit_price: text(rng),
+                    subtotal: text(rng),
+                })
+                .collect(),
+        }
+    }
+
+    fn payment_completed(rng: &mut Rng) -> PaymentCompleted {
+        PaymentCompleted {
+            metadata: metadata(rng),
+            order_id: text(rng),
+            success: rng.chance(50),
+            final_status: if rng.chance(80) {
+                rng.below(6) as i32 - 1
+            } else {
+                rng.next() as i32
+            },
+            attempt_count: rng.next() as i32,
+            processing_time_ms: rng.next() as i64,
+            error_message: text(rng),
+            amount: text(rng),
+            customer_email: text(rng),
+            customer_name: text(rng),
+        }
+    }
+
+    /// A huge varint, as a length prefix that promises far more than follows.
+    const HUGE_LENGTHS: &[&[u8]] = &[
+        &[0xff, 0xff, 0xff, 0xff, 0x0f],
+        &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01],
+        &[
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+        ],
+        &[0x80, 0x80, 0x80, 0x80, 0x08],
+    ];
+
+    /// One mutation of `bytes`, libFuzzer-style.
+    fn mutate(rng: &mut Rng, bytes: &mut Vec<u8>) {
+        match rng.below(8) {
+            0 => bytes.truncate(rng.below(bytes.len() + 1)),
+            1 => {
+                for _ in 0..=rng.below(8) {
+                    if !bytes.is_empty() {
+                        let at = rng.below(bytes.len());
+                        bytes[at] ^= 1 << rng.below(8);
+                    }
+                }
+            }
+            2 => {
+                let extra = rng.random_bytes(64);
+                bytes.extend(extra);
+            }
+            3 => {
+                // Replace the byte after a random position with a huge length.
+                let at = rng.below(bytes.len() + 1);
+                let end = (at + 1).min(bytes.len());
+                bytes.splice(at..end, rng.pick(HUGE_LENGTHS).iter().copied());
+            }
+            4 => {
+                // A length-delimited field with a huge length, anywhere.
+                let at = rng.below(bytes.len() + 1);
+                let tag = ((rng.below(12) as u8) << 3) | 2;
+                let mut field = vec![tag];
+                let huge = rng.pick::<&[u8]>(HUGE_LENGTHS);
+                field.extend_from_slice(huge);
+                bytes.splice(at..at, field);
+            }
+            5 => {
+                // Deeply nested groups and sub-messages.
+                let depth = rng.below(300);
+                let byte = *rng.pick(&[0x0b_u8, 0x0a, 0x53]);
+                let at = rng.below(bytes.len() + 1);
+                bytes.splice(at..at, std::iter::repeat_n(byte, depth));
+            }
+            6 => {
+                let at = rng.below(bytes.len() + 1);
+                let copy = bytes[rng.below(bytes.len() + 1)..].to_vec();
+                bytes.splice(at..at, copy);
+            }
+            _ => {
+                if !bytes.is_empty() {
+                    let at = rng.below(bytes.len());
+                    bytes[at] = *rng.pick(&[0x00, 0x7f, 0x80, 0xff, 0x0a, 0x12, 0x08]);
+                }
+            }
+        }
+    }
+
+    fn event_input(rng: &mut Rng) -> Vec<u8> {
+        let mut bytes = match rng.below(5) {
+            0 => seed_order_placed().encode_to_vec(),
+            1 => seed_payment_completed(rng.chance(50)).encode_to_vec(),
+            2 => order_placed(rng).encode_to_vec(),
+            3 => payment_completed(rng).encode_to_vec(),
+            _ => rng.random_bytes(256),
+        };
+        for _ in 0..rng.below(4) {
+            mutate(rng, &mut bytes);
+        }
+        bytes
+    }
+
+    /// Trace-context values near the valid ones.
+    fn trace_value(rng: &mut Rng) -> Vec<u8> {
+        const VALUES: &[&str] = &[
+            SEED_TRACEPARENT,
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+            "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01",
+            "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7",
+            "a@b=c,=d,e=,f=g=h,,",
+            "congo=t61rcWkgMzE, rojo=00f067aa0ba902b7 ",
+        ];
+        let mut bytes = rng.pick(VALUES).as_bytes().to_vec();
+        for _ in 0..rng.below(3) {
+            if bytes.is_empty() {
+                break;
+            }
+            let at = rng.below(bytes.len());
+            match rng.below(4) {
+                0 => bytes[at] = *rng.pick(b"0123456789abcdefABCDEF-=,xz \t\xff"),
+                1 => {
+                    bytes.remove(at);
+                }
+                2 => bytes.insert(at, *rng.pick(b"0-=, \xc3")),
+                _ => bytes.truncate(at),
+            }
+        }
+        bytes
+    }
+
+    fn header_list(rng: &mut Rng) -> Vec<RawHeader> {
+        const NAMES: &[&str] = &[
+            events::HEADER_TRACEPARENT,
+            events::HEADER_TRACESTATE,
+            events::HEADER_REQUEST_ID,
+            events::HEADER_EVENT_TYPE,
+            events::HEADER_CONTENT_TYPE,
+            "Traceparent",
+            "",
+        ];
+        let mut headers = if rng.chance(30) {
+            seed_headers()
+        } else {
+            Vec::new()
+        };
+        for _ in 0..rng.below(8) {
+            let name = if rng.chance(75) {
+                rng.pick(NAMES).as_bytes().to_vec()
+            } else {
+                rng.random_bytes(12)
+            };
+            let value = match rng.below(10) {
+                0 => None,
+                1 | 2 => Some(rng.random_bytes(40)),
+                3 => Some(text(rng).into_bytes()),
+                _ => Some(trace_value(rng)),
+            };
+            let at = rng.below(headers.len() + 1);
+            headers.insert(at, (name, value));
+        }
+        headers
+    }
+
+    #[test]
+    fn event_decoding_survives_random_and_mutated_records() {
+        let mut rng = Rng(0x5eed_0001);
+        for (target, _, bytes) in seed_corpus() {
+            if target == "event_decoding" {
+                event_decoding(&bytes);
+            }
+        }
+        for _ in 0..CASES {
+            event_decoding(&event_input(&mut rng));
+        }
+    }
+
+    #[test]
+    fn record_headers_survive_random_and_mutated_header_lists() {
+        let mut rng = Rng(0x5eed_0002);
+        for (target, _, bytes) in seed_corpus() {
+            if target == "record_headers" {
+                record_headers(&bytes);
+            }
+        }
+        for case in 0..CASES {
+            let headers = header_list(&mut rng);
+            if case % 2 == 0 {
+                record_header_list(&headers);
+            } else {
+                let mut bytes = headers_to_bytes(&headers);
+                for _ in 0..rng.below(3) {
+                    mutate(&mut rng, &mut bytes);
+                }
+                record_headers(&bytes);
+            }
+        }
+    }
+
+    #[test]
+    fn the_seeds_are_what_the_consumers_accept() {
+        let order = seed_order_placed();
+        let encoded = order.encode_to_vec();
+        assert!(order_placed_verdict(Some(&order.order_id), &encoded).is_ok());
+        assert!(order_placed_verdict(None, &encoded).is_err());
+        assert!(order_placed_verdict(Some("another-key"), &encoded).is_err());
+        for success in [true, false] {
+            let paid = seed_payment_completed(success).encode_to_vec();
+            assert!(payment_completed_verdict(&paid).is_ok());
+        }
+        let headers = seed_headers();
+        assert_eq!(headers_from_bytes(&headers_to_bytes(&headers)), headers);
+        let context = telemetry::extract(&record_headers::utf8_map(&headers));
+        assert!(context.span().span_context().is_valid());
+    }
+
+    /// Regenerates the committed seed corpus:
+    /// `cargo test -p foodorder-common fuzzing::tests::write_seed_corpus -- --ignored`.
+    #[test]
+    #[ignore = "writes fuzz/corpus/*/seed-*"]
+    fn write_seed_corpus() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus");
+        for (target, name, bytes) in seed_corpus() {
+            let dir = root.join(target);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! The order API's integration tests (one binary): against a real PostgreSQL and a real broker.
+
+mod broker_outage;
+mod generated_input;
+mod place_order;
+mod read_and_watch;
+mod support;

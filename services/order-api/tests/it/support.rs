@@ -1,0 +1,175 @@
+//! Test harness: runs the real order API on 127.0.0.1:0 over a per-test
+//! database (from `testing::database`) and fresh Kafka topic names, and talks to it
+//! with the generated client.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use foodorder_common::config::{DatabaseConfig, KafkaConfig, Secret};
+use foodorder_common::outbox::RelayConfig;
+use foodorder_common::testing;
+use foodorder_proto::v1::order_service_client::OrderServiceClient;
+use foodorder_proto::v1::{OrderItemInput, PlaceOrderRequest};
+use order_api::{Application, Config};
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// A running order API.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    /// The HTTP endpoint: /healthz, /readyz, /metrics.
+    pub http_addr: SocketAddr,
+    pub channel: Channel,
+    pub client: OrderServiceClient<Channel>,
+    pub kafka: KafkaConfig,
+    pub pool: PgPool,
+    pub watch_hub: order_api::watch::OrderWatchHub,
+    shutdown: CancellationToken,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Starts the API on the shared test broker with fresh topics.
+pub async fn spawn_app(pool: PgPool) -> TestApp {
+    spawn_app_with_kafka(pool, testing::kafka_config()).await
+}
+
+/// Starts the API with the given Kafka settings.
+pub async fn spawn_app_with_kafka(pool: PgPool, kafka: KafkaConfig) -> TestApp {
+    spawn_app_with(pool, kafka, |_| {}).await
+}
+
+/// Starts the API with the given Kafka settings after `adjust` changed the test configuration.
+pub async fn spawn_app_with(
+    pool: PgPool,
+    kafka: KafkaConfig,
+    adjust: impl FnOnce(&mut Config),
+) -> TestApp {
+    foodorder_common::telemetry::init_for_tests();
+    let mut config = Config {
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        database: DatabaseConfig {
+            url: Secret::new(String::new()),
+            max_connections: 5,
+        },
+        kafka: kafka.clone(),
+        relay: RelayConfig {
+            max_backoff: Duration::from_secs(2),
+            ..RelayConfig::default()
+        },
+        shutdown_grace: Duration::from_secs(1),
+        watch_max_streams: 1000,
+        watch_max_db_reads: 2,
+        keepalive_interval: Duration::from_secs(30),
+    };
+    adjust(&mut config);
+    let application = Application::build_with_pool(config, pool.clone())
+        .await
+        .expect("failed to build the app");
+    let addr = application.local_addr();
+    let http_addr = application.http_addr();
+    let watch_hub = application.watch_hub();
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(application.run_until_stopped(shutdown.clone()));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("failed to connect to the app");
+    TestApp {
+        addr,
+        http_addr,
+        client: OrderServiceClient::new(channel.clone()),
+        channel,
+        kafka,
+        pool,
+        watch_hub,
+        shutdown,
+        handle,
+    }
+}
+
+impl TestApp {
+    /// Stops the API and waits until it has shut down.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.handle)
+            .await
+            .expect("the app did not stop within 30 s")
+            .expect("the app task panicked")
+            .expect("the app failed");
+    }
+
+    /// Number of rows in `table`.
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Reads `order.placed` from the shared broker until `expected` records
+    /// arrived, then `grace` longer to catch extras.
+    pub async fn order_placed_records(
+        &self,
+        expected: usize,
+        grace: Duration,
+    ) -> Vec<testing::Record> {
+        testing::collect_records_async(
+            &self.kafka.bootstrap_servers,
+            &self.kafka.topics.order_placed,
+            self.kafka.event_partitions,
+            expected,
+            Duration::from_secs(60),
+            grace,
+        )
+        .await
+    }
+
+    /// Waits until every outbox row is sent (or parked as unpublishable).
+    pub async fn wait_outbox_drained(&self) {
+        testing::wait_for(
+            "every outbox row to be marked sent",
+            Duration::from_secs(60),
+            || async {
+                let unsent: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND parked_at IS NULL",
+                )
+                .fetch_one(&self.pool)
+                .await
+                .unwrap();
+                (unsent == 0).then_some(())
+            },
+        )
+        .await;
+    }
+}
+
+/// A valid request for `items` (menu id, quantity).
+pub fn order_request(items: &[(i32, i32)]) -> PlaceOrderRequest {
+    PlaceOrderRequest {
+        customer_name: "Ada Lovelace".into(),
+        customer_email: "ada@example.com".into(),
+        items: items
+            .iter()
+            .map(|&(menu_item_id, quantity)| OrderItemInput {
+                menu_item_id,
+                quantity,
+            })
+            .collect(),
+        idempotency_key: String::new(),
+    }
+}
+
+/// A request with metadata entries.
+pub fn with_metadata<T>(message: T, entries: &[(&'static str, &str)]) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    for (name, value) in entries {
+        request.metadata_mut().insert(*name, value.parse().unwrap());
+    }
+    request
+}

@@ -1,0 +1,336 @@
+//! Test harness: orders inserted straight into a per-test database, OrderPlaced
+//! records produced to fresh topics on the real broker, and the payment service
+//! run in-process (or as a real process for the crash test).
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use foodorder_common::config::{DatabaseConfig, KafkaConfig, Secret};
+use foodorder_common::events;
+use foodorder_common::kafka;
+use foodorder_common::outbox::RelayConfig;
+use foodorder_common::service::ConsumerConfig;
+use foodorder_common::testing;
+use foodorder_proto::v1::{OrderPlaced, OrderPlacedItem};
+use payment_service::config::{BreakerSettings, GatewaySettings, PaymentSettings};
+use payment_service::{Application, Config};
+use prost::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Settings for a fast, deterministic gateway.
+pub fn test_config(kafka: KafkaConfig, decline_rate: f64) -> Config {
+    Config {
+        consumer: ConsumerConfig {
+            database: DatabaseConfig {
+                url: Secret::new(String::new()),
+                max_connections: 10,
+            },
+            kafka,
+            max_in_flight: 64,
+            group_id: format!("payment-test-{}", Uuid::new_v4()),
+            health_addr: "127.0.0.1:0".parse().unwrap(),
+            shutdown_grace: Duration::from_secs(5),
+        },
+        relay: RelayConfig::default(),
+        gateway: GatewaySettings {
+            min_latency: Duration::ZERO,
+            max_latency: Duration::from_millis(20),
+            decline_rate,
+            rng_seed: Some(42),
+            db_connections: 4,
+        },
+        payment: PaymentSettings {
+            timeout: Duration::from_secs(2),
+            max_attempts: 3,
+            retry_base_delay: Duration::from_millis(50),
+        },
+        breaker: BreakerSettings {
+            failure_threshold: 1000,
+            recovery_timeout: Duration::from_secs(30),
+        },
+        crash_after_charge: false,
+    }
+}
+
+/// A running in-process payment service.
+pub struct TestService {
+    /// The HTTP endpoint: /healthz, /readyz, /metrics.
+    pub http: std::net::SocketAddr,
+    shutdown: CancellationToken,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+pub async fn spawn_service(pool: PgPool, config: Config) -> TestService {
+    foodorder_common::telemetry::init_for_tests();
+    let application = Application::build_with_pool(config, pool)
+        .await
+        .expect("build payment service");
+    let http = application.health_addr();
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(application.run_until_stopped(shutdown.clone()));
+    TestService {
+        http,
+        shutdown,
+        handle,
+    }
+}
+
+impl TestService {
+    /// Whether the service task has ended.
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.handle)
+            .await
+            .expect("payment service did not stop within 30 s")
+            .expect("payment service panicked")
+            .expect("payment service failed");
+    }
+}
+
+/// Inserts a PROCESSING order (2 × Margherita Pizza = 25.98) and returns its id.
+pub async fn insert_order(pool: &PgPool) -> Uuid {
+    let order_id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO orders (id, customer_name, customer_email, status, total_amount, correlation_id) \
+         VALUES ($1, 'Ada Lovelace', 'ada@example.com', 'PROCESSING', 25.98, $2)",
+    )
+    .bind(order_id)
+    .bind(format!("req-{order_id}"))
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO order_items (order_id, menu_item_id, menu_item_name, quantity, unit_price, subtotal) \
+         VALUES ($1, 1, 'Margherita Pizza', 2, 12.99, 25.98)",
+    )
+    .bind(order_id)
+    .execute(pool)
+    .await
+    .unwrap();
+    order_id
+}
+
+/// The OrderPlaced event for an order made by [`insert_order`].
+pub fn order_placed(order_id: Uuid) -> OrderPlaced {
+    OrderPlaced {
+        metadata: Some(events::metadata(
+            &format!("req-{order_id}"),
+            "test",
+            chrono::Utc::now(),
+        )),
+        order_id: order_id.to_string(),
+        customer_name: "Ada Lovelace".into(),
+        customer_email: "ada@example.com".into(),
+        total_amount: "25.98".into(),
+        items: vec![OrderPlacedItem {
+            menu_item_id: 1,
+            menu_item_name: "Margherita Pizza".into(),
+            quantity: 2,
+            unit_price: "12.99".into(),
+            subtotal: "25.98".into(),
+        }],
+    }
+}
+
+/// Creates the topics and returns a producer for test records.
+pub async fn producer(kafka: &KafkaConfig) -> FutureProducer {
+    kafka::ensure_topics(kafka, &kafka::platform_topics(kafka))
+        .await
+        .expect("create topics");
+    kafka::idempotent_producer(kafka, "payment-test-producer").unwrap()
+}
+
+/// Produces raw bytes with `key` and the standard headers of an OrderPlaced.
+pub async fn send_raw(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    correlation_id: &str,
+) {
+    let headers = events::standard_headers::<OrderPlaced>(
+        correlation_id,
+        &[(
+            "traceparent".to_owned(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
+        )]
+        .into(),
+    );
+    let record = FutureRecord::to(topic)
+        .key(key)
+        .payload(payload)
+        .headers(kafka::to_kafka_headers(&headers));
+    producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .expect("produce test record");
+}
+
+/// Produces the OrderPlaced event of `order_id`.
+pub async fn send_order_placed(producer: &FutureProducer, kafka: &KafkaConfig, order_id: Uuid) {
+    let payload = order_placed(order_id).encode_to_vec();
+    send_raw(
+        producer,
+        &kafka.topics.order_placed,
+        &order_id.to_string(),
+        &payload,
+        &format!("req-{order_id}"),
+    )
+    .await;
+}
+
+/// Waits until the order has a payment attempt; returns (order status, attempt status, attempt_count, error).
+pub async fn wait_for_payment(
+    pool: &PgPool,
+    order_id: Uuid,
+) -> (String, String, i32, Option<String>) {
+    testing::wait_for(
+        &format!("a payment attempt for order {order_id}"),
+        Duration::from_secs(60),
+        || async {
+            sqlx::query_as(
+                "SELECT o.status, p.status, p.attempt_count, p.error_message FROM orders o \
+             JOIN payment_attempts p ON p.order_id = o.id WHERE o.id = $1",
+            )
+            .bind(order_id)
+            .fetch_optional(pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await
+}
+
+/// Number of rows matching `sql` with one bind.
+pub async fn count(pool: &PgPool, sql: &str, order_id: Uuid) -> i64 {
+    sqlx::query_scalar(sql)
+        .bind(order_id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// DATABASE_URL of this test's own database (for a service run as a process).
+pub fn database_url(pool: &PgPool) -> String {
+    let base = foodorder_common::testing::database_url();
+    let database = pool
+        .connect_options()
+        .get_database()
+        .expect("test database name")
+        .to_owned();
+    let (prefix, _) = base.rsplit_once('/').expect("DATABASE_URL has a path");
+    format!("{prefix}/{database}")
+}
+
+/// Reads `payment.completed` until `expected` records arrived (then `grace` more for extras).
+pub async fn payment_completed_records(
+    kafka: &KafkaConfig,
+    expected: usize,
+    grace: Duration,
+) -> Vec<testing::Record> {
+    testing::collect_records_async(
+        &kafka.bootstrap_servers,
+        &kafka.topics.payment_completed,
+        kafka.event_partitions,
+        expected,
+        Duration::from_secs(60),
+        grace,
+    )
+    .await
+}
+
+/// Charges the gateway made for an order (APPROVED decisions in its ledger).
+pub async fn charges(pool: &PgPool, order_id: Uuid) -> i64 {
+    count(
+        pool,
+        "SELECT count(*) FROM gateway_ledger WHERE idempotency_key = $1::text AND outcome = 'APPROVED'",
+        order_id,
+    )
+    .await
+}
+
+/// The gateway's decisions for an order, oldest first (APPROVED, DECLINED or VOIDED).
+pub async fn decisions(pool: &PgPool, order_id: Uuid) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT outcome FROM gateway_ledger WHERE idempotency_key = $1::text ORDER BY created_at",
+    )
+    .bind(order_id.to_string())
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// Payment attempts recorded for an order.
+pub async fn attempt_rows(pool: &PgPool, order_id: Uuid) -> i64 {
+    count(
+        pool,
+        "SELECT count(*) FROM payment_attempts WHERE order_id = $1",
+        order_id,
+    )
+    .await
+}
+
+/// Starts the payment-service binary as a process on `database_url` and the
+/// topics of `kafka`, in consumer group `group`, with a zero-latency gateway
+/// that never declines unless `extra_env` says otherwise.
+pub fn spawn_process(
+    database_url: &str,
+    kafka: &KafkaConfig,
+    group: &str,
+    extra_env: &[(&str, &str)],
+) -> ServiceProcess {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_payment-service"))
+        .env("DATABASE_URL", database_url)
+        .env("KAFKA_BOOTSTRAP_SERVERS", &kafka.bootstrap_servers)
+        .env(
+            "KAFKA_TOPIC_PREFIX",
+            kafka.topics.order_placed.trim_end_matches("order.placed"),
+        )
+        .env("PAYMENT_CONSUMER_GROUP", group)
+        .env("PAYMENT_MIN_LATENCY", "0")
+        .env("PAYMENT_MAX_LATENCY", "0")
+        .env("PAYMENT_DECLINE_RATE", "0")
+        .env("PAYMENT_HEALTH_ADDR", "127.0.0.1:0")
+        .env(
+            "LOG_LEVEL",
+            if std::env::var_os("TEST_LOG").is_some() {
+                "info"
+            } else {
+                "warn"
+            },
+        )
+        .envs(extra_env.iter().copied())
+        .stdout(child_output())
+        .stderr(child_output())
+        .spawn()
+        .expect("start payment-service");
+    ServiceProcess(child)
+}
+
+/// A payment-service process, killed when dropped (so a failing test leaves none behind).
+pub struct ServiceProcess(pub std::process::Child);
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Where a child process writes: inherited with `TEST_LOG`, discarded otherwise.
+fn child_output() -> std::process::Stdio {
+    if std::env::var_os("TEST_LOG").is_some() {
+        std::process::Stdio::inherit()
+    } else {
+        std::process::Stdio::null()
+    }
+}

@@ -1,0 +1,227 @@
+//! Runs the services as real processes for the end-to-end tests.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+/// A service process; killed if still running when dropped.
+pub struct Service {
+    pub name: &'static str,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Service {
+    pub fn start(name: &'static str, env: &[(&str, String)], log_dir: &Path) -> Self {
+        let binary = sibling_binary(name);
+        let log = log_dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(&binary)
+            .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
+            .env("LOG_LEVEL", "info")
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| panic!("failed to start {}: {error}", binary.display()));
+        Self { name, child, log }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn terminate(mut self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(exit) = self.child.try_wait().unwrap() {
+                assert!(
+                    exit.success(),
+                    "{} exited with {exit} on SIGTERM; log: {}",
+                    self.name,
+                    self.log.display()
+                );
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} did not stop within 30 s of SIGTERM",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The other services' binaries sit next to this package's binary in the target directory.
+pub fn sibling_binary(name: &str) -> PathBuf {
+    // The test binary is target/<profile>/deps/it-<hash>; the services are in target/<profile>/.
+    let own = std::env::current_exe().expect("the test binary's path");
+    let path = own
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+pub fn database_url(pool: &PgPool) -> String {
+    let base = foodorder_common::testing::database_url();
+    let database = pool
+        .connect_options()
+        .get_database()
+        .expect("database name")
+        .to_owned();
+    format!(
+        "{}/{database}",
+        base.rsplit_once('/').expect("DATABASE_URL has a path").0
+    )
+}
+
+/// The three services started as processes on one database and fresh topics.
+pub struct Platform {
+    /// Port of the order API on 127.0.0.1.
+    pub api_port: u16,
+    /// Topic-name prefix of this run.
+    pub prefix: String,
+    /// Where the services' logs go.
+    pub log_dir: PathBuf,
+    /// The payment service's consumer group.
+    pub payment_group: String,
+    /// The notification service's consumer group.
+    pub notification_group: String,
+    services: Vec<Service>,
+}
+
+impl Platform {
+    /// Starts order-api, payment-service and notification-service. `shared`
+    /// is added to every service's environment, `payment` to the payment service's.
+    pub fn start(
+        pool: &PgPool,
+        shared: &[(&'static str, String)],
+        payment: &[(&'static str, String)],
+    ) -> Self {
+        let log_dir = std::env::temp_dir().join(format!("foodorder-e2e-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&log_dir).unwrap();
+        let api_port = foodorder_common::testing::free_port();
+        let prefix = foodorder_common::testing::unique_prefix();
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        let mut common = vec![
+            ("DATABASE_URL", database_url(pool)),
+            (
+                "KAFKA_BOOTSTRAP_SERVERS",
+                foodorder_common::testing::bootstrap_servers(),
+            ),
+            ("KAFKA_TOPIC_PREFIX", prefix.clone()),
+        ];
+        common.extend_from_slice(shared);
+        let with = |extra: &[(&'static str, String)]| {
+            let mut env = common.clone();
+            env.extend_from_slice(extra);
+            env
+        };
+        let mut payment_env = vec![
+            ("PAYMENT_CONSUMER_GROUP", format!("payment-{run}")),
+            ("PAYMENT_HEALTH_ADDR", "127.0.0.1:0".to_owned()),
+        ];
+        payment_env.extend_from_slice(payment);
+        let services = vec![
+            Service::start(
+                "order-api",
+                &with(&[
+                    ("ORDER_API_ADDR", format!("127.0.0.1:{api_port}")),
+                    ("ORDER_API_HTTP_ADDR", "127.0.0.1:0".to_owned()),
+                ]),
+                &log_dir,
+            ),
+            Service::start("payment-service", &with(&payment_env), &log_dir),
+            Service::start(
+                "notification-service",
+                &with(&[
+                    ("NOTIFICATION_CONSUMER_GROUP", format!("notification-{run}")),
+                    ("NOTIFICATION_HEALTH_ADDR", "127.0.0.1:0".to_owned()),
+                ]),
+                &log_dir,
+            ),
+        ];
+        Self {
+            api_port,
+            prefix,
+            log_dir,
+            payment_group: format!("payment-{run}"),
+            notification_group: format!("notification-{run}"),
+            services,
+        }
+    }
+
+    /// A client of the order API, once it accepts connections.
+    pub async fn client(
+        &self,
+    ) -> foodorder_proto::v1::order_service_client::OrderServiceClient<tonic::transport::Channel>
+    {
+        let address = format!("http://127.0.0.1:{}", self.api_port);
+        let channel = foodorder_common::testing::wait_for(
+            "order-api to accept connections",
+            Duration::from_secs(60),
+            || async {
+                tonic::transport::Endpoint::from_shared(address.clone())
+                    .unwrap()
+                    .connect()
+                    .await
+                    .ok()
+            },
+        )
+        .await;
+        foodorder_proto::v1::order_service_client::OrderServiceClient::new(channel)
+    }
+
+    /// Panics naming any service that exited on its own (crashed or gave up).
+    pub fn assert_running(&mut self) {
+        for service in &mut self.services {
+            if let Some(exit) = service.child.try_wait().unwrap() {
+                panic!(
+                    "{} exited on its own with {exit}; log: {}",
+                    service.name,
+                    service.log.display()
+                );
+            }
+        }
+    }
+
+    /// SIGTERMs every service (each must exit 0); returns each service's log file.
+    pub fn terminate(self) -> Vec<(&'static str, PathBuf)> {
+        let logs = self
+            .services
+            .iter()
+            .map(|service| (service.name, service.log.clone()))
+            .collect();
+        for service in self.services {
+            service.terminate();
+        }
+        logs
+    }
+
+    /// Deletes the logs.
+    pub fn remove_logs(log_dir: &Path) {
+        let _ = std::fs::remove_dir_all(log_dir);
+    }
+}
