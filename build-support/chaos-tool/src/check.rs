@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use foodorder_common::status::OrderState;
+use payment_service::gateway::Decision;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use sha2::{Digest, Sha256};
@@ -61,10 +63,12 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<bool> {
     let started = Instant::now();
     let lags = loop {
         let unfinished: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM orders o WHERE o.id::text = ANY($1) AND (o.status NOT IN ('COMPLETED', 'FAILED') \
+            "SELECT count(*) FROM orders o WHERE o.id::text = ANY($1) AND (o.status NOT IN ($2, $3) \
              OR NOT EXISTS (SELECT 1 FROM notifications n WHERE n.order_id = o.id))",
         )
         .bind(acked.iter().cloned().collect::<Vec<_>>())
+        .bind(OrderState::Completed)
+        .bind(OrderState::Failed)
         .fetch_one(&pool)
         .await?;
         let backlog: i64 = sqlx::query_scalar(
@@ -84,26 +88,26 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<bool> {
     let quiet_after = started.elapsed();
 
     let mut rows = Vec::new();
-    let orders: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
+    let orders: Vec<(String, OrderState, i64, i64, i64)> = sqlx::query_as(
         "SELECT o.id::text, o.status, \
          (SELECT count(*) FROM payment_attempts p WHERE p.order_id = o.id), \
          (SELECT count(*) FROM notifications n WHERE n.order_id = o.id), \
-         (SELECT count(*) FROM gateway_ledger g WHERE g.idempotency_key = o.id::text AND g.outcome = 'APPROVED') \
+         (SELECT count(*) FROM gateway_ledger g WHERE g.idempotency_key = o.id::text AND g.outcome = $1) \
          FROM orders o",
     )
+    .bind(Decision::Approved)
     .fetch_all(&pool)
     .await?;
-    let by_id: BTreeMap<&str, &(String, String, i64, i64, i64)> =
+    let by_id: BTreeMap<&str, &(String, OrderState, i64, i64, i64)> =
         orders.iter().map(|row| (row.0.as_str(), row)).collect();
     let missing: Vec<&String> = acked
         .iter()
         .filter(|id| !by_id.contains_key(id.as_str()))
         .collect();
-    let terminal = |status: &str| status == "COMPLETED" || status == "FAILED";
     let stuck = acked
         .iter()
         .filter_map(|id| by_id.get(id.as_str()))
-        .filter(|row| !terminal(&row.1))
+        .filter(|row| !row.1.is_terminal())
         .count();
     rows.push(Row {
         invariant: "acknowledged orders exist",
@@ -117,10 +121,10 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<bool> {
     });
     let wrong_charges = orders
         .iter()
-        .filter(|row| match row.1.as_str() {
-            "COMPLETED" => row.4 != 1,
-            "FAILED" => row.4 != 0,
-            _ => row.4 > 1,
+        .filter(|row| match row.1 {
+            OrderState::Completed => row.4 != 1,
+            OrderState::Failed => row.4 != 0,
+            OrderState::Pending | OrderState::Processing => row.4 > 1,
         })
         .count();
     rows.push(Row {
@@ -128,7 +132,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<bool> {
         checked: orders.len(),
         violations: wrong_charges,
     });
-    let terminal_orders: Vec<_> = orders.iter().filter(|row| terminal(&row.1)).collect();
+    let terminal_orders: Vec<_> = orders.iter().filter(|row| row.1.is_terminal()).collect();
     rows.push(Row {
         invariant: "terminal orders: one payment attempt",
         checked: terminal_orders.len(),
@@ -183,7 +187,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<bool> {
     }
     for row in orders
         .iter()
-        .filter(|row| !terminal(&row.1) || row.2 != 1 || row.3 != 1)
+        .filter(|row| !row.1.is_terminal() || row.2 != 1 || row.3 != 1)
     {
         println!(
             "order {} status={} attempts={} notifications={} charges={}",

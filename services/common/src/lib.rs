@@ -17,6 +17,7 @@ pub mod outbox;
 pub mod record_headers;
 pub mod service;
 pub mod shutdown;
+pub mod status;
 pub mod telemetry;
 #[cfg(feature = "test-support")]
 pub mod testing;

@@ -130,7 +130,7 @@ impl<N: Notifier> MessageHandler for NotificationHandler<N> {
         .bind(Uuid::now_v7())
         .bind(order_id)
         .bind(&notification.event_id)
-        .bind(notification.kind.as_str())
+        .bind(notification.kind)
         .bind(self.notifier.channel())
         .bind(&notification.recipient)
         .bind(payload)

@@ -6,23 +6,19 @@ use std::future::Future;
 
 use serde::Serialize;
 
-/// What kind of news the customer gets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum NotificationKind {
-    /// Paid: the order is confirmed.
-    OrderConfirmed,
-    /// The payment failed.
-    PaymentFailed,
+foodorder_common::text_enum! {
+    /// What kind of news the customer gets (`notifications.kind`).
+    pub enum NotificationKind {
+        /// Paid: the order is confirmed.
+        OrderConfirmed => "ORDER_CONFIRMED",
+        /// The payment failed.
+        PaymentFailed => "PAYMENT_FAILED",
+    }
 }
 
-impl NotificationKind {
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::OrderConfirmed => "ORDER_CONFIRMED",
-            Self::PaymentFailed => "PAYMENT_FAILED",
-        }
+impl Serialize for NotificationKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 

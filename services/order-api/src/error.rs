@@ -137,6 +137,17 @@ impl From<ApiError> for Status {
     }
 }
 
+impl From<crate::domain::PricingError> for ApiError {
+    fn from(error: crate::domain::PricingError) -> Self {
+        match error {
+            crate::domain::PricingError::UnknownItems(violations) => {
+                Self::InvalidArgument(violations)
+            }
+            crate::domain::PricingError::Unavailable(items) => Self::MenuItemsUnavailable(items),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

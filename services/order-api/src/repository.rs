@@ -8,17 +8,15 @@ use chrono::{DateTime, Utc};
 use foodorder_common::events::{self, timestamp};
 use foodorder_common::money::format_money;
 use foodorder_common::outbox::{self, OutboxMessage};
+use foodorder_common::status::{OrderState, PaymentState};
 use foodorder_proto::EventType;
-use foodorder_proto::v1::{
-    MenuItem, Order, OrderItem, OrderPlaced, OrderPlacedItem, OrderStatus, PaymentAttempt,
-    PaymentStatus,
-};
+use foodorder_proto::v1::{MenuItem, Order, OrderItem, OrderPlaced, OrderStatus, PaymentAttempt};
 use prost::Message;
 use rust_decimal::Decimal;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::domain::{FieldViolation, NewOrder};
+use crate::domain::{MenuEntry, NewOrder, PricedLine, order_placed, price_order};
 use crate::error::ApiError;
 
 /// Name of this service in event metadata.
@@ -38,7 +36,7 @@ struct OrderRow {
     id: Uuid,
     customer_name: String,
     customer_email: String,
-    status: String,
+    status: OrderState,
     total_amount: Decimal,
     correlation_id: String,
     created_at: DateTime<Utc>,
@@ -58,17 +56,11 @@ struct OrderItemRow {
 #[derive(sqlx::FromRow)]
 struct PaymentAttemptRow {
     id: Uuid,
-    status: String,
+    status: PaymentState,
     attempt_count: i32,
     error_message: Option<String>,
     processing_time_ms: i64,
     created_at: DateTime<Utc>,
-}
-
-/// Maps a stored status to the protobuf enum.
-pub fn order_status(status: &str) -> OrderStatus {
-    OrderStatus::from_str_name(&format!("ORDER_STATUS_{status}"))
-        .unwrap_or(OrderStatus::Unspecified)
 }
 
 /// True for COMPLETED and FAILED.
@@ -138,69 +130,37 @@ pub async fn place_order(
         .iter()
         .map(|line| line.menu_item_id)
         .collect();
-    let menu: HashMap<i32, MenuItemRow> = sqlx::query_as::<_, MenuItemRow>(
+    let menu: HashMap<i32, MenuEntry> = sqlx::query_as::<_, MenuItemRow>(
         "SELECT id, name, description, price, available FROM menu_items WHERE id = ANY($1)",
     )
     .bind(&ids)
     .fetch_all(&mut *tx)
     .await?
     .into_iter()
-    .map(|row| (row.id, row))
+    .map(|row| {
+        let entry = MenuEntry {
+            id: row.id,
+            name: row.name,
+            price: row.price,
+            available: row.available,
+        };
+        (entry.id, entry)
+    })
     .collect();
 
-    let unknown: Vec<FieldViolation> = new_order
-        .lines
-        .iter()
-        .filter(|line| !menu.contains_key(&line.menu_item_id))
-        .map(|line| {
-            FieldViolation::new(
-                format!("items[{}].menu_item_id", line.first_index),
-                format!(
-                    "menu item {} does not exist (see ListMenuItems)",
-                    line.menu_item_id
-                ),
-            )
-        })
-        .collect();
-    if !unknown.is_empty() {
-        return Err(ApiError::InvalidArgument(unknown));
-    }
-    let unavailable: Vec<(i32, String)> = new_order
-        .lines
-        .iter()
-        .filter_map(|line| menu.get(&line.menu_item_id))
-        .filter(|item| !item.available)
-        .map(|item| (item.id, item.name.clone()))
-        .collect();
-    if !unavailable.is_empty() {
-        return Err(ApiError::MenuItemsUnavailable(unavailable));
-    }
-
-    let lines: Vec<PricedLine> = new_order
-        .lines
-        .iter()
-        .map(|line| {
-            let menu_item = &menu[&line.menu_item_id];
-            PricedLine {
-                menu_item_id: line.menu_item_id,
-                name: menu_item.name.clone(),
-                quantity: line.quantity,
-                unit_price: menu_item.price,
-                subtotal: menu_item.price * Decimal::from(line.quantity),
-            }
-        })
-        .collect();
-    let total: Decimal = lines.iter().map(|line| line.subtotal).sum();
+    let priced = price_order(new_order, &menu)?;
+    let (lines, total) = (&priced.lines, priced.total);
 
     let order_id = Uuid::now_v7();
     let inserted: Option<(DateTime<Utc>,)> = sqlx::query_as(
         "INSERT INTO orders (id, customer_name, customer_email, status, total_amount, correlation_id, \
-         idempotency_key, request_fingerprint) VALUES ($1, $2, $3, 'PROCESSING', $4, $5, $6, $7) \
+         idempotency_key, request_fingerprint) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
          ON CONFLICT (idempotency_key) DO NOTHING RETURNING created_at",
     )
     .bind(order_id)
     .bind(&new_order.customer_name)
     .bind(&new_order.customer_email)
+    .bind(OrderState::Processing)
     .bind(total)
     .bind(&context.correlation_id)
     .bind(&new_order.idempotency_key)
@@ -224,7 +184,7 @@ pub async fn place_order(
         });
     };
 
-    let item_ids = insert_items(&mut tx, order_id, &lines).await?;
+    let item_ids = insert_items(&mut tx, order_id, lines).await?;
     let items: Vec<OrderItem> = lines
         .iter()
         .zip(item_ids)
@@ -238,27 +198,14 @@ pub async fn place_order(
         })
         .collect();
 
-    let event = OrderPlaced {
-        metadata: Some(events::metadata(
-            &context.correlation_id,
-            PRODUCER,
-            created_at,
-        )),
-        order_id: order_id.to_string(),
-        customer_name: new_order.customer_name.clone(),
-        customer_email: new_order.customer_email.clone(),
-        total_amount: format_money(total),
-        items: items
-            .iter()
-            .map(|item| OrderPlacedItem {
-                menu_item_id: item.menu_item_id,
-                menu_item_name: item.menu_item_name.clone(),
-                quantity: item.quantity,
-                unit_price: item.unit_price.clone(),
-                subtotal: item.subtotal.clone(),
-            })
-            .collect(),
-    };
+    let event = order_placed(
+        order_id,
+        new_order,
+        &priced,
+        &context.correlation_id,
+        PRODUCER,
+        created_at,
+    );
     let message = OutboxMessage {
         topic: context.topic.clone(),
         key: order_id.to_string(),
@@ -279,7 +226,7 @@ pub async fn place_order(
         id: order_id.to_string(),
         customer_name: new_order.customer_name.clone(),
         customer_email: new_order.customer_email.clone(),
-        status: OrderStatus::Processing as i32,
+        status: OrderState::Processing.to_proto() as i32,
         total_amount: format_money(total),
         created_at: Some(timestamp(created_at)),
         updated_at: Some(timestamp(created_at)),
@@ -292,15 +239,6 @@ pub async fn place_order(
         order,
         created: true,
     })
-}
-
-/// One order line priced from the menu.
-struct PricedLine {
-    menu_item_id: i32,
-    name: String,
-    quantity: i32,
-    unit_price: Decimal,
-    subtotal: Decimal,
 }
 
 /// Inserts the lines in one statement; returns their ids in the order of `lines`.
@@ -395,7 +333,7 @@ pub async fn load_order(pool: &PgPool, order_id: Uuid) -> Result<Option<Order>, 
     .await?;
 
     connection.commit().await?;
-    let status = order_status(&order.status);
+    let status = order.status.to_proto();
     Ok(Some(Order {
         id: order.id.to_string(),
         customer_name: order.customer_name,
@@ -415,13 +353,14 @@ pub async fn load_order(pool: &PgPool, order_id: Uuid) -> Result<Option<Order>, 
                 subtotal: format_money(item.subtotal),
             })
             .collect(),
-        payment_successful: attempts.iter().any(|attempt| attempt.status == "SUCCEEDED"),
+        payment_successful: attempts
+            .iter()
+            .any(|attempt| attempt.status == PaymentState::Succeeded),
         payment_attempts: attempts
             .into_iter()
             .map(|attempt| PaymentAttempt {
                 id: attempt.id.to_string(),
-                status: PaymentStatus::from_str_name(&format!("PAYMENT_STATUS_{}", attempt.status))
-                    .unwrap_or(PaymentStatus::Unspecified) as i32,
+                status: attempt.status.to_proto() as i32,
                 attempt_count: attempt.attempt_count,
                 error_message: attempt.error_message.unwrap_or_default(),
                 processing_time_ms: attempt.processing_time_ms,

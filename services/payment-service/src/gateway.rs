@@ -23,6 +23,18 @@ use uuid::Uuid;
 
 use crate::config::GatewaySettings;
 
+foodorder_common::text_enum! {
+    /// A decision in the gateway's ledger (`gateway_ledger.outcome`).
+    pub enum Decision {
+        /// Charged.
+        Approved => "APPROVED",
+        /// Refused by the gateway.
+        Declined => "DECLINED",
+        /// Given up on: nothing may be charged for the key any more.
+        Voided => "VOIDED",
+    }
+}
+
 /// Message of a decline.
 pub const DECLINE_REASON: &str = "Insufficient funds";
 
@@ -138,24 +150,22 @@ impl MockGateway {
         executor: impl sqlx::PgExecutor<'_>,
         key: &str,
     ) -> Result<Option<ChargeOutcome>, sqlx::Error> {
-        let row: Option<(Uuid, String, Option<String>)> = sqlx::query_as(
+        let row: Option<(Uuid, Decision, Option<String>)> = sqlx::query_as(
             "SELECT charge_id, outcome, decline_reason FROM gateway_ledger \
              WHERE idempotency_key = $1 ORDER BY created_at LIMIT 1",
         )
         .bind(key)
         .fetch_optional(executor)
         .await?;
-        Ok(
-            row.map(|(charge_id, outcome, reason)| match outcome.as_str() {
-                "APPROVED" => ChargeOutcome::Approved { charge_id },
-                "VOIDED" => ChargeOutcome::Voided {
-                    reason: reason.unwrap_or_default(),
-                },
-                _ => ChargeOutcome::Declined {
-                    reason: reason.unwrap_or_else(|| DECLINE_REASON.to_owned()),
-                },
-            }),
-        )
+        Ok(row.map(|(charge_id, outcome, reason)| match outcome {
+            Decision::Approved => ChargeOutcome::Approved { charge_id },
+            Decision::Voided => ChargeOutcome::Voided {
+                reason: reason.unwrap_or_default(),
+            },
+            Decision::Declined => ChargeOutcome::Declined {
+                reason: reason.unwrap_or_else(|| DECLINE_REASON.to_owned()),
+            },
+        }))
     }
 
     /// Records `wanted` for the request's key unless a decision exists; returns the one that stands.
@@ -174,11 +184,13 @@ impl MockGateway {
             return Ok(outcome);
         }
         let (charge_id, label, reason) = match &wanted {
-            ChargeOutcome::Approved { charge_id } => (*charge_id, "APPROVED", None),
+            ChargeOutcome::Approved { charge_id } => (*charge_id, Decision::Approved, None),
             ChargeOutcome::Declined { reason } => {
-                (Uuid::now_v7(), "DECLINED", Some(reason.as_str()))
+                (Uuid::now_v7(), Decision::Declined, Some(reason.as_str()))
             }
-            ChargeOutcome::Voided { reason } => (Uuid::now_v7(), "VOIDED", Some(reason.as_str())),
+            ChargeOutcome::Voided { reason } => {
+                (Uuid::now_v7(), Decision::Voided, Some(reason.as_str()))
+            }
         };
         sqlx::query(
             "INSERT INTO gateway_ledger (charge_id, idempotency_key, amount, outcome, decline_reason) \

@@ -11,6 +11,7 @@ use foodorder_common::consumer::{HandleError, Handled, MessageHandler, ReceivedM
 use foodorder_common::events;
 use foodorder_common::money::format_money;
 use foodorder_common::outbox::{self, OutboxMessage};
+use foodorder_common::status::{OrderState, PaymentState};
 use foodorder_common::telemetry;
 use foodorder_proto::v1::{OrderStatus, PaymentCompleted};
 use prost::Message;
@@ -26,7 +27,7 @@ pub const PRODUCER: &str = "payment-service";
 
 #[derive(sqlx::FromRow)]
 struct OrderRow {
-    status: String,
+    status: OrderState,
     total_amount: Decimal,
     customer_name: String,
     customer_email: String,
@@ -101,7 +102,7 @@ impl<G: PaymentGateway> PaymentHandler<G> {
         )
         .bind(Uuid::now_v7())
         .bind(order_id)
-        .bind(if result.success { "SUCCEEDED" } else { "FAILED" })
+        .bind(PaymentState::of(result.success))
         .bind(order.total_amount)
         .bind(result.attempt_count)
         .bind(&result.error_message)
@@ -114,11 +115,7 @@ impl<G: PaymentGateway> PaymentHandler<G> {
         }
         sqlx::query("UPDATE orders SET status = $2, updated_at = now() WHERE id = $1")
             .bind(order_id)
-            .bind(if result.success {
-                "COMPLETED"
-            } else {
-                "FAILED"
-            })
+            .bind(PaymentState::of(result.success).order_state())
             .execute(&mut *tx)
             .await?;
         let event = PaymentCompleted {
@@ -212,7 +209,7 @@ impl<G: PaymentGateway> MessageHandler for PaymentHandler<G> {
                 "order {order_id} does not exist"
             )));
         };
-        if order.paid || order.status == "COMPLETED" || order.status == "FAILED" {
+        if order.paid || order.status.is_terminal() {
             tracing::info!(%order_id, "order already paid, skipping duplicate delivery");
             return Ok(Handled::Duplicate);
         }
