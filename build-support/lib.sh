@@ -400,15 +400,19 @@ install_prometheus() {
     return 1
   fi
   log "installing Debian's prometheus package (apt-get; first time only)"
-  # policy-rc.d keeps the package from starting its own server (we run ours).
-  local policy=/usr/sbin/policy-rc.d had_policy=""
-  [[ -e $policy ]] && had_policy=yes
-  [[ -n $had_policy ]] || printf '#!/bin/sh\nexit 101\n' >"$policy"
-  chmod +x "$policy" 2>/dev/null || true
-  local installed=0
-  apt_install "$CACHE_DIR/prometheus-install.log" prometheus || installed=$?
-  [[ -n $had_policy ]] || rm -f "$policy"
-  if ((installed != 0)); then
+  # The package would start a system Prometheus on 9090; we run our own. A
+  # policy-rc.d that refuses service starts is put in place for the install
+  # only (in a subshell whose exit trap removes it, even on Ctrl-C), unless
+  # the machine already has one, which is left as it is.
+  if ! (
+    policy=/usr/sbin/policy-rc.d
+    if [[ ! -e $policy ]]; then
+      trap 'rm -f "$policy"' EXIT
+      printf '#!/bin/sh\nexit 101\n' >"$policy"
+      chmod +x "$policy"
+    fi
+    apt_install "$CACHE_DIR/prometheus-install.log" prometheus
+  ); then
     tail -20 "$CACHE_DIR/prometheus-install.log" >&2
     printf 'note: installing Debian'"'"'s prometheus package failed (see %s)\n' "$CACHE_DIR/prometheus-install.log" >&2
     return 1
@@ -425,7 +429,8 @@ ensure_prometheus() {
   prometheus_enabled || { log "Prometheus: off (FOODORDER_PROMETHEUS=${FOODORDER_PROMETHEUS})"; return 0; }
   install_prometheus || { log "Prometheus: not started (see the note above)"; return 0; }
   if port_open 127.0.0.1 "$port"; then
-    log "Prometheus: port $port is taken; not starting one (set PROMETHEUS_PORT to start one elsewhere)"
+    log "Prometheus: port $port is taken (another Prometheus?); not starting one (set PROMETHEUS_PORT to start one elsewhere)"
+    export PROMETHEUS_NOTE="not started: port $port is taken (set PROMETHEUS_PORT)"
     return 0
   fi
   mkdir -p "$state_dir/prometheus"

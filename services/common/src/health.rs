@@ -36,6 +36,7 @@ struct Conditions {
     database: AtomicBool,
     broker: AtomicBool,
     assigned: AtomicBool,
+    stopping: AtomicBool,
     needs_assignment: bool,
     ready: watch::Sender<bool>,
 }
@@ -59,6 +60,7 @@ impl Readiness {
             database: AtomicBool::new(true),
             broker: AtomicBool::new(true),
             assigned: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             needs_assignment,
             ready: watch::channel(!needs_assignment).0,
         }))
@@ -87,6 +89,12 @@ impl Readiness {
         self.refresh();
     }
 
+    /// Records that the service is shutting down: not ready from now on.
+    pub fn set_stopping(&self) {
+        self.0.stopping.store(true, Ordering::SeqCst);
+        self.refresh();
+    }
+
     /// Whether the service is ready.
     pub fn is_ready(&self) -> bool {
         self.unmet().is_empty()
@@ -96,6 +104,9 @@ impl Readiness {
     pub fn unmet(&self) -> Vec<&'static str> {
         let conditions = &self.0;
         let mut unmet = Vec::new();
+        if conditions.stopping.load(Ordering::SeqCst) {
+            unmet.push("shutting down");
+        }
         if !conditions.database.load(Ordering::SeqCst) {
             unmet.push("postgresql unreachable");
         }
@@ -135,16 +146,27 @@ impl Readiness {
     }
 }
 
+/// Consecutive failed checks before a dependency counts as unreachable: one
+/// slow answer does not take the service out of rotation.
+const FAILURES_BEFORE_DOWN: u32 = 2;
+
 /// Checks PostgreSQL (over a connection of its own, so a busy pool does not
 /// read as an outage) and the broker (a metadata request) every
 /// [`DEPENDENCY_CHECK_INTERVAL`], and records the results in `readiness`
-/// until `shutdown`. Transitions are logged.
+/// until `shutdown`: a dependency is down after [`FAILURES_BEFORE_DOWN`]
+/// failed checks in a row and up again after one good one. Transitions are
+/// logged; `foodorder_dependency_up{dependency}` shows each check's result.
 pub async fn watch_dependencies(
-    database: sqlx::postgres::PgConnectOptions,
+    database_options: sqlx::postgres::PgConnectOptions,
     kafka: KafkaConfig,
     readiness: Readiness,
+    metrics: Metrics,
     shutdown: CancellationToken,
 ) {
+    let up = metrics.gauge_family::<DependencyLabel>(
+        "foodorder_dependency_up",
+        "1 while the last check of a dependency (postgresql, kafka) succeeded, 0 otherwise",
+    );
     let broker: Option<Arc<BaseConsumer>> = crate::kafka::client_config(&kafka, "readiness")
         .create()
         .map(Arc::new)
@@ -153,36 +175,74 @@ pub async fn watch_dependencies(
     let mut connection: Option<sqlx::PgConnection> = None;
     let mut interval = tokio::time::interval(DEPENDENCY_CHECK_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (mut database_up, mut broker_up) = (true, true);
+    let mut database = Dependency::new("postgresql");
+    let mut kafka_broker = Dependency::new("kafka");
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = interval.tick() => {}
         }
-        let database_now = check_database(&database, &mut connection).await;
+        let database_now = check_database(&database_options, &mut connection).await;
         let broker_now = match &broker {
             Some(client) => {
                 let client = client.clone();
                 tokio::task::spawn_blocking(move || {
-                    client
+                    let answered = client
                         .fetch_metadata(None, DEPENDENCY_CHECK_TIMEOUT)
-                        .is_ok_and(|metadata| !metadata.brokers().is_empty())
+                        .is_ok_and(|metadata| !metadata.brokers().is_empty());
+                    // Serve the client's own events (errors, logs) so they do not pile up.
+                    let _ = client.poll(Duration::ZERO);
+                    answered
                 })
                 .await
                 .unwrap_or(false)
             }
             None => false,
         };
-        if database_now != database_up {
-            log_transition("postgresql", database_now);
-            database_up = database_now;
+        for (dependency, now) in [
+            (&mut database, database_now),
+            (&mut kafka_broker, broker_now),
+        ] {
+            up.get_or_create(&DependencyLabel {
+                dependency: dependency.name,
+            })
+            .set(i64::from(now));
+            dependency.observe(now);
         }
-        if broker_now != broker_up {
-            log_transition("kafka", broker_now);
-            broker_up = broker_now;
+        readiness.set_database(database.up);
+        readiness.set_broker(kafka_broker.up);
+    }
+}
+
+/// The `dependency` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct DependencyLabel {
+    dependency: &'static str,
+}
+
+/// One dependency's state with its run of failed checks.
+struct Dependency {
+    name: &'static str,
+    up: bool,
+    failures: u32,
+}
+
+impl Dependency {
+    fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            up: true,
+            failures: 0,
         }
-        readiness.set_database(database_now);
-        readiness.set_broker(broker_now);
+    }
+
+    fn observe(&mut self, answered: bool) {
+        self.failures = if answered { 0 } else { self.failures + 1 };
+        let up = answered || (self.up && self.failures < FAILURES_BEFORE_DOWN);
+        if up != self.up {
+            log_transition(self.name, up);
+            self.up = up;
+        }
     }
 }
 
@@ -216,36 +276,70 @@ async fn check_database(
     healthy
 }
 
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 64;
+/// The longest request head read.
+const MAX_REQUEST_BYTES: usize = 8 * 1024;
+/// The longest a connection may take, request and response together.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Serves `/healthz`, `/readyz` and `/metrics` on `listener` until `shutdown`.
+/// At most [`MAX_CONNECTIONS`] at once, each bounded by [`CONNECTION_TIMEOUT`],
+/// so slow or hostile clients cannot pile up.
 pub async fn serve(
     listener: TcpListener,
     readiness: Readiness,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let slot = tokio::select! {
+            () = shutdown.cancelled() => return,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
+        };
         let (mut stream, _) = tokio::select! {
             () = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(connection) => connection,
                 Err(error) => {
+                    // Out of file descriptors, say: wait instead of spinning.
                     tracing::warn!(%error, "http endpoint accept failed");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
             },
         };
         let (readiness, metrics) = (readiness.clone(), metrics.clone());
         tokio::spawn(async move {
-            let mut buffer = [0_u8; 1024];
-            let read = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buffer)).await;
-            let request = match read {
-                Ok(Ok(length)) => String::from_utf8_lossy(&buffer[..length]).into_owned(),
-                _ => return,
-            };
-            let response = respond(&request, &readiness, &metrics);
-            let _ = stream.write_all(&response).await;
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, async {
+                let request = read_request_head(&mut stream).await?;
+                let response = respond(&request, &readiness, &metrics);
+                stream.write_all(&response).await?;
+                stream.shutdown().await
+            })
+            .await;
+            drop(slot);
         });
     }
+}
+
+/// Reads until the end of the request head (`\r\n\r\n`), the peer's end of
+/// stream, or [`MAX_REQUEST_BYTES`].
+async fn read_request_head(stream: &mut tokio::net::TcpStream) -> std::io::Result<String> {
+    let mut head = Vec::with_capacity(1024);
+    let mut buffer = [0_u8; 1024];
+    while head.len() < MAX_REQUEST_BYTES && !head.windows(4).any(|window| window == b"\r\n\r\n") {
+        let read = stream.read(&mut buffer).await?;
+        if read == 0 {
+            break;
+        }
+        head.extend_from_slice(&buffer[..read]);
+    }
+    Ok(String::from_utf8_lossy(&head).into_owned())
 }
 
 /// The whole HTTP/1.1 response to `request`.
@@ -335,6 +429,29 @@ mod tests {
             Readiness::for_server().is_ready(),
             "a server waits for no assignment"
         );
+    }
+
+    #[test]
+    fn a_dependency_is_down_after_two_failed_checks_and_up_after_one_good_one() {
+        let mut dependency = Dependency::new("postgresql");
+        dependency.observe(false);
+        assert!(dependency.up, "one slow answer is not an outage");
+        dependency.observe(false);
+        assert!(!dependency.up);
+        dependency.observe(false);
+        assert!(!dependency.up);
+        dependency.observe(true);
+        assert!(dependency.up);
+        dependency.observe(false);
+        dependency.observe(true);
+        assert!(dependency.up, "failures must be consecutive");
+    }
+
+    #[test]
+    fn stopping_is_not_ready() {
+        let readiness = Readiness::for_server();
+        readiness.set_stopping();
+        assert_eq!(readiness.unmet(), ["shutting down"]);
     }
 
     #[test]

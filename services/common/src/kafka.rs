@@ -89,6 +89,8 @@ pub struct TopicSpec {
     pub partitions: i32,
     /// The topic's `max.message.bytes`.
     pub max_message_bytes: usize,
+    /// A dead-letter topic (its limit is raised on an existing topic).
+    pub dead_letter: bool,
 }
 
 /// Every topic of the platform with its configured partition count.
@@ -98,11 +100,13 @@ pub fn platform_topics(config: &KafkaConfig) -> Vec<TopicSpec> {
         name: name.clone(),
         partitions: config.event_partitions,
         max_message_bytes: EVENT_MAX_MESSAGE_BYTES,
+        dead_letter: false,
     };
     let dead_letter = |name: &String| TopicSpec {
         name: name.clone(),
         partitions: config.dlq_partitions,
         max_message_bytes: DLQ_MAX_MESSAGE_BYTES,
+        dead_letter: true,
     };
     vec![
         event(&topics.order_placed),
@@ -113,8 +117,9 @@ pub fn platform_topics(config: &KafkaConfig) -> Vec<TopicSpec> {
 }
 
 /// Creates the topics that do not exist yet. An existing topic is left alone,
-/// except that a `max.message.bytes` below the spec's is raised (a DLQ topic
-/// made by an older version would refuse the largest dead-letter copies).
+/// except that a dead-letter topic whose `max.message.bytes` is below the
+/// spec's is raised (one made by an older version would refuse the largest
+/// dead-letter copies); that step is best-effort and never fails the start.
 pub async fn ensure_topics(config: &KafkaConfig, specs: &[TopicSpec]) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = client_config(config, "foodorder-admin")
         .create()
@@ -148,13 +153,24 @@ pub async fn ensure_topics(config: &KafkaConfig, specs: &[TopicSpec]) -> anyhow:
             Ok(topic) => tracing::info!(topic, "created kafka topic"),
             Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
                 tracing::debug!(topic, "kafka topic already exists");
-                existing.extend(specs.iter().filter(|spec| spec.name == topic));
+                existing.extend(
+                    specs
+                        .iter()
+                        .filter(|spec| spec.name == topic && spec.dead_letter),
+                );
             }
             Err((topic, code)) => anyhow::bail!("failed to create kafka topic {topic}: {code}"),
         }
     }
     for spec in existing {
-        widen_max_message_bytes(&admin, spec, &options).await?;
+        if let Err(error) = widen_max_message_bytes(&admin, spec, &options).await {
+            tracing::warn!(
+                topic = spec.name,
+                error = format!("{error:#}"),
+                wanted = spec.max_message_bytes,
+                "could not check or raise the dead-letter topic's max.message.bytes; the largest records may not fit"
+            );
+        }
     }
     Ok(())
 }
@@ -162,8 +178,8 @@ pub async fn ensure_topics(config: &KafkaConfig, specs: &[TopicSpec]) -> anyhow:
 /// Raises an existing topic's `max.message.bytes` to the spec's when it is
 /// lower. The broker's AlterConfigs replaces a topic's whole set of
 /// overrides, so the topic's other overrides are sent along unchanged; a
-/// topic with a sensitive override (whose value the broker does not reveal)
-/// is left alone, with a warning.
+/// topic whose overrides cannot all be read back (a sensitive value, or a
+/// broker that does not say where a value comes from) is left alone.
 async fn widen_max_message_bytes(
     admin: &AdminClient<DefaultClientContext>,
     spec: &TopicSpec,

@@ -47,7 +47,7 @@ pub fn latency_family<L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fm
     Family::new_with_constructor(latency_histogram)
 }
 
-type Hook = Box<dyn Fn() + Send + Sync>;
+type Hook = Arc<dyn Fn() + Send + Sync>;
 
 #[derive(Default)]
 struct Inner {
@@ -137,18 +137,19 @@ impl Metrics {
             .hooks
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(Box::new(hook));
+            .push(Arc::new(hook));
     }
 
     /// The current values in the OpenMetrics text format.
     pub fn encode(&self) -> String {
-        for hook in self
+        // The hooks run without the lock held: one may register metrics itself.
+        let hooks: Vec<Hook> = self
             .0
             .hooks
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
+            .clone();
+        for hook in hooks {
             hook();
         }
         let mut text = String::new();

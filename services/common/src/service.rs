@@ -58,6 +58,7 @@ impl<H: MessageHandler> ConsumerService<H> {
             (*self.pool.connect_options()).clone(),
             self.kafka.clone(),
             readiness.clone(),
+            self.metrics.clone(),
             background.clone(),
         ));
         let relay = self.relay.map(|relay_config| {
@@ -80,7 +81,7 @@ impl<H: MessageHandler> ConsumerService<H> {
             shutdown,
         )
         .await;
-        readiness.set_assigned(false);
+        readiness.set_stopping();
         background.cancel();
         let _ = dependencies.await;
         if let Some(relay) = relay

@@ -172,14 +172,22 @@ where
 
     fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
         let path = request.uri().path().trim_start_matches('/').to_owned();
-        let method_label = method_label(&path);
-        let metrics = self.metrics.clone();
-        let started = std::time::Instant::now();
+        let call = CallRecord {
+            metrics: self.metrics.clone(),
+            method: method_label(&path),
+            started: std::time::Instant::now(),
+            deadline: request
+                .headers()
+                .get("grpc-timeout")
+                .and_then(|value| parse_grpc_timeout(value.to_str().ok()?)),
+            recorded: false,
+        };
         if path.starts_with("grpc.") {
             let future = self.inner.call(request);
             return Box::pin(async move {
+                let mut call = call;
                 let response = future.await?;
-                metrics.observe(method_label, status_code(&response), started);
+                call.finish(status_code(&response));
                 Ok(response)
             });
         }
@@ -208,9 +216,10 @@ where
         }
         .instrument(span.clone());
         Box::pin(async move {
+            let mut call = call;
             let mut response = future.await?;
             let status = status_code(&response);
-            metrics.observe(method_label, status, started);
+            call.finish(status);
             span.record("rpc.grpc.status_code", status);
             if status != 0 {
                 span.record("otel.status_code", "ERROR");
@@ -223,6 +232,55 @@ where
             Ok(response)
         })
     }
+}
+
+/// One call's metrics, recorded exactly once: with the response's status, or
+/// — when the call's future is dropped first (tonic's deadline layer or a
+/// client reset cancels it outside this layer) — as DEADLINE_EXCEEDED if the
+/// caller's `grpc-timeout` has passed, CANCELLED otherwise.
+struct CallRecord {
+    metrics: GrpcMetrics,
+    method: &'static str,
+    started: std::time::Instant,
+    deadline: Option<std::time::Duration>,
+    recorded: bool,
+}
+
+impl CallRecord {
+    fn finish(&mut self, status: i64) {
+        if !self.recorded {
+            self.recorded = true;
+            self.metrics.observe(self.method, status, self.started);
+        }
+    }
+}
+
+impl Drop for CallRecord {
+    fn drop(&mut self) {
+        let expired = self
+            .deadline
+            .is_some_and(|deadline| self.started.elapsed() >= deadline);
+        // 4 DEADLINE_EXCEEDED, 1 CANCELLED.
+        self.finish(if expired { 4 } else { 1 });
+    }
+}
+
+/// A `grpc-timeout` header value (`<digits><unit>`, unit H, M, S, m, u or n).
+fn parse_grpc_timeout(value: &str) -> Option<std::time::Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => std::time::Duration::from_secs(amount * 3600),
+        "M" => std::time::Duration::from_secs(amount * 60),
+        "S" => std::time::Duration::from_secs(amount),
+        "m" => std::time::Duration::from_millis(amount),
+        "u" => std::time::Duration::from_micros(amount),
+        "n" => std::time::Duration::from_nanos(amount),
+        _ => return None,
+    })
 }
 
 impl GrpcMetrics {
@@ -257,6 +315,17 @@ mod tests {
         );
         assert_eq!(method_label("x".repeat(5000).as_str()), "other");
         assert_eq!(code_label(3), "INVALID_ARGUMENT");
+        assert_eq!(
+            parse_grpc_timeout("250m"),
+            Some(std::time::Duration::from_millis(250))
+        );
+        assert_eq!(
+            parse_grpc_timeout("2S"),
+            Some(std::time::Duration::from_secs(2))
+        );
+        assert_eq!(parse_grpc_timeout("999999999S"), None);
+        assert_eq!(parse_grpc_timeout("5x"), None);
+        assert_eq!(parse_grpc_timeout(""), None);
         assert_eq!(code_label(99), "UNKNOWN");
     }
 }

@@ -118,6 +118,7 @@ impl Application {
             (*pool.connect_options()).clone(),
             config.kafka.clone(),
             readiness.clone(),
+            metrics.clone(),
             background.clone(),
         ));
         // grpc.health.v1 follows readiness until shutdown, which sets NOT_SERVING for good.
@@ -188,8 +189,10 @@ impl Application {
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
                 let shutdown = shutdown.clone();
                 let health_reporter = health_reporter.clone();
+                let readiness = readiness.clone();
                 async move {
                     shutdown.cancelled().await;
+                    readiness.set_stopping();
                     let _ = health_follower.await;
                     for service in ["", SERVICE_NAME] {
                         health_reporter

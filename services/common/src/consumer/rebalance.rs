@@ -28,10 +28,16 @@ impl ClientContext for RebalanceContext {
     /// consumer is assigned (high watermark minus committed offset, or minus
     /// the low watermark while nothing is committed).
     fn stats(&self, statistics: rdkafka::Statistics) {
-        self.metrics.lag.clear();
+        // Only partitions this member owns and fetches now: librdkafka keeps
+        // revoked ones in its statistics, frozen, with `fetch_state` "stopped".
+        let mut lags = Vec::new();
         for (topic, stats) in &statistics.topics {
             for (partition, stats) in &stats.partitions {
-                if *partition < 0 || stats.fetch_state == "none" || stats.hi_offset < 0 {
+                if *partition < 0
+                    || !stats.desired
+                    || stats.fetch_state != "active"
+                    || stats.hi_offset < 0
+                {
                     continue;
                 }
                 // Nothing committed yet: everything retained is still to be read.
@@ -42,14 +48,15 @@ impl ClientContext for RebalanceContext {
                 } else {
                     continue;
                 };
-                self.metrics
-                    .lag
-                    .get_or_create(&LagLabels {
-                        topic: topic.clone(),
-                        partition: partition.to_string(),
-                    })
-                    .set(lag.max(0));
+                lags.push((topic.clone(), partition.to_string(), lag.max(0)));
             }
+        }
+        self.metrics.lag.clear();
+        for (topic, partition, lag) in lags {
+            self.metrics
+                .lag
+                .get_or_create(&LagLabels { topic, partition })
+                .set(lag);
         }
     }
 }

@@ -160,8 +160,7 @@ pub async fn run<H: MessageHandler>(
         let topic = TopicLabel {
             topic: message.topic.clone(),
         };
-        let in_flight = metrics.in_flight.get_or_create(&topic).clone();
-        in_flight.inc();
+        let in_flight = InFlight::new(metrics.in_flight.get_or_create(&topic).clone());
         tasks.spawn(async move {
             let span = consumer_span(&message, &settings.group_id);
             let work = process(
@@ -177,7 +176,7 @@ pub async fn run<H: MessageHandler>(
             if finished {
                 progress.finished(&message.topic, message.partition, message.offset);
             }
-            in_flight.dec();
+            drop(in_flight);
             drop(permit);
         });
     }
@@ -307,5 +306,22 @@ async fn process<H: MessageHandler>(
                 }
             }
         }
+    }
+}
+
+/// Counts a record in the in-flight gauge while it lives: dropped when its
+/// task ends, including a task aborted at shutdown.
+struct InFlight(prometheus_client::metrics::gauge::Gauge);
+
+impl InFlight {
+    fn new(gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
