@@ -104,6 +104,7 @@ pub async fn run<H: MessageHandler>(
     // While every slot is busy the assigned partitions are paused, not left
     // unpolled: polling goes on, so rebalances are served and commits are made.
     let mut paused: Option<(TopicPartitionList, u64)> = None;
+    let mut errors = ErrorLog::default();
     loop {
         let saturated = permits.available_permits() == 0;
         let generation = assignments.load(std::sync::atomic::Ordering::SeqCst);
@@ -132,8 +133,12 @@ pub async fn run<H: MessageHandler>(
             received = consumer.recv() => match received {
                 Ok(message) => ReceivedMessage::from_borrowed(&message),
                 Err(error) => {
-                    tracing::warn!(%error, "kafka consumer error");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    // librdkafka recovers by itself; these are reports. Reading
+                    // them slowly (a sleep per error) once left a backlog of
+                    // outage reports in front of the next assignment for
+                    // minutes: read them at once, log at most one a second.
+                    errors.report(&error);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
             },
@@ -323,5 +328,28 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+/// Consumer errors, logged at most once a second with a count of those left out.
+#[derive(Default)]
+struct ErrorLog {
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl ErrorLog {
+    fn report(&mut self, error: &rdkafka::error::KafkaError) {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < Duration::from_secs(1))
+        {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!(%error, similar_errors_not_logged = self.suppressed, "kafka consumer error");
+        self.last = Some(now);
+        self.suppressed = 0;
     }
 }
