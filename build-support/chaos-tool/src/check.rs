@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use foodorder_common::status::OrderState;
+use foodorder_common::status::{OrderState, PaymentState};
 use payment_service::gateway::Decision;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -30,6 +30,9 @@ pub struct CheckArgs {
     /// The notification service's consumer group.
     #[arg(long)]
     notification_group: String,
+    /// The order API's consumer group (payment.completed).
+    #[arg(long)]
+    order_group: String,
     /// The ids the careful client saw acknowledged, one per line.
     #[arg(long)]
     acked: std::path::PathBuf,
@@ -63,8 +66,8 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<bool> {
     let started = Instant::now();
     let lags = loop {
         let unfinished: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM orders o WHERE o.id::text = ANY($1) AND (o.status NOT IN ($2, $3) \
-             OR NOT EXISTS (SELECT 1 FROM notifications n WHERE n.order_id = o.id))",
+            "SELECT count(*) FROM orders.orders o WHERE o.id::text = ANY($1) AND (o.status NOT IN ($2, $3) \
+             OR NOT EXISTS (SELECT 1 FROM notifications.notifications n WHERE n.order_id = o.id))",
         )
         .bind(acked.iter().cloned().collect::<Vec<_>>())
         .bind(OrderState::Completed)
@@ -72,7 +75,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<bool> {
         .fetch_one(&pool)
         .await?;
         let backlog: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND parked_at IS NULL",
+            "SELECT (SELECT count(*) FROM orders.outbox WHERE sent_at IS NULL AND parked_at IS NULL) + (SELECT count(*) FROM payments.outbox WHERE sent_at IS NULL AND parked_at IS NULL)",
         )
         .fetch_one(&pool)
         .await?;
@@ -88,18 +91,19 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<bool> {
     let quiet_after = started.elapsed();
 
     let mut rows = Vec::new();
-    let orders: Vec<(String, OrderState, i64, i64, i64)> = sqlx::query_as(
+    let orders: Vec<OrderRow> = sqlx::query_as(
         "SELECT o.id::text, o.status, \
-         (SELECT count(*) FROM payment_attempts p WHERE p.order_id = o.id), \
-         (SELECT count(*) FROM notifications n WHERE n.order_id = o.id), \
-         (SELECT count(*) FROM gateway_ledger g WHERE g.idempotency_key = o.id::text AND g.outcome = $1) \
-         FROM orders o",
+         (SELECT count(*) FROM payments.payment_attempts p WHERE p.order_id = o.id), \
+         (SELECT count(*) FROM notifications.notifications n WHERE n.order_id = o.id), \
+         (SELECT count(*) FROM payments.gateway_ledger g WHERE g.idempotency_key = o.id::text AND g.outcome = $1), \
+         (SELECT p.status FROM payments.payment_attempts p WHERE p.order_id = o.id LIMIT 1), \
+         (SELECT s.status FROM orders.order_payments s WHERE s.order_id = o.id) \
+         FROM orders.orders o",
     )
     .bind(Decision::Approved)
     .fetch_all(&pool)
     .await?;
-    let by_id: BTreeMap<&str, &(String, OrderState, i64, i64, i64)> =
-        orders.iter().map(|row| (row.0.as_str(), row)).collect();
+    let by_id: BTreeMap<&str, &OrderRow> = orders.iter().map(|row| (row.0.as_str(), row)).collect();
     let missing: Vec<&String> = acked
         .iter()
         .filter(|id| !by_id.contains_key(id.as_str()))
@@ -143,12 +147,24 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<bool> {
         checked: terminal_orders.len(),
         violations: terminal_orders.iter().filter(|row| row.3 != 1).count(),
     });
+    rows.push(Row {
+        invariant: "terminal orders: status = summary = attempt",
+        checked: terminal_orders.len(),
+        violations: terminal_orders
+            .iter()
+            .filter(|row| {
+                row.5.is_none()
+                    || row.5 != row.6
+                    || row.5.map(PaymentState::order_state) != Some(row.1)
+            })
+            .count(),
+    });
     let backlog: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND parked_at IS NULL",
+        "SELECT (SELECT count(*) FROM orders.outbox WHERE sent_at IS NULL AND parked_at IS NULL) + (SELECT count(*) FROM payments.outbox WHERE sent_at IS NULL AND parked_at IS NULL)",
     )
     .fetch_one(&pool)
     .await?;
-    let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE parked_at IS NOT NULL")
+    let parked: i64 = sqlx::query_scalar("SELECT (SELECT count(*) FROM orders.outbox WHERE parked_at IS NOT NULL) + (SELECT count(*) FROM payments.outbox WHERE parked_at IS NOT NULL)")
         .fetch_one(&pool)
         .await?;
     rows.push(Row {
@@ -201,6 +217,19 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<bool> {
 }
 
 /// Lag per (group, partition): high watermark minus the committed offset.
+/// An order as the checks see it: id, status, payment attempts,
+/// notifications, approved charges, the attempt's status, the order API's
+/// payment summary status.
+type OrderRow = (
+    String,
+    OrderState,
+    i64,
+    i64,
+    i64,
+    Option<PaymentState>,
+    Option<PaymentState>,
+);
+
 async fn group_lags(
     args: &CheckArgs,
     topics: &foodorder_common::config::Topics,
@@ -211,6 +240,7 @@ async fn group_lags(
             args.notification_group.clone(),
             topics.payment_completed.clone(),
         ),
+        (args.order_group.clone(), topics.payment_completed.clone()),
     ];
     let bootstrap = args.bootstrap.clone();
     let lags = tokio::task::spawn_blocking(move || {

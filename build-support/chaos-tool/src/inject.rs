@@ -176,14 +176,15 @@ pub async fn run(args: InjectArgs) -> anyhow::Result<()> {
     let plan = [
         (
             &topics.order_placed,
-            &topics.payment_dlq,
+            vec![&topics.payment_dlq],
             "foodorder.v1.OrderPlaced",
             payment_completed.clone(),
             order_placed.clone(),
         ),
         (
             &topics.payment_completed,
-            &topics.notification_dlq,
+            // Two groups read payment.completed: each dead-letters its copy.
+            vec![&topics.notification_dlq, &topics.order_dlq],
             "foodorder.v1.PaymentCompleted",
             order_placed,
             payment_completed,
@@ -195,7 +196,7 @@ pub async fn run(args: InjectArgs) -> anyhow::Result<()> {
         .open(&args.out)
         .with_context(|| format!("failed to open {}", args.out.display()))?;
     let mut sent = 0;
-    for (topic, dlq, event_type, wrong, valid) in plan {
+    for (topic, dlqs, event_type, wrong, valid) in plan {
         for record in hostile_records(&mut rng, event_type, wrong, valid, &args.live_order) {
             let partition = rng.random_range(0..6);
             testing::produce_raw(
@@ -207,15 +208,17 @@ pub async fn run(args: InjectArgs) -> anyhow::Result<()> {
                 &record.headers,
             )
             .await;
-            let line = serde_json::json!({
-                "kind": record.kind,
-                "topic": topic,
-                "dlq": dlq,
-                "key": record.key.as_deref().map(hex),
-                "value_sha256": hex(&Sha256::digest(record.value.as_deref().unwrap_or_default())),
-                "headers": record.headers.iter().map(|(name, value)| (hex(name), value.as_deref().map(hex))).collect::<Vec<_>>(),
-            });
-            writeln!(out, "{line}")?;
+            for dlq in &dlqs {
+                let line = serde_json::json!({
+                    "kind": record.kind,
+                    "topic": topic,
+                    "dlq": dlq,
+                    "key": record.key.as_deref().map(hex),
+                    "value_sha256": hex(&Sha256::digest(record.value.as_deref().unwrap_or_default())),
+                    "headers": record.headers.iter().map(|(name, value)| (hex(name), value.as_deref().map(hex))).collect::<Vec<_>>(),
+                });
+                writeln!(out, "{line}")?;
+            }
             sent += 1;
         }
     }

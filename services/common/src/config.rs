@@ -115,6 +115,8 @@ pub struct Topics {
     pub payment_dlq: String,
     /// `notification.dlq`: records the notification service could not process.
     pub notification_dlq: String,
+    /// `order.dlq`: records the order API's consumer could not process.
+    pub order_dlq: String,
 }
 
 impl Topics {
@@ -125,6 +127,7 @@ impl Topics {
             payment_completed: format!("{prefix}payment.completed"),
             payment_dlq: format!("{prefix}payment.dlq"),
             notification_dlq: format!("{prefix}notification.dlq"),
+            order_dlq: format!("{prefix}order.dlq"),
         }
     }
 }

@@ -1,32 +1,122 @@
-//! The PostgreSQL pool and the embedded migrations (the workspace's
-//! `migrations/` folder), shared by every service.
+//! The PostgreSQL pool, and each service's schema with its migrations (the
+//! workspace's `migrations/<schema>/` folders, compiled in).
 
 use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::migrate::{MigrateDatabase, Migrator};
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection};
 
 use crate::backoff::Backoff;
 use crate::config::DatabaseConfig;
 
-/// The workspace's migrations, compiled into every service.
-pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
+/// A service's own schema: only that service reads or writes its tables, and
+/// it applies its migrations, with their history in `<schema>._sqlx_migrations`.
+pub struct Schema {
+    /// The schema's name, which qualifies every table the service names.
+    pub name: &'static str,
+    migrator: Migrator,
+}
+
+/// The order API's schema: menu, orders, order items, payment summaries, outbox.
+pub static ORDERS: Schema = Schema {
+    name: "orders",
+    migrator: sqlx::migrate!("../../migrations/orders"),
+};
+
+/// The payment service's schema: payment requests and attempts, the gateway ledger, outbox.
+pub static PAYMENTS: Schema = Schema {
+    name: "payments",
+    migrator: sqlx::migrate!("../../migrations/payments"),
+};
+
+/// The notification service's schema: the notifications sent.
+pub static NOTIFICATIONS: Schema = Schema {
+    name: "notifications",
+    migrator: sqlx::migrate!("../../migrations/notifications"),
+};
+
+/// Every service's schema.
+pub static ALL_SCHEMAS: [&Schema; 3] = [&ORDERS, &PAYMENTS, &NOTIFICATIONS];
+
+/// The single shared schema's history (in `public`), ending with the move of
+/// every table to its owner's schema. Applied only where that history exists.
+pub static LEGACY: Migrator = sqlx::migrate!("../../migrations/legacy");
+
+/// Advisory-lock key held while a service creates its schema and migrates, so
+/// that services starting together do not race on `CREATE SCHEMA`.
+const MIGRATION_LOCK: i64 = 0x666f_6f64_6f72_6472;
+
+impl Schema {
+    /// Brings the database up to date for this schema: the legacy move first
+    /// when the database has the shared history, then the schema's own folder.
+    pub async fn migrate(&self, options: &PgConnectOptions) -> anyhow::Result<()> {
+        let mut connection = options
+            .clone()
+            .options([("search_path", "public")])
+            .connect()
+            .await
+            .context("failed to connect to postgresql to migrate")?;
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut connection)
+            .await?;
+        let migrated = self.migrate_locked(&mut connection).await;
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut connection)
+            .await;
+        let _ = connection.close().await;
+        migrated
+    }
+
+    async fn migrate_locked(&self, connection: &mut PgConnection) -> anyhow::Result<()> {
+        let legacy: bool =
+            sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations') IS NOT NULL")
+                .fetch_one(&mut *connection)
+                .await?;
+        if legacy {
+            LEGACY
+                .run_direct(&mut *connection)
+                .await
+                .context("failed to apply the shared schema's history and the split")?;
+        }
+        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {}", self.name))
+            .execute(&mut *connection)
+            .await?;
+        // The schema's own history table lives in the schema.
+        sqlx::query(&format!("SET search_path TO {}", self.name))
+            .execute(&mut *connection)
+            .await?;
+        self.migrator
+            .run_direct(&mut *connection)
+            .await
+            .with_context(|| format!("failed to run the {} schema's migrations", self.name))?;
+        sqlx::query("SET search_path TO public")
+            .execute(&mut *connection)
+            .await?;
+        Ok(())
+    }
+}
 
 /// How long a starting service waits for PostgreSQL to be reachable before it gives up.
 const STARTUP_PATIENCE: Duration = Duration::from_secs(120);
 
 /// Creates the database if it does not exist, opens a pool and runs the
-/// migrations. A database that is unreachable or restarting (see
+/// migrations of `schema`. A database that is unreachable or restarting (see
 /// [`is_unavailable`]) is waited for, with capped back-off, for up to two
 /// minutes: a service started during a database restart comes up with it
 /// instead of exiting. Anything else (bad credentials, a broken migration)
 /// fails at once.
-pub async fn connect_and_migrate(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
+pub async fn connect_and_migrate(
+    config: &DatabaseConfig,
+    schema: &Schema,
+) -> anyhow::Result<PgPool> {
     let started = std::time::Instant::now();
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
-        match try_connect_and_migrate(config).await {
+        match try_connect_and_migrate(config, schema).await {
             Ok(pool) => return Ok(pool),
             Err(error)
                 if is_transient_startup_error(&error) && started.elapsed() < STARTUP_PATIENCE =>
@@ -54,7 +144,10 @@ fn is_transient_startup_error(error: &anyhow::Error) -> bool {
     })
 }
 
-async fn try_connect_and_migrate(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
+async fn try_connect_and_migrate(
+    config: &DatabaseConfig,
+    schema: &Schema,
+) -> anyhow::Result<PgPool> {
     let url = config.url.expose();
     if !sqlx::Postgres::database_exists(url)
         .await
@@ -74,10 +167,7 @@ async fn try_connect_and_migrate(config: &DatabaseConfig) -> anyhow::Result<PgPo
         .connect(url)
         .await
         .context("failed to connect to postgresql")?;
-    MIGRATOR
-        .run(&pool)
-        .await
-        .context("failed to run database migrations")?;
+    schema.migrate(&pool.connect_options()).await?;
     Ok(pool)
 }
 

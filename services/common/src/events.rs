@@ -77,6 +77,16 @@ fn check_metadata(metadata: Option<&EventMetadata>, event: &str) -> Result<(), S
     Ok(())
 }
 
+/// An event's amount: an exact decimal string, not negative, that fits the
+/// database's NUMERIC(12, 2).
+pub fn amount(text: &str) -> Result<rust_decimal::Decimal, String> {
+    crate::money::parse_money(text)
+        .filter(|amount| {
+            !amount.is_sign_negative() && *amount < rust_decimal::Decimal::new(10_000_000_000, 0)
+        })
+        .ok_or_else(|| format!("amount {text:?} is not a valid amount"))
+}
+
 /// The order id of an event, which must be a UUID.
 fn order_id(text: &str) -> Result<Uuid, String> {
     Uuid::parse_str(text).map_err(|_| format!("order id {text:?} is not a UUID"))
@@ -95,6 +105,10 @@ pub fn decode_order_placed(
     let order_id = order_id(&event.order_id)?;
     if key != Some(event.order_id.as_bytes()) {
         return Err("record key does not match the order id".to_owned());
+    }
+    amount(&event.total_amount)?;
+    if event.customer_email.is_empty() {
+        return Err("OrderPlaced without customer email".to_owned());
     }
     Ok((order_id, event))
 }
@@ -120,6 +134,14 @@ pub fn decode_payment_completed(value: Option<&[u8]>) -> Result<(Uuid, PaymentCo
     }
     if event.customer_email.is_empty() {
         return Err("PaymentCompleted without customer email".to_owned());
+    }
+    amount(&event.amount)?;
+    if !event.payment_id.is_empty() {
+        Uuid::parse_str(&event.payment_id)
+            .map_err(|_| format!("payment id {:?} is not a UUID", event.payment_id))?;
+    }
+    if event.attempt_count < 0 || event.processing_time_ms < 0 {
+        return Err("PaymentCompleted with a negative count or duration".to_owned());
     }
     Ok((order_id, event))
 }

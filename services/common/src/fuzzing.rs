@@ -268,6 +268,7 @@ pub fn seed_payment_completed(success: bool) -> PaymentCompleted {
         amount: "25.98".to_owned(),
         customer_email: "zoe@example.com".to_owned(),
         customer_name: "Zoë Example".to_owned(),
+        payment_id: "0190f5e8-7b00-7c2e-8d3f-4a5b6c7d8e9f".to_owned(),
     }
 }
 
@@ -473,6 +474,7 @@ mod tests {
             amount: text(rng),
             customer_email: text(rng),
             customer_name: text(rng),
+            payment_id: text(rng),
         }
     }
 

@@ -113,6 +113,7 @@ pub fn platform_topics(config: &KafkaConfig) -> Vec<TopicSpec> {
         event(&topics.payment_completed),
         dead_letter(&topics.payment_dlq),
         dead_letter(&topics.notification_dlq),
+        dead_letter(&topics.order_dlq),
     ]
 }
 

@@ -3,7 +3,10 @@
 //! records through an idempotent producer and marks them sent only after the
 //! broker acknowledged them.
 //!
-//! Promptness without polling: `enqueue` also issues `NOTIFY outbox`, which
+//! Each service has its own outbox table, `<schema>.outbox`, in the schema it
+//! owns (see [`crate::db::Schema`]).
+//!
+//! Promptness without polling: `enqueue` also issues `NOTIFY <schema>_outbox`, which
 //! PostgreSQL delivers at commit; the relay `LISTEN`s and drains at once. A slow
 //! sweep catches rows whose notification was missed (a crash, a lost listener
 //! connection). Rows are claimed with `FOR UPDATE SKIP LOCKED`, so several
@@ -27,11 +30,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
+use crate::db::Schema;
 use crate::metrics::{LatencyFamily, Metrics, TopicLabel};
 use crate::{kafka, telemetry};
 
-/// The channel on which `enqueue` notifies the relay.
-pub const NOTIFY_CHANNEL: &str = "outbox";
+/// The channel on which `enqueue` notifies the relay of `schema`'s outbox.
+pub fn notify_channel(schema: &Schema) -> String {
+    format!("{}_outbox", schema.name)
+}
 
 /// A record to publish.
 #[derive(Clone, Debug)]
@@ -50,12 +56,14 @@ pub struct OutboxMessage {
 /// the relay (the notification is delivered only if the transaction commits).
 pub async fn enqueue(
     tx: &mut Transaction<'_, Postgres>,
+    schema: &Schema,
     message: &OutboxMessage,
 ) -> Result<i64, sqlx::Error> {
     let headers = serde_json::to_value(&message.headers).unwrap_or_default();
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO outbox (topic, message_key, payload, headers) VALUES ($1, $2, $3, $4) RETURNING id",
-    )
+    let id: i64 = sqlx::query_scalar(&format!(
+        "INSERT INTO {}.outbox (topic, message_key, payload, headers) VALUES ($1, $2, $3, $4) RETURNING id",
+        schema.name
+    ))
     .bind(&message.topic)
     .bind(&message.key)
     .bind(&message.payload)
@@ -63,7 +71,7 @@ pub async fn enqueue(
     .fetch_one(&mut **tx)
     .await?;
     sqlx::query("SELECT pg_notify($1, '')")
-        .bind(NOTIFY_CHANNEL)
+        .bind(notify_channel(schema))
         .execute(&mut **tx)
         .await?;
     Ok(id)
@@ -146,6 +154,7 @@ type ProducerFactory = Box<dyn Fn() -> anyhow::Result<FutureProducer> + Send + S
 /// Publishes outbox rows to Kafka.
 pub struct OutboxRelay {
     pool: PgPool,
+    schema: &'static Schema,
     producer: std::sync::Mutex<FutureProducer>,
     make_producer: Option<ProducerFactory>,
     config: RelayConfig,
@@ -189,10 +198,17 @@ impl OutboxMetrics {
 }
 
 impl OutboxRelay {
-    /// A relay over `pool` publishing with `producer` (which should be idempotent, acks=all).
-    pub fn new(pool: PgPool, producer: FutureProducer, config: RelayConfig) -> Self {
+    /// A relay of `schema`'s outbox over `pool`, publishing with `producer`
+    /// (which should be idempotent, acks=all).
+    pub fn new(
+        pool: PgPool,
+        schema: &'static Schema,
+        producer: FutureProducer,
+        config: RelayConfig,
+    ) -> Self {
         Self {
             pool,
+            schema,
             producer: std::sync::Mutex::new(producer),
             make_producer: None,
             config,
@@ -219,6 +235,7 @@ impl OutboxRelay {
         let mut last_cleanup = tokio::time::Instant::now();
         let backlog = tokio::spawn(watch_backlog(
             self.pool.clone(),
+            self.schema,
             self.config.topics.clone(),
             self.metrics.clone(),
             shutdown.clone(),
@@ -301,7 +318,7 @@ impl OutboxRelay {
                 return None;
             }
         };
-        match listener.listen(NOTIFY_CHANNEL).await {
+        match listener.listen(&notify_channel(self.schema)).await {
             Ok(()) => Some(listener),
             Err(error) => {
                 tracing::warn!(%error, "failed to listen on the outbox channel, sweeping instead");
@@ -325,12 +342,13 @@ impl OutboxRelay {
     /// Claims one batch, publishes it, marks what the broker acknowledged.
     async fn publish_batch(&self) -> Result<(usize, usize), RelayError> {
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<OutboxRow> = sqlx::query_as(
-            "SELECT id, topic, message_key, payload, headers FROM outbox \
+        let rows: Vec<OutboxRow> = sqlx::query_as(&format!(
+            "SELECT id, topic, message_key, payload, headers FROM {}.outbox \
              WHERE sent_at IS NULL AND parked_at IS NULL \
              AND (cardinality($2::text[]) = 0 OR topic = ANY($2)) \
              ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-        )
+            self.schema.name
+        ))
         .bind(self.config.batch_size)
         .bind(&self.config.topics)
         .fetch_all(&mut *tx)
@@ -420,17 +438,23 @@ impl OutboxRelay {
             }
         }
         for (id, reason) in &parked {
-            sqlx::query("UPDATE outbox SET parked_at = now(), park_reason = $2 WHERE id = $1")
-                .bind(id)
-                .bind(reason)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(&format!(
+                "UPDATE {}.outbox SET parked_at = now(), park_reason = $2 WHERE id = $1",
+                self.schema.name
+            ))
+            .bind(id)
+            .bind(reason)
+            .execute(&mut *tx)
+            .await?;
         }
         if !sent_ids.is_empty() {
-            sqlx::query("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)")
-                .bind(&sent_ids)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(&format!(
+                "UPDATE {}.outbox SET sent_at = now() WHERE id = ANY($1)",
+                self.schema.name
+            ))
+            .bind(&sent_ids)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         match first_error {
@@ -475,9 +499,10 @@ impl OutboxRelay {
 
     async fn delete_old_rows(&self) {
         let retention_seconds = self.config.retention.as_secs_f64();
-        let result = sqlx::query(
-            "DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < now() - make_interval(secs => $1)",
-        )
+        let result = sqlx::query(&format!(
+            "DELETE FROM {}.outbox WHERE sent_at IS NOT NULL AND sent_at < now() - make_interval(secs => $1)",
+            self.schema.name
+        ))
         .bind(retention_seconds)
         .execute(&self.pool)
         .await;
@@ -498,6 +523,7 @@ const BACKLOG_INTERVAL: Duration = Duration::from_secs(5);
 /// [`BACKLOG_INTERVAL`] until `shutdown`. A topic with no backlog reads 0.
 async fn watch_backlog(
     pool: PgPool,
+    schema: &'static Schema,
     topics: Vec<String>,
     metrics: OutboxMetrics,
     shutdown: CancellationToken,
@@ -510,11 +536,12 @@ async fn watch_backlog(
             () = shutdown.cancelled() => return,
             _ = interval.tick() => {}
         }
-        let backlog: Result<Vec<(String, i64, f64)>, sqlx::Error> = sqlx::query_as(
+        let backlog: Result<Vec<(String, i64, f64)>, sqlx::Error> = sqlx::query_as(&format!(
             "SELECT topic, count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0) \
-             FROM outbox WHERE sent_at IS NULL AND parked_at IS NULL \
+             FROM {}.outbox WHERE sent_at IS NULL AND parked_at IS NULL \
              AND (cardinality($1::text[]) = 0 OR topic = ANY($1)) GROUP BY topic",
-        )
+            schema.name
+        ))
         .bind(&topics)
         .fetch_all(&pool)
         .await;
@@ -544,6 +571,7 @@ async fn watch_backlog(
 /// the relay until `shutdown`. This is what a service spawns.
 pub async fn run_relay_with_topics(
     pool: PgPool,
+    schema: &'static Schema,
     kafka_config: crate::config::KafkaConfig,
     relay_config: RelayConfig,
     client_id: &str,
@@ -562,7 +590,7 @@ pub async fn run_relay_with_topics(
         return Ok(());
     }
     let client_id = client_id.to_owned();
-    OutboxRelay::new(pool, producer, relay_config)
+    OutboxRelay::new(pool, schema, producer, relay_config)
         .renewing_producer_with(Box::new(move || {
             kafka::idempotent_producer(&kafka_config, &client_id)
         }))

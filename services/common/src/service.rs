@@ -25,6 +25,8 @@ pub struct ConsumerService<H> {
     pub name: &'static str,
     /// Database pool (closed at the end).
     pub pool: PgPool,
+    /// The schema the service owns (its outbox is there).
+    pub schema: &'static crate::db::Schema,
     /// Kafka settings.
     pub kafka: KafkaConfig,
     /// Consumer loop settings.
@@ -64,6 +66,7 @@ impl<H: MessageHandler> ConsumerService<H> {
         let relay = self.relay.map(|relay_config| {
             tokio::spawn(outbox::run_relay_with_topics(
                 self.pool.clone(),
+                self.schema,
                 self.kafka.clone(),
                 relay_config,
                 self.name,
@@ -111,9 +114,10 @@ impl ServiceResources {
     /// Connects to PostgreSQL (creating the database, running migrations) and binds `health_addr`.
     pub async fn connect(
         database: &crate::config::DatabaseConfig,
+        schema: &crate::db::Schema,
         health_addr: std::net::SocketAddr,
     ) -> anyhow::Result<Self> {
-        let pool = crate::db::connect_and_migrate(database).await?;
+        let pool = crate::db::connect_and_migrate(database, schema).await?;
         Self::with_pool(pool, health_addr).await
     }
 
@@ -182,14 +186,13 @@ impl ConsumerConfig {
 
     /// The consumer loop's settings for `topic`, dead-lettering to `dlq_topic`.
     pub fn settings(&self, topic: &str, dlq_topic: &str) -> ConsumerSettings {
-        ConsumerSettings {
-            group_id: self.group_id.clone(),
-            topic: topic.to_owned(),
-            dlq_topic: dlq_topic.to_owned(),
-            max_in_flight: self.max_in_flight,
-            commit_interval: Duration::from_millis(200),
-            shutdown_grace: self.shutdown_grace,
-        }
+        ConsumerSettings::new(
+            &self.group_id,
+            topic,
+            dlq_topic,
+            self.max_in_flight,
+            self.shutdown_grace,
+        )
     }
 }
 
@@ -200,6 +203,8 @@ impl ConsumerConfig {
 pub trait ConsumerApp: Sized + Send + 'static {
     /// Service name: logs, traces, Kafka client ids.
     const NAME: &'static str;
+    /// The schema the service owns.
+    const SCHEMA: &'static crate::db::Schema;
     /// The message handler.
     type Handler: MessageHandler;
     /// The settings every consumer service has.
@@ -230,7 +235,8 @@ impl<A: ConsumerApp> ConsumerApplication<A> {
     /// Connects to PostgreSQL (creating the database, running migrations) and binds the HTTP endpoint.
     pub async fn build(app: A) -> anyhow::Result<Self> {
         let consumer = app.consumer();
-        let resources = ServiceResources::connect(&consumer.database, consumer.health_addr).await?;
+        let resources =
+            ServiceResources::connect(&consumer.database, A::SCHEMA, consumer.health_addr).await?;
         Ok(Self { app, resources })
     }
 
@@ -256,6 +262,7 @@ impl<A: ConsumerApp> ConsumerApplication<A> {
         ConsumerService {
             name: A::NAME,
             pool,
+            schema: A::SCHEMA,
             kafka: assembly.kafka,
             settings: assembly.settings,
             relay: assembly.relay,

@@ -249,6 +249,20 @@ impl Drop for TestDatabase {
 /// or the broker does not answer: `cargo test` alone then skips what needs
 /// them. Under `build-support/test` (`FOODORDER_FULL_SUITE`) it panics instead.
 pub async fn database() -> Option<(sqlx::PgPool, TestDatabase)> {
+    let (pool, database) = empty_database().await?;
+    for schema in crate::db::ALL_SCHEMAS {
+        schema
+            .migrate(&pool.connect_options())
+            .await
+            .unwrap_or_else(|error| {
+                panic!("migrate the test database {}: {error:#}", database.name)
+            });
+    }
+    Some((pool, database))
+}
+
+/// Like [`database`], without the migrations: for tests of the migrations.
+pub async fn empty_database() -> Option<(sqlx::PgPool, TestDatabase)> {
     use sqlx::{ConnectOptions, Executor};
     let url = database_url();
     let server: sqlx::postgres::PgConnectOptions = match url.parse() {
@@ -301,10 +315,6 @@ pub async fn database() -> Option<(sqlx::PgPool, TestDatabase)> {
         .connect_with(server.clone().database(&name))
         .await
         .unwrap_or_else(|error| panic!("connect to the test database {name}: {error}"));
-    crate::db::MIGRATOR
-        .run(&pool)
-        .await
-        .unwrap_or_else(|error| panic!("migrate the test database {name}: {error}"));
     Some((pool, TestDatabase { name, server }))
 }
 

@@ -1,6 +1,7 @@
 //! What makes the notification service (see `foodorder_common::service`): the
 //! `payment.completed` consumer with the notification handler.
 
+use foodorder_common::db::{self, Schema};
 use foodorder_common::metrics::Metrics;
 use foodorder_common::service::{Assembly, ConsumerApp, ConsumerApplication, ConsumerConfig};
 use sqlx::PgPool;
@@ -14,6 +15,7 @@ pub type Application = ConsumerApplication<Config>;
 
 impl ConsumerApp for Config {
     const NAME: &'static str = "notification-service";
+    const SCHEMA: &'static Schema = &db::NOTIFICATIONS;
     type Handler = NotificationHandler<LogNotifier>;
 
     fn consumer(&self) -> &ConsumerConfig {

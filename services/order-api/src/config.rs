@@ -33,6 +33,11 @@ pub struct Config {
     /// `GRPC_KEEPALIVE_SECONDS` (default 30): HTTP/2 ping interval; a client
     /// that does not answer within 10 s more is disconnected and its streams closed.
     pub keepalive_interval: Duration,
+    /// `ORDER_API_CONSUMER_GROUP` (default `order-api`): the group that
+    /// consumes `payment.completed` to record payment outcomes.
+    pub consumer_group: String,
+    /// `ORDER_API_MAX_IN_FLIGHT` (default 64): `payment.completed` records handled at once.
+    pub max_in_flight: usize,
 }
 
 impl Config {
@@ -54,6 +59,8 @@ impl Config {
                 (database.max_connections as usize / 2).max(1),
             )?,
             keepalive_interval: env_seconds("GRPC_KEEPALIVE_SECONDS", 30.0)?,
+            consumer_group: env_or("ORDER_API_CONSUMER_GROUP", "order-api".to_owned())?,
+            max_in_flight: env_count("ORDER_API_MAX_IN_FLIGHT", 64)?,
             database,
         })
     }

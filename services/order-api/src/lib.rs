@@ -1,11 +1,13 @@
 //! The order API: a tonic gRPC server for `foodorder.v1.OrderService` with
 //! server reflection and gRPC health, backed by PostgreSQL, publishing
-//! `OrderPlaced` events through the transactional outbox.
+//! `OrderPlaced` events through the transactional outbox and recording payment
+//! outcomes from `PaymentCompleted` events. It owns the `orders` schema.
 
 pub mod config;
 pub mod domain;
 pub mod error;
 pub mod grpc_telemetry;
+pub mod payment_outcomes;
 pub mod repository;
 pub mod service;
 pub mod startup;

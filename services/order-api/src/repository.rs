@@ -1,10 +1,12 @@
-//! PostgreSQL access for the order API: the menu, placing an order (order,
-//! items and outbox row in one transaction, idempotency-key aware) and reading
-//! an order back as the protobuf `Order`.
+//! PostgreSQL access for the order API, in its own schema (`orders`): the
+//! menu, placing an order (order, items and outbox row in one transaction,
+//! idempotency-key aware), recording a payment's outcome from
+//! `payment.completed`, and reading an order back as the protobuf `Order`.
 
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
+use foodorder_common::db::ORDERS;
 use foodorder_common::events::{self, timestamp};
 use foodorder_common::money::format_money;
 use foodorder_common::outbox::{self, OutboxMessage};
@@ -71,7 +73,7 @@ pub fn is_terminal(status: OrderStatus) -> bool {
 /// The whole menu, ordered by id.
 pub async fn list_menu(pool: &PgPool) -> Result<Vec<MenuItem>, sqlx::Error> {
     let rows: Vec<MenuItemRow> = sqlx::query_as(
-        "SELECT id, name, description, price, available FROM menu_items ORDER BY id",
+        "SELECT id, name, description, price, available FROM orders.menu_items ORDER BY id",
     )
     .fetch_all(pool)
     .await?;
@@ -131,7 +133,7 @@ pub async fn place_order(
         .map(|line| line.menu_item_id)
         .collect();
     let menu: HashMap<i32, MenuEntry> = sqlx::query_as::<_, MenuItemRow>(
-        "SELECT id, name, description, price, available FROM menu_items WHERE id = ANY($1)",
+        "SELECT id, name, description, price, available FROM orders.menu_items WHERE id = ANY($1)",
     )
     .bind(&ids)
     .fetch_all(&mut *tx)
@@ -153,7 +155,7 @@ pub async fn place_order(
 
     let order_id = Uuid::now_v7();
     let inserted: Option<(DateTime<Utc>,)> = sqlx::query_as(
-        "INSERT INTO orders (id, customer_name, customer_email, status, total_amount, correlation_id, \
+        "INSERT INTO orders.orders (id, customer_name, customer_email, status, total_amount, correlation_id, \
          idempotency_key, request_fingerprint) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
          ON CONFLICT (idempotency_key) DO NOTHING RETURNING created_at",
     )
@@ -219,7 +221,7 @@ pub async fn place_order(
         message.headers[events::HEADER_EVENT_TYPE],
         OrderPlaced::EVENT_TYPE
     );
-    outbox::enqueue(&mut tx, &message).await?;
+    outbox::enqueue(&mut tx, &ORDERS, &message).await?;
     tx.commit().await?;
 
     let order = Order {
@@ -253,7 +255,7 @@ async fn insert_items(
     let unit_prices: Vec<Decimal> = lines.iter().map(|line| line.unit_price).collect();
     let subtotals: Vec<Decimal> = lines.iter().map(|line| line.subtotal).collect();
     let rows: Vec<(i64, i32)> = sqlx::query_as(
-        "INSERT INTO order_items (order_id, menu_item_id, menu_item_name, quantity, unit_price, subtotal) \
+        "INSERT INTO orders.order_items (order_id, menu_item_id, menu_item_name, quantity, unit_price, subtotal) \
          SELECT $1, * FROM UNNEST($2::int4[], $3::text[], $4::int4[], $5::numeric[], $6::numeric[]) \
          RETURNING id, menu_item_id",
     )
@@ -282,11 +284,12 @@ async fn find_by_idempotency_key(
     key: &str,
     fingerprint: &[u8],
 ) -> Result<Option<Order>, ApiError> {
-    let stored: Option<(Uuid, Vec<u8>)> =
-        sqlx::query_as("SELECT id, request_fingerprint FROM orders WHERE idempotency_key = $1")
-            .bind(key)
-            .fetch_optional(pool)
-            .await?;
+    let stored: Option<(Uuid, Vec<u8>)> = sqlx::query_as(
+        "SELECT id, request_fingerprint FROM orders.orders WHERE idempotency_key = $1",
+    )
+    .bind(key)
+    .fetch_optional(pool)
+    .await?;
     let Some((order_id, stored_fingerprint)) = stored else {
         return Ok(None);
     };
@@ -309,7 +312,7 @@ pub async fn load_order(pool: &PgPool, order_id: Uuid) -> Result<Option<Order>, 
         .await?;
     let Some(order): Option<OrderRow> = sqlx::query_as(
         "SELECT id, customer_name, customer_email, status, total_amount, correlation_id, created_at, updated_at \
-         FROM orders WHERE id = $1",
+         FROM orders.orders WHERE id = $1",
     )
     .bind(order_id)
     .fetch_optional(&mut *connection)
@@ -319,14 +322,14 @@ pub async fn load_order(pool: &PgPool, order_id: Uuid) -> Result<Option<Order>, 
     };
     let items: Vec<OrderItemRow> = sqlx::query_as(
         "SELECT id, menu_item_id, menu_item_name, quantity, unit_price, subtotal \
-         FROM order_items WHERE order_id = $1 ORDER BY menu_item_id",
+         FROM orders.order_items WHERE order_id = $1 ORDER BY menu_item_id",
     )
     .bind(order_id)
     .fetch_all(&mut *connection)
     .await?;
     let attempts: Vec<PaymentAttemptRow> = sqlx::query_as(
-        "SELECT id, status, attempt_count, error_message, processing_time_ms, created_at \
-         FROM payment_attempts WHERE order_id = $1 ORDER BY created_at",
+        "SELECT payment_id AS id, status, attempt_count, error_message, processing_time_ms, completed_at AS created_at \
+         FROM orders.order_payments WHERE order_id = $1",
     )
     .bind(order_id)
     .fetch_all(&mut *connection)
@@ -369,4 +372,88 @@ pub async fn load_order(pool: &PgPool, order_id: Uuid) -> Result<Option<Order>, 
             .collect(),
         correlation_id: order.correlation_id,
     }))
+}
+
+/// A payment's outcome as `payment.completed` reported it.
+pub struct PaymentOutcome {
+    /// The payment attempt's id.
+    pub payment_id: Uuid,
+    /// Succeeded or failed.
+    pub status: PaymentState,
+    /// Amount charged or attempted.
+    pub amount: Decimal,
+    /// Gateway calls made.
+    pub attempt_count: i32,
+    /// Why it failed.
+    pub error_message: Option<String>,
+    /// Time spent on the payment.
+    pub processing_time_ms: i64,
+    /// When the payment service recorded it.
+    pub completed_at: DateTime<Utc>,
+}
+
+/// What recording a payment outcome did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// The order moved to its final status.
+    Applied,
+    /// The order's outcome was already recorded (a replay or a duplicate).
+    AlreadyRecorded,
+    /// No such order.
+    UnknownOrder,
+}
+
+/// Stores the payment summary of `order_id` and moves the order to the
+/// outcome's final status, in one transaction that also wakes the order's
+/// WatchOrder streams (`NOTIFY`, delivered at commit). The summary's primary
+/// key makes a replay change nothing.
+pub async fn record_payment(
+    pool: &PgPool,
+    order_id: Uuid,
+    outcome: &PaymentOutcome,
+    notify_channel: &str,
+) -> Result<Recorded, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let known: Option<(OrderState,)> =
+        sqlx::query_as("SELECT status FROM orders.orders WHERE id = $1 FOR UPDATE")
+            .bind(order_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if known.is_none() {
+        tx.rollback().await?;
+        return Ok(Recorded::UnknownOrder);
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO orders.order_payments (order_id, payment_id, status, amount, attempt_count, \
+         error_message, processing_time_ms, completed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(order_id)
+    .bind(outcome.payment_id)
+    .bind(outcome.status)
+    .bind(outcome.amount)
+    .bind(outcome.attempt_count)
+    .bind(&outcome.error_message)
+    .bind(outcome.processing_time_ms)
+    .bind(outcome.completed_at)
+    .execute(&mut *tx)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        tx.rollback().await?;
+        return Ok(Recorded::AlreadyRecorded);
+    }
+    sqlx::query(
+        "UPDATE orders.orders SET status = $2, updated_at = now() WHERE id = $1 AND status <> $2",
+    )
+    .bind(order_id)
+    .bind(outcome.status.order_state())
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(notify_channel)
+        .bind(order_id.to_string())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Recorded::Applied)
 }

@@ -7,6 +7,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
+use std::sync::Arc;
+
+use foodorder_common::consumer::{self, ConsumerMetrics, ConsumerSettings};
 use foodorder_common::health::{self, Readiness};
 use foodorder_common::metrics::Metrics;
 use foodorder_common::{db, outbox};
@@ -20,6 +23,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 
 use crate::config::Config;
 use crate::grpc_telemetry::{GrpcMetrics, GrpcTelemetryLayer};
+use crate::payment_outcomes::PaymentOutcomeHandler;
 use crate::service::{OrderServiceImpl, WatchLimits};
 use crate::watch::OrderWatchHub;
 
@@ -36,7 +40,7 @@ pub struct Application {
 impl Application {
     /// Connects to PostgreSQL (creating the database and running migrations) and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let pool = db::connect_and_migrate(&config.database).await?;
+        let pool = db::connect_and_migrate(&config.database, &db::ORDERS).await?;
         Self::build_with_pool(config, pool).await
     }
 
@@ -149,6 +153,7 @@ impl Application {
         });
         let relay = tokio::spawn(outbox::run_relay_with_topics(
             pool.clone(),
+            &db::ORDERS,
             config.kafka.clone(),
             outbox::RelayConfig {
                 topics: vec![config.kafka.topics.order_placed.clone()],
@@ -158,6 +163,26 @@ impl Application {
             outbox::OutboxMetrics::new(&metrics),
             background.clone(),
         ));
+        // Payment outcomes (payment.completed) move orders to their final status.
+        let payment_outcomes = tokio::spawn({
+            let kafka = config.kafka.clone();
+            let settings = ConsumerSettings::new(
+                &config.consumer_group,
+                &kafka.topics.payment_completed,
+                &kafka.topics.order_dlq,
+                config.max_in_flight,
+                config.shutdown_grace,
+            );
+            let handler = Arc::new(PaymentOutcomeHandler::new(pool.clone(), &metrics));
+            let (readiness, consumer_metrics, stop) = (
+                readiness.clone(),
+                ConsumerMetrics::new(&metrics),
+                background.clone(),
+            );
+            async move {
+                consumer::run(&kafka, settings, handler, readiness, consumer_metrics, stop).await
+            }
+        });
         let watch_listener = tokio::spawn(
             watch_hub
                 .clone()
@@ -216,6 +241,14 @@ impl Application {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::error!(error = format!("{error:#}"), "outbox relay failed"),
             Err(error) => tracing::error!(%error, "outbox relay task panicked"),
+        }
+        match payment_outcomes.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(
+                error = format!("{error:#}"),
+                "payment.completed consumer failed"
+            ),
+            Err(error) => tracing::error!(%error, "payment.completed consumer task panicked"),
         }
         let _ = watch_listener.await;
         let _ = dependencies.await;

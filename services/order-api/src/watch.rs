@@ -1,7 +1,8 @@
 //! Fan-out of order status changes to WatchOrder streams.
 //!
-//! One `LISTEN order_status` connection per process (the channel is fed by a
-//! trigger on `orders`), and one `tokio::sync::watch` channel per watched
+//! One `LISTEN order_status` connection per process (the channel is notified
+//! by the order API itself when it records a payment outcome, see
+//! [`crate::repository::record_payment`]), and one `tokio::sync::watch` channel per watched
 //! order: a status change wakes only the streams of that order, so hundreds of
 //! watchers cost one idle task each and no polling. When the listener
 //! connection is lost, every watcher is woken to re-read its order, since
@@ -18,7 +19,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// The channel the `orders` trigger notifies.
+/// The channel notified, at commit, when an order's status changes.
 pub const ORDER_STATUS_CHANNEL: &str = "order_status";
 
 type Watchers = HashMap<Uuid, watch::Sender<u64>>;

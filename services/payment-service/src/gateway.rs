@@ -151,7 +151,7 @@ impl MockGateway {
         key: &str,
     ) -> Result<Option<ChargeOutcome>, sqlx::Error> {
         let row: Option<(Uuid, Decision, Option<String>)> = sqlx::query_as(
-            "SELECT charge_id, outcome, decline_reason FROM gateway_ledger \
+            "SELECT charge_id, outcome, decline_reason FROM payments.gateway_ledger \
              WHERE idempotency_key = $1 ORDER BY created_at LIMIT 1",
         )
         .bind(key)
@@ -193,7 +193,7 @@ impl MockGateway {
             }
         };
         sqlx::query(
-            "INSERT INTO gateway_ledger (charge_id, idempotency_key, amount, outcome, decline_reason) \
+            "INSERT INTO payments.gateway_ledger (charge_id, idempotency_key, amount, outcome, decline_reason) \
              VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(charge_id)

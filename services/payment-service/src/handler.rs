@@ -1,17 +1,20 @@
-//! Handling one `order.placed` record: decode, skip what is already paid,
-//! pay, and record the outcome — payment attempt, order status and the
-//! `PaymentCompleted` outbox row — in one transaction. Replays and duplicates
-//! change nothing; the gateway is not called for a finished order.
+//! Handling one `order.placed` record: decode, remember the request, skip
+//! what is already paid, pay, and record the outcome — the payment attempt and
+//! the `PaymentCompleted` outbox row — in one transaction. Everything comes
+//! from the event and the service's own schema (`payments`); the order's
+//! status is the order API's, which learns the outcome from the event.
+//! Replays and duplicates change nothing; the gateway is not called for a
+//! finished order.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::Utc;
 use foodorder_common::consumer::{HandleError, Handled, MessageHandler, ReceivedMessage};
+use foodorder_common::db::PAYMENTS;
 use foodorder_common::events;
 use foodorder_common::money::format_money;
 use foodorder_common::outbox::{self, OutboxMessage};
-use foodorder_common::status::{OrderState, PaymentState};
+use foodorder_common::status::PaymentState;
 use foodorder_common::telemetry;
 use foodorder_proto::v1::{OrderStatus, PaymentCompleted};
 use prost::Message;
@@ -25,12 +28,19 @@ use crate::processor::{PaymentProcessor, PaymentResult};
 /// Name of this service in event metadata.
 pub const PRODUCER: &str = "payment-service";
 
+/// What an `order.placed` record asked for, as stored in `payments.payment_requests`.
 #[derive(sqlx::FromRow)]
-struct OrderRow {
-    status: OrderState,
-    total_amount: Decimal,
+struct PaymentRequest {
+    amount: Decimal,
     customer_name: String,
     customer_email: String,
+    correlation_id: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct KnownRequest {
+    #[sqlx(flatten)]
+    request: PaymentRequest,
     paid: bool,
 }
 
@@ -58,18 +68,42 @@ impl<G: PaymentGateway> PaymentHandler<G> {
         }
     }
 
-    async fn load_order(&self, order_id: Uuid) -> Result<Option<OrderRow>, sqlx::Error> {
+    /// Stores the request (the first delivery's wins) and says whether the
+    /// order's outcome is already recorded.
+    async fn remember(
+        &self,
+        order_id: Uuid,
+        request: &PaymentRequest,
+    ) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar(
+            "WITH stored AS (\
+                 INSERT INTO payments.payment_requests \
+                 (order_id, amount, customer_name, customer_email, correlation_id) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (order_id) DO NOTHING) \
+             SELECT EXISTS (SELECT 1 FROM payments.payment_attempts WHERE order_id = $1)",
+        )
+        .bind(order_id)
+        .bind(request.amount)
+        .bind(&request.customer_name)
+        .bind(&request.customer_email)
+        .bind(&request.correlation_id)
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    /// The stored request of an order this service was asked to pay, if any.
+    async fn known_request(&self, order_id: Uuid) -> Result<Option<KnownRequest>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT o.status, o.total_amount, o.customer_name, o.customer_email, \
-             EXISTS (SELECT 1 FROM payment_attempts p WHERE p.order_id = o.id) AS paid \
-             FROM orders o WHERE o.id = $1",
+            "SELECT r.amount, r.customer_name, r.customer_email, r.correlation_id, \
+             EXISTS (SELECT 1 FROM payments.payment_attempts p WHERE p.order_id = r.order_id) AS paid \
+             FROM payments.payment_requests r WHERE r.order_id = $1",
         )
         .bind(order_id)
         .fetch_optional(&self.pool)
         .await
     }
 
-    /// Writes attempt + status + event in one transaction; false if another
+    /// Writes the attempt and its event in one transaction; false if another
     /// delivery already recorded this order's outcome.
     #[tracing::instrument(
         name = "payment.record",
@@ -85,10 +119,11 @@ impl<G: PaymentGateway> PaymentHandler<G> {
     async fn record_outcome(
         &self,
         order_id: Uuid,
-        order: &OrderRow,
+        request: &PaymentRequest,
         result: &PaymentResult,
-        correlation_id: &str,
     ) -> Result<bool, sqlx::Error> {
+        let correlation_id = request.correlation_id.as_str();
+        let payment_id = Uuid::now_v7();
         let final_status = if result.success {
             OrderStatus::Completed
         } else {
@@ -97,13 +132,13 @@ impl<G: PaymentGateway> PaymentHandler<G> {
         let processing_time_ms = result.processing_time.as_millis() as i64;
         let mut tx = self.pool.begin().await?;
         let inserted: Option<(Uuid,)> = sqlx::query_as(
-            "INSERT INTO payment_attempts (id, order_id, status, amount, attempt_count, error_message, processing_time_ms) \
+            "INSERT INTO payments.payment_attempts (id, order_id, status, amount, attempt_count, error_message, processing_time_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (order_id) DO NOTHING RETURNING id",
         )
-        .bind(Uuid::now_v7())
+        .bind(payment_id)
         .bind(order_id)
         .bind(PaymentState::of(result.success))
-        .bind(order.total_amount)
+        .bind(request.amount)
         .bind(result.attempt_count)
         .bind(&result.error_message)
         .bind(processing_time_ms)
@@ -113,11 +148,6 @@ impl<G: PaymentGateway> PaymentHandler<G> {
             tx.rollback().await?;
             return Ok(false);
         }
-        sqlx::query("UPDATE orders SET status = $2, updated_at = now() WHERE id = $1")
-            .bind(order_id)
-            .bind(PaymentState::of(result.success).order_state())
-            .execute(&mut *tx)
-            .await?;
         let event = PaymentCompleted {
             metadata: Some(events::metadata(correlation_id, PRODUCER, Utc::now())),
             order_id: order_id.to_string(),
@@ -126,9 +156,10 @@ impl<G: PaymentGateway> PaymentHandler<G> {
             attempt_count: result.attempt_count,
             processing_time_ms,
             error_message: result.error_message.clone().unwrap_or_default(),
-            amount: format_money(order.total_amount),
-            customer_email: order.customer_email.clone(),
-            customer_name: order.customer_name.clone(),
+            amount: format_money(request.amount),
+            customer_email: request.customer_email.clone(),
+            customer_name: request.customer_name.clone(),
+            payment_id: payment_id.to_string(),
         };
         let message = OutboxMessage {
             topic: self.payment_completed_topic.clone(),
@@ -139,35 +170,30 @@ impl<G: PaymentGateway> PaymentHandler<G> {
                 &telemetry::inject_span(&tracing::Span::current()),
             ),
         };
-        outbox::enqueue(&mut tx, &message).await?;
+        outbox::enqueue(&mut tx, &PAYMENTS, &message).await?;
         tx.commit().await?;
         Ok(true)
     }
 
-    /// Before dead-lettering: an order whose id is known gets its outcome (so
-    /// no one waits on it forever). It is voided at the gateway first, so that
+    /// Before dead-lettering: an order this service was asked to pay (its
+    /// request is stored) gets its outcome, so no one waits on it forever. It is voided at the gateway first, so that
     /// a charge in flight on another instance cannot land afterwards; a charge
     /// that landed before the void stands and the order is COMPLETED. A
     /// database or gateway error is returned, so the record is retried rather
     /// than dead-lettered with the order left PROCESSING.
-    async fn settle_known_order(
-        &self,
-        key: Option<&str>,
-        reason: &str,
-        headers: &BTreeMap<String, String>,
-    ) -> Result<(), HandleError> {
+    async fn settle_known_order(&self, key: Option<&str>, reason: &str) -> Result<(), HandleError> {
         let Some(order_id) = key.and_then(|key| Uuid::parse_str(key).ok()) else {
             return Ok(());
         };
-        let Some(order) = self.load_order(order_id).await? else {
+        let Some(known) = self.known_request(order_id).await? else {
             return Ok(());
         };
-        if order.paid {
+        if known.paid {
             return Ok(());
         }
         let request = ChargeRequest {
             idempotency_key: order_id.to_string(),
-            amount: order.total_amount,
+            amount: known.request.amount,
         };
         let outcome = self
             .processor
@@ -177,12 +203,8 @@ impl<G: PaymentGateway> PaymentHandler<G> {
             )
             .await
             .map_err(|error| HandleError::Retryable(anyhow::Error::new(error)))?;
-        let correlation_id = headers
-            .get(events::HEADER_REQUEST_ID)
-            .cloned()
-            .unwrap_or_default();
         if self
-            .record_outcome(order_id, &order, &outcome, &correlation_id)
+            .record_outcome(order_id, &known.request, &outcome)
             .await?
         {
             self.processor.metrics().recorded(&outcome);
@@ -194,51 +216,46 @@ impl<G: PaymentGateway> PaymentHandler<G> {
 
 impl<G: PaymentGateway> MessageHandler for PaymentHandler<G> {
     async fn handle(&self, message: &ReceivedMessage) -> Result<Handled, HandleError> {
-        let headers = message.headers();
         let (order_id, event) =
             match events::decode_order_placed(message.key.as_deref(), message.payload.as_deref()) {
                 Ok(decoded) => decoded,
                 Err(reason) => {
-                    self.settle_known_order(message.key_str(), &reason, &headers)
-                        .await?;
+                    self.settle_known_order(message.key_str(), &reason).await?;
                     return Err(HandleError::Fatal(reason));
                 }
             };
-        let Some(order) = self.load_order(order_id).await? else {
-            return Err(HandleError::Fatal(format!(
-                "order {order_id} does not exist"
-            )));
+        let request = PaymentRequest {
+            amount: events::amount(&event.total_amount).map_err(HandleError::Fatal)?,
+            customer_name: event.customer_name,
+            customer_email: event.customer_email,
+            correlation_id: event
+                .metadata
+                .map(|metadata| metadata.correlation_id)
+                .unwrap_or_default(),
         };
-        if order.paid || order.status.is_terminal() {
+        if self.remember(order_id, &request).await? {
             tracing::info!(%order_id, "order already paid, skipping duplicate delivery");
             return Ok(Handled::Duplicate);
         }
-        let correlation_id = event
-            .metadata
-            .as_ref()
-            .map(|metadata| metadata.correlation_id.clone())
-            .unwrap_or_default();
-        let request = ChargeRequest {
+        let charge = ChargeRequest {
             idempotency_key: order_id.to_string(),
-            amount: order.total_amount,
+            amount: request.amount,
         };
         let result = self
             .processor
-            .pay(&request)
+            .pay(&charge)
             .await
             .map_err(|error| HandleError::Retryable(anyhow::Error::new(error)))?;
         if self.crash_after_charge {
             tracing::error!(%order_id, "fault injection: aborting after the gateway call, before the commit");
             std::process::abort();
         }
-        let recorded = self
-            .record_outcome(order_id, &order, &result, &correlation_id)
-            .await?;
+        let recorded = self.record_outcome(order_id, &request, &result).await?;
         if recorded {
             self.processor.metrics().recorded(&result);
             tracing::info!(
                 %order_id,
-                request_id = correlation_id,
+                request_id = request.correlation_id,
                 success = result.success,
                 attempt_count = result.attempt_count,
                 processing_time_ms = result.processing_time.as_millis() as u64,

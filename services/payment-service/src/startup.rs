@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use foodorder_common::db::{self, Schema};
 use foodorder_common::metrics::Metrics;
 use foodorder_common::outbox::RelayConfig;
 use foodorder_common::service::{Assembly, ConsumerApp, ConsumerApplication, ConsumerConfig};
@@ -22,6 +23,7 @@ pub type Application = ConsumerApplication<Config>;
 
 impl ConsumerApp for Config {
     const NAME: &'static str = "payment-service";
+    const SCHEMA: &'static Schema = &db::PAYMENTS;
     type Handler = PaymentHandler<MockGateway>;
 
     fn consumer(&self) -> &ConsumerConfig {

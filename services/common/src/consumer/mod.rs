@@ -157,3 +157,24 @@ pub struct ConsumerSettings {
     /// How long in-flight handlers may run after shutdown before they are abandoned.
     pub shutdown_grace: Duration,
 }
+
+impl ConsumerSettings {
+    /// Consuming `topic` in `group_id`, dead-lettering to `dlq_topic`, with
+    /// up to `max_in_flight` records at once and commits every 200 ms.
+    pub fn new(
+        group_id: &str,
+        topic: &str,
+        dlq_topic: &str,
+        max_in_flight: usize,
+        shutdown_grace: Duration,
+    ) -> Self {
+        Self {
+            group_id: group_id.to_owned(),
+            topic: topic.to_owned(),
+            dlq_topic: dlq_topic.to_owned(),
+            max_in_flight,
+            commit_interval: Duration::from_millis(200),
+            shutdown_grace,
+        }
+    }
+}

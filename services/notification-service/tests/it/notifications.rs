@@ -1,5 +1,6 @@
 //! The notification service in-process against a real PostgreSQL and broker:
 //! one notification per order under duplicates, poison records dead-lettered.
+//! The orders exist only in the events: the service needs nothing else.
 
 use std::time::Duration;
 
@@ -7,11 +8,10 @@ use foodorder_common::config::{DatabaseConfig, KafkaConfig, Secret};
 use foodorder_common::consumer::{DLQ_ERROR, DLQ_SOURCE_TOPIC};
 use foodorder_common::service::ConsumerConfig;
 use foodorder_common::{events, kafka, testing};
-use foodorder_proto::v1::{OrderStatus, PaymentCompleted};
+use foodorder_proto::v1::PaymentCompleted;
 use notification_service::{Application, Config};
 use prost::Message;
 use rdkafka::producer::FutureRecord;
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -32,40 +32,14 @@ fn config(kafka: KafkaConfig) -> Config {
     }
 }
 
-async fn insert_order(pool: &PgPool, status: &str) -> Uuid {
-    let order_id = Uuid::now_v7();
-    sqlx::query(
-        "INSERT INTO orders (id, customer_name, customer_email, status, total_amount, correlation_id) \
-         VALUES ($1, 'Grace Hopper', 'grace@example.com', $2, 8.99, 'req-n')",
-    )
-    .bind(order_id)
-    .bind(status)
-    .execute(pool)
-    .await
-    .unwrap();
-    order_id
-}
-
 fn payment_completed(order_id: Uuid, success: bool) -> Vec<u8> {
     PaymentCompleted {
         metadata: Some(events::metadata("req-n", "test", chrono::Utc::now())),
         order_id: order_id.to_string(),
-        success,
-        final_status: if success {
-            OrderStatus::Completed
-        } else {
-            OrderStatus::Failed
-        } as i32,
-        attempt_count: 1,
-        processing_time_ms: 7,
-        error_message: if success {
-            String::new()
-        } else {
-            "Insufficient funds".into()
-        },
-        amount: "8.99".into(),
         customer_email: "grace@example.com".into(),
         customer_name: "Grace Hopper".into(),
+        payment_id: Uuid::now_v7().to_string(),
+        ..foodorder_common::fuzzing::seed_payment_completed(success)
     }
     .encode_to_vec()
 }
@@ -81,8 +55,8 @@ async fn one_notification_per_order_and_poison_to_the_dlq() {
         .await
         .unwrap();
     let producer = kafka::idempotent_producer(&kafka_config, "notification-test").unwrap();
-    let paid = insert_order(&pool, "COMPLETED").await;
-    let declined = insert_order(&pool, "FAILED").await;
+    let paid = Uuid::now_v7();
+    let declined = Uuid::now_v7();
     let topic = &kafka_config.topics.payment_completed;
     let send = |key: String, payload: Vec<u8>| {
         let producer = producer.clone();
@@ -112,11 +86,12 @@ async fn one_notification_per_order_and_poison_to_the_dlq() {
 
     let rows: Vec<(Uuid, String, String)> =
         testing::wait_for("both notifications", Duration::from_secs(60), || async {
-            let rows: Vec<(Uuid, String, String)> =
-                sqlx::query_as("SELECT order_id, kind, recipient FROM notifications ORDER BY kind")
-                    .fetch_all(&pool)
-                    .await
-                    .unwrap();
+            let rows: Vec<(Uuid, String, String)> = sqlx::query_as(
+                "SELECT order_id, kind, recipient FROM notifications.notifications ORDER BY kind",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap();
             (rows.len() >= 2).then_some(rows)
         })
         .await;
@@ -149,7 +124,7 @@ async fn one_notification_per_order_and_poison_to_the_dlq() {
     assert_eq!(dead[0].headers[DLQ_SOURCE_TOPIC], *topic);
     assert!(dead[0].headers[DLQ_ERROR].contains("PaymentCompleted"));
 
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications")
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications.notifications")
         .fetch_one(&pool)
         .await
         .unwrap();
@@ -189,15 +164,11 @@ async fn one_notification_per_order_and_poison_to_the_dlq() {
     handle.await.unwrap().unwrap();
 }
 
-/// Produces `count` PaymentCompleted records for new COMPLETED orders.
-async fn produce_completed(
-    pool: &PgPool,
-    kafka_config: &foodorder_common::config::KafkaConfig,
-    count: usize,
-) {
+/// Produces `count` PaymentCompleted records for new, successfully paid orders.
+async fn produce_completed(kafka_config: &foodorder_common::config::KafkaConfig, count: usize) {
     let producer = kafka::idempotent_producer(kafka_config, "notification-test").unwrap();
     for _ in 0..count {
-        let order_id = insert_order(pool, "COMPLETED").await;
+        let order_id = Uuid::now_v7();
         producer
             .send(
                 FutureRecord::to(&kafka_config.topics.payment_completed)
@@ -247,7 +218,7 @@ async fn a_slow_notifier_shows_as_lag_that_drains_back_to_zero() {
         || async { (testing::http_get(http, "/readyz").await.0 == 200).then_some(()) },
     )
     .await;
-    produce_completed(&pool, &kafka_config, 20).await;
+    produce_completed(&kafka_config, 20).await;
 
     let mut peak = 0.0_f64;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
@@ -265,7 +236,7 @@ async fn a_slow_notifier_shows_as_lag_that_drains_back_to_zero() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications")
+    let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications.notifications")
         .fetch_one(&pool)
         .await
         .unwrap();
@@ -297,7 +268,7 @@ async fn a_leak_shows_in_resident_memory() {
     let (_, scrape) = testing::http_get(http, "/metrics").await;
     let before =
         testing::metric_value(&scrape, "process_resident_memory_bytes").expect("rss exported");
-    produce_completed(&pool, &kafka_config, 25).await;
+    produce_completed(&kafka_config, 25).await;
     let grown = testing::wait_for_metric(http, "process_resident_memory_bytes", |rss| {
         rss >= before + 80.0 * 1024.0 * 1024.0
     })

@@ -30,10 +30,11 @@ async fn orders_placed_while_the_broker_is_down_are_published_once_it_is_back() 
             .expect("accepted without a broker");
         placed.insert(order.into_inner().order.unwrap().id);
     }
-    let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let unsent: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM orders.outbox WHERE sent_at IS NULL")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     assert_eq!(unsent, 5, "nothing can be marked sent without a broker");
 
     let broker = PrivateBroker::start(port).await;
@@ -60,12 +61,14 @@ async fn a_record_the_broker_refuses_for_good_is_parked_and_the_rest_go_out() {
     };
     let app = crate::support::spawn_app(pool).await;
     // Larger than any record the producer may send: it can never be published.
-    sqlx::query("INSERT INTO outbox (topic, message_key, payload) VALUES ($1, 'too-large', $2)")
-        .bind(&app.kafka.topics.order_placed)
-        .bind(vec![0_u8; 2 * 1024 * 1024])
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "INSERT INTO orders.outbox (topic, message_key, payload) VALUES ($1, 'too-large', $2)",
+    )
+    .bind(&app.kafka.topics.order_placed)
+    .bind(vec![0_u8; 2 * 1024 * 1024])
+    .execute(&app.pool)
+    .await
+    .unwrap();
     let mut client = app.client.clone();
     let order = client
         .place_order(order_request(&[(1, 1)]))
@@ -76,7 +79,7 @@ async fn a_record_the_broker_refuses_for_good_is_parked_and_the_rest_go_out() {
         .unwrap();
     app.wait_outbox_drained().await;
     let (parked, reason): (bool, Option<String>) = sqlx::query_as(
-        "SELECT parked_at IS NOT NULL, park_reason FROM outbox WHERE message_key = 'too-large'",
+        "SELECT parked_at IS NOT NULL, park_reason FROM orders.outbox WHERE message_key = 'too-large'",
     )
     .fetch_one(&app.pool)
     .await
@@ -211,6 +214,7 @@ async fn a_relay_whose_producer_hit_a_fatal_error_replaces_it() {
     let renewals = Arc::new(AtomicUsize::new(0));
     let relay = OutboxRelay::new(
         pool.clone(),
+        &foodorder_common::db::ORDERS,
         producer,
         RelayConfig {
             topics: vec![topic.clone()],
@@ -227,7 +231,7 @@ async fn a_relay_whose_producer_hit_a_fatal_error_replaces_it() {
     }));
     let keys: BTreeSet<String> = (0..3).map(|index| format!("fatal-{index}")).collect();
     for key in &keys {
-        sqlx::query("INSERT INTO outbox (topic, message_key, payload) VALUES ($1, $2, $3)")
+        sqlx::query("INSERT INTO orders.outbox (topic, message_key, payload) VALUES ($1, $2, $3)")
             .bind(&topic)
             .bind(key)
             .bind(key.as_bytes())
@@ -242,7 +246,7 @@ async fn a_relay_whose_producer_hit_a_fatal_error_replaces_it() {
         Duration::from_secs(60),
         || async {
             let unsent: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+                sqlx::query_scalar("SELECT count(*) FROM orders.outbox WHERE sent_at IS NULL")
                     .fetch_one(&pool)
                     .await
                     .unwrap();

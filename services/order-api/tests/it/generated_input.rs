@@ -155,7 +155,7 @@ async fn ten_thousand_generated_requests_get_precise_statuses_and_write_nothing_
     };
     let app = spawn_app(pool).await;
     let prices: BTreeMap<i32, Decimal> =
-        sqlx::query_as::<_, (i32, Decimal)>("SELECT id, price FROM menu_items")
+        sqlx::query_as::<_, (i32, Decimal)>("SELECT id, price FROM orders.menu_items")
             .fetch_all(&app.pool)
             .await
             .unwrap()
@@ -247,7 +247,7 @@ async fn ten_thousand_generated_requests_get_precise_statuses_and_write_nothing_
         wrong_totals.is_empty(),
         "totals that are not the menu's: {wrong_totals:?}"
     );
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM orders.orders")
         .fetch_one(&app.pool)
         .await
         .unwrap();
@@ -256,7 +256,7 @@ async fn ten_thousand_generated_requests_get_precise_statuses_and_write_nothing_
         accepted.len(),
         "one stored order per accepted order, none from a rejected request"
     );
-    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM orders.outbox")
         .fetch_one(&app.pool)
         .await
         .unwrap();

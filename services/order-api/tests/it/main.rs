@@ -2,6 +2,7 @@
 
 mod broker_outage;
 mod generated_input;
+mod payment_outcomes;
 mod place_order;
 mod read_and_watch;
 mod support;

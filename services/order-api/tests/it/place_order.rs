@@ -57,7 +57,7 @@ async fn place_order_stores_rows_and_publishes_order_placed() {
     );
 
     let (status, total, correlation): (String, rust_decimal::Decimal, String) = sqlx::query_as(
-        "SELECT status, total_amount, correlation_id FROM orders WHERE id = $1::uuid",
+        "SELECT status, total_amount, correlation_id FROM orders.orders WHERE id = $1::uuid",
     )
     .bind(&order.id)
     .fetch_one(&app.pool)
@@ -71,8 +71,8 @@ async fn place_order_stores_rows_and_publishes_order_placed() {
         ),
         ("PROCESSING", "28.48", "req-place-1")
     );
-    assert_eq!(app.count("order_items").await, 2);
-    assert_eq!(app.count("outbox").await, 1);
+    assert_eq!(app.count("orders.order_items").await, 2);
+    assert_eq!(app.count("orders.outbox").await, 1);
 
     let records = app
         .order_placed_records(1, Duration::from_millis(500))
@@ -214,7 +214,7 @@ async fn invalid_requests_are_rejected_and_write_nothing() {
         .expect_err("long request id rejected");
     assert_eq!(status.code(), Code::InvalidArgument);
 
-    sqlx::query("UPDATE menu_items SET available = false WHERE id = 6")
+    sqlx::query("UPDATE orders.menu_items SET available = false WHERE id = 6")
         .execute(&app.pool)
         .await
         .unwrap();
@@ -235,7 +235,7 @@ async fn invalid_requests_are_rejected_and_write_nothing() {
         .expect("precondition details");
     assert_eq!(precondition.violations[0].subject, "menu_items/6");
 
-    for table in ["orders", "order_items", "outbox"] {
+    for table in ["orders.orders", "orders.order_items", "orders.outbox"] {
         assert_eq!(app.count(table).await, 0, "{table} must stay empty");
     }
     app.stop().await;
@@ -314,8 +314,8 @@ async fn idempotency_key_returns_the_original_order() {
     let ids = futures::future::join_all(calls).await;
     assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
 
-    assert_eq!(app.count("orders").await, 2);
-    assert_eq!(app.count("outbox").await, 2);
+    assert_eq!(app.count("orders.orders").await, 2);
+    assert_eq!(app.count("orders.outbox").await, 2);
     let records = app.order_placed_records(2, Duration::from_secs(1)).await;
     assert_eq!(records.len(), 2, "one event per order");
     app.stop().await;

@@ -2,9 +2,8 @@
 
 use std::time::Duration;
 
-use crate::support::{order_request, spawn_app};
+use crate::support::{self, order_request, spawn_app};
 use foodorder_proto::v1::{GetOrderRequest, ListMenuItemsRequest, OrderStatus, WatchOrderRequest};
-use sqlx::PgPool;
 use tokio_stream::StreamExt;
 use tonic::Code;
 
@@ -92,25 +91,6 @@ async fn get_order_returns_the_order_or_a_precise_error() {
     app.stop().await;
 }
 
-/// Completes an order the way the payment service does: attempt + status in one transaction.
-async fn complete_order(pool: &PgPool, order_id: &str) {
-    let mut tx = pool.begin().await.unwrap();
-    sqlx::query(
-        "INSERT INTO payment_attempts (id, order_id, status, amount, attempt_count, processing_time_ms) \
-         SELECT gen_random_uuid(), id, 'SUCCEEDED', total_amount, 1, 12 FROM orders WHERE id = $1::uuid",
-    )
-    .bind(order_id)
-    .execute(&mut *tx)
-    .await
-    .unwrap();
-    sqlx::query("UPDATE orders SET status = 'COMPLETED', updated_at = now() WHERE id = $1::uuid")
-        .bind(order_id)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-}
-
 #[tokio::test]
 async fn watch_order_streams_changes_until_terminal() {
     let Some((pool, _database)) = foodorder_common::testing::database().await else {
@@ -139,10 +119,10 @@ async fn watch_order_streams_changes_until_terminal() {
         .unwrap();
     assert_eq!(first.order.unwrap().status(), OrderStatus::Processing);
 
-    complete_order(&app.pool, &placed.id).await;
-    let second = tokio::time::timeout(Duration::from_secs(10), stream.next())
+    support::publish_payment_outcome(&app.kafka, &placed.id, true).await;
+    let second = tokio::time::timeout(Duration::from_secs(60), stream.next())
         .await
-        .expect("status change within 10 s")
+        .expect("status change within 60 s")
         .unwrap()
         .unwrap();
     let completed = second.order.unwrap();
@@ -214,10 +194,10 @@ async fn many_watchers_each_see_their_own_order() {
         ids.push(order.id);
     }
     for id in &ids {
-        complete_order(&app.pool, id).await;
+        support::publish_payment_outcome(&app.kafka, id, true).await;
     }
     for (id, mut stream) in streams {
-        let message = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        let message = tokio::time::timeout(Duration::from_secs(60), stream.next())
             .await
             .expect("change")
             .unwrap()

@@ -65,6 +65,8 @@ pub async fn spawn_app_with(
         watch_max_streams: 1000,
         watch_max_db_reads: 2,
         keepalive_interval: Duration::from_secs(30),
+        consumer_group: format!("order-api-test-{}", uuid::Uuid::new_v4()),
+        max_in_flight: 16,
     };
     adjust(&mut config);
     let application = Application::build_with_pool(config, pool.clone())
@@ -137,7 +139,7 @@ impl TestApp {
             Duration::from_secs(60),
             || async {
                 let unsent: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND parked_at IS NULL",
+                    "SELECT count(*) FROM orders.outbox WHERE sent_at IS NULL AND parked_at IS NULL",
                 )
                 .fetch_one(&self.pool)
                 .await
@@ -172,4 +174,35 @@ pub fn with_metadata<T>(message: T, entries: &[(&'static str, &str)]) -> tonic::
         request.metadata_mut().insert(*name, value.parse().unwrap());
     }
     request
+}
+
+/// Publishes the `payment.completed` event the payment service would, for `order_id`.
+pub async fn publish_payment_outcome(kafka_config: &KafkaConfig, order_id: &str, success: bool) {
+    publish_payment_completed(kafka_config, order_id, payment_completed(order_id, success)).await;
+}
+
+/// A valid `PaymentCompleted` for `order_id`.
+pub fn payment_completed(order_id: &str, success: bool) -> Vec<u8> {
+    use prost::Message;
+    foodorder_proto::v1::PaymentCompleted {
+        order_id: order_id.to_owned(),
+        payment_id: uuid::Uuid::now_v7().to_string(),
+        ..foodorder_common::fuzzing::seed_payment_completed(success)
+    }
+    .encode_to_vec()
+}
+
+/// Publishes `payload` on `payment.completed` keyed by `key`.
+pub async fn publish_payment_completed(kafka_config: &KafkaConfig, key: &str, payload: Vec<u8>) {
+    let producer = foodorder_common::kafka::idempotent_producer(kafka_config, "order-api-test")
+        .expect("producer");
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(&kafka_config.topics.payment_completed)
+                .key(key)
+                .payload(&payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("produce payment.completed");
 }

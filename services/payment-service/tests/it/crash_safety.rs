@@ -13,7 +13,7 @@ async fn crash_between_charge_and_commit_charges_once() {
     };
     let kafka = testing::kafka_config();
     let producer = producer(&kafka).await;
-    let order_id = insert_order(&pool).await;
+    let order_id = new_order_id();
     send_order_placed(&producer, &kafka, order_id).await;
     let database_url = database_url(&pool);
     let group = format!("payment-crash-{}", uuid::Uuid::new_v4());

@@ -26,7 +26,7 @@ async fn database_outage_delays_payment_but_loses_and_doubles_nothing() {
     let kafka = testing::kafka_config();
     let producer = producer(&kafka).await;
     let service = spawn_service(proxied_pool, test_config(kafka.clone(), 0.0)).await;
-    let order_id = insert_order(&pool).await;
+    let order_id = new_order_id();
 
     proxy.cut();
     send_order_placed(&producer, &kafka, order_id).await;
@@ -82,7 +82,7 @@ async fn a_service_started_while_the_database_is_down_comes_up_with_it() {
         .expect("the service starts");
     let shutdown = tokio_util::sync::CancellationToken::new();
     let service = tokio::spawn(application.run_until_stopped(shutdown.clone()));
-    let order_id = insert_order(&pool).await;
+    let order_id = new_order_id();
     send_order_placed(&producer, &kafka, order_id).await;
     assert_eq!(wait_for_payment(&pool, order_id).await.0, "COMPLETED");
     shutdown.cancel();

@@ -18,7 +18,7 @@ async fn placed_order_is_paid_once_and_reported() {
     let kafka = testing::kafka_config();
     let producer = producer(&kafka).await;
     let service = spawn_service(pool.clone(), test_config(kafka.clone(), 0.0)).await;
-    let order_id = insert_order(&pool).await;
+    let order_id = new_order_id();
     send_order_placed(&producer, &kafka, order_id).await;
 
     let (order_status, attempt_status, attempts, error) = wait_for_payment(&pool, order_id).await;
@@ -69,7 +69,7 @@ async fn declined_payment_fails_the_order() {
     let kafka = testing::kafka_config();
     let producer = producer(&kafka).await;
     let service = spawn_service(pool.clone(), test_config(kafka.clone(), 1.0)).await;
-    let order_id = insert_order(&pool).await;
+    let order_id = new_order_id();
     send_order_placed(&producer, &kafka, order_id).await;
     let outcome = wait_for_payment(&pool, order_id).await;
     assert_eq!(
@@ -97,7 +97,7 @@ async fn timeouts_are_retried_then_fail() {
     config.payment.timeout = Duration::from_millis(100);
     config.payment.max_attempts = 2;
     let service = spawn_service(pool.clone(), config).await;
-    let order_id = insert_order(&pool).await;
+    let order_id = new_order_id();
     send_order_placed(&producer, &kafka, order_id).await;
     let outcome = wait_for_payment(&pool, order_id).await;
     assert_eq!(
@@ -142,7 +142,7 @@ async fn duplicate_deliveries_charge_and_report_once() {
     };
     let kafka = testing::kafka_config();
     let producer = producer(&kafka).await;
-    let order_id = insert_order(&pool).await;
+    let order_id = new_order_id();
     for _ in 0..5 {
         send_order_placed(&producer, &kafka, order_id).await;
     }
@@ -232,8 +232,8 @@ async fn poison_messages_go_to_the_dlq_and_do_not_stall() {
     };
     let kafka = testing::kafka_config();
     let producer = producer(&kafka).await;
-    let known_order = insert_order(&pool).await;
-    let good_order = insert_order(&pool).await;
+    let known_order = known_order(&pool).await;
+    let good_order = new_order_id();
     send_raw(
         &producer,
         &kafka.topics.order_placed,
@@ -321,7 +321,7 @@ async fn header_names_that_are_not_utf8_neither_crash_nor_lose_anything() {
         (b"no-value".to_vec(), None),
     ];
     // A valid OrderPlaced that also carries a header named with invalid UTF-8: paid as usual.
-    let valid_order = insert_order(&pool).await;
+    let valid_order = new_order_id();
     testing::produce_raw(
         &kafka.bootstrap_servers,
         &kafka.topics.order_placed,
@@ -341,7 +341,7 @@ async fn header_names_that_are_not_utf8_neither_crash_nor_lose_anything() {
         &hostile_headers,
     )
     .await;
-    let after = insert_order(&pool).await;
+    let after = new_order_id();
     send_order_placed(&producer, &kafka, after).await;
 
     assert_eq!(wait_for_payment(&pool, valid_order).await.0, "COMPLETED");
@@ -400,7 +400,7 @@ async fn the_largest_record_and_a_deleted_dlq_topic_still_reach_the_dlq() {
         &[(b"x-request-id".to_vec(), Some(b"req-huge".to_vec()))],
     )
     .await;
-    let after = insert_order(&pool).await;
+    let after = new_order_id();
     send_order_placed(&producer, &kafka, after).await;
     assert_eq!(wait_for_payment(&pool, after).await.0, "COMPLETED");
 
@@ -428,11 +428,11 @@ async fn a_poison_record_voids_its_order_and_a_charge_that_landed_first_stands()
     };
     let kafka = testing::kafka_config();
     let producer = producer(&kafka).await;
-    let unpaid = insert_order(&pool).await;
-    let charged = insert_order(&pool).await;
+    let unpaid = known_order(&pool).await;
+    let charged = known_order(&pool).await;
     // A charge for `charged` that landed on another instance before its record turned out poison.
     sqlx::query(
-        "INSERT INTO gateway_ledger (charge_id, idempotency_key, amount, outcome) \
+        "INSERT INTO payments.gateway_ledger (charge_id, idempotency_key, amount, outcome) \
          VALUES ($1, $2, 25.98, 'APPROVED')",
     )
     .bind(uuid::Uuid::now_v7())
@@ -483,7 +483,7 @@ async fn a_gateway_slowdown_shows_in_the_gateway_latency_histogram() {
     config.gateway.max_latency = Duration::from_millis(400);
     let service = spawn_service(pool.clone(), config).await;
     for _ in 0..3 {
-        let order_id = insert_order(&pool).await;
+        let order_id = new_order_id();
         send_order_placed(&producer, &kafka, order_id).await;
     }
     let bucket = |le: &str| {
@@ -539,7 +539,7 @@ async fn a_narrow_dead_letter_topic_is_widened_and_keeps_its_settings() {
         &[],
     )
     .await;
-    let after = insert_order(&pool).await;
+    let after = new_order_id();
     send_order_placed(&producer, &kafka, after).await;
     assert_eq!(wait_for_payment(&pool, after).await.0, "COMPLETED");
     let dead = testing::collect_records_async(

@@ -58,12 +58,12 @@ async fn one_of_two_instances_stops(pool: PgPool, signal: &str) {
 
     let mut orders = Vec::new();
     for _ in 0..ORDERS {
-        let order_id = insert_order(&pool).await;
+        let order_id = new_order_id();
         send_order_placed(&producer, &kafka, order_id).await;
         orders.push(order_id);
     }
     let paid = || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM payment_attempts")
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM payments.payment_attempts")
             .fetch_one(&pool)
             .await
             .unwrap()
@@ -152,7 +152,7 @@ async fn a_saturated_instance_still_hands_partitions_over() {
     let _busy = spawn_process(&database_url, &kafka, &group, &slow);
     testing::wait_for_group_members(&kafka.bootstrap_servers, &group, 1).await;
     for _ in 0..6 {
-        let order_id = insert_order(&pool).await;
+        let order_id = new_order_id();
         send_order_placed(&producer, &kafka, order_id).await;
     }
     // Not a synchronisation: it lets the single slot take its 60 s call first.

@@ -12,7 +12,7 @@ use foodorder_common::kafka;
 use foodorder_common::outbox::RelayConfig;
 use foodorder_common::service::ConsumerConfig;
 use foodorder_common::testing;
-use foodorder_proto::v1::{OrderPlaced, OrderPlacedItem};
+use foodorder_proto::v1::{OrderPlaced, OrderPlacedItem, PaymentCompleted};
 use payment_service::config::{BreakerSettings, GatewaySettings, PaymentSettings};
 use payment_service::{Application, Config};
 use prost::Message;
@@ -96,30 +96,29 @@ impl TestService {
     }
 }
 
-/// Inserts a PROCESSING order (2 × Margherita Pizza = 25.98) and returns its id.
-pub async fn insert_order(pool: &PgPool) -> Uuid {
-    let order_id = Uuid::now_v7();
+/// A new order's id: the payment service knows orders from their events alone.
+pub fn new_order_id() -> Uuid {
+    Uuid::now_v7()
+}
+
+/// An order whose OrderPlaced an earlier delivery already handed to the
+/// service (its request is stored, as the first delivery stores it); its
+/// payment may still be in flight.
+pub async fn known_order(pool: &PgPool) -> Uuid {
+    let order_id = new_order_id();
     sqlx::query(
-        "INSERT INTO orders (id, customer_name, customer_email, status, total_amount, correlation_id) \
-         VALUES ($1, 'Ada Lovelace', 'ada@example.com', 'PROCESSING', 25.98, $2)",
+        "INSERT INTO payments.payment_requests (order_id, amount, customer_name, customer_email, correlation_id) \
+         VALUES ($1, 25.98, 'Ada Lovelace', 'ada@example.com', $2)",
     )
     .bind(order_id)
     .bind(format!("req-{order_id}"))
     .execute(pool)
     .await
     .unwrap();
-    sqlx::query(
-        "INSERT INTO order_items (order_id, menu_item_id, menu_item_name, quantity, unit_price, subtotal) \
-         VALUES ($1, 1, 'Margherita Pizza', 2, 12.99, 25.98)",
-    )
-    .bind(order_id)
-    .execute(pool)
-    .await
-    .unwrap();
     order_id
 }
 
-/// The OrderPlaced event for an order made by [`insert_order`].
+/// The OrderPlaced event of an order (2 × Margherita Pizza = 25.98).
 pub fn order_placed(order_id: Uuid) -> OrderPlaced {
     OrderPlaced {
         metadata: Some(events::metadata(
@@ -188,26 +187,39 @@ pub async fn send_order_placed(producer: &FutureProducer, kafka: &KafkaConfig, o
     .await;
 }
 
-/// Waits until the order has a payment attempt; returns (order status, attempt status, attempt_count, error).
+/// Waits until the order has a payment attempt; returns (the order's final
+/// status in the PaymentCompleted event stored with it, attempt status,
+/// attempt_count, error).
 pub async fn wait_for_payment(
     pool: &PgPool,
     order_id: Uuid,
 ) -> (String, String, i32, Option<String>) {
-    testing::wait_for(
-        &format!("a payment attempt for order {order_id}"),
-        Duration::from_secs(60),
-        || async {
-            sqlx::query_as(
-                "SELECT o.status, p.status, p.attempt_count, p.error_message FROM orders o \
-             JOIN payment_attempts p ON p.order_id = o.id WHERE o.id = $1",
-            )
-            .bind(order_id)
-            .fetch_optional(pool)
-            .await
-            .unwrap()
-        },
-    )
-    .await
+    let (attempt, attempts, error, event): (String, i32, Option<String>, Vec<u8>) =
+        testing::wait_for(
+            &format!("a payment attempt for order {order_id}"),
+            Duration::from_secs(60),
+            || async {
+                sqlx::query_as(
+                    "SELECT p.status, p.attempt_count, p.error_message, o.payload \
+                     FROM payments.payment_attempts p \
+                     JOIN payments.outbox o ON o.message_key = p.order_id::text WHERE p.order_id = $1",
+                )
+                .bind(order_id)
+                .fetch_optional(pool)
+                .await
+                .unwrap()
+            },
+        )
+        .await;
+    let event =
+        PaymentCompleted::decode(event.as_slice()).expect("a PaymentCompleted in the outbox");
+    assert_eq!(event.order_id, order_id.to_string());
+    let status = event
+        .final_status()
+        .as_str_name()
+        .trim_start_matches("ORDER_STATUS_")
+        .to_owned();
+    (status, attempt, attempts, error)
 }
 
 /// Number of rows matching `sql` with one bind.
@@ -252,7 +264,7 @@ pub async fn payment_completed_records(
 pub async fn charges(pool: &PgPool, order_id: Uuid) -> i64 {
     count(
         pool,
-        "SELECT count(*) FROM gateway_ledger WHERE idempotency_key = $1::text AND outcome = 'APPROVED'",
+        "SELECT count(*) FROM payments.gateway_ledger WHERE idempotency_key = $1::text AND outcome = 'APPROVED'",
         order_id,
     )
     .await
@@ -261,7 +273,7 @@ pub async fn charges(pool: &PgPool, order_id: Uuid) -> i64 {
 /// The gateway's decisions for an order, oldest first (APPROVED, DECLINED or VOIDED).
 pub async fn decisions(pool: &PgPool, order_id: Uuid) -> Vec<String> {
     sqlx::query_scalar(
-        "SELECT outcome FROM gateway_ledger WHERE idempotency_key = $1::text ORDER BY created_at",
+        "SELECT outcome FROM payments.gateway_ledger WHERE idempotency_key = $1::text ORDER BY created_at",
     )
     .bind(order_id.to_string())
     .fetch_all(pool)
@@ -273,7 +285,7 @@ pub async fn decisions(pool: &PgPool, order_id: Uuid) -> Vec<String> {
 pub async fn attempt_rows(pool: &PgPool, order_id: Uuid) -> i64 {
     count(
         pool,
-        "SELECT count(*) FROM payment_attempts WHERE order_id = $1",
+        "SELECT count(*) FROM payments.payment_attempts WHERE order_id = $1",
         order_id,
     )
     .await

@@ -46,7 +46,7 @@ async fn broker_restarts_under_load_lose_and_double_nothing() {
     let load = tokio::spawn(place_orders_until(client, stop_load.clone()));
 
     let notified = || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM notifications")
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM notifications.notifications")
             .fetch_one(&pool)
             .await
             .unwrap()
@@ -117,18 +117,26 @@ async fn broker_restarts_under_load_lose_and_double_nothing() {
     );
 
     let expected = placed.len() as i64;
+    let finished = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM orders.orders WHERE status IN ('COMPLETED', 'FAILED')",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
     testing::wait_for(
-        &format!("all {expected} orders paid and notified after the restarts"),
+        &format!("all {expected} orders finished and notified after the restarts"),
         Duration::from_secs(180),
-        || async { (notified().await == expected).then_some(()) },
+        || async { (notified().await == expected && finished().await == expected).then_some(()) },
     )
     .await;
     let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
         "SELECT o.id::text, o.status, \
-         (SELECT count(*) FROM payment_attempts p WHERE p.order_id = o.id), \
-         (SELECT count(*) FROM notifications n WHERE n.order_id = o.id), \
-         (SELECT count(*) FROM gateway_ledger g WHERE g.idempotency_key = o.id::text AND g.outcome = 'APPROVED') \
-         FROM orders o",
+         (SELECT count(*) FROM payments.payment_attempts p WHERE p.order_id = o.id), \
+         (SELECT count(*) FROM notifications.notifications n WHERE n.order_id = o.id), \
+         (SELECT count(*) FROM payments.gateway_ledger g WHERE g.idempotency_key = o.id::text AND g.outcome = 'APPROVED') \
+         FROM orders.orders o",
     )
     .fetch_all(&pool)
     .await
@@ -149,7 +157,7 @@ async fn broker_restarts_under_load_lose_and_double_nothing() {
         assert_eq!(*notifications, 1, "{order_id}: one notification");
         assert_eq!(*charges, expected_charges, "{order_id} ({status}): charges");
     }
-    let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+    let unsent: i64 = sqlx::query_scalar("SELECT (SELECT count(*) FROM orders.outbox WHERE sent_at IS NULL) + (SELECT count(*) FROM payments.outbox WHERE sent_at IS NULL)")
         .fetch_one(&pool)
         .await
         .unwrap();

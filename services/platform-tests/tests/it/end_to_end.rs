@@ -112,9 +112,9 @@ async fn orders_flow_from_the_api_to_the_notification() {
 
     let rows: Vec<(String, String, Decimal, i64, i64, Option<Decimal>)> = sqlx::query_as(
         "SELECT o.id::text, o.status, o.total_amount, \
-         (SELECT count(*) FROM payment_attempts p WHERE p.order_id = o.id), \
-         (SELECT count(*) FROM notifications n WHERE n.order_id = o.id), \
-         (SELECT amount FROM payment_attempts p WHERE p.order_id = o.id) FROM orders o",
+         (SELECT count(*) FROM payments.payment_attempts p WHERE p.order_id = o.id), \
+         (SELECT count(*) FROM notifications.notifications n WHERE n.order_id = o.id), \
+         (SELECT amount FROM payments.payment_attempts p WHERE p.order_id = o.id) FROM orders.orders o",
     )
     .fetch_all(&pool)
     .await
@@ -140,7 +140,7 @@ async fn orders_flow_from_the_api_to_the_notification() {
         "one notification per order",
         Duration::from_secs(60),
         || async {
-            let count: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications")
+            let count: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications.notifications")
                 .fetch_one(&pool)
                 .await
                 .unwrap();

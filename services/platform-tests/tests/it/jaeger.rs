@@ -24,7 +24,7 @@ struct JaegerSpan {
 }
 
 #[tokio::test]
-async fn jaeger_shows_one_order_across_three_services_and_both_kafka_hops() {
+async fn jaeger_shows_one_order_across_three_services_and_every_kafka_hop() {
     let Some((pool, _database)) = foodorder_common::testing::database().await else {
         return;
     };
@@ -69,7 +69,7 @@ async fn jaeger_shows_one_order_across_three_services_and_both_kafka_hops() {
 
     let path = format!("/api/v3/traces/{trace_id}");
     let spans = testing::wait_for(
-        "Jaeger to hold the order's spans from all three services, both hops with their parents",
+        "Jaeger to hold the order's spans from all three services, the three hops with their parents",
         Duration::from_secs(60),
         || async {
             let spans = spans_of(&jaeger.get(&path).await?);
@@ -87,7 +87,7 @@ async fn jaeger_shows_one_order_across_three_services_and_both_kafka_hops() {
                             .any(|span| span.span_id == consumer.parent_span_id)
                     });
             (services.len() == 3
-                && consumers == 2
+                && consumers == 3
                 && parents_arrived
                 && spans.iter().any(|span| span.name == "notification send"))
             .then_some(spans)
@@ -127,7 +127,7 @@ async fn jaeger_shows_one_order_across_three_services_and_both_kafka_hops() {
         ));
     }
     hops.sort();
-    assert_eq!(hops.len(), 2, "two Kafka hops: {hops:?}");
+    assert_eq!(hops.len(), 3, "three Kafka hops: {hops:?}");
     assert!(
         hops[0].contains("order.placed publish (order-api)")
             && hops[0].contains("order.placed process (payment-service)"),
@@ -136,6 +136,11 @@ async fn jaeger_shows_one_order_across_three_services_and_both_kafka_hops() {
     assert!(
         hops[1].contains("payment.completed publish (payment-service)")
             && hops[1].contains("payment.completed process (notification-service)"),
+        "{hops:?}"
+    );
+    assert!(
+        hops[2].contains("payment.completed publish (payment-service)")
+            && hops[2].contains("payment.completed process (order-api)"),
         "{hops:?}"
     );
     eprintln!(

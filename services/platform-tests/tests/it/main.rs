@@ -3,5 +3,6 @@
 mod broker_restart;
 mod end_to_end;
 mod jaeger;
+mod schema_split;
 mod support;
 mod tracing;

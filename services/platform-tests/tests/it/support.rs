@@ -150,6 +150,7 @@ impl Platform {
                 &with(&[
                     ("ORDER_API_ADDR", format!("127.0.0.1:{api_port}")),
                     ("ORDER_API_HTTP_ADDR", "127.0.0.1:0".to_owned()),
+                    ("ORDER_API_CONSUMER_GROUP", format!("order-api-{run}")),
                 ]),
                 &log_dir,
             ),

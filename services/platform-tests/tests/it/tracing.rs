@@ -197,7 +197,7 @@ async fn one_trace_from_the_api_call_to_the_notification() {
     let order_id = response.into_inner().order.unwrap().id;
 
     testing::wait_for("the notification", Duration::from_secs(60), || async {
-        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications")
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications.notifications")
             .fetch_one(&pool)
             .await
             .unwrap();

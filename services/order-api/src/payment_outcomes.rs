@@ -1,0 +1,106 @@
+//! The order API's consumer of `payment.completed`: it records each payment's
+//! outcome in the order API's own schema (the payment summary that GetOrder
+//! and WatchOrder serve) and moves the order to COMPLETED or FAILED. It runs
+//! on the shared consumer framework (ordered by key, committed only past
+//! finished records, poison to `order.dlq`), so replays and duplicates change
+//! nothing and a record about an order this API never stored is dead-lettered.
+
+use chrono::{DateTime, Utc};
+use foodorder_common::consumer::{HandleError, Handled, MessageHandler, ReceivedMessage};
+use foodorder_common::events;
+use foodorder_common::status::PaymentState;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::repository::{self, PaymentOutcome, Recorded};
+use crate::watch::ORDER_STATUS_CHANNEL;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: &'static str,
+}
+
+/// The `payment.completed` handler.
+pub struct PaymentOutcomeHandler {
+    pool: PgPool,
+    finished: Family<StatusLabel, Counter>,
+}
+
+impl PaymentOutcomeHandler {
+    /// A handler recording in `pool`; registers
+    /// `foodorder_orders_finished_total{status}` in `metrics`.
+    pub fn new(pool: PgPool, metrics: &foodorder_common::metrics::Metrics) -> Self {
+        let finished = Family::<StatusLabel, Counter>::default();
+        metrics.register(
+            "foodorder_orders_finished",
+            "Orders moved to a final status from payment.completed, by status (completed, failed)",
+            finished.clone(),
+        );
+        for status in ["completed", "failed"] {
+            drop(finished.get_or_create(&StatusLabel { status }));
+        }
+        Self { pool, finished }
+    }
+}
+
+/// Decodes and checks a `payment.completed` record into the outcome to record.
+fn decode(message: &ReceivedMessage) -> Result<(Uuid, PaymentOutcome), String> {
+    let (order_id, event) = events::decode_payment_completed(message.payload.as_deref())?;
+    let status = PaymentState::of(event.success);
+    let completed_at = event
+        .metadata
+        .as_ref()
+        .and_then(|metadata| metadata.occurred_at)
+        .and_then(|at| {
+            DateTime::<Utc>::from_timestamp(at.seconds, at.nanos.clamp(0, 999_999_999) as u32)
+        })
+        .unwrap_or_else(Utc::now);
+    // Events from before payment_id existed: the order's id stands for its one
+    // payment, the same in every copy.
+    let payment_id = Uuid::parse_str(&event.payment_id).unwrap_or(order_id);
+    let outcome = PaymentOutcome {
+        payment_id,
+        status,
+        amount: events::amount(&event.amount)?,
+        attempt_count: event.attempt_count,
+        error_message: (!event.success && !event.error_message.is_empty())
+            .then_some(event.error_message),
+        processing_time_ms: event.processing_time_ms,
+        completed_at,
+    };
+    Ok((order_id, outcome))
+}
+
+impl MessageHandler for PaymentOutcomeHandler {
+    async fn handle(&self, message: &ReceivedMessage) -> Result<Handled, HandleError> {
+        let (order_id, outcome) = decode(message).map_err(HandleError::Fatal)?;
+        if message.key_str() != Some(order_id.to_string().as_str()) {
+            return Err(HandleError::Fatal(
+                "record key does not match the order id".to_owned(),
+            ));
+        }
+        match repository::record_payment(&self.pool, order_id, &outcome, ORDER_STATUS_CHANNEL)
+            .await?
+        {
+            Recorded::Applied => {
+                let status = match outcome.status {
+                    PaymentState::Succeeded => "completed",
+                    PaymentState::Failed => "failed",
+                };
+                self.finished.get_or_create(&StatusLabel { status }).inc();
+                tracing::info!(%order_id, status, "payment outcome recorded");
+                Ok(Handled::Processed)
+            }
+            Recorded::AlreadyRecorded => {
+                tracing::info!(%order_id, "payment outcome already recorded, skipping duplicate delivery");
+                Ok(Handled::Duplicate)
+            }
+            Recorded::UnknownOrder => Err(HandleError::Fatal(format!(
+                "order {order_id} does not exist"
+            ))),
+        }
+    }
+}

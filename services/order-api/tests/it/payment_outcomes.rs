@@ -1,0 +1,98 @@
+//! The order API's `payment.completed` consumer: it moves orders to their final
+//! status once, serves the payment summary, and dead-letters what it cannot use.
+
+use std::time::Duration;
+
+use foodorder_common::consumer::DLQ_ERROR;
+use foodorder_common::testing;
+use foodorder_proto::v1::{GetOrderRequest, OrderStatus, PaymentStatus};
+
+use crate::support::{self, order_request, spawn_app};
+
+#[tokio::test]
+async fn payment_outcomes_finish_orders_once_and_poison_is_dead_lettered() {
+    let Some((pool, _database)) = foodorder_common::testing::database().await else {
+        return;
+    };
+    let app = spawn_app(pool).await;
+    let mut client = app.client.clone();
+    let mut placed = Vec::new();
+    for _ in 0..2 {
+        let order = client
+            .place_order(order_request(&[(1, 1)]))
+            .await
+            .unwrap()
+            .into_inner()
+            .order
+            .unwrap();
+        placed.push(order.id);
+    }
+    let (paid, failed) = (&placed[0], &placed[1]);
+    // The first outcome wins; a later, contradicting copy changes nothing.
+    support::publish_payment_outcome(&app.kafka, paid, true).await;
+    support::publish_payment_outcome(&app.kafka, paid, true).await;
+    support::publish_payment_outcome(&app.kafka, failed, false).await;
+    support::publish_payment_outcome(&app.kafka, failed, true).await;
+    // An order this API never stored, and bytes that are no event.
+    let stranger = uuid::Uuid::new_v4().to_string();
+    support::publish_payment_outcome(&app.kafka, &stranger, true).await;
+    support::publish_payment_completed(&app.kafka, "garbage", b"\x0a\xff".to_vec()).await;
+
+    for (id, status, payment) in [
+        (paid, OrderStatus::Completed, PaymentStatus::Succeeded),
+        (failed, OrderStatus::Failed, PaymentStatus::Failed),
+    ] {
+        let order = testing::wait_for(
+            &format!("order {id} to be {status:?}"),
+            Duration::from_secs(60),
+            || {
+                let mut client = client.clone();
+                async move {
+                    let order = client
+                        .get_order(GetOrderRequest {
+                            order_id: id.clone(),
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .order
+                        .unwrap();
+                    (order.status() == status).then_some(order)
+                }
+            },
+        )
+        .await;
+        assert_eq!(order.payment_attempts.len(), 1);
+        assert_eq!(order.payment_attempts[0].status(), payment);
+        assert_eq!(order.payment_successful, status == OrderStatus::Completed);
+    }
+    let dead = testing::collect_records_async(
+        &app.kafka.bootstrap_servers,
+        &app.kafka.topics.order_dlq,
+        app.kafka.dlq_partitions,
+        2,
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+    )
+    .await;
+    let mut reasons: Vec<(String, bool)> = dead
+        .iter()
+        .map(|record| {
+            (
+                record.key.clone(),
+                record.headers[DLQ_ERROR].contains("does not exist"),
+            )
+        })
+        .collect();
+    reasons.sort();
+    let mut expected = vec![("garbage".to_owned(), false), (stranger, true)];
+    expected.sort();
+    assert_eq!(reasons, expected);
+    // The duplicates were consumed and changed nothing.
+    let summaries: i64 = sqlx::query_scalar("SELECT count(*) FROM orders.order_payments")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(summaries, 2);
+    app.stop().await;
+}
