@@ -7,7 +7,10 @@
 --     payment.completed, filled from the payment attempts recorded so far;
 --   * payments.outbox, the payment service's own outbox, which takes the
 --     PaymentCompleted rows out of the old shared outbox (sent or not: the
---     unsent ones are published by the payment service's relay).
+--     unsent ones are published by the payment service's relay);
+--   * payments.payment_requests, what the payment service knows of an order
+--     from its OrderPlaced, filled for the orders still waiting for payment
+--     (so that a poison record keyed by one of them settles it at once).
 -- Links across services go: the foreign keys from payment attempts and
 -- notifications to orders, and the trigger on orders that the payment
 -- service's status update used to fire.
@@ -46,6 +49,20 @@ INSERT INTO orders.order_payments
 SELECT p.order_id, p.id, p.status, p.amount, p.attempt_count, p.error_message, p.processing_time_ms, p.created_at
 FROM payments.payment_attempts p
 JOIN orders.orders o ON o.id = p.order_id;
+
+CREATE TABLE payments.payment_requests (
+    order_id       UUID          PRIMARY KEY,
+    amount         NUMERIC(12, 2) NOT NULL CHECK (amount >= 0),
+    customer_name  TEXT          NOT NULL,
+    customer_email TEXT          NOT NULL,
+    correlation_id TEXT          NOT NULL,
+    received_at    TIMESTAMPTZ   NOT NULL DEFAULT now()
+);
+
+INSERT INTO payments.payment_requests (order_id, amount, customer_name, customer_email, correlation_id)
+SELECT o.id, o.total_amount, o.customer_name, o.customer_email, o.correlation_id
+FROM orders.orders o
+WHERE NOT EXISTS (SELECT 1 FROM payments.payment_attempts p WHERE p.order_id = o.id);
 
 CREATE TABLE payments.outbox (
     id          BIGSERIAL   PRIMARY KEY,

@@ -13,7 +13,9 @@ CREATE TABLE IF NOT EXISTS orders.menu_items (
     created_at  TIMESTAMPTZ   NOT NULL DEFAULT now()
 );
 
-INSERT INTO orders.menu_items (id, name, description, price) VALUES
+-- The seed menu, only into an empty table (a moved database keeps its own menu).
+INSERT INTO orders.menu_items (id, name, description, price)
+SELECT id, name, description, price FROM (VALUES
     (1, 'Margherita Pizza', 'Tomato, mozzarella and basil', 12.99),
     (2, 'Pepperoni Pizza',  'Tomato, mozzarella and pepperoni', 14.99),
     (3, 'Caesar Salad',     'Romaine, parmesan, croutons and Caesar dressing', 8.99),
@@ -22,7 +24,8 @@ INSERT INTO orders.menu_items (id, name, description, price) VALUES
     (6, 'Garlic Bread',     'Toasted baguette with garlic butter', 4.99),
     (7, 'Coke',             '330 ml can', 2.50),
     (8, 'Water',            '500 ml bottle', 1.99)
-ON CONFLICT (id) DO NOTHING;
+) AS seed (id, name, description, price)
+WHERE NOT EXISTS (SELECT 1 FROM orders.menu_items);
 
 CREATE TABLE IF NOT EXISTS orders.orders (
     id                  UUID          PRIMARY KEY,

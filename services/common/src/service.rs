@@ -74,6 +74,19 @@ impl<H: MessageHandler> ConsumerService<H> {
                 background.clone(),
             ))
         });
+        let housekeeping = tokio::spawn({
+            let (handler, stop) = (self.handler.clone(), background.clone());
+            async move {
+                let mut interval = tokio::time::interval(H::HOUSEKEEPING_INTERVAL);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        _ = interval.tick() => handler.housekeeping().await,
+                    }
+                }
+            }
+        });
         tracing::info!(service = self.name, health = %health_address, max_in_flight = self.settings.max_in_flight, "service started; ready once the consumer holds its assignment");
         let consumed = consumer::run(
             &self.kafka,
@@ -86,6 +99,7 @@ impl<H: MessageHandler> ConsumerService<H> {
         .await;
         readiness.set_stopping();
         background.cancel();
+        let _ = housekeeping.await;
         let _ = dependencies.await;
         if let Some(relay) = relay
             && let Ok(Err(error)) = relay.await

@@ -94,6 +94,9 @@ impl<N: Notifier> NotificationHandler<N> {
 /// Decodes and checks a PaymentCompleted record into the notification to send.
 fn decode(message: &ReceivedMessage) -> Result<(Uuid, Notification), String> {
     let (order_id, event) = events::decode_payment_completed(message.payload.as_deref())?;
+    if event.customer_email.is_empty() {
+        return Err("PaymentCompleted without customer email: no one to notify".to_owned());
+    }
     let metadata = event.metadata.clone().unwrap_or_default();
     let kind = if event.success {
         NotificationKind::OrderConfirmed

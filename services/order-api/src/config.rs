@@ -38,6 +38,10 @@ pub struct Config {
     pub consumer_group: String,
     /// `ORDER_API_MAX_IN_FLIGHT` (default 64): `payment.completed` records handled at once.
     pub max_in_flight: usize,
+    /// `ORDER_API_CONSUMER_DB_CONNECTIONS` (default 4): the consumer's own
+    /// connections (beside `DATABASE_MAX_CONNECTIONS`), so that a backlog of
+    /// payment outcomes never takes PlaceOrder's.
+    pub consumer_db_connections: u32,
 }
 
 impl Config {
@@ -61,6 +65,7 @@ impl Config {
             keepalive_interval: env_seconds("GRPC_KEEPALIVE_SECONDS", 30.0)?,
             consumer_group: env_or("ORDER_API_CONSUMER_GROUP", "order-api".to_owned())?,
             max_in_flight: env_count("ORDER_API_MAX_IN_FLIGHT", 64)?,
+            consumer_db_connections: env_count("ORDER_API_CONSUMER_DB_CONNECTIONS", 4)?,
             database,
         })
     }

@@ -3,7 +3,8 @@
 //! and WatchOrder serve) and moves the order to COMPLETED or FAILED. It runs
 //! on the shared consumer framework (ordered by key, committed only past
 //! finished records, poison to `order.dlq`), so replays and duplicates change
-//! nothing and a record about an order this API never stored is dead-lettered.
+//! nothing; a record about an order this API never stored, or a successful
+//! payment of another amount than the order's total, is dead-lettered.
 
 use chrono::{DateTime, Utc};
 use foodorder_common::consumer::{HandleError, Handled, MessageHandler, ReceivedMessage};
@@ -100,6 +101,11 @@ impl MessageHandler for PaymentOutcomeHandler {
             }
             Recorded::UnknownOrder => Err(HandleError::Fatal(format!(
                 "order {order_id} does not exist"
+            ))),
+            Recorded::WrongAmount { total } => Err(HandleError::Fatal(format!(
+                "a payment of {} does not pay order {order_id}, whose total is {}",
+                foodorder_common::money::format_money(outcome.amount),
+                foodorder_common::money::format_money(total)
             ))),
         }
     }

@@ -401,6 +401,11 @@ pub enum Recorded {
     AlreadyRecorded,
     /// No such order.
     UnknownOrder,
+    /// A successful payment of another amount than the order's total: not applied.
+    WrongAmount {
+        /// The order's total.
+        total: Decimal,
+    },
 }
 
 /// Stores the payment summary of `order_id` and moves the order to the
@@ -414,14 +419,18 @@ pub async fn record_payment(
     notify_channel: &str,
 ) -> Result<Recorded, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let known: Option<(OrderState,)> =
-        sqlx::query_as("SELECT status FROM orders.orders WHERE id = $1 FOR UPDATE")
+    let known: Option<(Decimal,)> =
+        sqlx::query_as("SELECT total_amount FROM orders.orders WHERE id = $1 FOR UPDATE")
             .bind(order_id)
             .fetch_optional(&mut *tx)
             .await?;
-    if known.is_none() {
+    let Some((total,)) = known else {
         tx.rollback().await?;
         return Ok(Recorded::UnknownOrder);
+    };
+    if outcome.status == PaymentState::Succeeded && outcome.amount != total {
+        tx.rollback().await?;
+        return Ok(Recorded::WrongAmount { total });
     }
     let inserted = sqlx::query(
         "INSERT INTO orders.order_payments (order_id, payment_id, status, amount, attempt_count, \

@@ -15,6 +15,7 @@ use foodorder_common::metrics::Metrics;
 use foodorder_common::{db, outbox};
 use foodorder_proto::v1::order_service_server::{OrderServiceServer, SERVICE_NAME};
 use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -173,14 +174,38 @@ impl Application {
                 config.max_in_flight,
                 config.shutdown_grace,
             );
-            let handler = Arc::new(PaymentOutcomeHandler::new(pool.clone(), &metrics));
-            let (readiness, consumer_metrics, stop) = (
+            // Its own connections: a backlog of outcomes never takes PlaceOrder's.
+            let consumer_pool = PgPoolOptions::new()
+                .max_connections(config.consumer_db_connections)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_lazy_with(pool.connect_options().as_ref().clone());
+            let handler = Arc::new(PaymentOutcomeHandler::new(consumer_pool, &metrics));
+            let (readiness, consumer_metrics, stop, shutdown) = (
                 readiness.clone(),
                 ConsumerMetrics::new(&metrics),
                 background.clone(),
+                shutdown.clone(),
             );
             async move {
-                consumer::run(&kafka, settings, handler, readiness, consumer_metrics, stop).await
+                let consumed = consumer::run(
+                    &kafka,
+                    settings,
+                    handler,
+                    readiness,
+                    consumer_metrics,
+                    stop.clone(),
+                )
+                .await;
+                // Without this consumer no order would ever finish: stopping on
+                // its own takes the whole API down (to be restarted), not just it.
+                let stopped_on_its_own = !stop.is_cancelled();
+                if stopped_on_its_own {
+                    tracing::error!(
+                        "the payment.completed consumer stopped; shutting the order API down"
+                    );
+                    shutdown.cancel();
+                }
+                (consumed, stopped_on_its_own)
             }
         });
         let watch_listener = tokio::spawn(
@@ -242,20 +267,21 @@ impl Application {
             Ok(Err(error)) => tracing::error!(error = format!("{error:#}"), "outbox relay failed"),
             Err(error) => tracing::error!(%error, "outbox relay task panicked"),
         }
-        match payment_outcomes.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::error!(
-                error = format!("{error:#}"),
-                "payment.completed consumer failed"
-            ),
-            Err(error) => tracing::error!(%error, "payment.completed consumer task panicked"),
-        }
+        let consumer_failure = match payment_outcomes.await {
+            Ok((Ok(()), false)) => None,
+            Ok((Ok(()), true)) => Some(anyhow::anyhow!("the payment.completed consumer stopped")),
+            Ok((Err(error), _)) => Some(error.context("the payment.completed consumer failed")),
+            Err(error) => Some(anyhow::anyhow!(
+                "the payment.completed consumer task panicked: {error}"
+            )),
+        };
         let _ = watch_listener.await;
         let _ = dependencies.await;
         let _ = http.await;
         pool.close().await;
         tracing::info!("order-api stopped");
-        served.context("grpc server failed")
+        served.context("grpc server failed")?;
+        consumer_failure.map_or(Ok(()), Err)
     }
 }
 

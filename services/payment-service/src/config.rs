@@ -63,6 +63,10 @@ pub struct Config {
     /// gateway charge, before the outcome is committed. Fault injection for the
     /// crash-safety test; never set it in production.
     pub crash_after_charge: bool,
+    /// `PAYMENT_POISON_SETTLE_SECONDS` (default 60): how long an order named
+    /// only by a poison `order.placed` record waits for its real one before it
+    /// is voided and recorded FAILED.
+    pub poison_settle_after: Duration,
 }
 
 impl Config {
@@ -93,6 +97,7 @@ impl Config {
                 recovery_timeout: env_seconds("CIRCUIT_BREAKER_RECOVERY_TIMEOUT", 30.0)?,
             },
             crash_after_charge: env_or("PAYMENT_FAULT_CRASH_AFTER_CHARGE", 0_u8)? == 1,
+            poison_settle_after: env_seconds("PAYMENT_POISON_SETTLE_SECONDS", 60.0)?,
         };
         config.validate()?;
         Ok(config)

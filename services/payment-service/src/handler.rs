@@ -29,7 +29,7 @@ use crate::processor::{PaymentProcessor, PaymentResult};
 pub const PRODUCER: &str = "payment-service";
 
 /// What an `order.placed` record asked for, as stored in `payments.payment_requests`.
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, PartialEq)]
 struct PaymentRequest {
     amount: Decimal,
     customer_name: String,
@@ -50,6 +50,7 @@ pub struct PaymentHandler<G> {
     processor: Arc<PaymentProcessor<G>>,
     payment_completed_topic: String,
     crash_after_charge: bool,
+    poison_settle_after: std::time::Duration,
 }
 
 impl<G: PaymentGateway> PaymentHandler<G> {
@@ -65,30 +66,39 @@ impl<G: PaymentGateway> PaymentHandler<G> {
             processor,
             payment_completed_topic,
             crash_after_charge,
+            poison_settle_after: std::time::Duration::from_secs(60),
         }
     }
 
-    /// Stores the request (the first delivery's wins) and says whether the
-    /// order's outcome is already recorded.
+    /// How long an order named only by a poison record waits for its real
+    /// `order.placed` before it is settled FAILED (default 60 s).
+    pub fn settling_poison_after(mut self, wait: std::time::Duration) -> Self {
+        self.poison_settle_after = wait;
+        self
+    }
+
+    /// Stores the request unless one is stored (the first delivery's wins)
+    /// and returns the stored one, with whether the outcome is recorded.
     async fn remember(
         &self,
         order_id: Uuid,
         request: &PaymentRequest,
-    ) -> Result<bool, sqlx::Error> {
-        sqlx::query_scalar(
-            "WITH stored AS (\
-                 INSERT INTO payments.payment_requests \
-                 (order_id, amount, customer_name, customer_email, correlation_id) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (order_id) DO NOTHING) \
-             SELECT EXISTS (SELECT 1 FROM payments.payment_attempts WHERE order_id = $1)",
+    ) -> Result<KnownRequest, sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO payments.payment_requests \
+             (order_id, amount, customer_name, customer_email, correlation_id) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (order_id) DO NOTHING",
         )
         .bind(order_id)
         .bind(request.amount)
         .bind(&request.customer_name)
         .bind(&request.customer_email)
         .bind(&request.correlation_id)
-        .fetch_one(&self.pool)
-        .await
+        .execute(&self.pool)
+        .await?;
+        self.known_request(order_id)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)
     }
 
     /// The stored request of an order this service was asked to pay, if any.
@@ -175,19 +185,42 @@ impl<G: PaymentGateway> PaymentHandler<G> {
         Ok(true)
     }
 
-    /// Before dead-lettering: an order this service was asked to pay (its
-    /// request is stored) gets its outcome, so no one waits on it forever. It is voided at the gateway first, so that
-    /// a charge in flight on another instance cannot land afterwards; a charge
-    /// that landed before the void stands and the order is COMPLETED. A
-    /// database or gateway error is returned, so the record is retried rather
-    /// than dead-lettered with the order left PROCESSING.
+    /// Before dead-lettering a record keyed by an order id, so that no one
+    /// waits on that order forever: an order this service was asked to pay
+    /// (its request is stored) is settled now; an order it never had a valid
+    /// request for is noted in `payments.unsettled_poison`, and settled by
+    /// [`MessageHandler::housekeeping`] if its real `order.placed` does not
+    /// come within the wait. A database or gateway error is returned, so the
+    /// record is retried rather than dead-lettered with the order left waiting.
     async fn settle_known_order(&self, key: Option<&str>, reason: &str) -> Result<(), HandleError> {
         let Some(order_id) = key.and_then(|key| Uuid::parse_str(key).ok()) else {
             return Ok(());
         };
-        let Some(known) = self.known_request(order_id).await? else {
-            return Ok(());
-        };
+        match self.known_request(order_id).await? {
+            Some(known) => self.settle(order_id, known, reason).await,
+            None => {
+                sqlx::query(
+                    "INSERT INTO payments.unsettled_poison (order_id, reason) VALUES ($1, $2) \
+                     ON CONFLICT (order_id) DO NOTHING",
+                )
+                .bind(order_id)
+                .bind(reason)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Settles `order_id` as given up: voided at the gateway first, so that
+    /// a charge in flight on another instance cannot land afterwards; a charge
+    /// that landed before the void stands and the order is COMPLETED.
+    async fn settle(
+        &self,
+        order_id: Uuid,
+        known: KnownRequest,
+        reason: &str,
+    ) -> Result<(), HandleError> {
         if known.paid {
             return Ok(());
         }
@@ -208,13 +241,51 @@ impl<G: PaymentGateway> PaymentHandler<G> {
             .await?
         {
             self.processor.metrics().recorded(&outcome);
-            tracing::warn!(%order_id, reason, success = outcome.success, "order settled before dead-lettering its message");
+            tracing::warn!(%order_id, reason, success = outcome.success, "order settled after a poison record");
+        }
+        Ok(())
+    }
+
+    /// Settles the orders poison records named that got no valid
+    /// `order.placed` within the wait (those that did are paid already, or
+    /// settled with their stored request), then forgets them.
+    async fn settle_overdue_poison(&self) -> Result<(), HandleError> {
+        let overdue: Vec<(Uuid, String)> = sqlx::query_as(
+            "SELECT order_id, reason FROM payments.unsettled_poison \
+             WHERE first_seen_at < now() - make_interval(secs => $1) ORDER BY first_seen_at LIMIT 100",
+        )
+        .bind(self.poison_settle_after.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        for (order_id, reason) in overdue {
+            // Without a request nothing was charged (a request is stored
+            // before any charge), so the order fails with what the key says.
+            let known = self.known_request(order_id).await?.unwrap_or(KnownRequest {
+                request: PaymentRequest {
+                    amount: Decimal::ZERO,
+                    customer_name: String::new(),
+                    customer_email: String::new(),
+                    correlation_id: String::new(),
+                },
+                paid: false,
+            });
+            self.settle(order_id, known, &reason).await?;
+            sqlx::query("DELETE FROM payments.unsettled_poison WHERE order_id = $1")
+                .bind(order_id)
+                .execute(&self.pool)
+                .await?;
         }
         Ok(())
     }
 }
 
 impl<G: PaymentGateway> MessageHandler for PaymentHandler<G> {
+    async fn housekeeping(&self) {
+        if let Err(error) = self.settle_overdue_poison().await {
+            tracing::warn!(%error, "failed to settle orders named by poison records; retrying later");
+        }
+    }
+
     async fn handle(&self, message: &ReceivedMessage) -> Result<Handled, HandleError> {
         let (order_id, event) =
             match events::decode_order_placed(message.key.as_deref(), message.payload.as_deref()) {
@@ -233,10 +304,20 @@ impl<G: PaymentGateway> MessageHandler for PaymentHandler<G> {
                 .map(|metadata| metadata.correlation_id)
                 .unwrap_or_default(),
         };
-        if self.remember(order_id, &request).await? {
+        let stored = self.remember(order_id, &request).await?;
+        if stored.paid {
             tracing::info!(%order_id, "order already paid, skipping duplicate delivery");
             return Ok(Handled::Duplicate);
         }
+        if stored.request.amount != request.amount
+            || stored.request.customer_email != request.customer_email
+        {
+            // The order's first request stands; one that contradicts it is not paid.
+            return Err(HandleError::Fatal(format!(
+                "OrderPlaced for order {order_id} contradicts its first request (amount or customer)"
+            )));
+        }
+        let request = stored.request;
         let charge = ChargeRequest {
             idempotency_key: order_id.to_string(),
             amount: request.amount,

@@ -52,7 +52,8 @@ impl ConsumerApp for Config {
             processor,
             topics.payment_completed.clone(),
             self.crash_after_charge,
-        );
+        )
+        .settling_poison_after(self.poison_settle_after);
         Assembly {
             settings: self
                 .consumer

@@ -139,6 +139,17 @@ pub trait MessageHandler: Send + Sync + 'static {
         &self,
         message: &ReceivedMessage,
     ) -> impl Future<Output = Result<Handled, HandleError>> + Send;
+
+    /// Work the handler needs done now and then, apart from any record (for
+    /// example settling what a poison record left waiting); the consumer
+    /// service runs it every [`MessageHandler::HOUSEKEEPING_INTERVAL`] while it
+    /// consumes. None by default.
+    fn housekeeping(&self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
+
+    /// How often [`MessageHandler::housekeeping`] runs.
+    const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(10);
 }
 
 /// Consumer loop settings.

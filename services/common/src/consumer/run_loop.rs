@@ -29,6 +29,9 @@ use crate::metrics::TopicLabel;
 type Consumer_ = StreamConsumer<RebalanceContext>;
 
 /// Runs the consumer loop until `shutdown`.
+/// How long every slot may stay busy before the partitions are paused.
+const PAUSE_AFTER: Duration = Duration::from_millis(500);
+
 pub async fn run<H: MessageHandler>(
     kafka_config: &KafkaConfig,
     settings: ConsumerSettings,
@@ -101,13 +104,29 @@ pub async fn run<H: MessageHandler>(
     commit_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tasks = tokio::task::JoinSet::new();
 
-    // While every slot is busy the assigned partitions are paused, not left
+    // While every slot stays busy the assigned partitions are paused, not left
     // unpolled: polling goes on, so rebalances are served and commits are made.
+    // Pausing is expensive: it drops what librdkafka had fetched, and a
+    // resumed partition delivers again only after up to a second (measured:
+    // a saturated payment consumer with fast handlers ran at exactly
+    // max_in_flight records a second). So a saturation that passes within
+    // PAUSE_AFTER does not pause, and paused partitions are resumed once half
+    // the slots are free, not one.
+    let resume_at = (settings.max_in_flight / 2).max(1);
     let mut paused: Option<(TopicPartitionList, u64)> = None;
     let mut errors = ErrorLog::default();
     loop {
         let saturated = permits.available_permits() == 0;
         let generation = assignments.load(std::sync::atomic::Ordering::SeqCst);
+        if saturated && paused.is_none() {
+            let freed = tokio::select! {
+                () = shutdown.cancelled() => break,
+                permit = tokio::time::timeout(PAUSE_AFTER, permits.acquire()) => permit.is_ok(),
+            };
+            if freed {
+                continue;
+            }
+        }
         if saturated
             && paused
                 .as_ref()
@@ -118,7 +137,9 @@ pub async fn run<H: MessageHandler>(
             {
                 paused = Some((assignment, generation));
             }
-        } else if !saturated && let Some((assignment, _)) = paused.take() {
+        } else if permits.available_permits() >= resume_at
+            && let Some((assignment, _)) = paused.take()
+        {
             // Partitions revoked meanwhile are not ours any more: resuming them is a no-op.
             let _ = consumer.resume(&assignment);
         }
@@ -128,8 +149,8 @@ pub async fn run<H: MessageHandler>(
                 commit(&consumer, &progress, CommitMode::Async);
                 continue;
             }
-            // A slot freed up: go round to resume the partitions.
-            _ = permits.acquire(), if saturated => continue,
+            // Enough slots freed up: go round to resume the partitions.
+            _ = permits.acquire_many(resume_at as u32), if paused.is_some() => continue,
             received = consumer.recv() => match received {
                 Ok(message) => ReceivedMessage::from_borrowed(&message),
                 Err(error) => {

@@ -17,7 +17,7 @@ async fn payment_outcomes_finish_orders_once_and_poison_is_dead_lettered() {
     let app = spawn_app(pool).await;
     let mut client = app.client.clone();
     let mut placed = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..3 {
         let order = client
             .place_order(order_request(&[(1, 1)]))
             .await
@@ -27,15 +27,17 @@ async fn payment_outcomes_finish_orders_once_and_poison_is_dead_lettered() {
             .unwrap();
         placed.push(order.id);
     }
-    let (paid, failed) = (&placed[0], &placed[1]);
+    let (paid, failed, underpaid) = (&placed[0], &placed[1], &placed[2]);
     // The first outcome wins; a later, contradicting copy changes nothing.
-    support::publish_payment_outcome(&app.kafka, paid, true).await;
-    support::publish_payment_outcome(&app.kafka, paid, true).await;
-    support::publish_payment_outcome(&app.kafka, failed, false).await;
-    support::publish_payment_outcome(&app.kafka, failed, true).await;
-    // An order this API never stored, and bytes that are no event.
+    support::publish_payment_outcome(&app.kafka, paid, "12.99", true).await;
+    support::publish_payment_outcome(&app.kafka, paid, "12.99", true).await;
+    support::publish_payment_outcome(&app.kafka, failed, "12.99", false).await;
+    support::publish_payment_outcome(&app.kafka, failed, "12.99", true).await;
+    // A payment that does not pay the order's total (12.99), an order this API
+    // never stored, and bytes that are no event.
+    support::publish_payment_outcome(&app.kafka, underpaid, "1.00", true).await;
     let stranger = uuid::Uuid::new_v4().to_string();
-    support::publish_payment_outcome(&app.kafka, &stranger, true).await;
+    support::publish_payment_outcome(&app.kafka, &stranger, "12.99", true).await;
     support::publish_payment_completed(&app.kafka, "garbage", b"\x0a\xff".to_vec()).await;
 
     for (id, status, payment) in [
@@ -70,24 +72,80 @@ async fn payment_outcomes_finish_orders_once_and_poison_is_dead_lettered() {
         &app.kafka.bootstrap_servers,
         &app.kafka.topics.order_dlq,
         app.kafka.dlq_partitions,
-        2,
+        3,
         Duration::from_secs(60),
         Duration::from_secs(2),
     )
     .await;
-    let mut reasons: Vec<(String, bool)> = dead
+    let mut reasons: Vec<(String, &str)> = dead
         .iter()
         .map(|record| {
-            (
-                record.key.clone(),
-                record.headers[DLQ_ERROR].contains("does not exist"),
-            )
+            let error = &record.headers[DLQ_ERROR];
+            let why = if error.contains("does not exist") {
+                "unknown order"
+            } else if error.contains("does not pay") {
+                "wrong amount"
+            } else {
+                "undecodable"
+            };
+            (record.key.clone(), why)
         })
         .collect();
     reasons.sort();
-    let mut expected = vec![("garbage".to_owned(), false), (stranger, true)];
+    let mut expected = vec![
+        ("garbage".to_owned(), "undecodable"),
+        (stranger, "unknown order"),
+        (underpaid.clone(), "wrong amount"),
+    ];
     expected.sort();
     assert_eq!(reasons, expected);
+    // Every record was consumed (the contradicting copies included), and the
+    // duplicates changed nothing.
+    let (bootstrap, group, topic) = (
+        app.kafka.bootstrap_servers.clone(),
+        app.group.clone(),
+        app.kafka.topics.payment_completed.clone(),
+    );
+    testing::wait_for(
+        "the order API's group to consume every record",
+        Duration::from_secs(60),
+        || {
+            let (bootstrap, group, topic) = (bootstrap.clone(), group.clone(), topic.clone());
+            async move {
+                let offsets = tokio::task::spawn_blocking(move || {
+                    testing::group_offsets(&bootstrap, &group, &topic)
+                })
+                .await
+                .unwrap();
+                let consumed: i64 = offsets
+                    .values()
+                    .map(|(committed, _)| (*committed).max(0))
+                    .sum();
+                (consumed == 7).then_some(())
+            }
+        },
+    )
+    .await;
+    for (id, status) in [
+        (paid, OrderStatus::Completed),
+        (failed, OrderStatus::Failed),
+        (underpaid, OrderStatus::Processing),
+    ] {
+        let order = client
+            .get_order(GetOrderRequest {
+                order_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .order
+            .unwrap();
+        assert_eq!(order.status(), status, "{id} kept its first outcome");
+        assert_eq!(
+            order.payment_attempts.len(),
+            usize::from(status != OrderStatus::Processing)
+        );
+    }
     // The duplicates were consumed and changed nothing.
     let summaries: i64 = sqlx::query_scalar("SELECT count(*) FROM orders.order_payments")
         .fetch_one(&app.pool)

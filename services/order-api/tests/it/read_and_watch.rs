@@ -119,7 +119,7 @@ async fn watch_order_streams_changes_until_terminal() {
         .unwrap();
     assert_eq!(first.order.unwrap().status(), OrderStatus::Processing);
 
-    support::publish_payment_outcome(&app.kafka, &placed.id, true).await;
+    support::publish_payment_outcome(&app.kafka, &placed.id, &placed.total_amount, true).await;
     let second = tokio::time::timeout(Duration::from_secs(60), stream.next())
         .await
         .expect("status change within 60 s")
@@ -194,7 +194,7 @@ async fn many_watchers_each_see_their_own_order() {
         ids.push(order.id);
     }
     for id in &ids {
-        support::publish_payment_outcome(&app.kafka, id, true).await;
+        support::publish_payment_outcome(&app.kafka, id, "1.99", true).await;
     }
     for (id, mut stream) in streams {
         let message = tokio::time::timeout(Duration::from_secs(60), stream.next())

@@ -28,6 +28,8 @@ pub struct TestApp {
     pub kafka: KafkaConfig,
     pub pool: PgPool,
     pub watch_hub: order_api::watch::OrderWatchHub,
+    /// The consumer group of the API's payment.completed consumer.
+    pub group: String,
     shutdown: CancellationToken,
     handle: JoinHandle<anyhow::Result<()>>,
 }
@@ -67,8 +69,10 @@ pub async fn spawn_app_with(
         keepalive_interval: Duration::from_secs(30),
         consumer_group: format!("order-api-test-{}", uuid::Uuid::new_v4()),
         max_in_flight: 16,
+        consumer_db_connections: 2,
     };
     adjust(&mut config);
+    let group = config.consumer_group.clone();
     let application = Application::build_with_pool(config, pool.clone())
         .await
         .expect("failed to build the app");
@@ -90,6 +94,7 @@ pub async fn spawn_app_with(
         kafka,
         pool,
         watch_hub,
+        group,
         shutdown,
         handle,
     }
@@ -177,15 +182,22 @@ pub fn with_metadata<T>(message: T, entries: &[(&'static str, &str)]) -> tonic::
 }
 
 /// Publishes the `payment.completed` event the payment service would, for `order_id`.
-pub async fn publish_payment_outcome(kafka_config: &KafkaConfig, order_id: &str, success: bool) {
-    publish_payment_completed(kafka_config, order_id, payment_completed(order_id, success)).await;
+pub async fn publish_payment_outcome(
+    kafka_config: &KafkaConfig,
+    order_id: &str,
+    amount: &str,
+    success: bool,
+) {
+    let payload = payment_completed(order_id, amount, success);
+    publish_payment_completed(kafka_config, order_id, payload).await;
 }
 
 /// A valid `PaymentCompleted` for `order_id`.
-pub fn payment_completed(order_id: &str, success: bool) -> Vec<u8> {
+pub fn payment_completed(order_id: &str, amount: &str, success: bool) -> Vec<u8> {
     use prost::Message;
     foodorder_proto::v1::PaymentCompleted {
         order_id: order_id.to_owned(),
+        amount: amount.to_owned(),
         payment_id: uuid::Uuid::now_v7().to_string(),
         ..foodorder_common::fuzzing::seed_payment_completed(success)
     }

@@ -574,3 +574,112 @@ async fn a_narrow_dead_letter_topic_is_widened_and_keeps_its_settings() {
     );
     service.stop().await;
 }
+
+#[tokio::test]
+async fn poison_for_an_order_never_requested_waits_for_its_real_event_then_settles_it() {
+    let Some((pool, _database)) = foodorder_common::testing::database().await else {
+        return;
+    };
+    let kafka = testing::kafka_config();
+    let producer = producer(&kafka).await;
+    // `arrives`: a stray record keyed by the order, then its real OrderPlaced.
+    // `never`: only a poison record ever names it.
+    // `contradicted`: its first request is stored; a second OrderPlaced with
+    // another total is not paid, the first one is.
+    let (arrives, never) = (new_order_id(), new_order_id());
+    let contradicted = known_order(&pool).await;
+    for order_id in [arrives, never] {
+        send_raw(
+            &producer,
+            &kafka.topics.order_placed,
+            &order_id.to_string(),
+            b"\x0a\xff stray",
+            "req-stray",
+        )
+        .await;
+    }
+    send_order_placed(&producer, &kafka, arrives).await;
+    let mut other_total = order_placed(contradicted);
+    other_total.total_amount = "99.00".into();
+    send_raw(
+        &producer,
+        &kafka.topics.order_placed,
+        &contradicted.to_string(),
+        &other_total.encode_to_vec(),
+        "req-contradicting",
+    )
+    .await;
+    send_order_placed(&producer, &kafka, contradicted).await;
+    // test_config settles poison-only orders after 2 s.
+    let service = spawn_service(pool.clone(), test_config(kafka.clone(), 0.0)).await;
+
+    let paid = wait_for_payment(&pool, arrives).await;
+    assert_eq!(
+        (paid.0.as_str(), paid.1.as_str()),
+        ("COMPLETED", "SUCCEEDED"),
+        "the real event is paid"
+    );
+    assert_eq!(charges(&pool, arrives).await, 1);
+    let settled = wait_for_payment(&pool, never).await;
+    assert_eq!(
+        (settled.0.as_str(), settled.1.as_str(), settled.2),
+        ("FAILED", "FAILED", 0),
+        "an order only poison named is settled, not left waiting"
+    );
+    assert!(
+        settled
+            .3
+            .unwrap()
+            .starts_with("Payment could not be processed")
+    );
+    assert_eq!(decisions(&pool, never).await, ["VOIDED"]);
+    let first = wait_for_payment(&pool, contradicted).await;
+    assert_eq!(first.0, "COMPLETED");
+    let charged: rust_decimal::Decimal =
+        sqlx::query_scalar("SELECT amount FROM payments.payment_attempts WHERE order_id = $1")
+            .bind(contradicted)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        charged.to_string(),
+        "25.98",
+        "the first request's total is charged"
+    );
+
+    let dead = testing::collect_records_async(
+        &kafka.bootstrap_servers,
+        &kafka.topics.payment_dlq,
+        kafka.dlq_partitions,
+        3,
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+    )
+    .await;
+    let mut keys: Vec<String> = dead.iter().map(|record| record.key.clone()).collect();
+    keys.sort();
+    let mut expected = vec![
+        arrives.to_string(),
+        never.to_string(),
+        contradicted.to_string(),
+    ];
+    expected.sort();
+    assert_eq!(keys, expected);
+    assert!(
+        dead.iter()
+            .any(|record| record.headers[DLQ_ERROR].contains("contradicts its first request"))
+    );
+    testing::wait_for(
+        "settled orders to be forgotten",
+        Duration::from_secs(60),
+        || async {
+            let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM payments.unsettled_poison")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            (waiting == 0).then_some(())
+        },
+    )
+    .await;
+    service.stop().await;
+}

@@ -54,6 +54,7 @@ pub fn test_config(kafka: KafkaConfig, decline_rate: f64) -> Config {
             recovery_timeout: Duration::from_secs(30),
         },
         crash_after_charge: false,
+        poison_settle_after: Duration::from_secs(2),
     }
 }
 

@@ -77,7 +77,19 @@ async fn broker_restarts_under_load_lose_and_double_nothing() {
         })
     };
     for round in 1..=2 {
-        let before_kill = offsets(broker.bootstrap()).await.unwrap();
+        // Commits run every 200 ms: wait until each group has committed
+        // something, so that the restart has committed offsets to keep.
+        let before_kill = testing::wait_for(
+            &format!("both groups to commit before restart {round}"),
+            Duration::from_secs(30),
+            || async {
+                let now = offsets(broker.bootstrap()).await.unwrap();
+                now.iter()
+                    .all(|group| group.values().any(|(committed, _)| *committed > 0))
+                    .then_some(now)
+            },
+        )
+        .await;
         broker.kill();
         tokio::time::sleep(OUTAGE).await;
         broker.restart().await;
