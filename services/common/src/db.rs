@@ -171,6 +171,16 @@ async fn try_connect_and_migrate(
     Ok(pool)
 }
 
+/// A second, smaller pool on the same database as `pool`, opened lazily: for
+/// work that must not compete with the service's own connections (the mock
+/// gateway's ledger, the order API's payment-outcome consumer).
+pub fn side_pool(pool: &PgPool, max_connections: u32) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(pool.connect_options().as_ref().clone())
+}
+
 /// True when the error is the database's state rather than the request: it
 /// could not be reached, or it refused for a reason that passes (too many
 /// connections, a deadlock or serialization failure, a read-only standby, an

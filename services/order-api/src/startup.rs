@@ -6,16 +6,15 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::Context;
 use std::sync::Arc;
 
+use anyhow::Context;
 use foodorder_common::consumer::{self, ConsumerMetrics, ConsumerSettings};
 use foodorder_common::health::{self, Readiness};
 use foodorder_common::metrics::Metrics;
 use foodorder_common::{db, outbox};
 use foodorder_proto::v1::order_service_server::{OrderServiceServer, SERVICE_NAME};
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -175,10 +174,7 @@ impl Application {
                 config.shutdown_grace,
             );
             // Its own connections: a backlog of outcomes never takes PlaceOrder's.
-            let consumer_pool = PgPoolOptions::new()
-                .max_connections(config.consumer_db_connections)
-                .acquire_timeout(Duration::from_secs(5))
-                .connect_lazy_with(pool.connect_options().as_ref().clone());
+            let consumer_pool = db::side_pool(&pool, config.consumer_db_connections);
             let handler = Arc::new(PaymentOutcomeHandler::new(consumer_pool, &metrics));
             let (readiness, consumer_metrics, stop, shutdown) = (
                 readiness.clone(),

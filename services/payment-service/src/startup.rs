@@ -3,14 +3,12 @@
 //! `payment.completed`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use foodorder_common::db::{self, Schema};
 use foodorder_common::metrics::Metrics;
 use foodorder_common::outbox::RelayConfig;
 use foodorder_common::service::{Assembly, ConsumerApp, ConsumerApplication, ConsumerConfig};
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 
 use crate::breaker::CircuitBreaker;
 use crate::config::Config;
@@ -34,10 +32,7 @@ impl ConsumerApp for Config {
         // The mock gateway keeps its ledger through a pool of its own, as a
         // remote gateway would: consumers holding every service connection
         // must not make the gateway look slow (and trip the breaker).
-        let gateway_pool = PgPoolOptions::new()
-            .max_connections(self.gateway.db_connections)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy_with(pool.connect_options().as_ref().clone());
+        let gateway_pool = db::side_pool(pool, self.gateway.db_connections);
         let processor = Arc::new(
             PaymentProcessor::new(
                 MockGateway::new(gateway_pool, self.gateway.clone()),

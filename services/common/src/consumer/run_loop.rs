@@ -28,10 +28,10 @@ use crate::metrics::TopicLabel;
 
 type Consumer_ = StreamConsumer<RebalanceContext>;
 
-/// Runs the consumer loop until `shutdown`.
 /// How long every slot may stay busy before the partitions are paused.
 const PAUSE_AFTER: Duration = Duration::from_millis(500);
 
+/// Runs the consumer loop until `shutdown`.
 pub async fn run<H: MessageHandler>(
     kafka_config: &KafkaConfig,
     settings: ConsumerSettings,
