@@ -1,6 +1,8 @@
--- PlaceOrder's own transaction, statement for statement as the order API runs it
--- (services/order-api/src/repository.rs): read the menu lines, insert the order,
--- its items in one UNNEST statement, the outbox row, notify the relay, commit.
+-- PlaceOrder's own transaction for one order, statement for statement as the order
+-- API runs it for a batch of one (services/order-api/src/repository.rs, place_orders):
+-- read the menu lines, insert the order, its items in one UNNEST statement, the
+-- outbox row, notify the relay, commit. The API commits concurrent calls together
+-- (group commit), so under load it does less work per order than this.
 -- build-support/bench runs it with pgbench (-M prepared, as sqlx prepares) at
 -- 1, 8 and 32 clients: the database's limit for placing orders on this machine.
 \set item random(1, 6)

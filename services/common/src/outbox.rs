@@ -58,23 +58,54 @@ pub async fn enqueue(
     tx: &mut Transaction<'_, Postgres>,
     schema: &Schema,
     message: &OutboxMessage,
-) -> Result<i64, sqlx::Error> {
-    let headers = serde_json::to_value(&message.headers).unwrap_or_default();
-    let id: i64 = sqlx::query_scalar(&format!(
-        "INSERT INTO {}.outbox (topic, message_key, payload, headers) VALUES ($1, $2, $3, $4) RETURNING id",
+) -> Result<(), sqlx::Error> {
+    enqueue_all(tx, schema, std::slice::from_ref(message)).await
+}
+
+/// Stores `messages` in the outbox inside the caller's transaction, in one
+/// statement and in their order (ids ascending), and notifies the relay once.
+pub async fn enqueue_all(
+    tx: &mut Transaction<'_, Postgres>,
+    schema: &Schema,
+    messages: &[OutboxMessage],
+) -> Result<(), sqlx::Error> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let topics: Vec<&str> = messages
+        .iter()
+        .map(|message| message.topic.as_str())
+        .collect();
+    let keys: Vec<&str> = messages
+        .iter()
+        .map(|message| message.key.as_str())
+        .collect();
+    let payloads: Vec<&[u8]> = messages
+        .iter()
+        .map(|message| message.payload.as_slice())
+        .collect();
+    let headers: Vec<serde_json::Value> = messages
+        .iter()
+        .map(|message| serde_json::to_value(&message.headers).unwrap_or_default())
+        .collect();
+    sqlx::query(&format!(
+        "INSERT INTO {}.outbox (topic, message_key, payload, headers) \
+         SELECT topic, message_key, payload, headers \
+         FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::jsonb[]) WITH ORDINALITY \
+           AS batch (topic, message_key, payload, headers, position) ORDER BY position",
         schema.name
     ))
-    .bind(&message.topic)
-    .bind(&message.key)
-    .bind(&message.payload)
-    .bind(headers)
-    .fetch_one(&mut **tx)
+    .bind(&topics)
+    .bind(&keys)
+    .bind(&payloads)
+    .bind(&headers)
+    .execute(&mut **tx)
     .await?;
     sqlx::query("SELECT pg_notify($1, '')")
         .bind(notify_channel(schema))
         .execute(&mut **tx)
         .await?;
-    Ok(id)
+    Ok(())
 }
 
 /// How the relay behaves.

@@ -6,6 +6,8 @@ use std::time::Duration;
 use foodorder_common::config::{DatabaseConfig, KafkaConfig, env_count, env_or, env_seconds};
 use foodorder_common::outbox::RelayConfig;
 
+use crate::group_commit::GroupCommitConfig;
+
 /// Everything the order API needs to start.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -42,6 +44,12 @@ pub struct Config {
     /// connections (beside `DATABASE_MAX_CONNECTIONS`), so that a backlog of
     /// payment outcomes never takes PlaceOrder's.
     pub consumer_db_connections: u32,
+    /// How PlaceOrder calls are committed together:
+    /// `ORDER_API_WRITERS` (default 4) transactions at once, at most
+    /// `ORDER_API_BATCH_MAX` (default 128) calls each, and a writer waits up
+    /// to `ORDER_API_BATCH_WINDOW_MICROS` (default 200) for more calls, only
+    /// while another writer is committing.
+    pub group_commit: GroupCommitConfig,
 }
 
 impl Config {
@@ -66,6 +74,11 @@ impl Config {
             consumer_group: env_or("ORDER_API_CONSUMER_GROUP", "order-api".to_owned())?,
             max_in_flight: env_count("ORDER_API_MAX_IN_FLIGHT", 64)?,
             consumer_db_connections: env_count("ORDER_API_CONSUMER_DB_CONNECTIONS", 4)?,
+            group_commit: GroupCommitConfig {
+                writers: env_count("ORDER_API_WRITERS", 4)?,
+                max_batch: env_count("ORDER_API_BATCH_MAX", 128)?,
+                window: Duration::from_micros(env_or("ORDER_API_BATCH_WINDOW_MICROS", 200)?),
+            },
             database,
         })
     }

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod group_commit;
 pub mod grpc_telemetry;
 pub mod payment_outcomes;
 pub mod repository;

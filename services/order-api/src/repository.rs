@@ -3,7 +3,7 @@
 //! idempotency-key aware), recording a payment's outcome from
 //! `payment.completed`, and reading an order back as the protobuf `Order`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use foodorder_common::db::ORDERS;
@@ -18,7 +18,7 @@ use rust_decimal::Decimal;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::domain::{MenuEntry, NewOrder, PricedLine, order_placed, price_order};
+use crate::domain::{MenuEntry, NewOrder, PricedOrder, order_placed, price_order};
 use crate::error::ApiError;
 
 /// Name of this service in event metadata.
@@ -100,7 +100,17 @@ pub struct PlaceContext {
     pub topic: String,
 }
 
-/// What [`place_order`] did.
+/// One validated PlaceOrder call.
+#[derive(Clone, Debug)]
+pub struct PlaceRequest {
+    /// The validated order.
+    pub order: NewOrder,
+    /// Who placed it.
+    pub context: PlaceContext,
+}
+
+/// What placing an order did.
+#[derive(Debug)]
 pub struct Placed {
     /// The order.
     pub order: Order,
@@ -108,30 +118,77 @@ pub struct Placed {
     pub created: bool,
 }
 
-/// Stores `new_order` (status PROCESSING), its items and an outbox row with
+/// Stores one order (status PROCESSING), its items and an outbox row with
 /// `OrderPlaced`, all in one transaction; on an idempotent retry returns the
-/// original order instead.
-pub async fn place_order(
+/// original order instead. [`place_orders`] with one request.
+pub async fn place_order(pool: &PgPool, request: &PlaceRequest) -> Result<Placed, ApiError> {
+    place_orders(pool, std::slice::from_ref(request))
+        .await?
+        .pop()
+        .unwrap_or_else(|| {
+            Err(ApiError::Internal(anyhow::anyhow!(
+                "no result for the order"
+            )))
+        })
+}
+
+/// A request of a batch and what is known of it so far.
+enum Slot<'a> {
+    /// To be inserted by this batch.
+    New {
+        request: &'a PlaceRequest,
+        order_id: Uuid,
+        priced: PricedOrder,
+    },
+    /// Its idempotency key is (or will be, when this batch commits) stored:
+    /// answered from the stored order after the commit.
+    Existing(&'a PlaceRequest),
+    /// Answered.
+    Done(Result<Placed, ApiError>),
+}
+
+/// Places several orders in one transaction (group commit): one read of the
+/// menu, one multi-row insert each for the orders, their items and their
+/// outbox rows, one notification of the relay, one commit. Every request keeps
+/// its own outcome, as if it had been placed alone and in this order:
+/// - one that cannot be priced (unknown or unavailable menu items) gets its
+///   error and writes nothing;
+/// - one whose idempotency key is already stored, or that repeats the key of
+///   an earlier request in the batch, gets the stored order (created = false),
+///   or IdempotencyKeyReused when it is a different request;
+/// - every other one gets its order and exactly one outbox row.
+///
+/// The outer error means the transaction failed and nothing was written.
+pub async fn place_orders(
     pool: &PgPool,
-    new_order: &NewOrder,
-    context: &PlaceContext,
-) -> Result<Placed, ApiError> {
-    let fingerprint = new_order.fingerprint();
-    if let Some(key) = &new_order.idempotency_key
-        && let Some(existing) = find_by_idempotency_key(pool, key, &fingerprint).await?
-    {
-        return Ok(Placed {
-            order: existing,
-            created: false,
-        });
-    }
+    requests: &[PlaceRequest],
+) -> Result<Vec<Result<Placed, ApiError>>, ApiError> {
+    // A retry is answered from the stored order before anything else, even
+    // when the menu has changed since the original call.
+    let keys: Vec<&str> = requests
+        .iter()
+        .filter_map(|request| request.order.idempotency_key.as_deref())
+        .collect();
+    let stored_keys: HashSet<String> = if keys.is_empty() {
+        HashSet::new()
+    } else {
+        sqlx::query_scalar(
+            "SELECT idempotency_key FROM orders.orders WHERE idempotency_key = ANY($1)",
+        )
+        .bind(&keys)
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .collect()
+    };
 
     let mut tx = pool.begin().await?;
-    let ids: Vec<i32> = new_order
-        .lines
+    let mut ids: Vec<i32> = requests
         .iter()
-        .map(|line| line.menu_item_id)
+        .flat_map(|request| request.order.lines.iter().map(|line| line.menu_item_id))
         .collect();
+    ids.sort_unstable();
+    ids.dedup();
     let menu: HashMap<i32, MenuEntry> = sqlx::query_as::<_, MenuItemRow>(
         "SELECT id, name, description, price, available FROM orders.menu_items WHERE id = ANY($1)",
     )
@@ -150,60 +207,198 @@ pub async fn place_order(
     })
     .collect();
 
-    let priced = price_order(new_order, &menu)?;
-    let (lines, total) = (&priced.lines, priced.total);
-
-    let order_id = Uuid::now_v7();
-    let inserted: Option<(DateTime<Utc>,)> = sqlx::query_as(
-        "INSERT INTO orders.orders (id, customer_name, customer_email, status, total_amount, correlation_id, \
-         idempotency_key, request_fingerprint) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-         ON CONFLICT (idempotency_key) DO NOTHING RETURNING created_at",
-    )
-    .bind(order_id)
-    .bind(&new_order.customer_name)
-    .bind(&new_order.customer_email)
-    .bind(OrderState::Processing)
-    .bind(total)
-    .bind(&context.correlation_id)
-    .bind(&new_order.idempotency_key)
-    .bind(new_order.idempotency_key.as_ref().map(|_| fingerprint.clone()))
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some((created_at,)) = inserted else {
-        // A concurrent call with the same key committed first.
-        tx.rollback().await?;
-        let key = new_order.idempotency_key.as_deref().unwrap_or_default();
-        let existing = find_by_idempotency_key(pool, key, &fingerprint)
-            .await?
-            .ok_or_else(|| {
-                ApiError::Internal(anyhow::anyhow!(
-                    "idempotency key conflict without a stored order"
-                ))
-            })?;
-        return Ok(Placed {
-            order: existing,
-            created: false,
-        });
-    };
-
-    let item_ids = insert_items(&mut tx, order_id, lines).await?;
-    let items: Vec<OrderItem> = lines
+    let mut claimed_keys: HashSet<&str> = HashSet::new();
+    let mut slots: Vec<Slot<'_>> = requests
         .iter()
-        .zip(item_ids)
-        .map(|(line, id)| OrderItem {
-            id,
-            menu_item_id: line.menu_item_id,
-            menu_item_name: line.name.clone(),
-            quantity: line.quantity,
-            unit_price: format_money(line.unit_price),
-            subtotal: format_money(line.subtotal),
+        .map(|request| {
+            let key = request.order.idempotency_key.as_deref();
+            if key.is_some_and(|key| stored_keys.contains(key)) {
+                return Slot::Existing(request);
+            }
+            match price_order(&request.order, &menu) {
+                Err(error) => Slot::Done(Err(error.into())),
+                // A key repeated in the batch: the first request that could
+                // be priced stores it, the others are retries of it.
+                Ok(_) if key.is_some_and(|key| !claimed_keys.insert(key)) => {
+                    Slot::Existing(request)
+                }
+                Ok(priced) => Slot::New {
+                    request,
+                    order_id: Uuid::now_v7(),
+                    priced,
+                },
+            }
         })
         .collect();
 
+    let created = insert_orders(&mut tx, &mut slots).await?;
+    let mut item_ids = HashMap::new();
+    if !created.is_empty() {
+        item_ids = insert_items(&mut tx, &slots).await?;
+        let messages: Vec<OutboxMessage> = slots
+            .iter()
+            .filter_map(|slot| match slot {
+                Slot::New {
+                    request,
+                    order_id,
+                    priced,
+                } => Some(outbox_message(
+                    request,
+                    *order_id,
+                    priced,
+                    created[order_id],
+                )),
+                _ => None,
+            })
+            .collect();
+        outbox::enqueue_all(&mut tx, &ORDERS, &messages).await?;
+    }
+    tx.commit().await?;
+
+    let mut results = Vec::with_capacity(slots.len());
+    for slot in slots {
+        results.push(match slot {
+            Slot::Done(result) => result,
+            Slot::Existing(request) => stored_order(pool, &request.order).await,
+            Slot::New {
+                request,
+                order_id,
+                priced,
+            } => Ok(Placed {
+                order: new_order(request, order_id, &priced, created[&order_id], &item_ids),
+                created: true,
+            }),
+        });
+    }
+    Ok(results)
+}
+
+/// Inserts the orders of the `New` slots in one statement. A key stored by a
+/// concurrent call meanwhile turns its slot into `Existing`. Returns the
+/// creation time of each order inserted.
+async fn insert_orders<'a>(
+    connection: &mut PgConnection,
+    slots: &mut [Slot<'a>],
+) -> Result<HashMap<Uuid, DateTime<Utc>>, ApiError> {
+    let mut ids = Vec::new();
+    let mut names = Vec::new();
+    let mut emails = Vec::new();
+    let mut totals = Vec::new();
+    let mut correlation_ids = Vec::new();
+    let mut keys = Vec::new();
+    let mut fingerprints = Vec::new();
+    for slot in slots.iter() {
+        if let Slot::New {
+            request,
+            order_id,
+            priced,
+        } = slot
+        {
+            let order = &request.order;
+            ids.push(*order_id);
+            names.push(order.customer_name.as_str());
+            emails.push(order.customer_email.as_str());
+            totals.push(priced.total);
+            correlation_ids.push(request.context.correlation_id.as_str());
+            keys.push(order.idempotency_key.as_deref());
+            fingerprints.push(order.idempotency_key.as_ref().map(|_| order.fingerprint()));
+        }
+    }
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let created: HashMap<Uuid, DateTime<Utc>> = sqlx::query_as::<_, (Uuid, DateTime<Utc>)>(
+        "INSERT INTO orders.orders (id, customer_name, customer_email, status, total_amount, correlation_id, \
+         idempotency_key, request_fingerprint) \
+         SELECT id, name, email, $8, total, correlation_id, key, fingerprint \
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::numeric[], $5::text[], $6::text[], $7::bytea[]) \
+           AS batch (id, name, email, total, correlation_id, key, fingerprint) \
+         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, created_at",
+    )
+    .bind(&ids)
+    .bind(&names)
+    .bind(&emails)
+    .bind(&totals)
+    .bind(&correlation_ids)
+    .bind(&keys)
+    .bind(&fingerprints)
+    .bind(OrderState::Processing)
+    .fetch_all(&mut *connection)
+    .await?
+    .into_iter()
+    .collect();
+    for slot in slots.iter_mut() {
+        if let Slot::New {
+            request, order_id, ..
+        } = slot
+            && !created.contains_key(order_id)
+        {
+            // A concurrent call with the same key stored it first.
+            *slot = Slot::Existing(request);
+        }
+    }
+    Ok(created)
+}
+
+/// Inserts the lines of every `New` slot in one statement; returns the id of
+/// each line by (order id, menu item id).
+async fn insert_items(
+    connection: &mut PgConnection,
+    slots: &[Slot<'_>],
+) -> Result<HashMap<(Uuid, i32), i64>, ApiError> {
+    let mut order_ids = Vec::new();
+    let mut menu_item_ids = Vec::new();
+    let mut names = Vec::new();
+    let mut quantities = Vec::new();
+    let mut unit_prices = Vec::new();
+    let mut subtotals = Vec::new();
+    for slot in slots {
+        if let Slot::New {
+            order_id, priced, ..
+        } = slot
+        {
+            for line in &priced.lines {
+                order_ids.push(*order_id);
+                menu_item_ids.push(line.menu_item_id);
+                names.push(line.name.as_str());
+                quantities.push(line.quantity);
+                unit_prices.push(line.unit_price);
+                subtotals.push(line.subtotal);
+            }
+        }
+    }
+    let rows: Vec<(i64, Uuid, i32)> = sqlx::query_as(
+        "INSERT INTO orders.order_items (order_id, menu_item_id, menu_item_name, quantity, unit_price, subtotal) \
+         SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::int4[], $5::numeric[], $6::numeric[]) \
+         RETURNING id, order_id, menu_item_id",
+    )
+    .bind(&order_ids)
+    .bind(&menu_item_ids)
+    .bind(&names)
+    .bind(&quantities)
+    .bind(&unit_prices)
+    .bind(&subtotals)
+    .fetch_all(connection)
+    .await?;
+    // Lines are unique per menu item within an order (merged in validation).
+    Ok(rows
+        .into_iter()
+        .map(|(id, order_id, menu_item_id)| ((order_id, menu_item_id), id))
+        .collect())
+}
+
+/// The outbox row carrying the `OrderPlaced` event of a new order.
+fn outbox_message(
+    request: &PlaceRequest,
+    order_id: Uuid,
+    priced: &PricedOrder,
+    created_at: DateTime<Utc>,
+) -> OutboxMessage {
+    let context = &request.context;
     let event = order_placed(
         order_id,
-        new_order,
-        &priced,
+        &request.order,
+        priced,
         &context.correlation_id,
         PRODUCER,
         created_at,
@@ -221,69 +416,51 @@ pub async fn place_order(
         message.headers[events::HEADER_EVENT_TYPE],
         OrderPlaced::EVENT_TYPE
     );
-    outbox::enqueue(&mut tx, &ORDERS, &message).await?;
-    tx.commit().await?;
+    message
+}
 
-    let order = Order {
+/// The `Order` a new order's caller gets back.
+fn new_order(
+    request: &PlaceRequest,
+    order_id: Uuid,
+    priced: &PricedOrder,
+    created_at: DateTime<Utc>,
+    item_ids: &HashMap<(Uuid, i32), i64>,
+) -> Order {
+    let order = &request.order;
+    Order {
         id: order_id.to_string(),
-        customer_name: new_order.customer_name.clone(),
-        customer_email: new_order.customer_email.clone(),
+        customer_name: order.customer_name.clone(),
+        customer_email: order.customer_email.clone(),
         status: OrderState::Processing.to_proto() as i32,
-        total_amount: format_money(total),
+        total_amount: format_money(priced.total),
         created_at: Some(timestamp(created_at)),
         updated_at: Some(timestamp(created_at)),
-        items,
+        items: priced
+            .lines
+            .iter()
+            .map(|line| OrderItem {
+                id: item_ids
+                    .get(&(order_id, line.menu_item_id))
+                    .copied()
+                    .unwrap_or_default(),
+                menu_item_id: line.menu_item_id,
+                menu_item_name: line.name.clone(),
+                quantity: line.quantity,
+                unit_price: format_money(line.unit_price),
+                subtotal: format_money(line.subtotal),
+            })
+            .collect(),
         payment_attempts: Vec::new(),
         payment_successful: false,
-        correlation_id: context.correlation_id.clone(),
-    };
-    Ok(Placed {
-        order,
-        created: true,
-    })
+        correlation_id: request.context.correlation_id.clone(),
+    }
 }
 
-/// Inserts the lines in one statement; returns their ids in the order of `lines`.
-async fn insert_items(
-    connection: &mut PgConnection,
-    order_id: Uuid,
-    lines: &[PricedLine],
-) -> Result<Vec<i64>, ApiError> {
-    let menu_item_ids: Vec<i32> = lines.iter().map(|line| line.menu_item_id).collect();
-    let names: Vec<&str> = lines.iter().map(|line| line.name.as_str()).collect();
-    let quantities: Vec<i32> = lines.iter().map(|line| line.quantity).collect();
-    let unit_prices: Vec<Decimal> = lines.iter().map(|line| line.unit_price).collect();
-    let subtotals: Vec<Decimal> = lines.iter().map(|line| line.subtotal).collect();
-    let rows: Vec<(i64, i32)> = sqlx::query_as(
-        "INSERT INTO orders.order_items (order_id, menu_item_id, menu_item_name, quantity, unit_price, subtotal) \
-         SELECT $1, * FROM UNNEST($2::int4[], $3::text[], $4::int4[], $5::numeric[], $6::numeric[]) \
-         RETURNING id, menu_item_id",
-    )
-    .bind(order_id)
-    .bind(&menu_item_ids)
-    .bind(&names)
-    .bind(&quantities)
-    .bind(&unit_prices)
-    .bind(&subtotals)
-    .fetch_all(connection)
-    .await?;
-    // Lines are unique per menu item (merged in validation), so the menu item id names the row.
-    let by_menu_item: HashMap<i32, i64> = rows
-        .into_iter()
-        .map(|(id, menu_item_id)| (menu_item_id, id))
-        .collect();
-    Ok(menu_item_ids
-        .iter()
-        .map(|menu_item_id| by_menu_item[menu_item_id])
-        .collect())
-}
-
-/// The order stored under `key`, if its request had the same fingerprint.
-async fn find_by_idempotency_key(
-    pool: &PgPool,
-    key: &str,
-    fingerprint: &[u8],
-) -> Result<Option<Order>, ApiError> {
+/// The stored order of a request whose idempotency key is stored: an
+/// idempotent retry when the request is the same, IdempotencyKeyReused when not.
+async fn stored_order(pool: &PgPool, order: &NewOrder) -> Result<Placed, ApiError> {
+    let key = order.idempotency_key.as_deref().unwrap_or_default();
     let stored: Option<(Uuid, Vec<u8>)> = sqlx::query_as(
         "SELECT id, request_fingerprint FROM orders.orders WHERE idempotency_key = $1",
     )
@@ -291,16 +468,21 @@ async fn find_by_idempotency_key(
     .fetch_optional(pool)
     .await?;
     let Some((order_id, stored_fingerprint)) = stored else {
-        return Ok(None);
+        return Err(ApiError::Internal(anyhow::anyhow!(
+            "idempotency key conflict without a stored order"
+        )));
     };
-    if stored_fingerprint != fingerprint {
+    if stored_fingerprint != order.fingerprint() {
         return Err(ApiError::IdempotencyKeyReused);
     }
     tracing::info!(%order_id, "idempotent retry, returning the original order");
-    load_order(pool, order_id)
+    let order = load_order(pool, order_id)
         .await?
-        .map(Some)
-        .ok_or(ApiError::OrderNotFound(order_id))
+        .ok_or(ApiError::OrderNotFound(order_id))?;
+    Ok(Placed {
+        order,
+        created: false,
+    })
 }
 
 /// Reads an order with its items and payment attempts.

@@ -24,7 +24,8 @@ use uuid::Uuid;
 
 use crate::domain::validate_place_order;
 use crate::error::ApiError;
-use crate::repository::{self, PlaceContext, is_terminal};
+use crate::group_commit::GroupCommit;
+use crate::repository::{self, PlaceContext, PlaceRequest, is_terminal};
 use crate::watch::OrderWatchHub;
 
 /// Metadata entry that makes PlaceOrder safe to retry (alternative to the request field).
@@ -38,6 +39,7 @@ const WATCH_RECHECK_INTERVAL: Duration = Duration::from_secs(15);
 #[derive(Clone)]
 pub struct OrderServiceImpl {
     pool: PgPool,
+    placing: GroupCommit,
     topics: Topics,
     watch_hub: OrderWatchHub,
     watch_limits: WatchLimits,
@@ -80,9 +82,11 @@ impl WatchLimits {
 }
 
 impl OrderServiceImpl {
-    /// A service over `pool` publishing to `topics`; watch streams end when `shutdown` is cancelled.
+    /// A service over `pool` publishing to `topics`, placing orders through
+    /// `placing`; watch streams end when `shutdown` is cancelled.
     pub fn new(
         pool: PgPool,
+        placing: GroupCommit,
         topics: Topics,
         watch_hub: OrderWatchHub,
         watch_limits: WatchLimits,
@@ -91,6 +95,7 @@ impl OrderServiceImpl {
     ) -> Self {
         Self {
             pool,
+            placing,
             topics,
             watch_hub,
             watch_limits,
@@ -172,7 +177,13 @@ impl OrderService for OrderServiceImpl {
         };
         let new_order = validate_place_order(request.get_ref(), metadata_key.as_deref())
             .map_err(ApiError::InvalidArgument)?;
-        let placed = repository::place_order(&self.pool, &new_order, &context).await?;
+        let placed = self
+            .placing
+            .place(PlaceRequest {
+                order: new_order,
+                context,
+            })
+            .await?;
         if placed.created {
             self.orders_placed.inc();
         }

@@ -22,6 +22,7 @@ use tonic_health::ServingStatus;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::config::Config;
+use crate::group_commit::GroupCommit;
 use crate::grpc_telemetry::{GrpcMetrics, GrpcTelemetryLayer};
 use crate::payment_outcomes::PaymentOutcomeHandler;
 use crate::service::{OrderServiceImpl, WatchLimits};
@@ -212,8 +213,11 @@ impl Application {
 
         let watch_limits = WatchLimits::new(config.watch_max_streams, config.watch_max_db_reads);
         watch_limits.register(&metrics, config.watch_max_streams);
+        let (placing, writers) = GroupCommit::new(&config.group_commit, &metrics);
+        writers.start(pool.clone());
         let service = OrderServiceImpl::new(
             pool.clone(),
+            placing,
             config.kafka.topics.clone(),
             watch_hub,
             watch_limits,

@@ -2,6 +2,7 @@
 
 mod broker_outage;
 mod generated_input;
+mod group_commit;
 mod payment_outcomes;
 mod place_order;
 mod read_and_watch;

@@ -12,6 +12,7 @@ use foodorder_common::outbox::RelayConfig;
 use foodorder_common::testing;
 use foodorder_proto::v1::order_service_client::OrderServiceClient;
 use foodorder_proto::v1::{OrderItemInput, PlaceOrderRequest};
+use order_api::group_commit::GroupCommitConfig;
 use order_api::{Application, Config};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -70,6 +71,11 @@ pub async fn spawn_app_with(
         consumer_group: format!("order-api-test-{}", uuid::Uuid::new_v4()),
         max_in_flight: 16,
         consumer_db_connections: 2,
+        group_commit: GroupCommitConfig {
+            writers: 2,
+            max_batch: 64,
+            window: Duration::from_micros(200),
+        },
     };
     adjust(&mut config);
     let group = config.consumer_group.clone();
