@@ -83,11 +83,12 @@ def main():
     if seed and seed_load:
         share = 100 * seed["completed"] / seed["orders"] if seed["orders"] else 0
         row(
-            f"(e) terminal/s at the seed's gateway latency (1-5 s), offered {seed_load['rate']}/s",
-            f"{seed['terminal_per_s'] or 0:.0f}/s",
+            f"(e) terminal/s sustained at the seed's gateway latency (1-5 s), offered {seed_load['rate']}/s",
+            f"{seed.get('sustained_per_s') or 0:.0f}/s",
             f"{seed['p50_ms'] or 0:.0f} ms",
             f"{seed['p99_ms'] or 0:.0f} ms",
-            f"{seed['terminal']}/{seed['orders']} terminal, {share:.0f} % COMPLETED, {seed['failed_fast_by_breaker']} failed fast, {trips} breaker trips",
+            f"{seed['terminal']}/{seed['orders']} terminal ({seed['terminal_per_s'] or 0:.0f}/s counting the {seed.get('drain_s') or 0:.0f} s drain), "
+            f"{share:.0f} % COMPLETED, {seed['failed_fast_by_breaker']} failed fast, {trips} breaker trips",
         )
     for (phase, service), kib in sorted(rss.items()):
         started = ready.get((phase, service))
@@ -123,7 +124,8 @@ def main():
                ratio(zero32["terminal_per_s"], load32["throughput_per_s"]))
     if seed:
         target(">= 300 orders/s terminal at the seed's gateway latency",
-               (seed["terminal_per_s"] or 0) >= 300, f"{seed['terminal_per_s']}/s")
+               (seed.get("sustained_per_s") or 0) >= 300,
+               f"{seed.get('sustained_per_s')}/s sustained over {seed.get('sustained_window_s')} s")
     if half:
         target("PlaceOrder p99 <= 10 ms at half the maximum rate",
                half["place_order"].get("p99_ms", 1e9) <= 10, f"{half['place_order'].get('p99_ms')} ms")

@@ -21,7 +21,6 @@ use foodorder_common::metrics::Metrics;
 use prometheus_client::metrics::histogram::Histogram;
 use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
-use tokio::time::Instant;
 
 use crate::error::ApiError;
 use crate::repository::{self, PlaceRequest, Placed};
@@ -56,11 +55,12 @@ pub struct Writers {
 }
 
 impl Writers {
-    /// Starts the writer tasks, placing orders in `pool`.
-    pub fn start(self, pool: PgPool) {
-        for _ in 0..self.count {
-            tokio::spawn(writer(pool.clone(), self.shared.clone()));
-        }
+    /// Starts the writer tasks, placing orders in `pool`. They end once every
+    /// [`GroupCommit`] is dropped and the queue is empty.
+    pub fn start(self, pool: PgPool) -> Vec<tokio::task::JoinHandle<()>> {
+        (0..self.count)
+            .map(|_| tokio::spawn(writer(pool.clone(), self.shared.clone())))
+            .collect()
     }
 }
 
@@ -126,66 +126,85 @@ struct Shared {
 }
 
 impl Shared {
-    /// The next batch: waits for one call, then takes what is queued; waits up
-    /// to the window for more only while another writer is committing. None
-    /// when the queue is closed and empty.
-    async fn next_batch(&self) -> Option<Vec<Job>> {
+    /// The next batch: waits for one call, then takes what is queued; gathers
+    /// more for up to the window only while another writer is committing. None
+    /// when the queue is closed and empty. A non-empty batch counts as busy
+    /// from here until it is placed ([`Busy`]).
+    async fn next_batch(self: &Arc<Self>) -> Option<(Vec<Job>, Busy)> {
         let mut receiver = self.receiver.lock().await;
         let first = receiver.recv().await?;
         let mut batch = vec![first];
-        let deadline = Instant::now() + self.window;
+        let deadline = std::time::Instant::now() + self.window;
         while batch.len() < self.max_batch {
-            match receiver.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) if self.busy.load(Ordering::Acquire) == 0 || self.window.is_zero() => break,
-                Err(_) => match tokio::time::timeout_at(deadline, receiver.recv()).await {
-                    Ok(Some(job)) => batch.push(job),
-                    Ok(None) | Err(_) => break,
-                },
+            if let Ok(job) = receiver.try_recv() {
+                batch.push(job);
+                continue;
             }
+            if self.window.is_zero()
+                || self.busy.load(Ordering::Acquire) == 0
+                || std::time::Instant::now() >= deadline
+            {
+                break;
+            }
+            // Let the calls being handled right now reach the queue (a timer
+            // would round the window up to a whole millisecond).
+            tokio::task::yield_now().await;
         }
         // A caller that has gone away (cancelled, timed out) is not placed.
         batch.retain(|job| !job.reply.is_closed());
-        Some(batch)
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        Some((batch, Busy(self.clone())))
+    }
+}
+
+/// A writer's batch being placed: counted in `busy` until dropped.
+struct Busy(Arc<Shared>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 async fn writer(pool: PgPool, shared: Arc<Shared>) {
-    while let Some(batch) = shared.next_batch().await {
+    while let Some((batch, busy)) = shared.next_batch().await {
         if batch.is_empty() {
             continue;
         }
-        shared.busy.fetch_add(1, Ordering::AcqRel);
         shared.batch_sizes.observe(batch.len() as f64);
         // A panic placing one batch fails its calls, not the writer.
-        let placing = tokio::spawn(commit(pool.clone(), batch));
+        let placing = tokio::spawn(commit(pool.clone(), batch, busy));
         if let Err(error) = placing.await {
             tracing::error!(%error, "placing a batch of orders panicked");
         }
-        shared.busy.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 /// Places `batch` in one transaction and answers every call.
-async fn commit(pool: PgPool, batch: Vec<Job>) {
+async fn commit(pool: PgPool, batch: Vec<Job>, busy: Busy) {
     let (requests, replies): (Vec<PlaceRequest>, Vec<_>) = batch
         .into_iter()
         .map(|job| (job.request, job.reply))
         .unzip();
-    match repository::place_orders(&pool, &requests).await {
+    let placed = repository::place_orders(&pool, &requests).await;
+    // Answering is not committing: the next batch may gather again.
+    drop(busy);
+    match placed {
         Ok(results) => {
             for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(result);
             }
         }
-        Err(error) if requests.len() > 1 && refused_statement(&error) => {
+        Err(error) if requests.len() > 1 && rolled_back(&error) => {
             tracing::warn!(
-                %error,
+                error = format!("{:#}", anyhow::Error::new(error)),
                 batch = requests.len(),
                 "a batch of orders was refused; placing its calls one by one"
             );
             for (reply, request) in replies.into_iter().zip(&requests) {
-                let _ = reply.send(repository::place_order(&pool, request).await);
+                if !reply.is_closed() {
+                    let _ = reply.send(repository::place_order(&pool, request).await);
+                }
             }
         }
         Err(error) => {
@@ -200,11 +219,18 @@ async fn commit(pool: PgPool, batch: Vec<Job>) {
     }
 }
 
-/// True when PostgreSQL refused a statement, so the transaction rolled back
-/// and nothing was written: the calls can safely be placed again one by one.
-fn refused_statement(error: &ApiError) -> bool {
-    matches!(error, ApiError::Internal(cause)
-        if cause.downcast_ref::<sqlx::Error>().is_some_and(|error| matches!(error, sqlx::Error::Database(_))))
+/// True when PostgreSQL answered a statement (or the commit) with an error:
+/// the transaction rolled back and nothing was written, so the calls can
+/// safely be placed again one by one. That includes a deadlock or a
+/// serialization failure (reported as unavailable), but not a lost
+/// connection or an exhausted pool, whose outcome or cause is not the batch's.
+fn rolled_back(error: &ApiError) -> bool {
+    let source = match error {
+        ApiError::DatabaseUnavailable(source) => Some(source),
+        ApiError::Internal(cause) => cause.downcast_ref::<sqlx::Error>(),
+        _ => None,
+    };
+    matches!(source, Some(sqlx::Error::Database(_)))
 }
 
 /// The failure of a batch, for every call of it but one (which gets the

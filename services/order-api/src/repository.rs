@@ -212,21 +212,24 @@ pub async fn place_orders(
         .iter()
         .map(|request| {
             let key = request.order.idempotency_key.as_deref();
-            if key.is_some_and(|key| stored_keys.contains(key)) {
+            // A key stored already, or by an earlier call of this batch: the
+            // call is answered from that order (or told the key is taken).
+            if key.is_some_and(|key| stored_keys.contains(key) || claimed_keys.contains(key)) {
                 return Slot::Existing(request);
             }
             match price_order(&request.order, &menu) {
+                // A call that fails writes nothing and leaves its key free.
                 Err(error) => Slot::Done(Err(error.into())),
-                // A key repeated in the batch: the first request that could
-                // be priced stores it, the others are retries of it.
-                Ok(_) if key.is_some_and(|key| !claimed_keys.insert(key)) => {
-                    Slot::Existing(request)
+                Ok(priced) => {
+                    if let Some(key) = key {
+                        claimed_keys.insert(key);
+                    }
+                    Slot::New {
+                        request,
+                        order_id: Uuid::now_v7(),
+                        priced,
+                    }
                 }
-                Ok(priced) => Slot::New {
-                    request,
-                    order_id: Uuid::now_v7(),
-                    priced,
-                },
             }
         })
         .collect();
@@ -287,7 +290,17 @@ async fn insert_orders<'a>(
     let mut correlation_ids = Vec::new();
     let mut keys = Vec::new();
     let mut fingerprints = Vec::new();
-    for slot in slots.iter() {
+    // Keys are inserted in key order, so that two batches sharing keys lock
+    // them in the same order and never deadlock each other.
+    let mut new_slots: Vec<&Slot<'a>> = slots
+        .iter()
+        .filter(|slot| matches!(slot, Slot::New { .. }))
+        .collect();
+    new_slots.sort_by_key(|slot| match slot {
+        Slot::New { request, .. } => request.order.idempotency_key.as_deref(),
+        _ => None,
+    });
+    for slot in new_slots {
         if let Slot::New {
             request,
             order_id,
@@ -312,7 +325,8 @@ async fn insert_orders<'a>(
          idempotency_key, request_fingerprint) \
          SELECT id, name, email, $8, total, correlation_id, key, fingerprint \
          FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::numeric[], $5::text[], $6::text[], $7::bytea[]) \
-           AS batch (id, name, email, total, correlation_id, key, fingerprint) \
+           WITH ORDINALITY AS batch (id, name, email, total, correlation_id, key, fingerprint, position) \
+         ORDER BY position \
          ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, created_at",
     )
     .bind(&ids)

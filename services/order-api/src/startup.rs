@@ -28,6 +28,10 @@ use crate::payment_outcomes::PaymentOutcomeHandler;
 use crate::service::{OrderServiceImpl, WatchLimits};
 use crate::watch::OrderWatchHub;
 
+/// How long, after the server stopped, the order writers may take to place
+/// what was queued.
+const WRITERS_GRACE: Duration = Duration::from_secs(5);
+
 /// A built, not yet running, order API.
 pub struct Application {
     config: Config,
@@ -214,7 +218,7 @@ impl Application {
         let watch_limits = WatchLimits::new(config.watch_max_streams, config.watch_max_db_reads);
         watch_limits.register(&metrics, config.watch_max_streams);
         let (placing, writers) = GroupCommit::new(&config.group_commit, &metrics);
-        writers.start(pool.clone());
+        let writers = writers.start(pool.clone());
         let service = OrderServiceImpl::new(
             pool.clone(),
             placing,
@@ -251,7 +255,7 @@ impl Application {
                     }
                 }
             });
-        tokio::pin!(server);
+        let mut server = Box::pin(server);
         let grace = config.shutdown_grace;
         let served = tokio::select! {
             served = &mut server => served,
@@ -260,6 +264,16 @@ impl Application {
                 Ok(())
             }
         };
+        // The server (and with it the service's queue) goes first: the writers
+        // place what is queued, then end, and only then does the relay stop,
+        // so every order committed is in the outbox before it drains.
+        drop(server);
+        if tokio::time::timeout(WRITERS_GRACE, futures::future::join_all(writers))
+            .await
+            .is_err()
+        {
+            tracing::warn!("order writers still busy after the shutdown grace period");
+        }
         tracing::info!("grpc server stopped, stopping background tasks");
         background.cancel();
         match relay.await {

@@ -212,7 +212,8 @@ impl PaymentGateway for MockGateway {
     async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, GatewayUnavailable> {
         let unavailable = |error: sqlx::Error| GatewayUnavailable(anyhow::Error::new(error));
         // A key the gateway already decided on answers at once, without a new charge.
-        if let Some(outcome) = Self::recorded(&self.pool, &request.idempotency_key)
+        // Database steps boxed: a call waiting out its latency holds little.
+        if let Some(outcome) = Box::pin(Self::recorded(&self.pool, &request.idempotency_key))
             .await
             .map_err(unavailable)?
         {
@@ -233,7 +234,9 @@ impl PaymentGateway for MockGateway {
                 charge_id: Uuid::now_v7(),
             }
         };
-        self.decide(request, wanted).await.map_err(unavailable)
+        Box::pin(self.decide(request, wanted))
+            .await
+            .map_err(unavailable)
     }
 
     async fn decision(

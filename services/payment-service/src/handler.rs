@@ -291,7 +291,7 @@ impl<G: PaymentGateway> MessageHandler for PaymentHandler<G> {
             match events::decode_order_placed(message.key.as_deref(), message.payload.as_deref()) {
                 Ok(decoded) => decoded,
                 Err(reason) => {
-                    self.settle_known_order(message.key_str(), &reason).await?;
+                    Box::pin(self.settle_known_order(message.key_str(), &reason)).await?;
                     return Err(HandleError::Fatal(reason));
                 }
             };
@@ -304,7 +304,10 @@ impl<G: PaymentGateway> MessageHandler for PaymentHandler<G> {
                 .map(|metadata| metadata.correlation_id)
                 .unwrap_or_default(),
         };
-        let stored = self.remember(order_id, &request).await?;
+        // The database steps are boxed: they are short, and an in-flight
+        // payment then holds only the gateway call's state while it waits
+        // (thousands wait at once at the gateway's latency).
+        let stored = Box::pin(self.remember(order_id, &request)).await?;
         if stored.paid {
             tracing::info!(%order_id, "order already paid, skipping duplicate delivery");
             return Ok(Handled::Duplicate);
@@ -331,7 +334,7 @@ impl<G: PaymentGateway> MessageHandler for PaymentHandler<G> {
             tracing::error!(%order_id, "fault injection: aborting after the gateway call, before the commit");
             std::process::abort();
         }
-        let recorded = self.record_outcome(order_id, &request, &result).await?;
+        let recorded = Box::pin(self.record_outcome(order_id, &request, &result)).await?;
         if recorded {
             self.processor.metrics().recorded(&result);
             tracing::info!(

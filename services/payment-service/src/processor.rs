@@ -191,7 +191,9 @@ impl<G: PaymentGateway> PaymentProcessor<G> {
     /// Pays `request`. `Err` only when our side failed (e.g. the ledger database): retry later.
     pub async fn pay(&self, request: &ChargeRequest) -> Result<PaymentResult, GatewayUnavailable> {
         let started = Instant::now();
-        if let Some(decided) = self.gateway.decision(&request.idempotency_key).await? {
+        // Database steps are boxed so that a payment waiting on the gateway
+        // (thousands at once) holds only the call's own state.
+        if let Some(decided) = Box::pin(self.gateway.decision(&request.idempotency_key)).await? {
             tracing::info!(
                 order_id = request.idempotency_key,
                 "the gateway already decided on this order"
@@ -210,15 +212,14 @@ impl<G: PaymentGateway> PaymentProcessor<G> {
                     attempts,
                     "circuit breaker open, failing fast"
                 );
-                return self
-                    .give_up(
-                        request,
-                        attempts,
-                        BREAKER_OPEN_MESSAGE,
-                        started,
-                        PaymentOutcome::BreakerOpen,
-                    )
-                    .await;
+                return Box::pin(self.give_up(
+                    request,
+                    attempts,
+                    BREAKER_OPEN_MESSAGE,
+                    started,
+                    PaymentOutcome::BreakerOpen,
+                ))
+                .await;
             }
             attempts += 1;
             let span = tracing::info_span!(
@@ -276,15 +277,14 @@ impl<G: PaymentGateway> PaymentProcessor<G> {
                     self.breaker.record_failure();
                     if attempts >= self.settings.max_attempts {
                         let reason = format!("Payment gateway timeout after {attempts} attempts");
-                        return self
-                            .give_up(
-                                request,
-                                attempts,
-                                &reason,
-                                started,
-                                PaymentOutcome::TimedOut,
-                            )
-                            .await;
+                        return Box::pin(self.give_up(
+                            request,
+                            attempts,
+                            &reason,
+                            started,
+                            PaymentOutcome::TimedOut,
+                        ))
+                        .await;
                     }
                     tokio::time::sleep(backoff.next_delay()).await;
                 }

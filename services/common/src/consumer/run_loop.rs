@@ -28,6 +28,9 @@ use crate::metrics::TopicLabel;
 
 type Consumer_ = StreamConsumer<RebalanceContext>;
 
+/// Most pre-fetched records held per consumer, in KiB (librdkafka's default is 64 MiB).
+const PREFETCH_KIB: &str = "4096";
+
 /// How long every slot may stay busy before the partitions are paused.
 const PAUSE_AFTER: Duration = Duration::from_millis(500);
 
@@ -58,6 +61,9 @@ pub async fn run<H: MessageHandler>(
                     .to_string(),
             )
             .set("partition.assignment.strategy", "range")
+            // Memory bound: librdkafka prefetches up to 64 MiB by default; a
+            // few MiB keep the handlers fed at thousands of records a second.
+            .set("queued.max.messages.kbytes", PREFETCH_KIB)
             // Statistics feed the lag gauge (see `RebalanceContext::stats`).
             .set("statistics.interval.ms", LAG_STATISTICS_INTERVAL_MS)
             .set(
@@ -311,7 +317,15 @@ async fn process<H: MessageHandler>(
                     reason,
                     "message cannot be processed, dead-lettering it"
                 );
-                let done = dead_letter(dead_letters, settings, message, &reason, shutdown).await;
+                // Boxed: a rare path need not enlarge every in-flight task.
+                let done = Box::pin(dead_letter(
+                    dead_letters,
+                    settings,
+                    message,
+                    &reason,
+                    shutdown,
+                ))
+                .await;
                 if done {
                     metrics.finished(topic, "dead_lettered", started);
                 }

@@ -89,6 +89,7 @@ async fn one_transaction_keeps_every_calls_own_outcome() {
         place_request(&order_request(&[(5, 3)]), Some("key-b")), // 6: new, stores key-b
         earlier.clone(),                                        // 7: retry of the earlier order
         place_request(&order_request(&[(6, 1), (1, 1)]), None), // 8: new
+        place_request(&order_request(&[(999, 1)]), Some("key-a")), // 9: key-a taken by 2
     ];
     let results = repository::place_orders(&pool, &batch).await.unwrap();
     assert_eq!(results.len(), batch.len());
@@ -124,6 +125,11 @@ async fn one_transaction_keeps_every_calls_own_outcome() {
     assert_eq!((id7, new7), (earlier_order.order.id.as_str(), false));
     let (id8, new8) = created(&results[8]);
     assert!(new8);
+    assert!(
+        matches!(results[9], Err(ApiError::IdempotencyKeyReused)),
+        "a key taken earlier in the batch is reported before pricing: {:?}",
+        results[9]
+    );
 
     // What each caller got is what was stored: totals, item ids, timestamps.
     let (totals, outbox) = stored(&pool).await;
