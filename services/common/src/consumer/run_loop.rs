@@ -64,6 +64,9 @@ pub async fn run<H: MessageHandler>(
             // Memory bound: librdkafka prefetches up to 64 MiB by default; a
             // few MiB keep the handlers fed at thousands of records a second.
             .set("queued.max.messages.kbytes", PREFETCH_KIB)
+            // Each partition's fetch may overshoot that bound by this much (a
+            // larger record is still fetched whole).
+            .set("fetch.message.max.bytes", "262144")
             // Statistics feed the lag gauge (see `RebalanceContext::stats`).
             .set("statistics.interval.ms", LAG_STATISTICS_INTERVAL_MS)
             .set(
