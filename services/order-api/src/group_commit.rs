@@ -186,14 +186,23 @@ async fn commit(pool: PgPool, batch: Vec<Job>, busy: Busy) {
         .into_iter()
         .map(|job| (job.request, job.reply))
         .unzip();
-    let placed = repository::place_orders(&pool, &requests).await;
-    // Answering is not committing: the next batch may gather again.
+    let mut replies: Vec<Option<_>> = replies.into_iter().map(Some).collect();
+    let mut busy = Some(busy);
+    let placed = repository::place_orders_answering(&pool, &requests, |index, result| {
+        // Committed: the next batch may gather again while these are answered.
+        busy.take();
+        if let Some(reply) = replies.get_mut(index).and_then(Option::take) {
+            let _ = reply.send(result);
+        }
+    })
+    .await;
     drop(busy);
+    // An error means nothing was committed and no call answered yet.
+    let replies: Vec<_> = replies.into_iter().flatten().collect();
+    debug_assert!(placed.is_ok() || replies.len() == requests.len());
     match placed {
-        Ok(results) => {
-            for (reply, result) in replies.into_iter().zip(results) {
-                let _ = reply.send(result);
-            }
+        Ok(()) => {
+            // Every call was answered.
         }
         Err(error) if requests.len() > 1 && rolled_back(&error) => {
             tracing::warn!(
@@ -208,8 +217,9 @@ async fn commit(pool: PgPool, batch: Vec<Job>, busy: Busy) {
             }
         }
         Err(error) => {
+            let others = replies.len().saturating_sub(1);
             let mut replies = replies.into_iter();
-            for reply in replies.by_ref().take(requests.len() - 1) {
+            for reply in replies.by_ref().take(others) {
                 let _ = reply.send(Err(same_failure(&error)));
             }
             if let Some(reply) = replies.next() {

@@ -163,6 +163,33 @@ pub async fn place_orders(
     pool: &PgPool,
     requests: &[PlaceRequest],
 ) -> Result<Vec<Result<Placed, ApiError>>, ApiError> {
+    let mut results: Vec<Option<Result<Placed, ApiError>>> = std::iter::repeat_with(|| None)
+        .take(requests.len())
+        .collect();
+    place_orders_answering(pool, requests, |index, result| {
+        results[index] = Some(result)
+    })
+    .await?;
+    Ok(results
+        .into_iter()
+        .map(|result| {
+            result.unwrap_or_else(|| {
+                Err(ApiError::Internal(anyhow::anyhow!(
+                    "a call was not answered"
+                )))
+            })
+        })
+        .collect())
+}
+
+/// [`place_orders`], handing each call's outcome to `answer` (with the call's
+/// index) as soon as it is known: the calls the batch placed or refused right
+/// after the commit, then the retries, which need the stored order read.
+pub async fn place_orders_answering(
+    pool: &PgPool,
+    requests: &[PlaceRequest],
+    mut answer: impl FnMut(usize, Result<Placed, ApiError>) + Send,
+) -> Result<(), ApiError> {
     // A retry is answered from the stored order before anything else, even
     // when the menu has changed since the original call.
     let keys: Vec<&str> = requests
@@ -258,22 +285,28 @@ pub async fn place_orders(
     }
     tx.commit().await?;
 
-    let mut results = Vec::with_capacity(slots.len());
-    for slot in slots {
-        results.push(match slot {
-            Slot::Done(result) => result,
-            Slot::Existing(request) => stored_order(pool, &request.order).await,
+    let mut retries = Vec::new();
+    for (index, slot) in slots.into_iter().enumerate() {
+        match slot {
+            Slot::Done(result) => answer(index, result),
+            Slot::Existing(request) => retries.push((index, request)),
             Slot::New {
                 request,
                 order_id,
                 priced,
-            } => Ok(Placed {
-                order: new_order(request, order_id, &priced, created[&order_id], &item_ids),
-                created: true,
-            }),
-        });
+            } => answer(
+                index,
+                Ok(Placed {
+                    order: new_order(request, order_id, &priced, created[&order_id], &item_ids),
+                    created: true,
+                }),
+            ),
+        }
     }
-    Ok(results)
+    for (index, request) in retries {
+        answer(index, stored_order(pool, &request.order).await);
+    }
+    Ok(())
 }
 
 /// Inserts the orders of the `New` slots in one statement. A key stored by a
