@@ -8,11 +8,12 @@ use foodorder_common::outbox::RelayConfig;
 use foodorder_common::service::ConsumerConfig;
 
 /// Payments handled at once by default. Sized for the default gateway: a
-/// payment takes about 4 s on average there (1–5 s calls, a timeout at 4 s,
-/// retries after 1 s and 2 s), so by Little's law 2048 slots carry about 500
-/// payments a second. A slot costs a few KiB (measured: peak RSS 47 MiB with
-/// ~1,800 in flight), and the consumer's prefetch is bounded, so memory is too.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 2048;
+/// payment takes about 4.2 s on average there (1–5 s calls, a timeout at 4 s,
+/// retries after 1 s and 2 s), so by Little's law 1792 slots carry about 420
+/// payments a second. A slot costs a few KiB and the consumer's prefetch is
+/// bounded, so memory is too (measured: peak RSS 56 MiB with every slot busy
+/// and a backlog; 2048 slots reached 62 MiB).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1792;
 
 /// The mock gateway's behaviour.
 #[derive(Clone, Debug)]
