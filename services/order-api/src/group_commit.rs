@@ -251,13 +251,11 @@ fn same_failure(error: &ApiError) -> ApiError {
             std::io::Error::other(format!("the batch of this call failed: {source}")),
         )),
         other => {
-            let mut cause = other.to_string();
-            let mut source = std::error::Error::source(other);
-            while let Some(error) = source {
-                cause = format!("{cause}: {error}");
-                source = error.source();
-            }
-            ApiError::Internal(anyhow::anyhow!("the batch of this call failed: {cause}"))
+            let cause: Vec<String> = anyhow::Chain::new(other).map(ToString::to_string).collect();
+            ApiError::Internal(anyhow::anyhow!(
+                "the batch of this call failed: {}",
+                cause.join(": ")
+            ))
         }
     }
 }

@@ -190,6 +190,7 @@ pub async fn place_orders_answering(
     requests: &[PlaceRequest],
     mut answer: impl FnMut(usize, Result<Placed, ApiError>) + Send,
 ) -> Result<(), ApiError> {
+    let mut tx = pool.begin().await?;
     // A retry is answered from the stored order before anything else, even
     // when the menu has changed since the original call.
     let keys: Vec<&str> = requests
@@ -203,13 +204,12 @@ pub async fn place_orders_answering(
             "SELECT idempotency_key FROM orders.orders WHERE idempotency_key = ANY($1)",
         )
         .bind(&keys)
-        .fetch_all(pool)
+        .fetch_all(&mut *tx)
         .await?
         .into_iter()
         .collect()
     };
 
-    let mut tx = pool.begin().await?;
     let mut ids: Vec<i32> = requests
         .iter()
         .flat_map(|request| request.order.lines.iter().map(|line| line.menu_item_id))
