@@ -1,8 +1,8 @@
 //! A consumed record's headers (one `name NUL value` per line) read as the
 //! consumers read them, trace context included. Body:
-//! `foodorder_common::fuzzing::record_headers`.
+//! `foodorder_testkit::fuzzing::record_headers`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| foodorder_common::fuzzing::record_headers(data));
+fuzz_target!(|data: &[u8]| foodorder_testkit::fuzzing::record_headers(data));

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use foodorder_common::status::{OrderState, PaymentState};
+use foodorder_contract::states::{OrderState, PaymentState};
 use payment_service::gateway::Decision;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -54,7 +54,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<bool> {
     let pool = PgPool::connect(&args.database)
         .await
         .context("failed to connect to the database")?;
-    let topics = foodorder_common::config::Topics::with_prefix(&args.prefix);
+    let topics = crate::topics::Topics::with_prefix(&args.prefix);
     let acked: BTreeSet<String> = std::fs::read_to_string(&args.acked)?
         .lines()
         .filter(|line| !line.is_empty())
@@ -232,7 +232,7 @@ type OrderRow = (
 
 async fn group_lags(
     args: &CheckArgs,
-    topics: &foodorder_common::config::Topics,
+    topics: &crate::topics::Topics,
 ) -> anyhow::Result<BTreeMap<(String, i32), i64>> {
     let plan = [
         (args.payment_group.clone(), topics.order_placed.clone()),
@@ -247,7 +247,7 @@ async fn group_lags(
         let mut lags = BTreeMap::new();
         for (group, topic) in plan {
             for (partition, (committed, high)) in
-                foodorder_common::testing::group_offsets(&bootstrap, &group, &topic)
+                foodorder_testkit::group_offsets(&bootstrap, &group, &topic)
             {
                 lags.insert((group.clone(), partition), high - committed.max(0));
             }
@@ -351,7 +351,7 @@ fn read_all(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<serde_json::Valu
     {
         if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
             positions.insert(message.partition(), message.offset() + 1);
-            let headers = foodorder_common::record_headers::read(&message);
+            let headers = foodorder_runtime::record_headers::read(&message);
             records.push(serde_json::json!({
                 "key": message.key().map(hex),
                 "value_sha256": hex(&Sha256::digest(message.payload().unwrap_or_default())),

@@ -6,10 +6,11 @@
 use std::io::Write;
 
 use anyhow::Context;
-use foodorder_common::kafka::EVENT_MAX_MESSAGE_BYTES;
-use foodorder_common::record_headers::RawHeader;
-use foodorder_common::{events, testing};
-use foodorder_proto::v1::{OrderPlaced, PaymentCompleted};
+use foodorder_contract::events;
+use foodorder_contract::v1::{OrderPlaced, PaymentCompleted};
+use foodorder_runtime::kafka::EVENT_MAX_MESSAGE_BYTES;
+use foodorder_runtime::record_headers::RawHeader;
+use foodorder_testkit as testing;
 use prost::Message as _;
 use rand::{Rng, SeedableRng};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -154,7 +155,7 @@ fn hex(bytes: &[u8]) -> String {
 
 pub async fn run(args: InjectArgs) -> anyhow::Result<()> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
-    let topics = foodorder_common::config::Topics::with_prefix(&args.prefix);
+    let topics = crate::topics::Topics::with_prefix(&args.prefix);
     let fake_order = uuid::Uuid::new_v4().to_string();
     let order_placed = OrderPlaced {
         metadata: Some(events::metadata("chaos", "chaos", chrono::Utc::now())),
@@ -281,7 +282,7 @@ fn read_some(bootstrap: &str, topic: &str, count: usize) -> anyhow::Result<Vec<R
                 message.partition(),
                 message.key().map(<[u8]>::to_vec),
                 message.payload().map(<[u8]>::to_vec),
-                foodorder_common::record_headers::read(&message),
+                foodorder_runtime::record_headers::read(&message),
             ));
         }
     }

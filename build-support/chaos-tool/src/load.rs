@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use foodorder_proto::v1::order_service_client::OrderServiceClient;
-use foodorder_proto::v1::{OrderItemInput, PlaceOrderRequest};
+use foodorder_contract::v1::order_service_client::OrderServiceClient;
+use foodorder_contract::v1::{OrderItemInput, PlaceOrderRequest};
 use tonic::Code;
 
 #[derive(clap::Args)]

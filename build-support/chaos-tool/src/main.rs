@@ -7,6 +7,7 @@
 mod check;
 mod inject;
 mod load;
+mod topics;
 
 use clap::{Parser, Subcommand};
 

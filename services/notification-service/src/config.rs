@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use foodorder_common::config::{env_or, env_seconds};
-use foodorder_common::service::ConsumerConfig;
+use foodorder_runtime::config::{env_or, env_seconds};
+use foodorder_runtime::consumer::ConsumerConfig;
 
 /// Everything the notification service needs to start.
 #[derive(Clone, Debug)]

@@ -8,9 +8,9 @@
 
 use std::sync::{Mutex, PoisonError};
 
-use foodorder_common::consumer::{HandleError, Handled, MessageHandler, ReceivedMessage};
-use foodorder_common::events;
-use foodorder_common::metrics::Metrics;
+use foodorder_contract::events;
+use foodorder_runtime::consumer::{HandleError, Handled, MessageHandler, ReceivedMessage};
+use foodorder_runtime::metrics::Metrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

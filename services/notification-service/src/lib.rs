@@ -9,3 +9,14 @@ pub mod startup;
 
 pub use config::Config;
 pub use startup::Application;
+
+use foodorder_runtime::db::Schema;
+
+/// The notification service's schema: the notifications sent.
+pub static SCHEMA: Schema = Schema::new(
+    "notifications",
+    sqlx::migrate!("../../migrations/notifications"),
+);
+
+/// Where `payment.completed` records the notification service cannot read go.
+pub const DEAD_LETTER_TOPIC: &str = "notification.dlq";

@@ -6,7 +6,7 @@ use std::future::Future;
 
 use serde::Serialize;
 
-foodorder_common::text_enum! {
+foodorder_contract::text_enum! {
     /// What kind of news the customer gets (`notifications.kind`).
     pub enum NotificationKind {
         /// Paid: the order is confirmed.

@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use foodorder_common::config::{DatabaseConfig, KafkaConfig, env_count, env_or, env_seconds};
-use foodorder_common::outbox::RelayConfig;
+use foodorder_runtime::config::{DatabaseConfig, KafkaConfig, env_count, env_or, env_seconds};
+use foodorder_runtime::outbox::RelayConfig;
 
 use crate::group_commit::GroupCommitConfig;
 

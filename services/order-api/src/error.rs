@@ -40,7 +40,7 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        if foodorder_common::db::is_unavailable(&error) {
+        if foodorder_runtime::db::is_unavailable(&error) {
             Self::DatabaseUnavailable(error)
         } else {
             Self::Internal(anyhow::Error::new(error))

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use foodorder_common::metrics::Metrics;
+use foodorder_runtime::metrics::Metrics;
 use prometheus_client::metrics::histogram::Histogram;
 use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};

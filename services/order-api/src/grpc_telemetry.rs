@@ -13,9 +13,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use foodorder_common::events::{HEADER_REQUEST_ID, HEADER_TRACEPARENT, HEADER_TRACESTATE};
-use foodorder_common::metrics::{LatencyFamily, Metrics};
-use foodorder_common::telemetry;
+use foodorder_contract::events::{HEADER_REQUEST_ID, HEADER_TRACEPARENT, HEADER_TRACESTATE};
+use foodorder_runtime::metrics::{LatencyFamily, Metrics};
+use foodorder_runtime::telemetry;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

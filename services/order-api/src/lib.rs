@@ -16,3 +16,11 @@ pub mod watch;
 
 pub use config::Config;
 pub use startup::Application;
+
+use foodorder_runtime::db::Schema;
+
+/// The order API's schema: menu, orders, order items, payment summaries, outbox.
+pub static SCHEMA: Schema = Schema::new("orders", sqlx::migrate!("../../migrations/orders"));
+
+/// Where `payment.completed` records the order API cannot read go.
+pub const DEAD_LETTER_TOPIC: &str = "order.dlq";

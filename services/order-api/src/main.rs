@@ -5,7 +5,7 @@
 //! (exit 0 when SERVING), for scripts and container health checks.
 
 use anyhow::Context;
-use foodorder_common::{shutdown, telemetry};
+use order_api::startup::NAME;
 use order_api::{Application, Config};
 
 #[tokio::main]
@@ -15,17 +15,11 @@ async fn main() -> anyhow::Result<()> {
         let address = arguments.get(1).map_or("127.0.0.1:50051", String::as_str);
         return health_check(address).await;
     }
-    let telemetry = telemetry::init("order-api");
-    let config = Config::from_env().context("failed to read the configuration")?;
-    let application = Application::build(config).await.inspect_err(|error| {
-        tracing::error!(error = format!("{error:#}"), "failed to start order-api");
-    })?;
-    tracing::info!(address = %application.local_addr(), "order-api listening");
-    let result = application
-        .run_until_stopped(shutdown::token_on_signal())
-        .await;
-    telemetry.shutdown().await;
-    result
+    foodorder_runtime::host::main(NAME, |shutdown| async move {
+        let application = Application::build(Config::from_env()?).await?;
+        application.run_until_stopped(shutdown).await
+    })
+    .await
 }
 
 async fn health_check(address: &str) -> anyhow::Result<()> {

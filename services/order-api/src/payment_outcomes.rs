@@ -7,9 +7,9 @@
 //! payment of another amount than the order's total, is dead-lettered.
 
 use chrono::{DateTime, Utc};
-use foodorder_common::consumer::{HandleError, Handled, MessageHandler, ReceivedMessage};
-use foodorder_common::events;
-use foodorder_common::status::PaymentState;
+use foodorder_contract::events;
+use foodorder_contract::states::PaymentState;
+use foodorder_runtime::consumer::{HandleError, Handled, MessageHandler, ReceivedMessage};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -33,7 +33,7 @@ pub struct PaymentOutcomeHandler {
 impl PaymentOutcomeHandler {
     /// A handler recording in `pool`; registers
     /// `foodorder_orders_finished_total{status}` in `metrics`.
-    pub fn new(pool: PgPool, metrics: &foodorder_common::metrics::Metrics) -> Self {
+    pub fn new(pool: PgPool, metrics: &foodorder_runtime::metrics::Metrics) -> Self {
         let finished = Family::<StatusLabel, Counter>::default();
         metrics.register(
             "foodorder_orders_finished",
@@ -104,8 +104,8 @@ impl MessageHandler for PaymentOutcomeHandler {
             ))),
             Recorded::WrongAmount { total } => Err(HandleError::Fatal(format!(
                 "a payment of {} does not pay order {order_id}, whose total is {}",
-                foodorder_common::money::format_money(outcome.amount),
-                foodorder_common::money::format_money(total)
+                foodorder_contract::money::format_money(outcome.amount),
+                foodorder_contract::money::format_money(total)
             ))),
         }
     }

@@ -5,14 +5,16 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use crate::SCHEMA;
 use chrono::{DateTime, Utc};
-use foodorder_common::db::ORDERS;
-use foodorder_common::events::{self, timestamp};
-use foodorder_common::money::format_money;
-use foodorder_common::outbox::{self, OutboxMessage};
-use foodorder_common::status::{OrderState, PaymentState};
-use foodorder_proto::EventType;
-use foodorder_proto::v1::{MenuItem, Order, OrderItem, OrderPlaced, OrderStatus, PaymentAttempt};
+use foodorder_contract::EventType;
+use foodorder_contract::events::{self, timestamp};
+use foodorder_contract::money::format_money;
+use foodorder_contract::states::{OrderState, PaymentState};
+use foodorder_contract::v1::{
+    MenuItem, Order, OrderItem, OrderPlaced, OrderStatus, PaymentAttempt,
+};
+use foodorder_runtime::outbox::{self, OutboxMessage};
 use prost::Message;
 use rust_decimal::Decimal;
 use sqlx::{PgConnection, PgPool};
@@ -281,7 +283,7 @@ pub async fn place_orders_answering(
                 _ => None,
             })
             .collect();
-        outbox::enqueue_all(&mut tx, &ORDERS, &messages).await?;
+        outbox::enqueue_all(&mut tx, &SCHEMA, &messages).await?;
     }
     tx.commit().await?;
 

@@ -5,14 +5,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use foodorder_common::config::Topics;
-use foodorder_common::events::HEADER_REQUEST_ID;
-use foodorder_common::metrics::Metrics;
-use foodorder_proto::v1::order_service_server::OrderService;
-use foodorder_proto::v1::{
+use foodorder_contract::events::HEADER_REQUEST_ID;
+use foodorder_contract::v1::order_service_server::OrderService;
+use foodorder_contract::v1::{
     GetOrderRequest, GetOrderResponse, ListMenuItemsRequest, ListMenuItemsResponse, Order,
     OrderStatus, PlaceOrderRequest, PlaceOrderResponse, WatchOrderRequest, WatchOrderResponse,
 };
+use foodorder_runtime::metrics::Metrics;
 use prometheus_client::metrics::counter::Counter;
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc};
@@ -40,7 +39,7 @@ const WATCH_RECHECK_INTERVAL: Duration = Duration::from_secs(15);
 pub struct OrderServiceImpl {
     pool: PgPool,
     placing: GroupCommit,
-    topics: Topics,
+    order_placed_topic: String,
     watch_hub: OrderWatchHub,
     watch_limits: WatchLimits,
     shutdown: CancellationToken,
@@ -82,12 +81,12 @@ impl WatchLimits {
 }
 
 impl OrderServiceImpl {
-    /// A service over `pool` publishing to `topics`, placing orders through
+    /// A service over `pool` publishing to `order_placed_topic`, placing orders through
     /// `placing`; watch streams end when `shutdown` is cancelled.
     pub fn new(
         pool: PgPool,
         placing: GroupCommit,
-        topics: Topics,
+        order_placed_topic: String,
         watch_hub: OrderWatchHub,
         watch_limits: WatchLimits,
         shutdown: CancellationToken,
@@ -96,7 +95,7 @@ impl OrderServiceImpl {
         Self {
             pool,
             placing,
-            topics,
+            order_placed_topic,
             watch_hub,
             watch_limits,
             shutdown,
@@ -172,8 +171,8 @@ impl OrderService for OrderServiceImpl {
             })?;
         let context = PlaceContext {
             correlation_id,
-            trace_context: foodorder_common::telemetry::inject_span(&tracing::Span::current()),
-            topic: self.topics.order_placed.clone(),
+            trace_context: foodorder_runtime::telemetry::inject_span(&tracing::Span::current()),
+            topic: self.order_placed_topic.clone(),
         };
         let new_order = validate_place_order(request.get_ref(), metadata_key.as_deref())
             .map_err(ApiError::InvalidArgument)?;

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use foodorder_common::config::{env_count, env_or, env_seconds};
-use foodorder_common::outbox::RelayConfig;
-use foodorder_common::service::ConsumerConfig;
+use foodorder_runtime::config::{env_count, env_or, env_seconds};
+use foodorder_runtime::consumer::ConsumerConfig;
+use foodorder_runtime::outbox::RelayConfig;
 
 /// Payments handled at once by default. Sized for the default gateway: a
 /// payment takes about 4.2 s on average there (1–5 s calls, a timeout at 4 s,

@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::config::GatewaySettings;
 
-foodorder_common::text_enum! {
+foodorder_contract::text_enum! {
     /// A decision in the gateway's ledger (`gateway_ledger.outcome`).
     pub enum Decision {
         /// Charged.

@@ -8,15 +8,15 @@
 
 use std::sync::Arc;
 
+use crate::SCHEMA;
 use chrono::Utc;
-use foodorder_common::consumer::{HandleError, Handled, MessageHandler, ReceivedMessage};
-use foodorder_common::db::PAYMENTS;
-use foodorder_common::events;
-use foodorder_common::money::format_money;
-use foodorder_common::outbox::{self, OutboxMessage};
-use foodorder_common::status::PaymentState;
-use foodorder_common::telemetry;
-use foodorder_proto::v1::{OrderStatus, PaymentCompleted};
+use foodorder_contract::events;
+use foodorder_contract::money::format_money;
+use foodorder_contract::states::PaymentState;
+use foodorder_contract::v1::{OrderStatus, PaymentCompleted};
+use foodorder_runtime::consumer::{HandleError, Handled, MessageHandler, ReceivedMessage};
+use foodorder_runtime::outbox::{self, OutboxMessage};
+use foodorder_runtime::telemetry;
 use prost::Message;
 use rust_decimal::Decimal;
 use sqlx::PgPool;
@@ -180,7 +180,7 @@ impl<G: PaymentGateway> PaymentHandler<G> {
                 &telemetry::inject_span(&tracing::Span::current()),
             ),
         };
-        outbox::enqueue(&mut tx, &PAYMENTS, &message).await?;
+        outbox::enqueue(&mut tx, &SCHEMA, &message).await?;
         tx.commit().await?;
         Ok(true)
     }

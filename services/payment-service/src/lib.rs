@@ -12,3 +12,11 @@ pub mod startup;
 
 pub use config::Config;
 pub use startup::Application;
+
+use foodorder_runtime::db::Schema;
+
+/// The payment service's schema: payment requests and attempts, the gateway ledger, outbox.
+pub static SCHEMA: Schema = Schema::new("payments", sqlx::migrate!("../../migrations/payments"));
+
+/// Where `order.placed` records the payment service cannot read go.
+pub const DEAD_LETTER_TOPIC: &str = "payment.dlq";

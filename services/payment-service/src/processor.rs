@@ -11,8 +11,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use foodorder_common::backoff::Backoff;
-use foodorder_common::metrics::{LatencyFamily, Metrics, latency_histogram};
+use foodorder_runtime::backoff::Backoff;
+use foodorder_runtime::metrics::{LatencyFamily, Metrics, latency_histogram};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

@@ -1,64 +1,103 @@
-//! What makes the payment service (see `foodorder_common::service`): the
-//! `order.placed` consumer with the payment handler, and the outbox relay for
-//! `payment.completed`.
+//! How the payment service is put together on the [`ServiceHost`]: the
+//! `order.placed` consumer with the payment handler, and the outbox relay that
+//! publishes `payment.completed`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use foodorder_common::db::{self, Schema};
-use foodorder_common::metrics::Metrics;
-use foodorder_common::outbox::RelayConfig;
-use foodorder_common::service::{Assembly, ConsumerApp, ConsumerApplication, ConsumerConfig};
+use foodorder_contract::topics::{ORDER_PLACED, PAYMENT_COMPLETED};
+use foodorder_runtime::db;
+use foodorder_runtime::host::ServiceHost;
+use foodorder_runtime::outbox::RelayConfig;
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 use crate::breaker::CircuitBreaker;
 use crate::config::Config;
 use crate::gateway::MockGateway;
 use crate::handler::PaymentHandler;
 use crate::processor::PaymentProcessor;
+use crate::{DEAD_LETTER_TOPIC, SCHEMA};
+
+/// Service name: logs, traces, Kafka client ids.
+pub const NAME: &str = "payment-service";
 
 /// The payment service, built and ready to run.
-pub type Application = ConsumerApplication<Config>;
+pub struct Application {
+    host: ServiceHost,
+}
 
-impl ConsumerApp for Config {
-    const NAME: &'static str = "payment-service";
-    const SCHEMA: &'static Schema = &db::PAYMENTS;
-    type Handler = PaymentHandler<MockGateway>;
-
-    fn consumer(&self) -> &ConsumerConfig {
-        &self.consumer
+impl Application {
+    /// Connects to PostgreSQL (creating the database, migrating the `payments`
+    /// schema) and binds the HTTP endpoint.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let consumer = &config.consumer;
+        let host = ServiceHost::connect(
+            NAME,
+            &consumer.database,
+            &SCHEMA,
+            consumer.kafka.clone(),
+            consumer.health_addr,
+        )
+        .await?;
+        Ok(Self::assemble(config, host))
     }
 
-    fn assemble(self, pool: &PgPool, metrics: &Metrics) -> Assembly<Self::Handler> {
+    /// Uses an existing pool, already migrated for the `payments` schema.
+    pub async fn build_with_pool(config: Config, pool: PgPool) -> anyhow::Result<Self> {
+        let consumer = &config.consumer;
+        let host = ServiceHost::with_pool(
+            NAME,
+            pool,
+            &SCHEMA,
+            consumer.kafka.clone(),
+            consumer.health_addr,
+        )
+        .await?;
+        Ok(Self::assemble(config, host))
+    }
+
+    fn assemble(config: Config, host: ServiceHost) -> Self {
         // The mock gateway keeps its ledger through a pool of its own, as a
         // remote gateway would: consumers holding every service connection
         // must not make the gateway look slow (and trip the breaker).
-        let gateway_pool = db::side_pool(pool, self.gateway.db_connections);
+        let gateway_pool = db::side_pool(host.pool(), config.gateway.db_connections);
         let processor = Arc::new(
             PaymentProcessor::new(
-                MockGateway::new(gateway_pool, self.gateway.clone()),
-                CircuitBreaker::new(self.breaker.clone()),
-                self.payment.clone(),
+                MockGateway::new(gateway_pool, config.gateway.clone()),
+                CircuitBreaker::new(config.breaker.clone()),
+                config.payment.clone(),
             )
-            .with_metrics(metrics),
+            .with_metrics(host.metrics()),
         );
-        let topics = &self.consumer.kafka.topics;
+        let payment_completed = host.kafka().topic(PAYMENT_COMPLETED);
         let handler = PaymentHandler::new(
-            pool.clone(),
+            host.pool().clone(),
             processor,
-            topics.payment_completed.clone(),
-            self.crash_after_charge,
+            payment_completed.clone(),
+            config.crash_after_charge,
         )
-        .settling_poison_after(self.poison_settle_after);
-        Assembly {
-            settings: self
-                .consumer
-                .settings(&topics.order_placed, &topics.payment_dlq),
-            relay: Some(RelayConfig {
-                topics: vec![topics.payment_completed.clone()],
-                ..self.relay
-            }),
-            kafka: self.consumer.kafka,
-            handler,
-        }
+        .settling_poison_after(config.poison_settle_after);
+        let host = host
+            .relay(RelayConfig {
+                topics: vec![payment_completed],
+                ..config.relay
+            })
+            .consumer(
+                config.consumer.settings(ORDER_PLACED, DEAD_LETTER_TOPIC),
+                handler,
+            )
+            .shutdown_grace(config.consumer.shutdown_grace);
+        Self { host }
+    }
+
+    /// Address of the HTTP endpoint.
+    pub fn health_addr(&self) -> SocketAddr {
+        self.host.http_addr()
+    }
+
+    /// Consumes until `shutdown`, then drains, commits, stops the relay and closes the pool.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        self.host.run_until_stopped(shutdown).await
     }
 }

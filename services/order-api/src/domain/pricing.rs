@@ -6,9 +6,9 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use foodorder_common::events;
-use foodorder_common::money::format_money;
-use foodorder_proto::v1::{OrderPlaced, OrderPlacedItem};
+use foodorder_contract::events;
+use foodorder_contract::money::format_money;
+use foodorder_contract::v1::{OrderPlaced, OrderPlacedItem};
 use rust_decimal::Decimal;
 use uuid::Uuid;
 

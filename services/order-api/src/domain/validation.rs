@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use foodorder_proto::v1::PlaceOrderRequest;
+use foodorder_contract::v1::PlaceOrderRequest;
 use sha2::{Digest, Sha256};
 
 /// Longest accepted customer name, in characters.
@@ -257,7 +257,7 @@ pub fn is_valid_email(email: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use foodorder_proto::v1::OrderItemInput;
+    use foodorder_contract::v1::OrderItemInput;
 
     use super::*;
 

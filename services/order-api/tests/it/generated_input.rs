@@ -8,7 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::support::spawn_app;
-use foodorder_proto::v1::{GetOrderRequest, OrderItemInput, PlaceOrderRequest, WatchOrderRequest};
+use foodorder_contract::v1::{
+    GetOrderRequest, OrderItemInput, PlaceOrderRequest, WatchOrderRequest,
+};
 use rust_decimal::Decimal;
 use tonic::Code;
 
@@ -148,11 +150,13 @@ fn caller_status(code: Code) -> bool {
     )
 }
 
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+)]
 #[tokio::test]
 async fn ten_thousand_generated_requests_get_precise_statuses_and_write_nothing_wrong() {
-    let Some((pool, _database)) = foodorder_common::testing::database().await else {
-        return;
-    };
+    let (pool, _database) = foodorder_testkit::database(&[&order_api::SCHEMA]).await;
     let app = spawn_app(pool).await;
     let prices: BTreeMap<i32, Decimal> =
         sqlx::query_as::<_, (i32, Decimal)>("SELECT id, price FROM orders.menu_items")

@@ -3,17 +3,19 @@
 
 use std::time::Duration;
 
-use foodorder_common::consumer::DLQ_ERROR;
-use foodorder_common::testing;
-use foodorder_proto::v1::{GetOrderRequest, OrderStatus, PaymentStatus};
+use foodorder_contract::v1::{GetOrderRequest, OrderStatus, PaymentStatus};
+use foodorder_runtime::consumer::DLQ_ERROR;
+use foodorder_testkit as testing;
 
 use crate::support::{self, order_request, spawn_app};
 
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+)]
 #[tokio::test]
 async fn payment_outcomes_finish_orders_once_and_poison_is_dead_lettered() {
-    let Some((pool, _database)) = foodorder_common::testing::database().await else {
-        return;
-    };
+    let (pool, _database) = foodorder_testkit::database(&[&order_api::SCHEMA]).await;
     let app = spawn_app(pool).await;
     let mut client = app.client.clone();
     let mut placed = Vec::new();
@@ -70,7 +72,7 @@ async fn payment_outcomes_finish_orders_once_and_poison_is_dead_lettered() {
     }
     let dead = testing::collect_records_async(
         &app.kafka.bootstrap_servers,
-        &app.kafka.topics.order_dlq,
+        &app.kafka.topic(order_api::DEAD_LETTER_TOPIC),
         app.kafka.dlq_partitions,
         3,
         Duration::from_secs(60),
@@ -104,7 +106,9 @@ async fn payment_outcomes_finish_orders_once_and_poison_is_dead_lettered() {
     let (bootstrap, group, topic) = (
         app.kafka.bootstrap_servers.clone(),
         app.group.clone(),
-        app.kafka.topics.payment_completed.clone(),
+        app.kafka
+            .topic(foodorder_contract::topics::PAYMENT_COMPLETED)
+            .clone(),
     );
     testing::wait_for(
         "the order API's group to consume every record",

@@ -3,15 +3,19 @@
 use std::time::Duration;
 
 use crate::support::{self, order_request, spawn_app};
-use foodorder_proto::v1::{GetOrderRequest, ListMenuItemsRequest, OrderStatus, WatchOrderRequest};
+use foodorder_contract::v1::{
+    GetOrderRequest, ListMenuItemsRequest, OrderStatus, WatchOrderRequest,
+};
 use tokio_stream::StreamExt;
 use tonic::Code;
 
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+)]
 #[tokio::test]
 async fn menu_lists_the_seeded_items() {
-    let Some((pool, _database)) = foodorder_common::testing::database().await else {
-        return;
-    };
+    let (pool, _database) = foodorder_testkit::database(&[&order_api::SCHEMA]).await;
     let app = spawn_app(pool).await;
     let menu = app
         .client
@@ -42,11 +46,13 @@ async fn menu_lists_the_seeded_items() {
     app.stop().await;
 }
 
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+)]
 #[tokio::test]
 async fn get_order_returns_the_order_or_a_precise_error() {
-    let Some((pool, _database)) = foodorder_common::testing::database().await else {
-        return;
-    };
+    let (pool, _database) = foodorder_testkit::database(&[&order_api::SCHEMA]).await;
     let app = spawn_app(pool).await;
     let mut client = app.client.clone();
     let placed = client
@@ -91,11 +97,13 @@ async fn get_order_returns_the_order_or_a_precise_error() {
     app.stop().await;
 }
 
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+)]
 #[tokio::test]
 async fn watch_order_streams_changes_until_terminal() {
-    let Some((pool, _database)) = foodorder_common::testing::database().await else {
-        return;
-    };
+    let (pool, _database) = foodorder_testkit::database(&[&order_api::SCHEMA]).await;
     let app = spawn_app(pool).await;
     let mut client = app.client.clone();
     let placed = client
@@ -163,11 +171,13 @@ async fn watch_order_streams_changes_until_terminal() {
     app.stop().await;
 }
 
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+)]
 #[tokio::test]
 async fn many_watchers_each_see_their_own_order() {
-    let Some((pool, _database)) = foodorder_common::testing::database().await else {
-        return;
-    };
+    let (pool, _database) = foodorder_testkit::database(&[&order_api::SCHEMA]).await;
     let app = spawn_app(pool).await;
     let mut client = app.client.clone();
     let mut streams = Vec::new();
@@ -211,11 +221,13 @@ async fn many_watchers_each_see_their_own_order() {
     app.stop().await;
 }
 
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+)]
 #[tokio::test]
 async fn reflection_and_health_work_without_proto_files() {
-    let Some((pool, _database)) = foodorder_common::testing::database().await else {
-        return;
-    };
+    let (pool, _database) = foodorder_testkit::database(&[&order_api::SCHEMA]).await;
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as V1AlphaClient;
@@ -302,11 +314,13 @@ async fn reflection_and_health_work_without_proto_files() {
     app.stop().await;
 }
 
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+)]
 #[tokio::test]
 async fn a_client_that_leaves_frees_its_watch() {
-    let Some((pool, _database)) = foodorder_common::testing::database().await else {
-        return;
-    };
+    let (pool, _database) = foodorder_testkit::database(&[&order_api::SCHEMA]).await;
     let app = spawn_app(pool).await;
     let mut client = app.client.clone();
     let order = client
@@ -334,7 +348,7 @@ async fn a_client_that_leaves_frees_its_watch() {
         "one entry for the watched order"
     );
     drop(streams);
-    foodorder_common::testing::wait_for(
+    foodorder_testkit::wait_for(
         "the server to drop the abandoned watches",
         Duration::from_secs(10),
         || async { (app.watch_hub.watched_orders() == 0).then_some(()) },
@@ -343,16 +357,17 @@ async fn a_client_that_leaves_frees_its_watch() {
     app.stop().await;
 }
 
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+)]
 #[tokio::test]
 async fn watches_beyond_the_cap_are_refused_and_orders_still_go_through() {
-    let Some((pool, _database)) = foodorder_common::testing::database().await else {
-        return;
-    };
-    let app =
-        crate::support::spawn_app_with(pool, foodorder_common::testing::kafka_config(), |config| {
-            config.watch_max_streams = 3;
-        })
-        .await;
+    let (pool, _database) = foodorder_testkit::database(&[&order_api::SCHEMA]).await;
+    let app = crate::support::spawn_app_with(pool, foodorder_testkit::kafka_config(), |config| {
+        config.watch_max_streams = 3;
+    })
+    .await;
     let mut client = app.client.clone();
     let order = client
         .place_order(order_request(&[(2, 1)]))
@@ -380,7 +395,7 @@ async fn watches_beyond_the_cap_are_refused_and_orders_still_go_through() {
         .expect("PlaceOrder is served while the watches are open");
 
     drop(streams);
-    let mut again = foodorder_common::testing::wait_for(
+    let mut again = foodorder_testkit::wait_for(
         "a watch to be accepted once the others closed",
         Duration::from_secs(10),
         || async { watch().await.ok() },
@@ -393,13 +408,15 @@ async fn watches_beyond_the_cap_are_refused_and_orders_still_go_through() {
 
 /// `/metrics` counts calls by method and code, new orders (not idempotent
 /// replays), published outbox rows and open WatchOrder streams.
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+)]
 #[tokio::test]
 async fn metrics_count_calls_orders_outbox_and_streams() {
-    let Some((pool, _database)) = foodorder_common::testing::database().await else {
-        return;
-    };
+    let (pool, _database) = foodorder_testkit::database(&[&order_api::SCHEMA]).await;
     use crate::support::with_metadata;
-    use foodorder_common::testing::{http_get, metric_value, wait_for_metric};
+    use foodorder_testkit::{http_get, metric_value, wait_for_metric};
 
     let app = spawn_app(pool).await;
     let mut client = app.client.clone();
@@ -468,7 +485,7 @@ async fn metrics_count_calls_orders_outbox_and_streams() {
     assert!(metric_value(&scrape, r#"foodorder_db_pool_connections{state="idle"}"#).is_some());
     assert!(metric_value(&scrape, "process_resident_memory_bytes").unwrap() > 1e6);
 
-    let topic = &app.kafka.topics.order_placed;
+    let topic = &app.kafka.topic(foodorder_contract::topics::ORDER_PLACED);
     wait_for_metric(
         http,
         &format!(r#"foodorder_outbox_published_total{{topic="{topic}"}}"#),

@@ -7,11 +7,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use foodorder_common::config::{DatabaseConfig, KafkaConfig, Secret};
-use foodorder_common::outbox::RelayConfig;
-use foodorder_common::testing;
-use foodorder_proto::v1::order_service_client::OrderServiceClient;
-use foodorder_proto::v1::{OrderItemInput, PlaceOrderRequest};
+use foodorder_contract::v1::order_service_client::OrderServiceClient;
+use foodorder_contract::v1::{OrderItemInput, PlaceOrderRequest};
+use foodorder_runtime::config::{DatabaseConfig, KafkaConfig, Secret};
+use foodorder_runtime::outbox::RelayConfig;
+use foodorder_testkit as testing;
 use order_api::group_commit::GroupCommitConfig;
 use order_api::{Application, Config};
 use sqlx::PgPool;
@@ -51,7 +51,7 @@ pub async fn spawn_app_with(
     kafka: KafkaConfig,
     adjust: impl FnOnce(&mut Config),
 ) -> TestApp {
-    foodorder_common::telemetry::init_for_tests();
+    foodorder_runtime::telemetry::init_for_tests();
     let mut config = Config {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
@@ -134,7 +134,7 @@ impl TestApp {
     ) -> Vec<testing::Record> {
         testing::collect_records_async(
             &self.kafka.bootstrap_servers,
-            &self.kafka.topics.order_placed,
+            &self.kafka.topic(foodorder_contract::topics::ORDER_PLACED),
             self.kafka.event_partitions,
             expected,
             Duration::from_secs(60),
@@ -201,24 +201,26 @@ pub async fn publish_payment_outcome(
 /// A valid `PaymentCompleted` for `order_id`.
 pub fn payment_completed(order_id: &str, amount: &str, success: bool) -> Vec<u8> {
     use prost::Message;
-    foodorder_proto::v1::PaymentCompleted {
+    foodorder_contract::v1::PaymentCompleted {
         order_id: order_id.to_owned(),
         amount: amount.to_owned(),
         payment_id: uuid::Uuid::now_v7().to_string(),
-        ..foodorder_common::fuzzing::seed_payment_completed(success)
+        ..foodorder_testkit::fuzzing::seed_payment_completed(success)
     }
     .encode_to_vec()
 }
 
 /// Publishes `payload` on `payment.completed` keyed by `key`.
 pub async fn publish_payment_completed(kafka_config: &KafkaConfig, key: &str, payload: Vec<u8>) {
-    let producer = foodorder_common::kafka::idempotent_producer(kafka_config, "order-api-test")
+    let producer = foodorder_runtime::kafka::idempotent_producer(kafka_config, "order-api-test")
         .expect("producer");
     producer
         .send(
-            rdkafka::producer::FutureRecord::to(&kafka_config.topics.payment_completed)
-                .key(key)
-                .payload(&payload),
+            rdkafka::producer::FutureRecord::to(
+                &kafka_config.topic(foodorder_contract::topics::PAYMENT_COMPLETED),
+            )
+            .key(key)
+            .payload(&payload),
             Duration::from_secs(10),
         )
         .await

@@ -4,13 +4,15 @@
 use std::time::Duration;
 
 use crate::support::*;
-use foodorder_common::testing;
+use foodorder_testkit as testing;
 
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+)]
 #[tokio::test]
 async fn crash_between_charge_and_commit_charges_once() {
-    let Some((pool, _database)) = foodorder_common::testing::database().await else {
-        return;
-    };
+    let (pool, _database) = foodorder_testkit::database(&[&payment_service::SCHEMA]).await;
     let kafka = testing::kafka_config();
     let producer = producer(&kafka).await;
     let order_id = new_order_id();

@@ -6,15 +6,17 @@
 use std::time::Duration;
 
 use crate::support::*;
-use foodorder_common::testing::{self, CuttableProxy};
+use foodorder_testkit::{self as testing, CuttableProxy};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+)]
 #[tokio::test]
 async fn database_outage_delays_payment_but_loses_and_doubles_nothing() {
-    let Some((pool, _database)) = foodorder_common::testing::database().await else {
-        return;
-    };
+    let (pool, _database) = foodorder_testkit::database(&[&payment_service::SCHEMA]).await;
     let (proxy, options) = database_proxy(&pool).await;
     let proxied_pool = PgPoolOptions::new()
         .max_connections(5)
@@ -52,11 +54,13 @@ async fn database_outage_delays_payment_but_loses_and_doubles_nothing() {
 
 /// A service started while PostgreSQL is unreachable (a database restart)
 /// waits for it instead of exiting, then works normally.
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+)]
 #[tokio::test]
 async fn a_service_started_while_the_database_is_down_comes_up_with_it() {
-    let Some((pool, _database)) = foodorder_common::testing::database().await else {
-        return;
-    };
+    let (pool, _database) = foodorder_testkit::database(&[&payment_service::SCHEMA]).await;
     let (proxy, options) = database_proxy(&pool).await;
     proxy.cut();
     let url = database_url(&pool).replacen(
@@ -67,7 +71,7 @@ async fn a_service_started_while_the_database_is_down_comes_up_with_it() {
     let kafka = testing::kafka_config();
     let producer = producer(&kafka).await;
     let mut config = test_config(kafka.clone(), 0.0);
-    config.consumer.database.url = foodorder_common::config::Secret::new(url);
+    config.consumer.database.url = foodorder_runtime::config::Secret::new(url);
     let building = tokio::spawn(payment_service::Application::build(config));
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
@@ -102,11 +106,13 @@ async fn database_proxy(pool: &PgPool) -> (CuttableProxy, PgConnectOptions) {
 
 /// A consumer's `/readyz` follows PostgreSQL: 503 naming it while it is
 /// unreachable, 200 once it is back; `/healthz` stays 200.
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+)]
 #[tokio::test]
 async fn readiness_follows_the_database() {
-    let Some((pool, _database)) = foodorder_common::testing::database().await else {
-        return;
-    };
+    let (pool, _database) = foodorder_testkit::database(&[&payment_service::SCHEMA]).await;
     let (proxy, options) = database_proxy(&pool).await;
     let proxied_pool = PgPoolOptions::new()
         .max_connections(5)

@@ -3,18 +3,20 @@
 use std::time::Duration;
 
 use crate::support::*;
-use foodorder_common::consumer::{
+use foodorder_contract::v1::{OrderStatus, PaymentCompleted};
+use foodorder_runtime::consumer::{
     DLQ_ERROR, DLQ_SOURCE_OFFSET, DLQ_SOURCE_PARTITION, DLQ_SOURCE_TOPIC,
 };
-use foodorder_common::testing;
-use foodorder_proto::v1::{OrderStatus, PaymentCompleted};
+use foodorder_testkit as testing;
 use prost::Message;
 
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+)]
 #[tokio::test]
 async fn placed_order_is_paid_once_and_reported() {
-    let Some((pool, _database)) = foodorder_common::testing::database().await else {
-        return;
-    };
+    let (pool, _database) = foodorder_testkit::database(&[&payment_service::SCHEMA]).await;
     let kafka = testing::kafka_config();
     let producer = producer(&kafka).await;
     let service = spawn_service(pool.clone(), test_config(kafka.clone(), 0.0)).await;
@@ -61,11 +63,13 @@ async fn placed_order_is_paid_once_and_reported() {
     service.stop().await;
 }
 
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+)]
 #[tokio::test]
 async fn declined_payment_fails_the_order() {
-    let Some((pool, _database)) = foodorder_common::testing::database().await else {
-        return;
-    };
+    let (pool, _database) = foodorder_testkit::database(&[&payment_service::SCHEMA]).await;
     let kafka = testing::kafka_config();
     let producer = producer(&kafka).await;
     let service = spawn_service(pool.clone(), test_config(kafka.clone(), 1.0)).await;
@@ -84,11 +88,13 @@ async fn declined_payment_fails_the_order() {
     service.stop().await;
 }
 
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+)]
 #[tokio::test]
 async fn timeouts_are_retried_then_fail() {
-    let Some((pool, _database)) = foodorder_common::testing::database().await else {
-        return;
-    };
+    let (pool, _database) = foodorder_testkit::database(&[&payment_service::SCHEMA]).await;
     let kafka = testing::kafka_config();
     let producer = producer(&kafka).await;
     let mut config = test_config(kafka.clone(), 0.0);
@@ -135,11 +141,13 @@ async fn timeouts_are_retried_then_fail() {
     service.stop().await;
 }
 
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+)]
 #[tokio::test]
 async fn duplicate_deliveries_charge_and_report_once() {
-    let Some((pool, _database)) = foodorder_common::testing::database().await else {
-        return;
-    };
+    let (pool, _database) = foodorder_testkit::database(&[&payment_service::SCHEMA]).await;
     let kafka = testing::kafka_config();
     let producer = producer(&kafka).await;
     let order_id = new_order_id();
@@ -154,7 +162,7 @@ async fn duplicate_deliveries_charge_and_report_once() {
     assert_eq!(charges(&pool, order_id).await, 1);
 
     // The metrics tell the same story: one payment, four duplicates, nothing left behind.
-    let topic = &kafka.topics.order_placed;
+    let topic = &kafka.topic(foodorder_contract::topics::ORDER_PLACED);
     let records = |outcome: &str| {
         format!(r#"foodorder_consumer_records_total{{topic="{topic}",outcome="{outcome}"}}"#)
     };
@@ -194,7 +202,7 @@ async fn duplicate_deliveries_charge_and_report_once() {
         Some(0.0),
         "{scrape}"
     );
-    let completed = &kafka.topics.payment_completed;
+    let completed = &kafka.topic(foodorder_contract::topics::PAYMENT_COMPLETED);
     testing::wait_for_metric(
         service.http,
         &format!(r#"foodorder_outbox_published_total{{topic="{completed}"}}"#),
@@ -225,18 +233,20 @@ async fn duplicate_deliveries_charge_and_report_once() {
     service.stop().await;
 }
 
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+)]
 #[tokio::test]
 async fn poison_messages_go_to_the_dlq_and_do_not_stall() {
-    let Some((pool, _database)) = foodorder_common::testing::database().await else {
-        return;
-    };
+    let (pool, _database) = foodorder_testkit::database(&[&payment_service::SCHEMA]).await;
     let kafka = testing::kafka_config();
     let producer = producer(&kafka).await;
     let known_order = known_order(&pool).await;
     let good_order = new_order_id();
     send_raw(
         &producer,
-        &kafka.topics.order_placed,
+        &kafka.topic(foodorder_contract::topics::ORDER_PLACED),
         "not-an-order",
         b"\xff\xfe garbage",
         "req-poison",
@@ -244,7 +254,7 @@ async fn poison_messages_go_to_the_dlq_and_do_not_stall() {
     .await;
     send_raw(
         &producer,
-        &kafka.topics.order_placed,
+        &kafka.topic(foodorder_contract::topics::ORDER_PLACED),
         &known_order.to_string(),
         b"\x0a\xff",
         "req-known",
@@ -273,7 +283,7 @@ async fn poison_messages_go_to_the_dlq_and_do_not_stall() {
 
     let dead = testing::collect_records_async(
         &kafka.bootstrap_servers,
-        &kafka.topics.payment_dlq,
+        &kafka.topic(payment_service::DEAD_LETTER_TOPIC),
         kafka.dlq_partitions,
         2,
         Duration::from_secs(60),
@@ -286,7 +296,10 @@ async fn poison_messages_go_to_the_dlq_and_do_not_stall() {
         .find(|record| record.key == "not-an-order")
         .expect("garbage dead-lettered");
     assert_eq!(garbage.payload, b"\xff\xfe garbage");
-    assert_eq!(garbage.headers[DLQ_SOURCE_TOPIC], kafka.topics.order_placed);
+    assert_eq!(
+        garbage.headers[DLQ_SOURCE_TOPIC],
+        kafka.topic(foodorder_contract::topics::ORDER_PLACED)
+    );
     assert!(garbage.headers[DLQ_SOURCE_PARTITION].parse::<i32>().is_ok());
     assert!(garbage.headers[DLQ_SOURCE_OFFSET].parse::<i64>().is_ok());
     assert!(
@@ -301,17 +314,19 @@ async fn poison_messages_go_to_the_dlq_and_do_not_stall() {
     assert!(garbage.headers.contains_key("dlq-failed-at"));
     let dead_lettered = format!(
         r#"foodorder_consumer_records_total{{topic="{}",outcome="dead_lettered"}}"#,
-        kafka.topics.order_placed
+        kafka.topic(foodorder_contract::topics::ORDER_PLACED)
     );
     testing::wait_for_metric(service.http, &dead_lettered, |count| count == 2.0).await;
     service.stop().await;
 }
 
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+)]
 #[tokio::test]
 async fn header_names_that_are_not_utf8_neither_crash_nor_lose_anything() {
-    let Some((pool, _database)) = foodorder_common::testing::database().await else {
-        return;
-    };
+    let (pool, _database) = foodorder_testkit::database(&[&payment_service::SCHEMA]).await;
     let kafka = testing::kafka_config();
     let producer = producer(&kafka).await;
     let service = spawn_service(pool.clone(), test_config(kafka.clone(), 0.0)).await;
@@ -324,7 +339,7 @@ async fn header_names_that_are_not_utf8_neither_crash_nor_lose_anything() {
     let valid_order = new_order_id();
     testing::produce_raw(
         &kafka.bootstrap_servers,
-        &kafka.topics.order_placed,
+        &kafka.topic(foodorder_contract::topics::ORDER_PLACED),
         0,
         Some(valid_order.to_string().as_bytes()),
         Some(&order_placed(valid_order).encode_to_vec()),
@@ -334,7 +349,7 @@ async fn header_names_that_are_not_utf8_neither_crash_nor_lose_anything() {
     // Garbage with the same headers: dead-lettered byte for byte.
     testing::produce_raw(
         &kafka.bootstrap_servers,
-        &kafka.topics.order_placed,
+        &kafka.topic(foodorder_contract::topics::ORDER_PLACED),
         0,
         Some(b"hostile-key"),
         Some(b"\x00\x01 not protobuf"),
@@ -349,7 +364,7 @@ async fn header_names_that_are_not_utf8_neither_crash_nor_lose_anything() {
     assert!(!service.is_finished(), "the service is still running");
     let dead = testing::collect_records_async(
         &kafka.bootstrap_servers,
-        &kafka.topics.payment_dlq,
+        &kafka.topic(payment_service::DEAD_LETTER_TOPIC),
         kafka.dlq_partitions,
         1,
         Duration::from_secs(60),
@@ -364,15 +379,20 @@ async fn header_names_that_are_not_utf8_neither_crash_nor_lose_anything() {
         hostile_headers[..],
         "the original headers, byte for byte, come first"
     );
-    assert_eq!(dead[0].headers[DLQ_SOURCE_TOPIC], kafka.topics.order_placed);
+    assert_eq!(
+        dead[0].headers[DLQ_SOURCE_TOPIC],
+        kafka.topic(foodorder_contract::topics::ORDER_PLACED)
+    );
     service.stop().await;
 }
 
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+)]
 #[tokio::test]
 async fn the_largest_record_and_a_deleted_dlq_topic_still_reach_the_dlq() {
-    let Some((pool, _database)) = foodorder_common::testing::database().await else {
-        return;
-    };
+    let (pool, _database) = foodorder_testkit::database(&[&payment_service::SCHEMA]).await;
     use rdkafka::admin::{AdminClient, AdminOptions};
     use rdkafka::client::DefaultClientContext;
 
@@ -380,20 +400,23 @@ async fn the_largest_record_and_a_deleted_dlq_topic_still_reach_the_dlq() {
     let producer = producer(&kafka).await;
     let service = spawn_service(pool.clone(), test_config(kafka.clone(), 0.0)).await;
     let admin: AdminClient<DefaultClientContext> =
-        foodorder_common::kafka::client_config(&kafka, "test-admin")
+        foodorder_runtime::kafka::client_config(&kafka, "test-admin")
             .create()
             .unwrap();
     let deleted = admin
-        .delete_topics(&[&kafka.topics.payment_dlq], &AdminOptions::new())
+        .delete_topics(
+            &[&kafka.topic(payment_service::DEAD_LETTER_TOPIC)],
+            &AdminOptions::new(),
+        )
         .await
         .unwrap();
     assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
 
     // As large as the event topic accepts: its dead-letter copy is larger still.
-    let huge = vec![0xab_u8; foodorder_common::kafka::EVENT_MAX_MESSAGE_BYTES - 4096];
+    let huge = vec![0xab_u8; foodorder_runtime::kafka::EVENT_MAX_MESSAGE_BYTES - 4096];
     testing::produce_raw(
         &kafka.bootstrap_servers,
-        &kafka.topics.order_placed,
+        &kafka.topic(foodorder_contract::topics::ORDER_PLACED),
         1,
         Some(b"huge-key"),
         Some(&huge),
@@ -406,7 +429,7 @@ async fn the_largest_record_and_a_deleted_dlq_topic_still_reach_the_dlq() {
 
     let dead = testing::collect_records_async(
         &kafka.bootstrap_servers,
-        &kafka.topics.payment_dlq,
+        &kafka.topic(payment_service::DEAD_LETTER_TOPIC),
         kafka.dlq_partitions,
         1,
         Duration::from_secs(90),
@@ -421,11 +444,13 @@ async fn the_largest_record_and_a_deleted_dlq_topic_still_reach_the_dlq() {
     service.stop().await;
 }
 
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+)]
 #[tokio::test]
 async fn a_poison_record_voids_its_order_and_a_charge_that_landed_first_stands() {
-    let Some((pool, _database)) = foodorder_common::testing::database().await else {
-        return;
-    };
+    let (pool, _database) = foodorder_testkit::database(&[&payment_service::SCHEMA]).await;
     let kafka = testing::kafka_config();
     let producer = producer(&kafka).await;
     let unpaid = known_order(&pool).await;
@@ -443,7 +468,7 @@ async fn a_poison_record_voids_its_order_and_a_charge_that_landed_first_stands()
     for order_id in [unpaid, charged] {
         send_raw(
             &producer,
-            &kafka.topics.order_placed,
+            &kafka.topic(foodorder_contract::topics::ORDER_PLACED),
             &order_id.to_string(),
             b"\x0a\xff not an OrderPlaced",
             "req-poison-known",
@@ -471,11 +496,13 @@ async fn a_poison_record_voids_its_order_and_a_charge_that_landed_first_stands()
 
 /// The payment-slowdown incident (the gateway's latency settings): the gateway
 /// latency histogram shows it.
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+)]
 #[tokio::test]
 async fn a_gateway_slowdown_shows_in_the_gateway_latency_histogram() {
-    let Some((pool, _database)) = foodorder_common::testing::database().await else {
-        return;
-    };
+    let (pool, _database) = foodorder_testkit::database(&[&payment_service::SCHEMA]).await;
     let kafka = testing::kafka_config();
     let producer = producer(&kafka).await;
     let mut config = test_config(kafka.clone(), 0.0);
@@ -504,11 +531,13 @@ async fn a_gateway_slowdown_shows_in_the_gateway_latency_histogram() {
 /// A dead-letter topic made by an older version (the broker's default
 /// `max.message.bytes`) is widened at start, keeping its other settings, so
 /// the dead-letter copy of the largest record still fits.
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+)]
 #[tokio::test]
 async fn a_narrow_dead_letter_topic_is_widened_and_keeps_its_settings() {
-    let Some((pool, _database)) = foodorder_common::testing::database().await else {
-        return;
-    };
+    let (pool, _database) = foodorder_testkit::database(&[&payment_service::SCHEMA]).await;
     use rdkafka::admin::{
         AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication,
     };
@@ -516,10 +545,11 @@ async fn a_narrow_dead_letter_topic_is_widened_and_keeps_its_settings() {
 
     let kafka = testing::kafka_config();
     let admin: AdminClient<DefaultClientContext> =
-        foodorder_common::kafka::client_config(&kafka, "test-admin")
+        foodorder_runtime::kafka::client_config(&kafka, "test-admin")
             .create()
             .unwrap();
-    let narrow = NewTopic::new(&kafka.topics.payment_dlq, 1, TopicReplication::Fixed(1))
+    let dead_letter_topic = kafka.topic(payment_service::DEAD_LETTER_TOPIC);
+    let narrow = NewTopic::new(&dead_letter_topic, 1, TopicReplication::Fixed(1))
         .set("retention.ms", "123456789");
     let created = admin
         .create_topics(&[narrow], &AdminOptions::new())
@@ -529,10 +559,10 @@ async fn a_narrow_dead_letter_topic_is_widened_and_keeps_its_settings() {
 
     let producer = producer(&kafka).await;
     let service = spawn_service(pool.clone(), test_config(kafka.clone(), 0.0)).await;
-    let huge = vec![0xcd_u8; foodorder_common::kafka::EVENT_MAX_MESSAGE_BYTES - 4096];
+    let huge = vec![0xcd_u8; foodorder_runtime::kafka::EVENT_MAX_MESSAGE_BYTES - 4096];
     testing::produce_raw(
         &kafka.bootstrap_servers,
-        &kafka.topics.order_placed,
+        &kafka.topic(foodorder_contract::topics::ORDER_PLACED),
         0,
         Some(b"huge-key"),
         Some(&huge),
@@ -544,7 +574,7 @@ async fn a_narrow_dead_letter_topic_is_widened_and_keeps_its_settings() {
     assert_eq!(wait_for_payment(&pool, after).await.0, "COMPLETED");
     let dead = testing::collect_records_async(
         &kafka.bootstrap_servers,
-        &kafka.topics.payment_dlq,
+        &kafka.topic(payment_service::DEAD_LETTER_TOPIC),
         1,
         1,
         Duration::from_secs(90),
@@ -556,7 +586,9 @@ async fn a_narrow_dead_letter_topic_is_widened_and_keeps_its_settings() {
 
     let described = admin
         .describe_configs(
-            &[ResourceSpecifier::Topic(&kafka.topics.payment_dlq)],
+            &[ResourceSpecifier::Topic(
+                &kafka.topic(payment_service::DEAD_LETTER_TOPIC),
+            )],
             &AdminOptions::new(),
         )
         .await
@@ -565,7 +597,7 @@ async fn a_narrow_dead_letter_topic_is_widened_and_keeps_its_settings() {
     let value = |name: &str| config.get(name).and_then(|entry| entry.value.clone());
     assert_eq!(
         value("max.message.bytes"),
-        Some(foodorder_common::kafka::DLQ_MAX_MESSAGE_BYTES.to_string())
+        Some(foodorder_runtime::kafka::DLQ_MAX_MESSAGE_BYTES.to_string())
     );
     assert_eq!(
         value("retention.ms").as_deref(),
@@ -575,11 +607,13 @@ async fn a_narrow_dead_letter_topic_is_widened_and_keeps_its_settings() {
     service.stop().await;
 }
 
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+)]
 #[tokio::test]
 async fn poison_for_an_order_never_requested_waits_for_its_real_event_then_settles_it() {
-    let Some((pool, _database)) = foodorder_common::testing::database().await else {
-        return;
-    };
+    let (pool, _database) = foodorder_testkit::database(&[&payment_service::SCHEMA]).await;
     let kafka = testing::kafka_config();
     let producer = producer(&kafka).await;
     // `arrives`: a stray record keyed by the order, then its real OrderPlaced.
@@ -591,7 +625,7 @@ async fn poison_for_an_order_never_requested_waits_for_its_real_event_then_settl
     for order_id in [arrives, never] {
         send_raw(
             &producer,
-            &kafka.topics.order_placed,
+            &kafka.topic(foodorder_contract::topics::ORDER_PLACED),
             &order_id.to_string(),
             b"\x0a\xff stray",
             "req-stray",
@@ -603,7 +637,7 @@ async fn poison_for_an_order_never_requested_waits_for_its_real_event_then_settl
     other_total.total_amount = "99.00".into();
     send_raw(
         &producer,
-        &kafka.topics.order_placed,
+        &kafka.topic(foodorder_contract::topics::ORDER_PLACED),
         &contradicted.to_string(),
         &other_total.encode_to_vec(),
         "req-contradicting",
@@ -649,7 +683,7 @@ async fn poison_for_an_order_never_requested_waits_for_its_real_event_then_settl
 
     let dead = testing::collect_records_async(
         &kafka.bootstrap_servers,
-        &kafka.topics.payment_dlq,
+        &kafka.topic(payment_service::DEAD_LETTER_TOPIC),
         kafka.dlq_partitions,
         3,
         Duration::from_secs(60),

@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::support::*;
-use foodorder_common::testing;
-use foodorder_proto::v1::PaymentCompleted;
+use foodorder_contract::v1::PaymentCompleted;
+use foodorder_testkit as testing;
 use prost::Message;
 use sqlx::PgPool;
 
@@ -23,19 +23,23 @@ const ORDERS: usize = 60;
 /// The session timeout both instances use: a killed member's partitions move after it.
 const SESSION_TIMEOUT_MS: &str = "6000";
 
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+)]
 #[tokio::test]
 async fn killing_one_of_two_instances_loses_and_doubles_nothing() {
-    let Some((pool, _database)) = foodorder_common::testing::database().await else {
-        return;
-    };
+    let (pool, _database) = foodorder_testkit::database(&[&payment_service::SCHEMA]).await;
     one_of_two_instances_stops(pool, "KILL").await;
 }
 
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+)]
 #[tokio::test]
 async fn stopping_one_of_two_instances_loses_and_doubles_nothing() {
-    let Some((pool, _database)) = foodorder_common::testing::database().await else {
-        return;
-    };
+    let (pool, _database) = foodorder_testkit::database(&[&payment_service::SCHEMA]).await;
     one_of_two_instances_stops(pool, "TERM").await;
 }
 
@@ -133,11 +137,13 @@ async fn one_of_two_instances_stops(pool: PgPool, signal: &str) {
 /// An instance whose every in-flight slot is busy (one slot, a 60 s gateway
 /// call) still serves a rebalance: its partitions are paused, not left
 /// unpolled, so a second instance gets its share long before the call ends.
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+)]
 #[tokio::test]
 async fn a_saturated_instance_still_hands_partitions_over() {
-    let Some((pool, _database)) = foodorder_common::testing::database().await else {
-        return;
-    };
+    let (pool, _database) = foodorder_testkit::database(&[&payment_service::SCHEMA]).await;
     let kafka = testing::kafka_config();
     let producer = producer(&kafka).await;
     let database_url = database_url(&pool);
@@ -184,11 +190,13 @@ async fn a_saturated_instance_still_hands_partitions_over() {
 
 /// `/healthz` (liveness) answers at once; `/readyz` only once the consumer is
 /// subscribed and holds its assignment, and not any more after shutdown begins.
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+)]
 #[tokio::test]
 async fn ready_only_once_the_consumer_holds_its_assignment() {
-    let Some((pool, _database)) = foodorder_common::testing::database().await else {
-        return;
-    };
+    let (pool, _database) = foodorder_testkit::database(&[&payment_service::SCHEMA]).await;
     let kafka = testing::kafka_config();
     let config = test_config(kafka.clone(), 0.0);
     let group = config.consumer.group_id.clone();

@@ -6,13 +6,13 @@
 
 use std::time::Duration;
 
-use foodorder_common::config::{DatabaseConfig, KafkaConfig, Secret};
-use foodorder_common::events;
-use foodorder_common::kafka;
-use foodorder_common::outbox::RelayConfig;
-use foodorder_common::service::ConsumerConfig;
-use foodorder_common::testing;
-use foodorder_proto::v1::{OrderPlaced, OrderPlacedItem, PaymentCompleted};
+use foodorder_contract::events;
+use foodorder_contract::v1::{OrderPlaced, OrderPlacedItem, PaymentCompleted};
+use foodorder_runtime::config::{DatabaseConfig, KafkaConfig, Secret};
+use foodorder_runtime::consumer::ConsumerConfig;
+use foodorder_runtime::kafka;
+use foodorder_runtime::outbox::RelayConfig;
+use foodorder_testkit as testing;
 use payment_service::config::{BreakerSettings, GatewaySettings, PaymentSettings};
 use payment_service::{Application, Config};
 use prost::Message;
@@ -67,7 +67,7 @@ pub struct TestService {
 }
 
 pub async fn spawn_service(pool: PgPool, config: Config) -> TestService {
-    foodorder_common::telemetry::init_for_tests();
+    foodorder_runtime::telemetry::init_for_tests();
     let application = Application::build_with_pool(config, pool)
         .await
         .expect("build payment service");
@@ -143,7 +143,7 @@ pub fn order_placed(order_id: Uuid) -> OrderPlaced {
 
 /// Creates the topics and returns a producer for test records.
 pub async fn producer(kafka: &KafkaConfig) -> FutureProducer {
-    kafka::ensure_topics(kafka, &kafka::platform_topics(kafka))
+    foodorder_testkit::create_event_topics(kafka)
         .await
         .expect("create topics");
     kafka::idempotent_producer(kafka, "payment-test-producer").unwrap()
@@ -180,7 +180,7 @@ pub async fn send_order_placed(producer: &FutureProducer, kafka: &KafkaConfig, o
     let payload = order_placed(order_id).encode_to_vec();
     send_raw(
         producer,
-        &kafka.topics.order_placed,
+        &kafka.topic(foodorder_contract::topics::ORDER_PLACED),
         &order_id.to_string(),
         &payload,
         &format!("req-{order_id}"),
@@ -234,7 +234,7 @@ pub async fn count(pool: &PgPool, sql: &str, order_id: Uuid) -> i64 {
 
 /// DATABASE_URL of this test's own database (for a service run as a process).
 pub fn database_url(pool: &PgPool) -> String {
-    let base = foodorder_common::testing::database_url();
+    let base = foodorder_testkit::database_url();
     let database = pool
         .connect_options()
         .get_database()
@@ -252,7 +252,7 @@ pub async fn payment_completed_records(
 ) -> Vec<testing::Record> {
     testing::collect_records_async(
         &kafka.bootstrap_servers,
-        &kafka.topics.payment_completed,
+        &kafka.topic(foodorder_contract::topics::PAYMENT_COMPLETED),
         kafka.event_partitions,
         expected,
         Duration::from_secs(60),
@@ -306,7 +306,9 @@ pub fn spawn_process(
         .env("KAFKA_BOOTSTRAP_SERVERS", &kafka.bootstrap_servers)
         .env(
             "KAFKA_TOPIC_PREFIX",
-            kafka.topics.order_placed.trim_end_matches("order.placed"),
+            kafka
+                .topic(foodorder_contract::topics::ORDER_PLACED)
+                .trim_end_matches("order.placed"),
         )
         .env("PAYMENT_CONSUMER_GROUP", group)
         .env("PAYMENT_MIN_LATENCY", "0")

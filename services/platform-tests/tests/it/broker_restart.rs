@@ -11,22 +11,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::support::Platform;
-use foodorder_common::testing::{self, PrivateBroker};
-use foodorder_proto::v1::order_service_client::OrderServiceClient;
-use foodorder_proto::v1::{OrderItemInput, PlaceOrderRequest};
+use foodorder_contract::v1::order_service_client::OrderServiceClient;
+use foodorder_contract::v1::{OrderItemInput, PlaceOrderRequest};
+use foodorder_testkit::{self as testing, PrivateBroker};
 use tonic::transport::Channel;
 
 /// How long each outage lasts.
 const OUTAGE: Duration = Duration::from_secs(3);
 
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+)]
 #[tokio::test]
 async fn broker_restarts_under_load_lose_and_double_nothing() {
-    if !PrivateBroker::available() {
-        return;
-    }
-    let Some((pool, _database)) = foodorder_common::testing::database().await else {
-        return;
-    };
+    let (pool, _database) = foodorder_testkit::database(crate::support::SCHEMAS).await;
     let mut broker = PrivateBroker::start(testing::free_port()).await;
     let mut platform = Platform::start(
         &pool,

@@ -9,20 +9,22 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::support::Platform;
-use foodorder_common::testing;
-use foodorder_proto::v1::{
+use foodorder_contract::v1::{
     ListMenuItemsRequest, OrderItemInput, OrderStatus, PlaceOrderRequest, WatchOrderRequest,
 };
+use foodorder_testkit as testing;
 use rust_decimal::Decimal;
 use tokio_stream::StreamExt;
 
 const ORDERS: usize = 20;
 
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+)]
 #[tokio::test]
 async fn orders_flow_from_the_api_to_the_notification() {
-    let Some((pool, _database)) = foodorder_common::testing::database().await else {
-        return;
-    };
+    let (pool, _database) = foodorder_testkit::database(crate::support::SCHEMAS).await;
     let platform = Platform::start(
         &pool,
         &[("SHUTDOWN_GRACE_SECONDS", "10".to_owned())],

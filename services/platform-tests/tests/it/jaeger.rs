@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::support::Platform;
-use foodorder_common::testing::{self, PrivateJaeger};
-use foodorder_proto::v1::{OrderItemInput, PlaceOrderRequest};
+use foodorder_contract::v1::{OrderItemInput, PlaceOrderRequest};
+use foodorder_testkit::{self as testing, PrivateJaeger};
 use serde_json::Value;
 
 /// One span as Jaeger's API v3 returns it (OTLP JSON), with its service.
@@ -23,19 +23,14 @@ struct JaegerSpan {
     links: Vec<String>,
 }
 
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+)]
 #[tokio::test]
 async fn jaeger_shows_one_order_across_three_services_and_every_kafka_hop() {
-    let Some((pool, _database)) = foodorder_common::testing::database().await else {
-        return;
-    };
-    let binary = match PrivateJaeger::binary() {
-        Ok(binary) => binary,
-        Err(reason) if !testing::full_suite() => {
-            eprintln!("skipped: {reason}");
-            return;
-        }
-        Err(reason) => panic!("{reason}"),
-    };
+    let (pool, _database) = foodorder_testkit::database(crate::support::SCHEMAS).await;
+    let binary = PrivateJaeger::binary().unwrap_or_else(|reason| panic!("{reason}"));
     let jaeger = PrivateJaeger::start(&binary).await;
     let platform = Platform::start(
         &pool,

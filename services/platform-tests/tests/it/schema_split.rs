@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use foodorder_common::db;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use uuid::Uuid;
@@ -13,7 +12,7 @@ use uuid::Uuid;
 /// Applies the shared schema's history without the split, as a database
 /// created before it has it.
 async fn apply_history_before_the_split(pool: &PgPool) {
-    let source = foodorder_common::testing::repository_root().join("migrations/legacy");
+    let source = foodorder_testkit::repository_root().join("migrations/legacy");
     let history = std::env::temp_dir().join(format!("foodorder-history-{}", Uuid::new_v4()));
     std::fs::create_dir_all(&history).unwrap();
     for entry in std::fs::read_dir(&source).unwrap() {
@@ -55,11 +54,13 @@ async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
 
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+)]
 #[tokio::test]
 async fn the_split_keeps_every_row_and_gives_each_service_its_own() {
-    let Some((pool, _database)) = foodorder_common::testing::empty_database().await else {
-        return;
-    };
+    let (pool, _database) = foodorder_testkit::empty_database().await;
     apply_history_before_the_split(&pool).await;
     let (paid, waiting) = (Uuid::now_v7(), Uuid::now_v7());
     let attempt = Uuid::now_v7();
@@ -95,7 +96,7 @@ async fn the_split_keeps_every_row_and_gives_each_service_its_own() {
     let migrated = tokio::time::timeout(
         Duration::from_secs(60),
         futures::future::join_all(
-            db::ALL_SCHEMAS
+            crate::support::SCHEMAS
                 .iter()
                 .map(|schema| schema.migrate(&options)),
         ),
@@ -160,10 +161,8 @@ async fn the_split_keeps_every_row_and_gives_each_service_its_own() {
     let moved: i64 = count(&pool, "SELECT min(id) FROM payments.outbox").await;
     assert!(next > moved, "new id {next} after the moved {moved}");
     // The moved database has the very tables a new one gets.
-    let Some((fresh, _fresh_database)) = foodorder_common::testing::empty_database().await else {
-        return;
-    };
-    for schema in db::ALL_SCHEMAS {
+    let (fresh, _fresh_database) = foodorder_testkit::empty_database().await;
+    for schema in crate::support::SCHEMAS {
         schema.migrate(&fresh.connect_options()).await.unwrap();
     }
     let (moved_catalog, fresh_catalog) = (catalog(&pool).await, catalog(&fresh).await);
@@ -184,18 +183,20 @@ async fn the_split_keeps_every_row_and_gives_each_service_its_own() {
         "the catalog was read: {moved_catalog:#?}"
     );
     // Starting again changes nothing.
-    for schema in db::ALL_SCHEMAS {
+    for schema in crate::support::SCHEMAS {
         schema.migrate(&options).await.unwrap();
     }
     assert_eq!(count(&pool, "SELECT count(*) FROM orders.orders").await, 2);
 }
 
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+)]
 #[tokio::test]
 async fn a_new_database_never_gets_the_shared_schema() {
-    let Some((pool, _database)) = foodorder_common::testing::empty_database().await else {
-        return;
-    };
-    for schema in db::ALL_SCHEMAS {
+    let (pool, _database) = foodorder_testkit::empty_database().await;
+    for schema in crate::support::SCHEMAS {
         schema.migrate(&pool.connect_options()).await.unwrap();
     }
     let public: i64 = count(

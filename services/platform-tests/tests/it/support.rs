@@ -8,6 +8,13 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
+/// Every service's schema: the platform tests start all three.
+pub const SCHEMAS: &[&foodorder_runtime::db::Schema] = &[
+    &order_api::SCHEMA,
+    &payment_service::SCHEMA,
+    &notification_service::SCHEMA,
+];
+
 /// A service process; killed if still running when dropped.
 pub struct Service {
     pub name: &'static str,
@@ -85,7 +92,7 @@ pub fn sibling_binary(name: &str) -> PathBuf {
 }
 
 pub fn database_url(pool: &PgPool) -> String {
-    let base = foodorder_common::testing::database_url();
+    let base = foodorder_testkit::database_url();
     let database = pool
         .connect_options()
         .get_database()
@@ -122,14 +129,14 @@ impl Platform {
     ) -> Self {
         let log_dir = std::env::temp_dir().join(format!("foodorder-e2e-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&log_dir).unwrap();
-        let api_port = foodorder_common::testing::free_port();
-        let prefix = foodorder_common::testing::unique_prefix();
+        let api_port = foodorder_testkit::free_port();
+        let prefix = foodorder_testkit::unique_prefix();
         let run = uuid::Uuid::new_v4().simple().to_string();
         let mut common = vec![
             ("DATABASE_URL", database_url(pool)),
             (
                 "KAFKA_BOOTSTRAP_SERVERS",
-                foodorder_common::testing::bootstrap_servers(),
+                foodorder_testkit::bootstrap_servers(),
             ),
             ("KAFKA_TOPIC_PREFIX", prefix.clone()),
         ];
@@ -177,10 +184,10 @@ impl Platform {
     /// A client of the order API, once it accepts connections.
     pub async fn client(
         &self,
-    ) -> foodorder_proto::v1::order_service_client::OrderServiceClient<tonic::transport::Channel>
+    ) -> foodorder_contract::v1::order_service_client::OrderServiceClient<tonic::transport::Channel>
     {
         let address = format!("http://127.0.0.1:{}", self.api_port);
-        let channel = foodorder_common::testing::wait_for(
+        let channel = foodorder_testkit::wait_for(
             "order-api to accept connections",
             Duration::from_secs(60),
             || async {
@@ -192,7 +199,7 @@ impl Platform {
             },
         )
         .await;
-        foodorder_proto::v1::order_service_client::OrderServiceClient::new(channel)
+        foodorder_contract::v1::order_service_client::OrderServiceClient::new(channel)
     }
 
     /// Panics naming any service that exited on its own (crashed or gave up).

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::support::Platform;
-use foodorder_common::testing;
-use foodorder_proto::v1::{OrderItemInput, PlaceOrderRequest};
+use foodorder_contract::v1::{OrderItemInput, PlaceOrderRequest};
+use foodorder_testkit as testing;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -125,11 +125,13 @@ fn render_tree(spans: &[(String, Span)]) -> String {
     out
 }
 
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+)]
 #[tokio::test]
 async fn one_trace_from_the_api_call_to_the_notification() {
-    let Some((pool, _database)) = foodorder_common::testing::database().await else {
-        return;
-    };
+    let (pool, _database) = foodorder_testkit::database(crate::support::SCHEMAS).await;
     // The collector gets its own runtime thread: the test thread blocks while
     // it waits for the services to exit, and they flush their spans meanwhile.
     let collector = Collector::default();

@@ -1,6 +1,6 @@
 //! Typed configuration read from environment variables, shared by every
-//! service: the database URL (kept secret in logs) and the Kafka settings,
-//! including topic names and partition counts.
+//! service: the database URL (kept secret in logs) and the Kafka settings
+//! (brokers, topic prefix, partition counts, timeouts).
 
 use std::fmt;
 use std::str::FromStr;
@@ -104,41 +104,14 @@ impl DatabaseConfig {
     }
 }
 
-/// The Kafka topics the platform uses, after applying `KAFKA_TOPIC_PREFIX`.
-#[derive(Clone, Debug)]
-pub struct Topics {
-    /// `order.placed`: OrderPlaced events.
-    pub order_placed: String,
-    /// `payment.completed`: PaymentCompleted events.
-    pub payment_completed: String,
-    /// `payment.dlq`: records the payment service could not process.
-    pub payment_dlq: String,
-    /// `notification.dlq`: records the notification service could not process.
-    pub notification_dlq: String,
-    /// `order.dlq`: records the order API's consumer could not process.
-    pub order_dlq: String,
-}
-
-impl Topics {
-    /// Topic names with `prefix` in front (an empty prefix gives the standard names).
-    pub fn with_prefix(prefix: &str) -> Self {
-        Self {
-            order_placed: format!("{prefix}order.placed"),
-            payment_completed: format!("{prefix}payment.completed"),
-            payment_dlq: format!("{prefix}payment.dlq"),
-            notification_dlq: format!("{prefix}notification.dlq"),
-            order_dlq: format!("{prefix}order.dlq"),
-        }
-    }
-}
-
 /// Kafka settings shared by producers, consumers and the topic admin.
 #[derive(Clone, Debug)]
 pub struct KafkaConfig {
     /// `KAFKA_BOOTSTRAP_SERVERS` (default `127.0.0.1:9092`).
     pub bootstrap_servers: String,
-    /// Topic names (`KAFKA_TOPIC_PREFIX`, default empty, isolates test runs).
-    pub topics: Topics,
+    /// `KAFKA_TOPIC_PREFIX` (default empty): put in front of every topic
+    /// name, so that test runs sharing a broker do not meet.
+    pub topic_prefix: String,
     /// `KAFKA_EVENT_PARTITIONS` (default 6) for `order.placed` and `payment.completed`.
     pub event_partitions: i32,
     /// `KAFKA_DLQ_PARTITIONS` (default 1) for the dead-letter topics.
@@ -160,10 +133,9 @@ pub struct KafkaConfig {
 impl KafkaConfig {
     /// Reads the Kafka settings from the environment.
     pub fn from_env() -> anyhow::Result<Self> {
-        let prefix: String = env_or("KAFKA_TOPIC_PREFIX", String::new())?;
         Ok(Self {
             bootstrap_servers: env_or("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092".to_owned())?,
-            topics: Topics::with_prefix(&prefix),
+            topic_prefix: env_or("KAFKA_TOPIC_PREFIX", String::new())?,
             event_partitions: env_count("KAFKA_EVENT_PARTITIONS", 6)?,
             dlq_partitions: env_count("KAFKA_DLQ_PARTITIONS", 1)?,
             replication_factor: env_count("KAFKA_REPLICATION_FACTOR", 1)?,
@@ -176,11 +148,16 @@ impl KafkaConfig {
         })
     }
 
+    /// The full name of topic `name` (`order.placed`, `payment.dlq`, …) with the prefix.
+    pub fn topic(&self, name: &str) -> String {
+        format!("{}{name}", self.topic_prefix)
+    }
+
     /// Settings for a local single broker at `bootstrap_servers` with topic-name `prefix`.
     pub fn local(bootstrap_servers: &str, prefix: &str) -> Self {
         Self {
             bootstrap_servers: bootstrap_servers.to_owned(),
-            topics: Topics::with_prefix(prefix),
+            topic_prefix: prefix.to_owned(),
             event_partitions: 6,
             dlq_partitions: 1,
             replication_factor: 1,

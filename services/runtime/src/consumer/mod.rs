@@ -29,11 +29,13 @@ mod run_loop;
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use rdkafka::Message;
 use rdkafka::message::{BorrowedMessage, OwnedHeaders};
 
+use crate::config::{DatabaseConfig, KafkaConfig, env_count, env_or, env_seconds};
 use crate::record_headers::{self, RawHeader};
 
 pub use dead_letter::{
@@ -167,6 +169,10 @@ pub struct ConsumerSettings {
     pub commit_interval: Duration,
     /// How long in-flight handlers may run after shutdown before they are abandoned.
     pub shutdown_grace: Duration,
+    /// Whether the service is ready only while this consumer holds its
+    /// assignment (default true; order-api's payment-outcome consumer does not
+    /// gate PlaceOrder).
+    pub gates_readiness: bool,
 }
 
 impl ConsumerSettings {
@@ -186,6 +192,62 @@ impl ConsumerSettings {
             max_in_flight,
             commit_interval: Duration::from_millis(200),
             shutdown_grace,
+            gates_readiness: true,
         }
+    }
+}
+
+/// What every consumer service is configured with, read from variables named
+/// with its prefix (`PAYMENT_`, `NOTIFICATION_`).
+#[derive(Clone, Debug)]
+pub struct ConsumerConfig {
+    /// PostgreSQL settings.
+    pub database: DatabaseConfig,
+    /// Kafka settings.
+    pub kafka: KafkaConfig,
+    /// `<PREFIX>_MAX_IN_FLIGHT`: records handled at once.
+    pub max_in_flight: usize,
+    /// `<PREFIX>_CONSUMER_GROUP`: the consumer group.
+    pub group_id: String,
+    /// `<PREFIX>_HEALTH_ADDR`: `/healthz`, `/readyz` and `/metrics`.
+    pub health_addr: SocketAddr,
+    /// `SHUTDOWN_GRACE_SECONDS` (default 10): in-flight records may finish within this.
+    pub shutdown_grace: Duration,
+}
+
+impl ConsumerConfig {
+    /// Reads the settings named with `prefix`, with these defaults.
+    pub fn from_env(
+        prefix: &str,
+        default_group: &str,
+        default_max_in_flight: usize,
+        default_port: u16,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            database: DatabaseConfig::from_env()?,
+            kafka: KafkaConfig::from_env()?,
+            max_in_flight: env_count(&format!("{prefix}_MAX_IN_FLIGHT"), default_max_in_flight)?,
+            group_id: env_or(
+                &format!("{prefix}_CONSUMER_GROUP"),
+                default_group.to_owned(),
+            )?,
+            health_addr: env_or(
+                &format!("{prefix}_HEALTH_ADDR"),
+                SocketAddr::from(([0, 0, 0, 0], default_port)),
+            )?,
+            shutdown_grace: env_seconds("SHUTDOWN_GRACE_SECONDS", 10.0)?,
+        })
+    }
+
+    /// The consumer loop's settings for topic `topic` and dead-letter topic
+    /// `dead_letter_topic` (names without the prefix, which is added here).
+    pub fn settings(&self, topic: &str, dead_letter_topic: &str) -> ConsumerSettings {
+        ConsumerSettings::new(
+            &self.group_id,
+            &self.kafka.topic(topic),
+            &self.kafka.topic(dead_letter_topic),
+            self.max_in_flight,
+            self.shutdown_grace,
+        )
     }
 }

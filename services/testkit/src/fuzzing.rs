@@ -11,12 +11,11 @@
 //!
 //! Neither may panic on any input; the assertions state properties that
 //! every input must have.
-#![cfg(any(test, feature = "test-support"))]
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Once;
 
-use foodorder_proto::v1::{
+use foodorder_contract::v1::{
     EventMetadata, OrderPlaced, OrderPlacedItem, OrderStatus, PaymentCompleted,
 };
 use opentelemetry::propagation::TextMapPropagator;
@@ -25,10 +24,10 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use prost::Message;
 use uuid::Uuid;
 
-use crate::events;
-use crate::money::{format_money, parse_money};
-use crate::record_headers::{self, RawHeader};
-use crate::telemetry;
+use foodorder_contract::events;
+use foodorder_contract::money::{format_money, parse_money};
+use foodorder_runtime::record_headers::{self, RawHeader};
+use foodorder_runtime::telemetry;
 
 /// Fuzz body: `data` as the value of a consumed record.
 pub fn event_decoding(data: &[u8]) {

@@ -23,7 +23,7 @@ use super::{ConsumerSettings, HandleError, Handled, MessageHandler, ReceivedMess
 use crate::backoff::Backoff;
 use crate::config::KafkaConfig;
 use crate::health::Readiness;
-use crate::kafka;
+use crate::kafka::{self, TopicSpec};
 use crate::metrics::TopicLabel;
 
 type Consumer_ = StreamConsumer<RebalanceContext>;
@@ -87,7 +87,10 @@ pub async fn run<H: MessageHandler>(
     });
     if !kafka::ensure_topics_with_retry(
         kafka_config,
-        &kafka::platform_topics(kafka_config),
+        &[
+            TopicSpec::event(kafka_config, &settings.topic),
+            TopicSpec::dead_letter(kafka_config, &settings.dlq_topic),
+        ],
         &shutdown,
     )
     .await
@@ -260,7 +263,7 @@ fn consumer_span(message: &ReceivedMessage, group_id: &str) -> tracing::Span {
         messaging.kafka.message.key = message.key_str(),
         messaging.kafka.destination.partition = message.partition,
         messaging.kafka.message.offset = message.offset,
-        request_id = headers.get(crate::events::HEADER_REQUEST_ID).map(String::as_str),
+        request_id = headers.get(foodorder_contract::events::HEADER_REQUEST_ID).map(String::as_str),
     );
     crate::telemetry::continue_trace(&span, &headers, true);
     span

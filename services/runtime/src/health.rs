@@ -1,26 +1,15 @@
-//! Each service's small HTTP endpoint (order-api 9101, payment 9102,
-//! notification 9103):
-//!
-//! * `GET /healthz` (liveness): 200 while the process serves, whatever its
-//!   dependencies do;
-//! * `GET /readyz` (readiness): 200 while PostgreSQL and the broker answer
-//!   and, for a consumer, while it is subscribed and holds its assignment;
-//!   503 otherwise, with the reasons in the body;
-//! * `GET /metrics`: the service's Prometheus metrics (OpenMetrics text).
-//!
-//! Deliberately tiny (no HTTP framework for three GET routes; every response
-//! closes its connection). [`watch_dependencies`] keeps the readiness
-//! conditions up to date; order-api mirrors them into grpc.health.v1.
+//! Readiness: the conditions a service must meet to take work (PostgreSQL and
+//! the broker answer; a consumer holds its assignment; it is not stopping),
+//! and [`watch_dependencies`], which keeps them up to date. The HTTP endpoint
+//! ([`crate::http`]) serves them as `/readyz`; order-api mirrors them into
+//! grpc.health.v1.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use sqlx::Connection;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -37,7 +26,7 @@ struct Conditions {
     broker: AtomicBool,
     assigned: AtomicBool,
     stopping: AtomicBool,
-    needs_assignment: bool,
+    needs_assignment: AtomicBool,
     ready: watch::Sender<bool>,
 }
 
@@ -61,7 +50,7 @@ impl Readiness {
             broker: AtomicBool::new(true),
             assigned: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
-            needs_assignment,
+            needs_assignment: AtomicBool::new(needs_assignment),
             ready: watch::channel(!needs_assignment).0,
         }))
     }
@@ -69,6 +58,12 @@ impl Readiness {
     /// A server's readiness (no consumer assignment to wait for).
     pub fn for_server() -> Self {
         Self::new(false)
+    }
+
+    /// From now on the service is ready only while its consumer holds its assignment.
+    pub fn require_assignment(&self) {
+        self.0.needs_assignment.store(true, Ordering::SeqCst);
+        self.refresh();
     }
 
     /// Records whether the consumer holds its assignment.
@@ -113,7 +108,9 @@ impl Readiness {
         if !conditions.broker.load(Ordering::SeqCst) {
             unmet.push("kafka unreachable");
         }
-        if conditions.needs_assignment && !conditions.assigned.load(Ordering::SeqCst) {
+        if conditions.needs_assignment.load(Ordering::SeqCst)
+            && !conditions.assigned.load(Ordering::SeqCst)
+        {
             unmet.push("no consumer assignment");
         }
         unmet
@@ -276,131 +273,6 @@ async fn check_database(
     healthy
 }
 
-/// Connections served at once; more wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 64;
-/// The longest request head read.
-const MAX_REQUEST_BYTES: usize = 8 * 1024;
-/// The longest a connection may take, request and response together.
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Serves `/healthz`, `/readyz` and `/metrics` on `listener` until `shutdown`.
-/// At most [`MAX_CONNECTIONS`] at once, each bounded by [`CONNECTION_TIMEOUT`],
-/// so slow or hostile clients cannot pile up.
-pub async fn serve(
-    listener: TcpListener,
-    readiness: Readiness,
-    metrics: Metrics,
-    shutdown: CancellationToken,
-) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let slot = tokio::select! {
-            () = shutdown.cancelled() => return,
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => return,
-            },
-        };
-        let (mut stream, _) = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(connection) => connection,
-                Err(error) => {
-                    // Out of file descriptors, say: wait instead of spinning.
-                    tracing::warn!(%error, "http endpoint accept failed");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-            },
-        };
-        let (readiness, metrics) = (readiness.clone(), metrics.clone());
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, async {
-                let request = read_request_head(&mut stream).await?;
-                let response = respond(&request, &readiness, &metrics);
-                stream.write_all(&response).await?;
-                stream.shutdown().await
-            })
-            .await;
-            drop(slot);
-        });
-    }
-}
-
-/// Reads until the end of the request head (`\r\n\r\n`), the peer's end of
-/// stream, or [`MAX_REQUEST_BYTES`].
-async fn read_request_head(stream: &mut tokio::net::TcpStream) -> std::io::Result<String> {
-    let mut head = Vec::with_capacity(1024);
-    let mut buffer = [0_u8; 1024];
-    while head.len() < MAX_REQUEST_BYTES && !head.windows(4).any(|window| window == b"\r\n\r\n") {
-        let read = stream.read(&mut buffer).await?;
-        if read == 0 {
-            break;
-        }
-        head.extend_from_slice(&buffer[..read]);
-    }
-    Ok(String::from_utf8_lossy(&head).into_owned())
-}
-
-/// The whole HTTP/1.1 response to `request`.
-fn respond(request: &str, readiness: &Readiness, metrics: &Metrics) -> Vec<u8> {
-    let mut words = request.split_whitespace();
-    let (method, target) = (
-        words.next().unwrap_or_default(),
-        words.next().unwrap_or_default(),
-    );
-    let path = target.split('?').next().unwrap_or_default();
-    let (status, content_type, body) = match (method, path) {
-        ("GET", "/healthz") => ("200 OK", "text/plain", "alive\n".to_owned()),
-        ("GET", "/readyz") => match readiness.unmet() {
-            unmet if unmet.is_empty() => ("200 OK", "text/plain", "ready\n".to_owned()),
-            unmet => (
-                "503 Service Unavailable",
-                "text/plain",
-                format!("not ready: {}\n", unmet.join(", ")),
-            ),
-        },
-        // Prometheus asks for OpenMetrics; other clients get the classic text format.
-        ("GET", "/metrics") if accepts_openmetrics(request) => {
-            ("200 OK", crate::metrics::CONTENT_TYPE, metrics.encode())
-        }
-        ("GET", "/metrics") => (
-            "200 OK",
-            crate::metrics::TEXT_CONTENT_TYPE,
-            metrics.encode_text(),
-        ),
-        ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "method not allowed\n".to_owned(),
-        ),
-    };
-    format!(
-        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
-/// Whether the request's `Accept` header asks for OpenMetrics.
-fn accepts_openmetrics(request: &str) -> bool {
-    request.lines().any(|line| {
-        line.split_once(':').is_some_and(|(name, value)| {
-            name.trim().eq_ignore_ascii_case("accept")
-                && value.contains("application/openmetrics-text")
-        })
-    })
-}
-
-/// Binds `address` for the HTTP endpoint.
-pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
-    use anyhow::Context;
-    TcpListener::bind(address)
-        .await
-        .with_context(|| format!("failed to bind the http endpoint (health, metrics) on {address}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -452,52 +324,5 @@ mod tests {
         let readiness = Readiness::for_server();
         readiness.set_stopping();
         assert_eq!(readiness.unmet(), ["shutting down"]);
-    }
-
-    #[test]
-    fn routes_answer_with_the_right_status() {
-        let readiness = Readiness::for_server();
-        let metrics = Metrics::new();
-        readiness.register(&metrics);
-        let get = |path: &str| {
-            String::from_utf8(respond(
-                &format!("GET {path} HTTP/1.1\r\n\r\n"),
-                &readiness,
-                &metrics,
-            ))
-            .unwrap()
-        };
-        assert!(get("/healthz").starts_with("HTTP/1.1 200"));
-        assert!(get("/readyz").starts_with("HTTP/1.1 200"));
-        let scraped = get("/metrics?x=1");
-        assert!(scraped.contains("foodorder_ready 1"), "{scraped}");
-        assert!(scraped.contains("text/plain; version=0.0.4"), "{scraped}");
-        let openmetrics = String::from_utf8(respond(
-            "GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n\r\n",
-            &readiness,
-            &metrics,
-        ))
-        .unwrap();
-        assert!(
-            openmetrics.contains("application/openmetrics-text"),
-            "{openmetrics}"
-        );
-        assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
-        readiness.set_broker(false);
-        let not_ready = get("/readyz");
-        assert!(not_ready.starts_with("HTTP/1.1 503"), "{not_ready}");
-        assert!(
-            not_ready.ends_with("not ready: kafka unreachable\n"),
-            "{not_ready}"
-        );
-        assert!(get("/metrics").contains("foodorder_ready 0"));
-        assert!(get("/nope").starts_with("HTTP/1.1 404"));
-        let post = String::from_utf8(respond(
-            "POST /readyz HTTP/1.1\r\n\r\n",
-            &readiness,
-            &metrics,
-        ))
-        .unwrap();
-        assert!(post.starts_with("HTTP/1.1 405"));
     }
 }

@@ -1,5 +1,6 @@
-//! The PostgreSQL pool, and each service's schema with its migrations (the
-//! workspace's `migrations/<schema>/` folders, compiled in).
+//! The PostgreSQL pool with its deadlines, how a service's schema is created
+//! and migrated (each service declares its own [`Schema`] from its folder in
+//! `migrations/`), and how database errors are classified.
 
 use std::time::Duration;
 
@@ -13,32 +14,13 @@ use crate::config::DatabaseConfig;
 
 /// A service's own schema: only that service reads or writes its tables, and
 /// it applies its migrations, with their history in `<schema>._sqlx_migrations`.
+/// Each service declares its own, next to its code:
+/// `Schema::new("orders", sqlx::migrate!("../../migrations/orders"))`.
 pub struct Schema {
     /// The schema's name, which qualifies every table the service names.
     pub name: &'static str,
     migrator: Migrator,
 }
-
-/// The order API's schema: menu, orders, order items, payment summaries, outbox.
-pub static ORDERS: Schema = Schema {
-    name: "orders",
-    migrator: sqlx::migrate!("../../migrations/orders"),
-};
-
-/// The payment service's schema: payment requests and attempts, the gateway ledger, outbox.
-pub static PAYMENTS: Schema = Schema {
-    name: "payments",
-    migrator: sqlx::migrate!("../../migrations/payments"),
-};
-
-/// The notification service's schema: the notifications sent.
-pub static NOTIFICATIONS: Schema = Schema {
-    name: "notifications",
-    migrator: sqlx::migrate!("../../migrations/notifications"),
-};
-
-/// Every service's schema.
-pub static ALL_SCHEMAS: [&Schema; 3] = [&ORDERS, &PAYMENTS, &NOTIFICATIONS];
 
 /// The single shared schema's history (in `public`), ending with the move of
 /// every table to its owner's schema. Applied only where that history exists.
@@ -49,6 +31,11 @@ pub static LEGACY: Migrator = sqlx::migrate!("../../migrations/legacy");
 const MIGRATION_LOCK: i64 = 0x666f_6f64_6f72_6472;
 
 impl Schema {
+    /// The schema `name` with the migrations of its owner's folder.
+    pub const fn new(name: &'static str, migrator: Migrator) -> Self {
+        Self { name, migrator }
+    }
+
     /// Brings the database up to date for this schema: the legacy move first
     /// when the database has the shared history, then the schema's own folder.
     pub async fn migrate(&self, options: &PgConnectOptions) -> anyhow::Result<()> {

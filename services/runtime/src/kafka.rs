@@ -93,28 +93,26 @@ pub struct TopicSpec {
     pub dead_letter: bool,
 }
 
-/// Every topic of the platform with its configured partition count.
-pub fn platform_topics(config: &KafkaConfig) -> Vec<TopicSpec> {
-    let topics = &config.topics;
-    let event = |name: &String| TopicSpec {
-        name: name.clone(),
-        partitions: config.event_partitions,
-        max_message_bytes: EVENT_MAX_MESSAGE_BYTES,
-        dead_letter: false,
-    };
-    let dead_letter = |name: &String| TopicSpec {
-        name: name.clone(),
-        partitions: config.dlq_partitions,
-        max_message_bytes: DLQ_MAX_MESSAGE_BYTES,
-        dead_letter: true,
-    };
-    vec![
-        event(&topics.order_placed),
-        event(&topics.payment_completed),
-        dead_letter(&topics.payment_dlq),
-        dead_letter(&topics.notification_dlq),
-        dead_letter(&topics.order_dlq),
-    ]
+impl TopicSpec {
+    /// An event topic `name` (full name, prefix included) with the configured partition count.
+    pub fn event(config: &KafkaConfig, name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            partitions: config.event_partitions,
+            max_message_bytes: EVENT_MAX_MESSAGE_BYTES,
+            dead_letter: false,
+        }
+    }
+
+    /// A dead-letter topic `name` (full name, prefix included), sized for the diagnostic headers.
+    pub fn dead_letter(config: &KafkaConfig, name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            partitions: config.dlq_partitions,
+            max_message_bytes: DLQ_MAX_MESSAGE_BYTES,
+            dead_letter: true,
+        }
+    }
 }
 
 /// Creates the topics that do not exist yet. An existing topic is left alone,

@@ -1,6 +1,7 @@
 //! Stored states as enums, each kept in a TEXT column under a fixed name:
 //! [`text_enum!`] gives an enum its names and its sqlx mapping, so no state is
-//! compared or bound as a string literal anywhere.
+//! compared or bound as a string literal anywhere. The order and payment states
+//! are the contract's (`OrderStatus`, `PaymentStatus`); services declare their own.
 
 /// Declares `enum $name { $variant => "TEXT", … }` with `as_str`, `parse`,
 /// `Display` and the sqlx Postgres mapping to TEXT (an unknown name fails

@@ -401,7 +401,7 @@ impl OutboxRelay {
                 messaging.kafka.message.key = row.message_key.as_str(),
                 messaging.kafka.destination.partition = tracing::field::Empty,
                 messaging.kafka.message.offset = tracing::field::Empty,
-                request_id = row.headers.0.get(crate::events::HEADER_REQUEST_ID).map(String::as_str),
+                request_id = row.headers.0.get(foodorder_contract::events::HEADER_REQUEST_ID).map(String::as_str),
                 outbox_id = row.id,
             );
             telemetry::continue_trace(&span, &row.headers.0, false);
@@ -598,7 +598,7 @@ async fn watch_backlog(
     }
 }
 
-/// Creates the platform's topics (retrying until the broker answers), then runs
+/// Creates the topics it publishes to (retrying until the broker answers), then runs
 /// the relay until `shutdown`. This is what a service spawns.
 pub async fn run_relay_with_topics(
     pool: PgPool,
@@ -613,7 +613,11 @@ pub async fn run_relay_with_topics(
     tracing::info!(topics = ?relay_config.topics, "outbox relay publishing");
     if !kafka::ensure_topics_with_retry(
         &kafka_config,
-        &kafka::platform_topics(&kafka_config),
+        &relay_config
+            .topics
+            .iter()
+            .map(|topic| kafka::TopicSpec::event(&kafka_config, topic))
+            .collect::<Vec<_>>(),
         &shutdown,
     )
     .await

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::{ConsumerSettings, ReceivedMessage};
 use crate::backoff::Backoff;
 use crate::config::KafkaConfig;
-use crate::kafka;
+use crate::kafka::{self, TopicSpec};
 
 /// DLQ header: topic the record was read from.
 pub const DLQ_SOURCE_TOPIC: &str = "dlq-source-topic";
@@ -86,12 +86,10 @@ pub(super) async fn dead_letter(
                 if error.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition)
                     || error.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopic)
                 {
-                    let specs: Vec<_> = kafka::platform_topics(&dead_letters.kafka_config)
-                        .into_iter()
-                        .filter(|spec| spec.name == settings.dlq_topic)
-                        .collect();
+                    let spec =
+                        TopicSpec::dead_letter(&dead_letters.kafka_config, &settings.dlq_topic);
                     if let Err(error) =
-                        kafka::ensure_topics(&dead_letters.kafka_config, &specs).await
+                        kafka::ensure_topics(&dead_letters.kafka_config, &[spec]).await
                     {
                         tracing::warn!(
                             error = format!("{error:#}"),

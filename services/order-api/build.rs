@@ -1,0 +1,6 @@
+//! Rebuilds this crate when its migrations change: `sqlx::migrate!` embeds
+//! `migrations/orders/` at compile time.
+
+fn main() {
+    println!("cargo:rerun-if-changed=../../migrations/orders");
+}

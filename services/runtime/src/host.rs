@@ -1,0 +1,381 @@
+//! One runtime for every service. A [`ServiceHost`] is built from a migrated
+//! pool and a bound HTTP listener, then given its stages — an outbox relay,
+//! consumers, a server, drains, background tasks — and run. Every task runs
+//! under one [`TaskTracker`]; the stop order is declared here, once:
+//!
+//! 1. stop taking work: readiness reports "shutting down", the server stops
+//!    accepting calls and finishes open ones (cut after the grace period), the
+//!    consumers stop fetching, finish in-flight records and commit;
+//! 2. drain: what the stopped intake left queued (order-api's group-commit
+//!    writers) is finished;
+//! 3. stop the relay after its last row, then the background tasks, the
+//!    dependency checks and the HTTP endpoint;
+//! 4. close the pool.
+//!
+//! A stage that stops on its own (a consumer that gives up, a server that
+//! fails) stops the whole service, which exits non-zero to be restarted.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{DatabaseConfig, KafkaConfig};
+use crate::consumer::{self, ConsumerMetrics, ConsumerSettings, MessageHandler};
+use crate::db::{self, Schema};
+use crate::health::{self, Readiness};
+use crate::metrics::Metrics;
+use crate::outbox::{self, OutboxMetrics, RelayConfig};
+
+type Stage = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+type ServerStage = Box<dyn FnOnce(CancellationToken) -> Stage + Send>;
+type BackgroundStage =
+    Box<dyn FnOnce(CancellationToken) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// How long the drains (step 2) may take before the service stops without them.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// A service's stages and the order in which they start and stop.
+pub struct ServiceHost {
+    name: &'static str,
+    schema: &'static Schema,
+    pool: PgPool,
+    kafka: KafkaConfig,
+    metrics: Metrics,
+    readiness: Readiness,
+    http_listener: TcpListener,
+    shutdown_grace: Duration,
+    intake: CancellationToken,
+    relay: Option<RelayConfig>,
+    consumers: Vec<(String, Stage)>,
+    server: Option<ServerStage>,
+    drains: Vec<Stage>,
+    background: Vec<BackgroundStage>,
+}
+
+impl ServiceHost {
+    /// Connects to PostgreSQL (creating the database, migrating `schema`) and
+    /// binds the HTTP endpoint on `http_addr`.
+    pub async fn connect(
+        name: &'static str,
+        database: &DatabaseConfig,
+        schema: &'static Schema,
+        kafka: KafkaConfig,
+        http_addr: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let pool = db::connect_and_migrate(database, schema).await?;
+        Self::with_pool(name, pool, schema, kafka, http_addr).await
+    }
+
+    /// Uses an existing pool, already migrated for `schema`, and binds the HTTP endpoint.
+    pub async fn with_pool(
+        name: &'static str,
+        pool: PgPool,
+        schema: &'static Schema,
+        kafka: KafkaConfig,
+        http_addr: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let http_listener = crate::http::bind(http_addr).await?;
+        let metrics = Metrics::new();
+        metrics.register_pool(&pool);
+        let readiness = Readiness::new(false);
+        readiness.register(&metrics);
+        Ok(Self {
+            name,
+            schema,
+            pool,
+            kafka,
+            metrics,
+            readiness,
+            http_listener,
+            shutdown_grace: Duration::from_secs(10),
+            intake: CancellationToken::new(),
+            relay: None,
+            consumers: Vec::new(),
+            server: None,
+            drains: Vec::new(),
+            background: Vec::new(),
+        })
+    }
+
+    /// The service's pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The service's metric registry, for its stages to register their families.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The service's readiness, which its stages may follow.
+    pub fn readiness(&self) -> &Readiness {
+        &self.readiness
+    }
+
+    /// The Kafka settings.
+    pub fn kafka(&self) -> &KafkaConfig {
+        &self.kafka
+    }
+
+    /// Address of the HTTP endpoint (`/healthz`, `/readyz`, `/metrics`).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// How long open calls may run after shutdown before they are cut (default 10 s).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// Publishes the schema's outbox to `config.topics` (created if absent).
+    pub fn relay(mut self, config: RelayConfig) -> Self {
+        self.relay = Some(config);
+        self
+    }
+
+    /// Consumes with `handler`; when `settings.gates_readiness`, the service is
+    /// ready only while the consumer holds its assignment. The handler's
+    /// housekeeping runs as a background task.
+    pub fn consumer<H: MessageHandler>(mut self, settings: ConsumerSettings, handler: H) -> Self {
+        if settings.gates_readiness {
+            self.readiness.require_assignment();
+        }
+        let handler = Arc::new(handler);
+        self.background.push(Box::new({
+            let handler = handler.clone();
+            move |stop| Box::pin(housekeeping(handler, stop))
+        }));
+        let stage_name = format!("the consumer of {}", settings.topic);
+        let (kafka, readiness, metrics, intake) = (
+            self.kafka.clone(),
+            self.readiness.clone(),
+            ConsumerMetrics::new(&self.metrics),
+            self.intake.clone(),
+        );
+        let stage = async move {
+            consumer::run(&kafka, settings, handler, readiness, metrics, intake).await
+        };
+        self.consumers.push((stage_name, Box::pin(stage)));
+        self
+    }
+
+    /// The service's server: `serve(intake)` must stop accepting calls once
+    /// `intake` is cancelled and return when the open ones are done (it is
+    /// dropped, cutting them, after the shutdown grace).
+    pub fn server<F, Fut>(mut self, serve: F) -> Self
+    where
+        F: FnOnce(CancellationToken) -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        self.server = Some(Box::new(move |intake| Box::pin(serve(intake))));
+        self
+    }
+
+    /// Work to finish once intake has stopped and before the relay stops
+    /// (order-api's group-commit writers placing what is queued).
+    pub fn drain(mut self, drain: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.drains.push(Box::pin(async move {
+            drain.await;
+            Ok(())
+        }));
+        self
+    }
+
+    /// A task that runs until the background stops (step 3).
+    pub fn background<F, Fut>(mut self, task: F) -> Self
+    where
+        F: FnOnce(CancellationToken) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.background
+            .push(Box::new(move |stop| Box::pin(task(stop))));
+        self
+    }
+
+    /// Runs every stage until `shutdown` (or a stage stopping on its own), then
+    /// stops them in the declared order.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let tracker = TaskTracker::new();
+        let background = CancellationToken::new();
+        let Self {
+            name,
+            schema,
+            pool,
+            kafka,
+            metrics,
+            readiness,
+            http_listener,
+            shutdown_grace,
+            intake,
+            relay,
+            consumers,
+            server,
+            drains,
+            background: background_stages,
+        } = self;
+        let http_addr = http_listener.local_addr()?;
+        tracker.spawn({
+            let (readiness, metrics, stop) =
+                (readiness.clone(), metrics.clone(), background.clone());
+            async move {
+                if let Err(error) =
+                    crate::http::serve(http_listener, readiness, metrics, stop).await
+                {
+                    tracing::error!(%error, "http endpoint failed");
+                }
+            }
+        });
+        tracker.spawn(health::watch_dependencies(
+            (*pool.connect_options()).clone(),
+            kafka.clone(),
+            readiness.clone(),
+            metrics.clone(),
+            background.clone(),
+        ));
+        if let Some(relay) = relay {
+            let (pool, kafka, metrics, stop) = (
+                pool.clone(),
+                kafka.clone(),
+                OutboxMetrics::new(&metrics),
+                background.clone(),
+            );
+            tracker.spawn(async move {
+                let relayed =
+                    outbox::run_relay_with_topics(pool, schema, kafka, relay, name, metrics, stop);
+                if let Err(error) = relayed.await {
+                    tracing::error!(error = format!("{error:#}"), "outbox relay failed");
+                }
+            });
+        }
+        for stage in background_stages {
+            tracker.spawn(stage(background.clone()));
+        }
+        let server_task = server
+            .map(|serve| tracker.spawn(stopping_on_return(serve(intake.clone()), intake.clone())));
+        let consumer_tasks: Vec<(String, JoinHandle<anyhow::Result<()>>)> = consumers
+            .into_iter()
+            .map(|(stage_name, stage)| {
+                let task = tracker.spawn(stopping_on_return(stage, intake.clone()));
+                (stage_name, task)
+            })
+            .collect();
+        tracing::info!(service = name, http = %http_addr, "service started");
+
+        tokio::select! {
+            () = shutdown.cancelled() => tracing::info!(service = name, "shutdown requested"),
+            () = intake.cancelled() => tracing::error!(service = name, "a stage stopped on its own; shutting down"),
+        }
+        let stopped_on_its_own = !shutdown.is_cancelled();
+        // 1. Stop taking work.
+        readiness.set_stopping();
+        intake.cancel();
+        let mut failures = Vec::new();
+        if let Some(mut task) = server_task {
+            match tokio::time::timeout(shutdown_grace, &mut task).await {
+                Ok(finished) => record_failure(&mut failures, "the server", finished),
+                Err(_) => {
+                    tracing::warn!(
+                        grace_ms = shutdown_grace.as_millis() as u64,
+                        "calls still open after the shutdown grace period, closing them"
+                    );
+                    task.abort();
+                    let _ = task.await;
+                }
+            }
+        }
+        for (stage_name, task) in consumer_tasks {
+            record_failure(&mut failures, &stage_name, task.await);
+        }
+        // 2. Finish what the intake left queued.
+        if tokio::time::timeout(DRAIN_GRACE, futures::future::join_all(drains))
+            .await
+            .is_err()
+        {
+            tracing::warn!("drains still busy after the grace period");
+        }
+        // 3. The relay (after its last row) and everything else in the background.
+        background.cancel();
+        tracker.close();
+        tracker.wait().await;
+        // 4. The pool.
+        pool.close().await;
+        tracing::info!(service = name, "service stopped");
+        if let Some(error) = failures.into_iter().next() {
+            return Err(error);
+        }
+        if stopped_on_its_own {
+            anyhow::bail!("{name} stopped because one of its stages stopped on its own");
+        }
+        Ok(())
+    }
+}
+
+/// Runs `stage`; if it returns while `intake` is still open, it stopped on its
+/// own, and the whole service stops with it.
+async fn stopping_on_return(stage: Stage, intake: CancellationToken) -> anyhow::Result<()> {
+    let result = stage.await;
+    if !intake.is_cancelled() {
+        if let Err(error) = &result {
+            tracing::error!(error = format!("{error:#}"), "stage failed");
+        }
+        intake.cancel();
+    }
+    result
+}
+
+async fn housekeeping<H: MessageHandler>(handler: Arc<H>, stop: CancellationToken) {
+    let mut interval = tokio::time::interval(H::HOUSEKEEPING_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = interval.tick() => handler.housekeeping().await,
+        }
+    }
+}
+
+fn record_failure(
+    failures: &mut Vec<anyhow::Error>,
+    stage_name: &str,
+    finished: Result<anyhow::Result<()>, tokio::task::JoinError>,
+) {
+    match finished {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => failures.push(error.context(format!("{stage_name} failed"))),
+        Err(error) => failures.push(anyhow::anyhow!("{stage_name} panicked: {error}")),
+    }
+}
+
+/// The whole `main` of a service: telemetry, then `start` (which reads the
+/// configuration, builds and runs the service until SIGINT/SIGTERM), then the
+/// telemetry flush.
+pub async fn main<F, Fut>(name: &'static str, start: F) -> anyhow::Result<()>
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let telemetry = crate::telemetry::init(name);
+    let result = start(crate::shutdown::token_on_signal())
+        .await
+        .inspect_err(|error| {
+            tracing::error!(
+                error = format!("{error:#}"),
+                service = name,
+                "stopped with an error"
+            )
+        });
+    telemetry.shutdown().await;
+    result.context("the service failed")
+}

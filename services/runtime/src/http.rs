@@ -1,0 +1,188 @@
+//! Each service's HTTP endpoint (order-api 9101, payment 9102, notification
+//! 9103), an axum router behind tower limits:
+//!
+//! * `GET /healthz` (liveness): 200 while the process serves, whatever its
+//!   dependencies do;
+//! * `GET /readyz` (readiness): 200 while [`Readiness`] is met, 503 otherwise
+//!   with the unmet conditions in the body;
+//! * `GET /metrics`: the service's metrics, OpenMetrics for clients that ask
+//!   for it (Prometheus does), the classic text format for the others.
+//!
+//! Every request is bounded in time and size, and only so many are served at
+//! once, so slow or hostile clients cannot pile up.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tower::limit::ConcurrencyLimitLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::health::Readiness;
+use crate::metrics::{CONTENT_TYPE, Metrics, TEXT_CONTENT_TYPE};
+
+/// Requests served at once; more wait for a slot.
+const MAX_CONCURRENT_REQUESTS: usize = 64;
+/// The largest request body accepted (the routes take none).
+const MAX_BODY_BYTES: usize = 8 * 1024;
+/// The longest one request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+struct Endpoint {
+    readiness: Readiness,
+    metrics: Metrics,
+}
+
+/// The endpoint's routes and limits.
+pub fn router(readiness: Readiness, metrics: Metrics) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "alive\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(scrape))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .with_state(Endpoint { readiness, metrics })
+        .layer(
+            ServiceBuilder::new()
+                .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    REQUEST_TIMEOUT,
+                ))
+                .layer(ConcurrencyLimitLayer::new(MAX_CONCURRENT_REQUESTS)),
+        )
+}
+
+async fn ready(State(endpoint): State<Endpoint>) -> Response {
+    match endpoint.readiness.unmet() {
+        unmet if unmet.is_empty() => "ready\n".into_response(),
+        unmet => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", unmet.join(", ")),
+        )
+            .into_response(),
+    }
+}
+
+async fn scrape(State(endpoint): State<Endpoint>, headers: HeaderMap) -> Response {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|value| value.contains("application/openmetrics-text"));
+    if openmetrics {
+        (
+            [(header::CONTENT_TYPE, CONTENT_TYPE)],
+            endpoint.metrics.encode(),
+        )
+            .into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, TEXT_CONTENT_TYPE)],
+            endpoint.metrics.encode_text(),
+        )
+            .into_response()
+    }
+}
+
+/// Binds `address` for the endpoint (early, so a busy port fails the start).
+pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("failed to bind the http endpoint (health, metrics) on {address}"))
+}
+
+/// Serves the endpoint on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    readiness: Readiness,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(readiness, metrics))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    async fn call(
+        router: &Router,
+        method: &str,
+        path: &str,
+        accept: &str,
+    ) -> (u16, String, String) {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::ACCEPT, accept)
+            .body(Body::empty())
+            .unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|value| value.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (
+            status,
+            content_type,
+            String::from_utf8(body.to_vec()).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn routes_answer_with_the_right_status_and_format() {
+        let readiness = Readiness::for_server();
+        let metrics = Metrics::new();
+        readiness.register(&metrics);
+        let router = router(readiness.clone(), metrics);
+        assert_eq!(call(&router, "GET", "/healthz", "*/*").await.0, 200);
+        assert_eq!(call(&router, "GET", "/readyz", "*/*").await.0, 200);
+        let (status, content_type, text) = call(&router, "GET", "/metrics?x=1", "*/*").await;
+        assert_eq!(status, 200);
+        assert!(text.contains("foodorder_ready 1"), "{text}");
+        assert!(content_type.contains("version=0.0.4"), "{content_type}");
+        let (_, content_type, openmetrics) = call(
+            &router,
+            "GET",
+            "/metrics",
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+        )
+        .await;
+        assert!(content_type.contains("openmetrics"), "{content_type}");
+        assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
+        readiness.set_broker(false);
+        let (status, _, body) = call(&router, "GET", "/readyz", "*/*").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (503, "not ready: kafka unreachable\n")
+        );
+        assert!(
+            call(&router, "GET", "/metrics", "*/*")
+                .await
+                .2
+                .contains("foodorder_ready 0")
+        );
+        assert_eq!(call(&router, "GET", "/nope", "*/*").await.0, 404);
+        assert_eq!(call(&router, "POST", "/readyz", "*/*").await.0, 405);
+    }
+}

@@ -1,0 +1,124 @@
+//! Producing a record with raw header bytes straight over the Kafka protocol.
+
+/// Produces one record straight over the Kafka protocol (Produce v3, one
+/// record batch, no compression), with header names and values taken as raw
+/// bytes: the Rust, Java and Python clients only write UTF-8 header names, but
+/// the protocol (and the Go clients) allow any bytes, so hostile-record tests
+/// need this. Returns the record's offset; panics with the broker's error code.
+pub async fn produce_raw(
+    bootstrap: &str,
+    topic: &str,
+    partition: i32,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    headers: &[foodorder_runtime::record_headers::RawHeader],
+) -> i64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut record = Vec::new();
+    record.push(0); // attributes
+    put_varint(&mut record, 0); // timestamp delta
+    put_varint(&mut record, 0); // offset delta
+    put_varbytes(&mut record, key);
+    put_varbytes(&mut record, value);
+    put_varint(&mut record, headers.len() as i64);
+    for (name, header_value) in headers {
+        put_varbytes(&mut record, Some(name));
+        put_varbytes(&mut record, header_value.as_deref());
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    // The part of the batch the CRC covers: attributes to the end.
+    let mut body = Vec::new();
+    body.extend_from_slice(&0_i16.to_be_bytes()); // attributes: no compression
+    body.extend_from_slice(&0_i32.to_be_bytes()); // last offset delta
+    body.extend_from_slice(&now.to_be_bytes()); // first timestamp
+    body.extend_from_slice(&now.to_be_bytes()); // max timestamp
+    body.extend_from_slice(&(-1_i64).to_be_bytes()); // producer id
+    body.extend_from_slice(&(-1_i16).to_be_bytes()); // producer epoch
+    body.extend_from_slice(&(-1_i32).to_be_bytes()); // base sequence
+    body.extend_from_slice(&1_i32.to_be_bytes()); // records
+    put_varint(&mut body, record.len() as i64);
+    body.extend_from_slice(&record);
+    let mut batch = Vec::new();
+    batch.extend_from_slice(&0_i64.to_be_bytes()); // base offset
+    batch.extend_from_slice(&((4 + 1 + 4 + body.len()) as i32).to_be_bytes()); // batch length
+    batch.extend_from_slice(&(-1_i32).to_be_bytes()); // partition leader epoch
+    batch.push(2); // magic
+    batch.extend_from_slice(&crc32c(&body).to_be_bytes());
+    batch.extend_from_slice(&body);
+
+    let mut request = Vec::new();
+    request.extend_from_slice(&0_i16.to_be_bytes()); // api key: Produce
+    request.extend_from_slice(&3_i16.to_be_bytes()); // api version
+    request.extend_from_slice(&1_i32.to_be_bytes()); // correlation id
+    put_string(&mut request, "foodorder-raw-producer");
+    request.extend_from_slice(&(-1_i16).to_be_bytes()); // transactional id: null
+    request.extend_from_slice(&(-1_i16).to_be_bytes()); // acks: all
+    request.extend_from_slice(&10_000_i32.to_be_bytes()); // timeout
+    request.extend_from_slice(&1_i32.to_be_bytes()); // topics
+    put_string(&mut request, topic);
+    request.extend_from_slice(&1_i32.to_be_bytes()); // partitions
+    request.extend_from_slice(&partition.to_be_bytes());
+    request.extend_from_slice(&(batch.len() as i32).to_be_bytes());
+    request.extend_from_slice(&batch);
+
+    let mut stream = tokio::net::TcpStream::connect(bootstrap)
+        .await
+        .expect("connect to the broker");
+    stream
+        .write_all(&(request.len() as i32).to_be_bytes())
+        .await
+        .unwrap();
+    stream.write_all(&request).await.unwrap();
+    let size = stream.read_i32().await.expect("produce response") as usize;
+    let mut response = vec![0; size];
+    stream.read_exact(&mut response).await.unwrap();
+    // correlation id, topics (1), topic name, partitions (1), partition, error code, base offset
+    let name_len = i16::from_be_bytes([response[8], response[9]]) as usize;
+    let at = 10 + name_len + 4 + 4;
+    let error_code = i16::from_be_bytes([response[at], response[at + 1]]);
+    assert_eq!(
+        error_code, 0,
+        "the broker refused the raw record (Kafka error code {error_code})"
+    );
+    i64::from_be_bytes(response[at + 2..at + 10].try_into().unwrap())
+}
+
+fn put_varint(out: &mut Vec<u8>, value: i64) {
+    let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
+    while zigzag >= 0x80 {
+        out.push((zigzag as u8) | 0x80);
+        zigzag >>= 7;
+    }
+    out.push(zigzag as u8);
+}
+
+fn put_varbytes(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        Some(bytes) => {
+            put_varint(out, bytes.len() as i64);
+            out.extend_from_slice(bytes);
+        }
+        None => put_varint(out, -1),
+    }
+}
+
+fn put_string(out: &mut Vec<u8>, text: &str) {
+    out.extend_from_slice(&(text.len() as i16).to_be_bytes());
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// CRC-32C (Castagnoli), the checksum of Kafka record batches.
+fn crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0_u32;
+    for &byte in data {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
