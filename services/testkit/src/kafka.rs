@@ -221,9 +221,19 @@ pub fn group_offsets(bootstrap: &str, group: &str, topic: &str) -> BTreeMap<i32,
     for partition in 0..partitions {
         list.add_partition(topic, partition);
     }
-    let committed = consumer
-        .committed_offsets(list, Duration::from_secs(10))
-        .expect("committed offsets");
+    // Right after a broker restart the group coordinator may still be loading
+    // (NotCoordinator, CoordinatorLoadInProgress): ask again, for a bounded time.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let committed = loop {
+        match consumer.committed_offsets(list.clone(), Duration::from_secs(10)) {
+            Ok(committed) => break committed,
+            Err(error) if std::time::Instant::now() < deadline => {
+                eprintln!("committed offsets of {group} not available yet ({error}), asking again");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(error) => panic!("committed offsets of {group}: {error}"),
+        }
+    };
     committed
         .elements()
         .iter()

@@ -9,7 +9,10 @@ pub async fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String
         .await
         .unwrap_or_else(|error| panic!("connect to the http endpoint {address}: {error}"));
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nhost: {address}\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        )
         .await
         .expect("send the request");
     let mut response = String::new();

@@ -403,6 +403,18 @@ async fn the_largest_record_and_a_deleted_dlq_topic_still_reach_the_dlq() {
         foodorder_runtime::kafka::client_config(&kafka, "test-admin")
             .create()
             .unwrap();
+    // The service creates its dead-letter topic as it starts: make sure it
+    // exists before deleting it.
+    let dead_letter_topic = kafka.topic(payment_service::DEAD_LETTER_TOPIC);
+    foodorder_runtime::kafka::ensure_topics(
+        &kafka,
+        &[foodorder_runtime::kafka::TopicSpec::dead_letter(
+            &kafka,
+            &dead_letter_topic,
+        )],
+    )
+    .await
+    .unwrap();
     let deleted = admin
         .delete_topics(
             &[&kafka.topic(payment_service::DEAD_LETTER_TOPIC)],
