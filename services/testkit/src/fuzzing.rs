@@ -671,7 +671,7 @@ mod tests {
     }
 
     /// Regenerates the committed seed corpus:
-    /// `cargo test -p foodorder-common fuzzing::tests::write_seed_corpus -- --ignored`.
+    /// `cargo test -p foodorder-testkit fuzzing::tests::write_seed_corpus -- --ignored`.
     #[test]
     #[ignore = "writes fuzz/corpus/*/seed-*"]
     fn write_seed_corpus() {
