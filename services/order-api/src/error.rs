@@ -38,16 +38,6 @@ impl ApiError {
     }
 }
 
-impl From<sqlx::Error> for ApiError {
-    fn from(error: sqlx::Error) -> Self {
-        if foodorder_runtime::db::is_unavailable(&error) {
-            Self::DatabaseUnavailable(error)
-        } else {
-            Self::Internal(anyhow::Error::new(error))
-        }
-    }
-}
-
 /// The longest violation description an error carries, in characters.
 const MAX_DESCRIPTION_CHARS: usize = 200;
 
@@ -133,6 +123,17 @@ impl From<ApiError> for Status {
                 tracing::error!(error = format!("{source:#}"), "internal error");
                 Status::internal("internal error")
             }
+        }
+    }
+}
+
+impl From<crate::repository::RepositoryError> for ApiError {
+    fn from(error: crate::repository::RepositoryError) -> Self {
+        use crate::repository::RepositoryError;
+        match error {
+            RepositoryError::Unavailable(source) => Self::DatabaseUnavailable(source),
+            RepositoryError::Failed(source) => Self::Internal(anyhow::Error::new(source)),
+            other => Self::Internal(anyhow::Error::new(other)),
         }
     }
 }

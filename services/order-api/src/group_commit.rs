@@ -1,7 +1,7 @@
 //! Group commit for PlaceOrder: concurrent calls are committed together.
 //!
 //! Each call is queued; a few writer tasks take what is queued (up to
-//! `max_batch`) and place it with [`repository::place_orders`]: one
+//! `max_batch`) and place it with [`repository::place_batch`]: one
 //! transaction, multi-row inserts, one commit for the whole batch, while every
 //! call keeps its own outcome. A writer that finds the queue empty takes the
 //! call at once, so under light load nothing waits. Only while another writer
@@ -23,7 +23,16 @@ use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::error::ApiError;
-use crate::repository::{self, PlaceRequest, Placed};
+use crate::repository::{self, BatchOutcome, OrderRecord, PlaceRequest, StoredOrder};
+
+/// What a PlaceOrder call got.
+#[derive(Debug)]
+pub struct Placed {
+    /// The order.
+    pub order: OrderRecord,
+    /// False when an idempotent retry returned the original order.
+    pub created: bool,
+}
 
 /// How PlaceOrder calls are batched.
 #[derive(Clone, Debug)]
@@ -52,6 +61,7 @@ pub struct GroupCommit {
 pub struct Writers {
     shared: Arc<Shared>,
     count: usize,
+    topic: Arc<str>,
 }
 
 impl Writers {
@@ -59,16 +69,22 @@ impl Writers {
     /// [`GroupCommit`] is dropped and the queue is empty.
     pub fn start(self, pool: PgPool) -> Vec<tokio::task::JoinHandle<()>> {
         (0..self.count)
-            .map(|_| tokio::spawn(writer(pool.clone(), self.shared.clone())))
+            .map(|_| {
+                tokio::spawn(writer(
+                    pool.clone(),
+                    self.topic.clone(),
+                    self.shared.clone(),
+                ))
+            })
             .collect()
     }
 }
 
 impl GroupCommit {
-    /// The queue and its writers (to be started), registering
-    /// `foodorder_place_order_batch_size` and `foodorder_place_order_queued`
-    /// in `metrics`.
-    pub fn new(config: &GroupCommitConfig, metrics: &Metrics) -> (Self, Writers) {
+    /// The queue and its writers (to be started), which publish each order's
+    /// `OrderPlaced` to `topic`, registering `foodorder_place_order_batch_size`
+    /// and `foodorder_place_order_queued` in `metrics`.
+    pub fn new(config: &GroupCommitConfig, topic: &str, metrics: &Metrics) -> (Self, Writers) {
         let count = config.writers.max(1);
         let max_batch = config.max_batch.max(1);
         let (queue, receiver) = mpsc::channel(count * max_batch);
@@ -95,7 +111,15 @@ impl GroupCommit {
             window: config.window,
             batch_sizes,
         });
-        (Self { queue }, Writers { shared, count })
+        let topic = Arc::from(topic);
+        (
+            Self { queue },
+            Writers {
+                shared,
+                count,
+                topic,
+            },
+        )
     }
 
     /// Calls queued and not yet taken by a writer.
@@ -166,45 +190,51 @@ impl Drop for Busy {
     }
 }
 
-async fn writer(pool: PgPool, shared: Arc<Shared>) {
+async fn writer(pool: PgPool, topic: Arc<str>, shared: Arc<Shared>) {
     while let Some((batch, busy)) = shared.next_batch().await {
         if batch.is_empty() {
             continue;
         }
         shared.batch_sizes.observe(batch.len() as f64);
         // A panic placing one batch fails its calls, not the writer.
-        let placing = tokio::spawn(commit(pool.clone(), batch, busy));
+        let placing = tokio::spawn(commit(pool.clone(), topic.clone(), batch, busy));
         if let Err(error) = placing.await {
             tracing::error!(%error, "placing a batch of orders panicked");
         }
     }
 }
 
-/// Places `batch` in one transaction and answers every call.
-async fn commit(pool: PgPool, batch: Vec<Job>, busy: Busy) {
+/// Places `batch` in one transaction and answers every call: the calls placed
+/// or refused right after the commit, then the repeated ones, which need the
+/// stored order read. A batch PostgreSQL refused (rolled back, nothing
+/// written) is placed again call by call, so that one call's failure is never
+/// another's; any other failure is every call's.
+async fn commit(pool: PgPool, topic: Arc<str>, batch: Vec<Job>, busy: Busy) {
     let (requests, replies): (Vec<PlaceRequest>, Vec<_>) = batch
         .into_iter()
         .map(|job| (job.request, job.reply))
         .unzip();
-    let mut replies: Vec<Option<_>> = replies.into_iter().map(Some).collect();
-    let mut busy = Some(busy);
-    let placed = repository::place_orders_answering(&pool, &requests, |index, result| {
-        // Committed: the next batch may gather again while these are answered.
-        busy.take();
-        if let Some(reply) = replies.get_mut(index).and_then(Option::take) {
-            let _ = reply.send(result);
-        }
-    })
-    .await;
+    let placed = repository::place_batch(&pool, &topic, &requests).await;
+    // Committed or failed: the next batch may gather again while these are answered.
     drop(busy);
-    // An error means nothing was committed and no call answered yet.
-    let replies: Vec<_> = replies.into_iter().flatten().collect();
-    debug_assert!(placed.is_ok() || replies.len() == requests.len());
     match placed {
-        Ok(()) => {
-            // Every call was answered.
+        Ok(outcomes) => {
+            let mut repeated = Vec::new();
+            for ((outcome, reply), request) in outcomes.into_iter().zip(replies).zip(&requests) {
+                match outcome {
+                    BatchOutcome::Repeated => repeated.push((reply, request)),
+                    outcome => {
+                        let _ = reply.send(answer_known(outcome));
+                    }
+                }
+            }
+            for (reply, request) in repeated {
+                if !reply.is_closed() {
+                    let _ = reply.send(answer_repeated(&pool, request).await);
+                }
+            }
         }
-        Err(error) if requests.len() > 1 && rolled_back(&error) => {
+        Err(error) if requests.len() > 1 && error.rolled_back() => {
             tracing::warn!(
                 error = format!("{:#}", anyhow::Error::new(error)),
                 batch = requests.len(),
@@ -212,11 +242,12 @@ async fn commit(pool: PgPool, batch: Vec<Job>, busy: Busy) {
             );
             for (reply, request) in replies.into_iter().zip(&requests) {
                 if !reply.is_closed() {
-                    let _ = reply.send(repository::place_order(&pool, request).await);
+                    let _ = reply.send(place_one(&pool, &topic, request).await);
                 }
             }
         }
         Err(error) => {
+            let error = ApiError::from(error);
             let others = replies.len().saturating_sub(1);
             let mut replies = replies.into_iter();
             for reply in replies.by_ref().take(others) {
@@ -229,18 +260,46 @@ async fn commit(pool: PgPool, batch: Vec<Job>, busy: Busy) {
     }
 }
 
-/// True when PostgreSQL answered a statement (or the commit) with an error:
-/// the transaction rolled back and nothing was written, so the calls can
-/// safely be placed again one by one. That includes a deadlock or a
-/// serialization failure (reported as unavailable), but not a lost
-/// connection or an exhausted pool, whose outcome or cause is not the batch's.
-fn rolled_back(error: &ApiError) -> bool {
-    let source = match error {
-        ApiError::DatabaseUnavailable(source) => Some(source),
-        ApiError::Internal(cause) => cause.downcast_ref::<sqlx::Error>(),
-        _ => None,
-    };
-    matches!(source, Some(sqlx::Error::Database(_)))
+/// Places one call alone (a batch of one) and answers it.
+pub async fn place_one(
+    pool: &PgPool,
+    topic: &str,
+    request: &PlaceRequest,
+) -> Result<Placed, ApiError> {
+    let outcome = repository::place_batch(pool, topic, std::slice::from_ref(request))
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("a batch of one had no outcome")))?;
+    match outcome {
+        BatchOutcome::Repeated => answer_repeated(pool, request).await,
+        outcome => answer_known(outcome),
+    }
+}
+
+/// The answer to a call placed or refused by its batch.
+fn answer_known(outcome: BatchOutcome) -> Result<Placed, ApiError> {
+    match outcome {
+        BatchOutcome::Placed(order) => Ok(Placed {
+            order,
+            created: true,
+        }),
+        BatchOutcome::Refused(error) => Err(error.into()),
+        BatchOutcome::Repeated => Err(ApiError::Internal(anyhow::anyhow!(
+            "a repeated call has no answer of its own"
+        ))),
+    }
+}
+
+/// The answer to a call whose idempotency key is stored: the original order,
+/// or IdempotencyKeyReused for a different request.
+pub async fn answer_repeated(pool: &PgPool, request: &PlaceRequest) -> Result<Placed, ApiError> {
+    match repository::stored_order(pool, &request.order).await? {
+        StoredOrder::Same(order) => Ok(Placed {
+            order,
+            created: false,
+        }),
+        StoredOrder::KeyReused => Err(ApiError::IdempotencyKeyReused),
+    }
 }
 
 /// The failure of a batch, for every call of it but one (which gets the

@@ -6,7 +6,9 @@
 //! Reflection and health calls are not traced. Every call is counted in
 //! `foodorder_grpc_server_requests_total{method,code}` and timed in
 //! `foodorder_grpc_server_request_duration_seconds{method}` (to the response
-//! headers: for WatchOrder, the time to open the stream).
+//! headers: for WatchOrder, the time to open the stream). It also checks each
+//! OrderService call's correlation id once, for every handler (see
+//! [`crate::request_context`]).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -161,6 +163,8 @@ where
         + Send
         + 'static,
     S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResponseBody: Default + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -191,7 +195,8 @@ where
                 Ok(response)
             });
         }
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
+        let checked = crate::request_context::correlation_id(&parts.headers);
         let (service, method) = path.split_once('/').unwrap_or((path.as_str(), ""));
         let span = tracing::info_span!(
             "grpc.server",
@@ -210,11 +215,21 @@ where
             .collect();
         telemetry::continue_trace(&span, &carrier, false);
         let trace_id = telemetry::trace_id(&span);
-        let future = {
-            let _entered = span.enter();
-            self.inner.call(http::Request::from_parts(parts, body))
-        }
-        .instrument(span.clone());
+        let future: Self::Future = match checked {
+            Ok(correlation_id) => {
+                parts.extensions.insert(correlation_id);
+                let _entered = span.enter();
+                Box::pin(
+                    self.inner
+                        .call(http::Request::from_parts(parts, body))
+                        .instrument(span.clone()),
+                )
+            }
+            Err(error) => {
+                let refused = tonic::Status::from(error).into_http::<ResponseBody>();
+                Box::pin(std::future::ready(Ok(refused)))
+            }
+        };
         Box::pin(async move {
             let mut call = call;
             let mut response = future.await?;

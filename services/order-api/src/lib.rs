@@ -10,6 +10,7 @@ pub mod group_commit;
 pub mod grpc_telemetry;
 pub mod payment_outcomes;
 pub mod repository;
+pub mod request_context;
 pub mod service;
 pub mod startup;
 pub mod watch;

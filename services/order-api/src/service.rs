@@ -1,15 +1,20 @@
 //! The `foodorder.v1.OrderService` handlers: read the request and its metadata,
-//! validate, call the repository, map errors to statuses.
+//! validate, call the placer or the repository, and turn records into the
+//! contract's messages (errors into statuses through `error.rs`). The
+//! correlation id and the call's span come from the telemetry layer.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use foodorder_contract::events::HEADER_REQUEST_ID;
+use foodorder_contract::events::timestamp;
+use foodorder_contract::money::format_money;
+use foodorder_contract::states::PaymentState;
 use foodorder_contract::v1::order_service_server::OrderService;
 use foodorder_contract::v1::{
-    GetOrderRequest, GetOrderResponse, ListMenuItemsRequest, ListMenuItemsResponse, Order,
-    OrderStatus, PlaceOrderRequest, PlaceOrderResponse, WatchOrderRequest, WatchOrderResponse,
+    GetOrderRequest, GetOrderResponse, ListMenuItemsRequest, ListMenuItemsResponse, MenuItem,
+    Order, OrderItem, PaymentAttempt, PlaceOrderRequest, PlaceOrderResponse, WatchOrderRequest,
+    WatchOrderResponse,
 };
 use foodorder_runtime::metrics::Metrics;
 use prometheus_client::metrics::counter::Counter;
@@ -24,13 +29,12 @@ use uuid::Uuid;
 use crate::domain::validate_place_order;
 use crate::error::ApiError;
 use crate::group_commit::GroupCommit;
-use crate::repository::{self, PlaceContext, PlaceRequest, is_terminal};
+use crate::repository::{self, MenuRecord, OrderRecord, PlaceContext, PlaceRequest};
+use crate::request_context::CorrelationId;
 use crate::watch::OrderWatchHub;
 
 /// Metadata entry that makes PlaceOrder safe to retry (alternative to the request field).
 pub const IDEMPOTENCY_KEY_METADATA: &str = "idempotency-key";
-/// Longest accepted `x-request-id`.
-const MAX_REQUEST_ID_LEN: usize = 128;
 /// Safety net for WatchOrder: re-read the order this often even without a notification.
 const WATCH_RECHECK_INTERVAL: Duration = Duration::from_secs(15);
 
@@ -39,7 +43,6 @@ const WATCH_RECHECK_INTERVAL: Duration = Duration::from_secs(15);
 pub struct OrderServiceImpl {
     pool: PgPool,
     placing: GroupCommit,
-    order_placed_topic: String,
     watch_hub: OrderWatchHub,
     watch_limits: WatchLimits,
     shutdown: CancellationToken,
@@ -81,12 +84,11 @@ impl WatchLimits {
 }
 
 impl OrderServiceImpl {
-    /// A service over `pool` publishing to `order_placed_topic`, placing orders through
+    /// A service over `pool`, placing orders through
     /// `placing`; watch streams end when `shutdown` is cancelled.
     pub fn new(
         pool: PgPool,
         placing: GroupCommit,
-        order_placed_topic: String,
         watch_hub: OrderWatchHub,
         watch_limits: WatchLimits,
         shutdown: CancellationToken,
@@ -95,7 +97,6 @@ impl OrderServiceImpl {
         Self {
             pool,
             placing,
-            order_placed_topic,
             watch_hub,
             watch_limits,
             shutdown,
@@ -105,32 +106,6 @@ impl OrderServiceImpl {
             ),
         }
     }
-}
-
-/// The correlation id of a call: the `x-request-id` metadata (set by the
-/// request-id layer when the caller sent none).
-fn correlation_id<T>(request: &Request<T>) -> Result<String, ApiError> {
-    let value = request
-        .metadata()
-        .get(HEADER_REQUEST_ID)
-        .map(|value| value.to_str().map(str::to_owned))
-        .transpose()
-        .map_err(|_| {
-            ApiError::invalid_field(HEADER_REQUEST_ID, "x-request-id must be printable ASCII")
-        })?
-        .unwrap_or_else(|| Uuid::new_v4().to_string());
-    if value.is_empty()
-        || value.len() > MAX_REQUEST_ID_LEN
-        || !value.bytes().all(|byte| byte.is_ascii_graphic())
-    {
-        return Err(ApiError::invalid_field(
-            HEADER_REQUEST_ID,
-            format!(
-                "x-request-id must be 1 to {MAX_REQUEST_ID_LEN} printable ASCII characters without spaces"
-            ),
-        ));
-    }
-    Ok(value)
 }
 
 fn parse_order_id(text: &str) -> Result<Uuid, ApiError> {
@@ -154,13 +129,11 @@ const MAX_ECHOED_CHARS: usize = 64;
 
 #[tonic::async_trait]
 impl OrderService for OrderServiceImpl {
-    #[tracing::instrument(name = "PlaceOrder", skip_all, fields(request_id, order_id))]
+    #[tracing::instrument(name = "PlaceOrder", skip_all, fields(order_id))]
     async fn place_order(
         &self,
         request: Request<PlaceOrderRequest>,
     ) -> Result<Response<PlaceOrderResponse>, Status> {
-        let correlation_id = correlation_id(&request)?;
-        tracing::Span::current().record("request_id", correlation_id.as_str());
         let metadata_key = request
             .metadata()
             .get(IDEMPOTENCY_KEY_METADATA)
@@ -170,9 +143,8 @@ impl OrderService for OrderServiceImpl {
                 ApiError::invalid_field("idempotency_key", "idempotency-key metadata must be ASCII")
             })?;
         let context = PlaceContext {
-            correlation_id,
+            correlation_id: CorrelationId::of(&request),
             trace_context: foodorder_runtime::telemetry::inject_span(&tracing::Span::current()),
-            topic: self.order_placed_topic.clone(),
         };
         let new_order = validate_place_order(request.get_ref(), metadata_key.as_deref())
             .map_err(ApiError::InvalidArgument)?;
@@ -186,7 +158,7 @@ impl OrderService for OrderServiceImpl {
         if placed.created {
             self.orders_placed.inc();
         }
-        let order = placed.order;
+        let order = order_message(placed.order);
         tracing::Span::current().record("order_id", order.id.as_str());
         tracing::info!(
             total_amount = order.total_amount,
@@ -196,45 +168,44 @@ impl OrderService for OrderServiceImpl {
         Ok(Response::new(PlaceOrderResponse { order: Some(order) }))
     }
 
-    #[tracing::instrument(name = "GetOrder", skip_all, fields(request_id, order_id))]
+    #[tracing::instrument(name = "GetOrder", skip_all, fields(order_id))]
     async fn get_order(
         &self,
         request: Request<GetOrderRequest>,
     ) -> Result<Response<GetOrderResponse>, Status> {
-        let correlation_id = correlation_id(&request)?;
-        tracing::Span::current().record("request_id", correlation_id.as_str());
         let order_id = parse_order_id(&request.get_ref().order_id)?;
         tracing::Span::current().record("order_id", tracing::field::display(order_id));
         let order = repository::load_order(&self.pool, order_id)
             .await
             .map_err(ApiError::from)?
             .ok_or(ApiError::OrderNotFound(order_id))?;
-        Ok(Response::new(GetOrderResponse { order: Some(order) }))
+        Ok(Response::new(GetOrderResponse {
+            order: Some(order_message(order)),
+        }))
     }
 
-    #[tracing::instrument(name = "ListMenuItems", skip_all, fields(request_id))]
+    #[tracing::instrument(name = "ListMenuItems", skip_all)]
     async fn list_menu_items(
         &self,
-        request: Request<ListMenuItemsRequest>,
+        _request: Request<ListMenuItemsRequest>,
     ) -> Result<Response<ListMenuItemsResponse>, Status> {
-        let correlation_id = correlation_id(&request)?;
-        tracing::Span::current().record("request_id", correlation_id.as_str());
         let menu_items = repository::list_menu(&self.pool)
             .await
-            .map_err(ApiError::from)?;
+            .map_err(ApiError::from)?
+            .into_iter()
+            .map(menu_item_message)
+            .collect();
         Ok(Response::new(ListMenuItemsResponse { menu_items }))
     }
 
     type WatchOrderStream =
         Pin<Box<dyn Stream<Item = Result<WatchOrderResponse, Status>> + Send + 'static>>;
 
-    #[tracing::instrument(name = "WatchOrder", skip_all, fields(request_id, order_id))]
+    #[tracing::instrument(name = "WatchOrder", skip_all, fields(order_id))]
     async fn watch_order(
         &self,
         request: Request<WatchOrderRequest>,
     ) -> Result<Response<Self::WatchOrderStream>, Status> {
-        let correlation_id = correlation_id(&request)?;
-        tracing::Span::current().record("request_id", correlation_id.as_str());
         let order_id = parse_order_id(&request.get_ref().order_id)?;
         tracing::Span::current().record("order_id", tracing::field::display(order_id));
         let Ok(stream_permit) = self.watch_limits.streams.clone().try_acquire_owned() else {
@@ -245,8 +216,7 @@ impl OrderService for OrderServiceImpl {
         // Subscribe before the first read so that no change can slip in between.
         let subscription = self.watch_hub.subscribe(order_id);
         let order = load_for_watch(&self.pool, &self.watch_limits, order_id)
-            .await
-            .map_err(ApiError::from)?
+            .await?
             .ok_or(ApiError::OrderNotFound(order_id))?;
         let (sender, receiver) = mpsc::channel(4);
         let stream = stream_order_changes(
@@ -270,24 +240,23 @@ impl OrderService for OrderServiceImpl {
 async fn stream_order_changes(
     pool: PgPool,
     watch_limits: WatchLimits,
-    order: Order,
+    order: OrderRecord,
     mut subscription: crate::watch::OrderSubscription,
     sender: mpsc::Sender<Result<WatchOrderResponse, Status>>,
     shutdown: CancellationToken,
 ) {
-    let order_id = order.id.clone();
+    let order_id = order.id;
     let mut last_status = order.status;
     if sender
-        .send(Ok(WatchOrderResponse { order: Some(order) }))
+        .send(Ok(WatchOrderResponse {
+            order: Some(order_message(order)),
+        }))
         .await
         .is_err()
     {
         return;
     }
-    let terminal = |status: i32| {
-        is_terminal(OrderStatus::try_from(status).unwrap_or(OrderStatus::Unspecified))
-    };
-    while !terminal(last_status) {
+    while !last_status.is_terminal() {
         tokio::select! {
             () = sender.closed() => return,
             () = shutdown.cancelled() => {
@@ -297,14 +266,13 @@ async fn stream_order_changes(
             () = subscription.changed() => {}
             () = tokio::time::sleep(WATCH_RECHECK_INTERVAL) => {}
         }
-        let Ok(id) = Uuid::parse_str(&order_id) else {
-            return;
-        };
-        match load_for_watch(&pool, &watch_limits, id).await {
+        match load_for_watch(&pool, &watch_limits, order_id).await {
             Ok(Some(order)) if order.status != last_status => {
                 last_status = order.status;
                 if sender
-                    .send(Ok(WatchOrderResponse { order: Some(order) }))
+                    .send(Ok(WatchOrderResponse {
+                        order: Some(order_message(order)),
+                    }))
                     .await
                     .is_err()
                 {
@@ -313,7 +281,7 @@ async fn stream_order_changes(
             }
             Ok(_) => {}
             Err(error) => {
-                let status: Status = ApiError::from(error).into();
+                let status: Status = error.into();
                 let _ = sender.send(Err(status)).await;
                 return;
             }
@@ -326,11 +294,64 @@ async fn load_for_watch(
     pool: &PgPool,
     limits: &WatchLimits,
     order_id: Uuid,
-) -> Result<Option<Order>, sqlx::Error> {
+) -> Result<Option<OrderRecord>, ApiError> {
     let _permit = limits
         .reads
         .acquire()
         .await
-        .map_err(|_| sqlx::Error::PoolClosed)?;
-    repository::load_order(pool, order_id).await
+        .map_err(|_| ApiError::DatabaseUnavailable(sqlx::Error::PoolClosed))?;
+    Ok(repository::load_order(pool, order_id).await?)
+}
+
+/// The contract's `Order` for a stored order.
+fn order_message(order: OrderRecord) -> Order {
+    Order {
+        id: order.id.to_string(),
+        customer_name: order.customer_name,
+        customer_email: order.customer_email,
+        status: order.status.to_proto() as i32,
+        total_amount: format_money(order.total_amount),
+        created_at: Some(timestamp(order.created_at)),
+        updated_at: Some(timestamp(order.updated_at)),
+        items: order
+            .items
+            .into_iter()
+            .map(|item| OrderItem {
+                id: item.id,
+                menu_item_id: item.menu_item_id,
+                menu_item_name: item.menu_item_name,
+                quantity: item.quantity,
+                unit_price: format_money(item.unit_price),
+                subtotal: format_money(item.subtotal),
+            })
+            .collect(),
+        payment_successful: order
+            .payments
+            .iter()
+            .any(|payment| payment.status == PaymentState::Succeeded),
+        payment_attempts: order
+            .payments
+            .into_iter()
+            .map(|payment| PaymentAttempt {
+                id: payment.id.to_string(),
+                status: payment.status.to_proto() as i32,
+                attempt_count: payment.attempt_count,
+                error_message: payment.error_message.unwrap_or_default(),
+                processing_time_ms: payment.processing_time_ms,
+                created_at: Some(timestamp(payment.created_at)),
+            })
+            .collect(),
+        correlation_id: order.correlation_id,
+    }
+}
+
+/// The contract's `MenuItem` for a menu row.
+fn menu_item_message(item: MenuRecord) -> MenuItem {
+    MenuItem {
+        id: item.id,
+        name: item.name,
+        description: item.description,
+        price: format_money(item.price),
+        available: item.available,
+    }
 }

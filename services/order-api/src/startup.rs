@@ -107,7 +107,7 @@ fn assemble(
 
     let watch_limits = WatchLimits::new(config.watch_max_streams, config.watch_max_db_reads);
     watch_limits.register(&metrics, config.watch_max_streams);
-    let (placing, writers) = GroupCommit::new(&config.group_commit, &metrics);
+    let (placing, writers) = GroupCommit::new(&config.group_commit, &order_placed, &metrics);
     let writers = writers.start(pool.clone());
 
     // Payment outcomes move orders to their final status. Their own
@@ -139,7 +139,6 @@ fn assemble(
             let service = OrderServiceImpl::new(
                 pool,
                 placing,
-                order_placed,
                 watch_hub,
                 watch_limits,
                 intake.clone(),

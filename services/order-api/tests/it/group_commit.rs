@@ -10,13 +10,33 @@ use foodorder_runtime::metrics::Metrics;
 use foodorder_testkit as testing;
 use order_api::domain::{NewOrder, validate_place_order};
 use order_api::error::ApiError;
-use order_api::group_commit::{GroupCommit, GroupCommitConfig};
-use order_api::repository::{self, PlaceContext, PlaceRequest, Placed};
+use order_api::group_commit::{self, GroupCommit, GroupCommitConfig, Placed};
+use order_api::repository::{self, BatchOutcome, PlaceContext, PlaceRequest};
 use prost::Message;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::support::order_request;
+
+const TOPIC: &str = "group-commit-test.order.placed";
+
+/// Every call's answer, as the writers give it: one batch, then the repeated
+/// calls answered from the stored order.
+async fn place_all(pool: &PgPool, batch: &[PlaceRequest]) -> Vec<Result<Placed, ApiError>> {
+    let outcomes = repository::place_batch(pool, TOPIC, batch).await.unwrap();
+    let mut results = Vec::new();
+    for (outcome, request) in outcomes.into_iter().zip(batch) {
+        results.push(match outcome {
+            BatchOutcome::Placed(order) => Ok(Placed {
+                order,
+                created: true,
+            }),
+            BatchOutcome::Refused(error) => Err(error.into()),
+            BatchOutcome::Repeated => group_commit::answer_repeated(pool, request).await,
+        });
+    }
+    results
+}
 
 fn place_request(request: &PlaceOrderRequest, key: Option<&str>) -> PlaceRequest {
     PlaceRequest {
@@ -24,14 +44,13 @@ fn place_request(request: &PlaceOrderRequest, key: Option<&str>) -> PlaceRequest
         context: PlaceContext {
             correlation_id: format!("corr-{}", Uuid::new_v4()),
             trace_context: BTreeMap::new(),
-            topic: "group-commit-test.order.placed".into(),
         },
     }
 }
 
-fn created(result: &Result<Placed, ApiError>) -> (&str, bool) {
+fn created(result: &Result<Placed, ApiError>) -> (String, bool) {
     match result {
-        Ok(placed) => (placed.order.id.as_str(), placed.created),
+        Ok(placed) => (placed.order.id.to_string(), placed.created),
         Err(error) => panic!("expected an order, got {error:?}"),
     }
 }
@@ -73,7 +92,10 @@ async fn one_transaction_keeps_every_calls_own_outcome() {
         .unwrap();
     // Stored before the batch: its retry must be answered from the stored order.
     let earlier = place_request(&order_request(&[(3, 1)]), Some("key-earlier"));
-    let earlier_order = repository::place_order(&pool, &earlier).await.unwrap();
+    let earlier_order = group_commit::place_one(&pool, TOPIC, &earlier)
+        .await
+        .unwrap();
+    let earlier_id = earlier_order.order.id.to_string();
     assert!(earlier_order.created);
     // Retried with the menu item now unavailable: still the original order.
     sqlx::query("UPDATE orders.menu_items SET available = false WHERE id = 3")
@@ -93,7 +115,7 @@ async fn one_transaction_keeps_every_calls_own_outcome() {
         place_request(&order_request(&[(6, 1), (1, 1)]), None), // 8: new
         place_request(&order_request(&[(999, 1)]), Some("key-a")), // 9: key-a taken by 2
     ];
-    let results = repository::place_orders(&pool, &batch).await.unwrap();
+    let results = place_all(&pool, &batch).await;
     assert_eq!(results.len(), batch.len());
 
     let (id0, new0) = created(&results[0]);
@@ -108,7 +130,7 @@ async fn one_transaction_keeps_every_calls_own_outcome() {
     let (id3, new3) = created(&results[3]);
     assert_eq!(
         (id3, new3),
-        (id2, false),
+        (id2.clone(), false),
         "a retry in the same batch gets the order"
     );
     assert!(
@@ -124,7 +146,7 @@ async fn one_transaction_keeps_every_calls_own_outcome() {
     let (id6, new6) = created(&results[6]);
     assert!(new6, "a failed call does not take the key");
     let (id7, new7) = created(&results[7]);
-    assert_eq!((id7, new7), (earlier_order.order.id.as_str(), false));
+    assert_eq!((id7, new7), (earlier_id.clone(), false));
     let (id8, new8) = created(&results[8]);
     assert!(new8);
     assert!(
@@ -136,11 +158,11 @@ async fn one_transaction_keeps_every_calls_own_outcome() {
     // What each caller got is what was stored: totals, item ids, timestamps.
     let (totals, outbox) = stored(&pool).await;
     let expected_totals: HashMap<String, String> = [
-        (earlier_order.order.id.clone(), "8.99"),
-        (id0.to_owned(), "28.48"),
-        (id2.to_owned(), "14.99"),
-        (id6.to_owned(), "28.47"),
-        (id8.to_owned(), "17.98"),
+        (earlier_id.clone(), "8.99"),
+        (id0.clone(), "28.48"),
+        (id2.clone(), "14.99"),
+        (id6.clone(), "28.47"),
+        (id8.clone(), "17.98"),
     ]
     .into_iter()
     .map(|(id, total)| (id, total.to_owned()))
@@ -148,7 +170,7 @@ async fn one_transaction_keeps_every_calls_own_outcome() {
     assert_eq!(totals, expected_totals);
     for result in [&results[0], &results[2], &results[6], &results[8]] {
         let answered = &result.as_ref().unwrap().order;
-        let reread = repository::load_order(&pool, answered.id.parse().unwrap())
+        let reread = repository::load_order(&pool, answered.id)
             .await
             .unwrap()
             .unwrap();
@@ -159,7 +181,13 @@ async fn one_transaction_keeps_every_calls_own_outcome() {
     let keys: Vec<&str> = outbox.iter().map(|(key, _)| key.as_str()).collect();
     assert_eq!(
         keys,
-        [earlier_order.order.id.as_str(), id0, id2, id6, id8],
+        [
+            earlier_id.as_str(),
+            id0.as_str(),
+            id2.as_str(),
+            id6.as_str(),
+            id8.as_str()
+        ],
         "one row per order, in call order"
     );
     for (key, event) in &outbox {
@@ -189,6 +217,7 @@ async fn a_batch_postgres_refuses_is_placed_call_by_call() {
             max_batch: 16,
             window: Duration::ZERO,
         },
+        TOPIC,
         &Metrics::new(),
     );
     let good = place_request(&order_request(&[(1, 1)]), None);
@@ -227,7 +256,7 @@ async fn a_batch_postgres_refuses_is_placed_call_by_call() {
         );
     }
     let (totals, outbox) = stored(&pool).await;
-    assert_eq!(totals.keys().collect::<Vec<_>>(), [good_id]);
+    assert_eq!(totals.keys().collect::<Vec<_>>(), [&good_id]);
     assert_eq!(outbox.len(), 1);
 }
 
