@@ -62,6 +62,18 @@ http_ok() {
 # http_ready HOST:PORT: GET /readyz answers 200 (dependencies answer; a consumer holds its assignment).
 http_ready() { http_ok "$1" /readyz; }
 
+# stop_pid PID [SECONDS]: TERM the process, wait up to SECONDS (default 10) for
+# it to exit, then KILL. Returns 1 when there was no such process to signal.
+stop_pid() {
+  local pid=$1 tenths=$((${2:-10} * 10))
+  kill -TERM "$pid" 2>/dev/null || return 1
+  while ((tenths-- > 0)); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
 # free_port: an unused TCP port on 127.0.0.1.
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
@@ -253,7 +265,7 @@ boot_kafka() {
         break
       fi
       if ((SECONDS >= deadline)); then
-        kill "$KAFKA_PID" 2>/dev/null || true
+        stop_pid "$KAFKA_PID" || true
         die "the Kafka broker did not answer within 90 s, see $data/logs/server.log"
       fi
       sleep 0.3
@@ -464,9 +476,7 @@ stop_started() {
   for ((index = ${#STARTED_PIDS[@]} - 1; index >= 0; index--)); do
     entry=${STARTED_PIDS[$index]}
     pid=${entry##* }
-    kill -TERM "$pid" 2>/dev/null || continue
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
+    stop_pid "$pid" 10 || true
   done
   STARTED_PIDS=()
   stop_private_postgres

@@ -1,18 +1,18 @@
 //! The invariants, checked after a bounded wait for quiescence: nothing lost,
 //! nothing doubled, nothing stuck, every hostile record in its dead-letter
-//! topic as it was sent. Prints one row per invariant with its count.
+//! topic as it was sent. Renders one row per invariant with its count, as
+//! text, for the `check` subcommand and for the table `run` prints.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use foodorder_contract::states::{OrderState, PaymentState};
 use payment_service::gateway::Decision;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
+/// Options of the `check` subcommand.
 #[derive(clap::Args)]
 pub struct CheckArgs {
     /// The platform's database.
@@ -44,22 +44,86 @@ pub struct CheckArgs {
     wait: u64,
 }
 
+/// What the checker needs to know about the run under test.
+pub struct Inputs {
+    /// The platform's database.
+    pub database: String,
+    /// Kafka bootstrap servers.
+    pub bootstrap: String,
+    /// Topic-name prefix of the platform under test.
+    pub prefix: String,
+    /// The payment service's consumer group.
+    pub payment_group: String,
+    /// The notification service's consumer group.
+    pub notification_group: String,
+    /// The order API's consumer group (payment.completed).
+    pub order_group: String,
+    /// The ids the careful client saw acknowledged.
+    pub acked: BTreeSet<String>,
+    /// What the injector sent (see [`crate::inject::Sent`]), if it ran.
+    pub hostile: Option<Vec<serde_json::Value>>,
+    /// Longest wait for quiescence.
+    pub wait: Duration,
+}
+
+/// The verdict: the rendered table (with details of any violation) and whether it is clean.
+pub struct Report {
+    /// The invariant rows, the time to quiescence and the details of violations.
+    pub text: String,
+    /// No invariant was violated.
+    pub clean: bool,
+}
+
 struct Row {
     invariant: &'static str,
     checked: usize,
     violations: usize,
 }
 
+/// The `check` subcommand: reads the files the other subcommands wrote,
+/// prints the report and returns whether it is clean.
 pub async fn run(args: CheckArgs) -> anyhow::Result<bool> {
-    let pool = PgPool::connect(&args.database)
-        .await
-        .context("failed to connect to the database")?;
-    let topics = crate::topics::Topics::with_prefix(&args.prefix);
-    let acked: BTreeSet<String> = std::fs::read_to_string(&args.acked)?
+    let acked = std::fs::read_to_string(&args.acked)
+        .with_context(|| format!("failed to read {}", args.acked.display()))?
         .lines()
         .filter(|line| !line.is_empty())
         .map(str::to_owned)
         .collect();
+    let hostile = match &args.hostile {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("failed to read {}", path.display()))?
+                .lines()
+                .filter_map(|line| serde_json::from_str(line).ok())
+                .collect(),
+        ),
+        None => None,
+    };
+    let report = verify(Inputs {
+        database: args.database,
+        bootstrap: args.bootstrap,
+        prefix: args.prefix,
+        payment_group: args.payment_group,
+        notification_group: args.notification_group,
+        order_group: args.order_group,
+        acked,
+        hostile,
+        wait: Duration::from_secs(args.wait),
+    })
+    .await?;
+    print!("{}", report.text);
+    Ok(report.clean)
+}
+
+/// Waits (up to `inputs.wait`) for quiescence, then checks every invariant.
+pub async fn verify(inputs: Inputs) -> anyhow::Result<Report> {
+    let args = &inputs;
+    let pool = PgPool::connect(&args.database)
+        .await
+        .context("failed to connect to the database")?;
+    let topics = crate::topics::Topics::with_prefix(&args.prefix);
+    let acked = &args.acked;
+    let mut out = String::new();
 
     // Quiescence: every acknowledged order terminal and notified, the outbox
     // drained, both groups with no lag.
@@ -79,11 +143,9 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<bool> {
         )
         .fetch_one(&pool)
         .await?;
-        let lags = group_lags(&args, &topics).await?;
+        let lags = group_lags(args, &topics).await?;
         let lagging = lags.values().any(|lag| *lag > 0);
-        if (unfinished == 0 && backlog == 0 && !lagging)
-            || started.elapsed() >= Duration::from_secs(args.wait)
-        {
+        if (unfinished == 0 && backlog == 0 && !lagging) || started.elapsed() >= args.wait {
             break lags;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -178,7 +240,8 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<bool> {
         violations: lags.values().filter(|lag| **lag > 0).count(),
     });
     if let Some(hostile) = &args.hostile {
-        let (checked, violations) = hostile_in_dlq(&args.bootstrap, hostile).await?;
+        let (checked, violations) =
+            crate::dlq::hostile_in_dlq(&args.bootstrap, hostile, &mut out).await?;
         rows.push(Row {
             invariant: "hostile records in the right DLQ, byte for byte",
             checked,
@@ -186,37 +249,46 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<bool> {
         });
     }
 
-    println!("{:<52} {:>8} {:>10}", "invariant", "checked", "violations");
+    writeln!(
+        out,
+        "{:<52} {:>8} {:>10}",
+        "invariant", "checked", "violations"
+    )?;
     for row in &rows {
-        println!(
+        writeln!(
+            out,
             "{:<52} {:>8} {:>10}",
             row.invariant, row.checked, row.violations
-        );
+        )?;
     }
-    println!(
+    writeln!(
+        out,
         "{:<52} {:>8.1} s",
         "time to quiescence",
         quiet_after.as_secs_f64()
-    );
+    )?;
     if !missing.is_empty() {
-        println!("missing orders: {missing:?}");
+        writeln!(out, "missing orders: {missing:?}")?;
     }
     for row in orders
         .iter()
         .filter(|row| !row.1.is_terminal() || row.2 != 1 || row.3 != 1)
     {
-        println!(
+        writeln!(
+            out,
             "order {} status={} attempts={} notifications={} charges={}",
             row.0, row.1, row.2, row.3, row.4
-        );
+        )?;
     }
     for ((group, partition), lag) in lags.iter().filter(|(_, lag)| **lag > 0) {
-        println!("lag: group {group} partition {partition}: {lag}");
+        writeln!(out, "lag: group {group} partition {partition}: {lag}")?;
     }
-    Ok(rows.iter().all(|row| row.violations == 0))
+    Ok(Report {
+        text: out,
+        clean: rows.iter().all(|row| row.violations == 0),
+    })
 }
 
-/// Lag per (group, partition): high watermark minus the committed offset.
 /// An order as the checks see it: id, status, payment attempts,
 /// notifications, approved charges, the attempt's status, the order API's
 /// payment summary status.
@@ -230,8 +302,9 @@ type OrderRow = (
     Option<PaymentState>,
 );
 
+/// Lag per (group, partition): high watermark minus the committed offset.
 async fn group_lags(
-    args: &CheckArgs,
+    args: &Inputs,
     topics: &crate::topics::Topics,
 ) -> anyhow::Result<BTreeMap<(String, i32), i64>> {
     let plan = [
@@ -256,108 +329,4 @@ async fn group_lags(
     })
     .await?;
     Ok(lags)
-}
-
-/// Every injected record is on its dead-letter topic with its key, value and
-/// headers as sent (followed by the diagnostic headers).
-async fn hostile_in_dlq(
-    bootstrap: &str,
-    sent_file: &std::path::Path,
-) -> anyhow::Result<(usize, usize)> {
-    let sent: Vec<serde_json::Value> = std::fs::read_to_string(sent_file)?
-        .lines()
-        .filter_map(|line| serde_json::from_str(line).ok())
-        .collect();
-    let dlqs: BTreeSet<String> = sent
-        .iter()
-        .filter_map(|line| line["dlq"].as_str().map(str::to_owned))
-        .collect();
-    let mut found: Vec<(String, serde_json::Value)> = Vec::new();
-    for dlq in dlqs {
-        let (bootstrap, topic) = (bootstrap.to_owned(), dlq.clone());
-        let records = tokio::task::spawn_blocking(move || read_all(&bootstrap, &topic)).await??;
-        found.extend(records.into_iter().map(|record| (dlq.clone(), record)));
-    }
-    let mut violations = 0;
-    for record in &sent {
-        let matches = found.iter().any(|(dlq, copy)| {
-            Some(dlq.as_str()) == record["dlq"].as_str()
-                && copy["key"] == record["key"]
-                && copy["value_sha256"] == record["value_sha256"]
-                && copy["headers"]
-                    .as_array()
-                    .zip(record["headers"].as_array())
-                    .is_some_and(|(copy, sent)| {
-                        copy.len() >= sent.len() && copy[..sent.len()] == sent[..]
-                    })
-        });
-        if !matches {
-            violations += 1;
-            println!(
-                "not in its DLQ as sent: {} on {}",
-                record["kind"], record["topic"]
-            );
-            println!("  sent headers: {}", record["headers"]);
-            for (_, copy) in found
-                .iter()
-                .filter(|(_, copy)| copy["key"] == record["key"])
-            {
-                println!(
-                    "  copy with that key: same value {}, headers {}",
-                    copy["value_sha256"] == record["value_sha256"],
-                    copy["headers"]
-                );
-            }
-        }
-    }
-    Ok((sent.len(), violations))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-fn read_all(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<serde_json::Value>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set(
-            "group.id",
-            format!("chaos-checker-{}", uuid::Uuid::new_v4()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("log_level", "3")
-        .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions = metadata
-        .topics()
-        .first()
-        .map(|topic| topic.partitions().len())
-        .unwrap_or(0) as i32;
-    let mut ends = BTreeMap::new();
-    let mut list = TopicPartitionList::new();
-    for partition in 0..partitions {
-        let (_, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
-        ends.insert(partition, high);
-        list.add_partition_offset(topic, partition, Offset::Beginning)?;
-    }
-    consumer.assign(&list)?;
-    let mut positions: BTreeMap<i32, i64> = ends.keys().map(|partition| (*partition, 0)).collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut records = Vec::new();
-    while positions
-        .iter()
-        .any(|(partition, position)| *position < ends[partition])
-        && Instant::now() < deadline
-    {
-        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
-            positions.insert(message.partition(), message.offset() + 1);
-            let headers = foodorder_runtime::record_headers::read(&message);
-            records.push(serde_json::json!({
-                "key": message.key().map(hex),
-                "value_sha256": hex(&Sha256::digest(message.payload().unwrap_or_default())),
-                "headers": headers.iter().map(|(name, value)| (hex(name), value.as_deref().map(hex))).collect::<Vec<_>>(),
-            }));
-        }
-    }
-    Ok(records)
 }

@@ -1,22 +1,24 @@
 //! Hostile and duplicated records. Hostile records are produced straight over
-//! the Kafka protocol (header names need not be UTF-8); each one is written to
-//! a JSON-lines file so that the checker can find it in the right dead-letter
-//! topic with its original key, value and headers.
+//! the Kafka protocol (header names need not be UTF-8); each one is described
+//! by a JSON line (kept in memory by `run`, appended to a file by `inject`) so
+//! that the checker can find it in the right dead-letter topic with its
+//! original key, value and headers.
 
 use std::io::Write;
 
 use anyhow::Context;
-use foodorder_contract::events;
-use foodorder_contract::v1::{OrderPlaced, PaymentCompleted};
 use foodorder_runtime::kafka::EVENT_MAX_MESSAGE_BYTES;
 use foodorder_runtime::record_headers::RawHeader;
+use foodorder_contract::events;
 use foodorder_testkit as testing;
+use foodorder_contract::v1::{OrderPlaced, PaymentCompleted};
 use prost::Message as _;
 use rand::{Rng, SeedableRng};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use sha2::{Digest, Sha256};
 
+/// Options of the `inject` subcommand.
 #[derive(clap::Args)]
 pub struct InjectArgs {
     /// Kafka bootstrap servers.
@@ -36,6 +38,7 @@ pub struct InjectArgs {
     out: std::path::PathBuf,
 }
 
+/// Options of the `duplicate` subcommand.
 #[derive(clap::Args)]
 pub struct DuplicateArgs {
     /// Kafka bootstrap servers.
@@ -153,9 +156,46 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
+/// The `inject` subcommand: sends the hostile records, appends what was sent to `--out`.
 pub async fn run(args: InjectArgs) -> anyhow::Result<()> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
-    let topics = crate::topics::Topics::with_prefix(&args.prefix);
+    let sent = hostile(&args.bootstrap, &args.prefix, &args.live_order, args.seed).await?;
+    append_lines(&args.out, &sent.lines)?;
+    println!("{{\"hostile_records\": {}}}", sent.records);
+    Ok(())
+}
+
+/// What [`hostile`] sent: how many records, and one JSON line per record and
+/// dead-letter topic it must reach (kind, topic, dlq, key, value digest, headers).
+pub struct Sent {
+    /// Records produced.
+    pub records: usize,
+    /// What the checker looks for, one entry per (record, dead-letter topic).
+    pub lines: Vec<serde_json::Value>,
+}
+
+/// Appends JSON lines to `path`.
+pub fn append_lines(path: &std::path::Path, lines: &[serde_json::Value]) -> anyhow::Result<()> {
+    let mut out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("failed to open {}", path.display()))?;
+    for line in lines {
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+/// Produces the hostile records to both event topics of the platform whose
+/// topic names start with `prefix`; `live_order` keys one garbage record per topic.
+pub async fn hostile(
+    bootstrap: &str,
+    prefix: &str,
+    live_order: &str,
+    seed: u64,
+) -> anyhow::Result<Sent> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let topics = crate::topics::Topics::with_prefix(prefix);
     let fake_order = uuid::Uuid::new_v4().to_string();
     let order_placed = OrderPlaced {
         metadata: Some(events::metadata("chaos", "chaos", chrono::Utc::now())),
@@ -191,17 +231,15 @@ pub async fn run(args: InjectArgs) -> anyhow::Result<()> {
             payment_completed,
         ),
     ];
-    let mut out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&args.out)
-        .with_context(|| format!("failed to open {}", args.out.display()))?;
-    let mut sent = 0;
+    let mut sent = Sent {
+        records: 0,
+        lines: Vec::new(),
+    };
     for (topic, dlqs, event_type, wrong, valid) in plan {
-        for record in hostile_records(&mut rng, event_type, wrong, valid, &args.live_order) {
+        for record in hostile_records(&mut rng, event_type, wrong, valid, live_order) {
             let partition = rng.random_range(0..6);
             testing::produce_raw(
-                &args.bootstrap,
+                bootstrap,
                 topic,
                 partition,
                 record.key.as_deref(),
@@ -210,32 +248,42 @@ pub async fn run(args: InjectArgs) -> anyhow::Result<()> {
             )
             .await;
             for dlq in &dlqs {
-                let line = serde_json::json!({
+                sent.lines.push(serde_json::json!({
                     "kind": record.kind,
                     "topic": topic,
                     "dlq": dlq,
                     "key": record.key.as_deref().map(hex),
                     "value_sha256": hex(&Sha256::digest(record.value.as_deref().unwrap_or_default())),
                     "headers": record.headers.iter().map(|(name, value)| (hex(name), value.as_deref().map(hex))).collect::<Vec<_>>(),
-                });
-                writeln!(out, "{line}")?;
+                }));
             }
-            sent += 1;
+            sent.records += 1;
         }
     }
-    println!("{{\"hostile_records\": {sent}}}");
+    Ok(sent)
+}
+
+/// The `duplicate` subcommand.
+pub async fn run_duplicate(args: DuplicateArgs) -> anyhow::Result<()> {
+    let copied = duplicate(&args.bootstrap, &args.topic, args.count).await?;
+    println!(
+        "{{\"duplicated\": {copied}, \"topic\": \"{}\"}}",
+        args.topic
+    );
     Ok(())
 }
 
-/// Copies up to `count` records already on `topic` back onto it.
-pub async fn duplicate(args: DuplicateArgs) -> anyhow::Result<()> {
-    let (bootstrap, topic, count) = (args.bootstrap.clone(), args.topic.clone(), args.count);
+/// Copies up to `count` records already on `topic` back onto it (same
+/// partition, key, value and headers); returns how many were copied.
+pub async fn duplicate(bootstrap: &str, topic: &str, count: usize) -> anyhow::Result<usize> {
+    let (reader_bootstrap, reader_topic) = (bootstrap.to_owned(), topic.to_owned());
     let records =
-        tokio::task::spawn_blocking(move || read_some(&bootstrap, &topic, count)).await??;
+        tokio::task::spawn_blocking(move || read_some(&reader_bootstrap, &reader_topic, count))
+            .await??;
     for (partition, key, value, headers) in &records {
         testing::produce_raw(
-            &args.bootstrap,
-            &args.topic,
+            bootstrap,
+            topic,
             *partition,
             key.as_deref(),
             value.as_deref(),
@@ -243,12 +291,7 @@ pub async fn duplicate(args: DuplicateArgs) -> anyhow::Result<()> {
         )
         .await;
     }
-    println!(
-        "{{\"duplicated\": {}, \"topic\": \"{}\"}}",
-        records.len(),
-        args.topic
-    );
-    Ok(())
+    Ok(records.len())
 }
 
 type RawRecord = (i32, Option<Vec<u8>>, Option<Vec<u8>>, Vec<RawHeader>);

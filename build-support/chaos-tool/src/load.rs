@@ -11,6 +11,7 @@ use foodorder_contract::v1::order_service_client::OrderServiceClient;
 use foodorder_contract::v1::{OrderItemInput, PlaceOrderRequest};
 use tonic::Code;
 
+/// Options of the `load` subcommand.
 #[derive(clap::Args)]
 pub struct LoadArgs {
     /// The order API, host:port.
@@ -38,8 +39,45 @@ fn retryable(code: Code) -> bool {
     )
 }
 
+/// What the careful client saw: the acknowledged order ids and a JSON summary
+/// (orders placed, acknowledged, outcomes by gRPC code, retried calls).
+pub struct LoadReport {
+    /// Ids of the orders PlaceOrder acknowledged.
+    pub acked: Vec<String>,
+    /// `{"acknowledged", "outcomes", "placed", "retried_calls"}`, printed as the PlaceOrder row.
+    pub summary: serde_json::Value,
+}
+
+/// The `load` subcommand: places the load, writes the acknowledged ids, prints the summary.
 pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", args.addr))?
+    let report = place_orders(
+        &args.addr,
+        args.rate,
+        Duration::from_secs(args.seconds),
+        Duration::from_secs(args.retry_for),
+    )
+    .await?;
+    write_acked(&args.acked, &report.acked)?;
+    println!("{}", report.summary);
+    Ok(())
+}
+
+/// Writes the acknowledged ids, one per line.
+pub fn write_acked(path: &std::path::Path, acked: &[String]) -> anyhow::Result<()> {
+    std::fs::write(path, acked.join("\n") + "\n")
+        .with_context(|| format!("failed to write {}", path.display()))
+}
+
+/// Places `rate` orders per second at `addr` for `duration`; an order whose
+/// calls fail with a retryable code is retried with its key for up to `retry_for`.
+pub async fn place_orders(
+    addr: &str,
+    rate: u32,
+    duration: Duration,
+    retry_for: Duration,
+) -> anyhow::Result<LoadReport> {
+    anyhow::ensure!(rate > 0, "the rate must be at least 1 order/s");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(10))
         .connect_lazy();
@@ -47,8 +85,8 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     let acked = Arc::new(Mutex::new(Vec::new()));
     let outcomes: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
     let retries = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(args.rate)));
-    let end = Instant::now() + Duration::from_secs(args.seconds);
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    let end = Instant::now() + duration;
     let mut tasks = tokio::task::JoinSet::new();
     let mut index: u64 = 0;
     while Instant::now() < end {
@@ -60,7 +98,6 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
             outcomes.clone(),
             retries.clone(),
         );
-        let retry_for = Duration::from_secs(args.retry_for);
         tasks.spawn(async move {
             let request = PlaceOrderRequest {
                 customer_name: format!("Chaos Customer {index}"),
@@ -98,14 +135,11 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     }
     while tasks.join_next().await.is_some() {}
     let acked = acked.lock().unwrap().clone();
-    std::fs::write(&args.acked, acked.join("\n") + "\n")
-        .with_context(|| format!("failed to write {}", args.acked.display()))?;
     let summary = serde_json::json!({
         "placed": index,
         "acknowledged": acked.len(),
         "outcomes": *outcomes.lock().unwrap(),
         "retried_calls": retries.load(std::sync::atomic::Ordering::Relaxed),
     });
-    println!("{summary}");
-    Ok(())
+    Ok(LoadReport { acked, summary })
 }

@@ -1,12 +1,21 @@
-//! The Rust half of `build-support/chaos`: the careful client that places the
-//! steady load, the injector of duplicated and hostile records, and the
-//! checker of the invariants once the platform is quiet. The script owns the
-//! processes and the fault schedule; this tool owns everything that speaks
-//! gRPC, Kafka or SQL.
+//! `foodorder-chaos`, the chaos suite of build-support/chaos. `run` is one
+//! whole run: it owns the seeded fault schedule, supervises the broker and the
+//! service processes, injects the faults, places the load, checks the
+//! invariants and prints the table; build-support/chaos only provisions
+//! PostgreSQL, the broker's jars and the binaries, then hands over. The other
+//! subcommands are its parts on their own, for a platform run by other means:
+//! the careful client, the record injectors and the checker.
 
+mod broker;
 mod check;
+mod dlq;
+mod faults;
 mod inject;
 mod load;
+mod postgres;
+mod run;
+mod schedule;
+mod supervise;
 mod topics;
 
 use clap::{Parser, Subcommand};
@@ -14,7 +23,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "foodorder-chaos",
-    about = "Load, hostile records and invariant checks for build-support/chaos"
+    about = "The chaos suite of build-support/chaos: a whole run, or its load, injectors and checker"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -23,6 +32,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Runs the platform under a seeded fault schedule and checks the invariants; exits 1 on a violation.
+    Run(run::RunArgs),
     /// Places orders at a steady rate; retries UNAVAILABLE with the same idempotency key.
     Load(load::LoadArgs),
     /// Produces hostile records to both event topics and records what it sent.
@@ -33,15 +44,26 @@ enum Command {
     Check(check::CheckArgs),
 }
 
+/// Progress on stderr, in the style of build-support/lib.sh's `log`.
+pub fn say(message: impl std::fmt::Display) {
+    eprintln!("\x1b[1m==>\x1b[0m {message}");
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Load(args) => load::run(args).await,
-        Command::Inject(args) => inject::run(args).await,
-        Command::Duplicate(args) => inject::duplicate(args).await,
-        Command::Check(args) => {
-            let clean = check::run(args).await?;
-            std::process::exit(if clean { 0 } else { 1 });
+async fn main() {
+    let outcome = match Cli::parse().command {
+        Command::Run(args) => run::run(args).await,
+        Command::Load(args) => load::run(args).await.map(|()| true),
+        Command::Inject(args) => inject::run(args).await.map(|()| true),
+        Command::Duplicate(args) => inject::run_duplicate(args).await.map(|()| true),
+        Command::Check(args) => check::run(args).await,
+    };
+    match outcome {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::exit(1);
         }
     }
 }

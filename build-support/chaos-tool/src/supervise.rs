@@ -1,0 +1,287 @@
+//! Process supervision: the service instances of a run (order-api, payment-1,
+//! payment-2, notification-1), started with the run's environment and their
+//! output appended to one log file each; the readiness wait; the watch for an
+//! instance that exited without being killed (a violation: it is counted and
+//! started again); and [`stop`], the one way this tool ends a process, so that
+//! every child, on every exit path, gets the same TERM, bounded wait, KILL.
+//!
+//! Children run in a process group of their own: a Ctrl-C in the terminal
+//! reaches this tool only, which then stops them in order. Each child is also
+//! killed when its handle is dropped, the last resort should the tool panic.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio::time::{Instant, sleep, timeout};
+
+/// How long a stopped service gets between SIGTERM and SIGKILL (it drains
+/// for `SHUTDOWN_GRACE_SECONDS`, 5 s, at most).
+pub const SERVICE_GRACE: Duration = Duration::from_secs(10);
+
+/// Stops `child`: SIGTERM, up to `grace` for it to exit, then SIGKILL; a zero
+/// `grace` is SIGKILL at once (the faults). Returns once the process is reaped.
+pub async fn stop(name: &str, child: &mut Child, grace: Duration) {
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return;
+    }
+    let pid = child.id().and_then(|pid| i32::try_from(pid).ok());
+    if let (false, Some(pid)) = (grace.is_zero(), pid) {
+        if kill(Pid::from_raw(pid), Signal::SIGTERM).is_ok()
+            && timeout(grace, child.wait()).await.is_ok()
+        {
+            return;
+        }
+        eprintln!("warning: {name} did not stop within {grace:?} of SIGTERM; sending SIGKILL");
+    }
+    if let Err(error) = child.start_kill() {
+        eprintln!("warning: cannot SIGKILL {name}: {error}");
+    }
+    if let Err(error) = child.wait().await {
+        eprintln!("warning: waiting for {name} failed: {error}");
+    }
+}
+
+/// Starts `command` in a process group of its own, stdin from /dev/null and
+/// stdout and stderr to `log` (appended, or truncated first when `truncate`).
+pub fn spawn(command: &mut Command, log: &Path, truncate: bool) -> anyhow::Result<Child> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(!truncate)
+        .truncate(truncate)
+        .open(log)
+        .with_context(|| format!("failed to open {}", log.display()))?;
+    command
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("failed to start {:?}", command.as_std().get_program()))
+}
+
+/// The last `lines` lines of a file, or nothing if it cannot be read.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let kept: Vec<&str> = text.lines().rev().take(lines).collect();
+    kept.into_iter().rev().collect::<Vec<_>>().join("\n")
+}
+
+/// Whether `GET /readyz` on `addr` answers 200 within a couple of seconds.
+pub async fn http_ready(addr: SocketAddr) -> bool {
+    let probe = async {
+        let mut stream = TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET /readyz HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut status_line = String::new();
+        BufReader::new(stream)
+            .read_line(&mut status_line)
+            .await
+            .ok()?;
+        Some(status_line.split_whitespace().nth(1) == Some("200"))
+    };
+    matches!(timeout(Duration::from_secs(2), probe).await, Ok(Some(true)))
+}
+
+/// Whether something accepts TCP connections on `addr`.
+pub async fn port_open(addr: SocketAddr) -> bool {
+    matches!(
+        timeout(Duration::from_secs(1), TcpStream::connect(addr)).await,
+        Ok(Ok(_))
+    )
+}
+
+/// A free TCP address on 127.0.0.1.
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], foodorder_testkit::free_port()))
+}
+
+/// One service process of the run.
+struct Instance {
+    name: &'static str,
+    binary: &'static str,
+    /// The variable naming its HTTP address, given a new free port at every
+    /// start; `None` for the order API, whose address is in the run's environment.
+    health_var: Option<&'static str>,
+    health: SocketAddr,
+    child: Option<Child>,
+    /// False once it was killed for good: its exit is then no violation.
+    expected: bool,
+}
+
+/// The service instances of a run.
+pub struct Services {
+    bin_dir: PathBuf,
+    log_dir: PathBuf,
+    env: Vec<(String, String)>,
+    grpc: SocketAddr,
+    instances: Vec<Instance>,
+    /// How many times an instance exited without being killed.
+    pub unexpected_exits: usize,
+}
+
+impl Services {
+    /// The four instances, not started: order-api (gRPC on `grpc`, HTTP on
+    /// `http`), payment-1, payment-2 and notification-1.
+    pub fn new(bin_dir: PathBuf, log_dir: PathBuf, grpc: SocketAddr, http: SocketAddr) -> Self {
+        let instance = |name, binary, health_var| Instance {
+            name,
+            binary,
+            health_var,
+            health: http,
+            child: None,
+            expected: true,
+        };
+        Self {
+            bin_dir,
+            log_dir,
+            env: Vec::new(),
+            grpc,
+            instances: vec![
+                instance("order-api", "order-api", None),
+                instance("payment-1", "payment-service", Some("PAYMENT_HEALTH_ADDR")),
+                instance("payment-2", "payment-service", Some("PAYMENT_HEALTH_ADDR")),
+                instance(
+                    "notification-1",
+                    "notification-service",
+                    Some("NOTIFICATION_HEALTH_ADDR"),
+                ),
+            ],
+            unexpected_exits: 0,
+        }
+    }
+
+    /// The environment every instance starts with, from its next start on.
+    pub fn set_env(&mut self, env: Vec<(String, String)>) {
+        self.env = env;
+    }
+
+    fn instance(&mut self, name: &str) -> &mut Instance {
+        self.instances
+            .iter_mut()
+            .find(|instance| instance.name == name)
+            .unwrap_or_else(|| panic!("no instance named {name}"))
+    }
+
+    fn log_of(&self, name: &str) -> PathBuf {
+        self.log_dir.join(format!("{name}.log"))
+    }
+
+    /// Starts (or starts again) the instance `name`.
+    pub fn start(&mut self, name: &str) -> anyhow::Result<()> {
+        let (bin_dir, log, env) = (self.bin_dir.clone(), self.log_of(name), self.env.clone());
+        let instance = self.instance(name);
+        let mut command = Command::new(bin_dir.join(instance.binary));
+        command.envs(env);
+        if let Some(var) = instance.health_var {
+            instance.health = free_addr();
+            command.env(var, instance.health.to_string());
+        }
+        instance.child = Some(spawn(&mut command, &log, false)?);
+        Ok(())
+    }
+
+    /// Starts every instance.
+    pub fn start_all(&mut self) -> anyhow::Result<()> {
+        let names: Vec<&str> = self
+            .instances
+            .iter()
+            .map(|instance| instance.name)
+            .collect();
+        names.into_iter().try_for_each(|name| self.start(name))
+    }
+
+    /// SIGKILLs the instance `name` (no clean shutdown) and reaps it.
+    pub async fn kill(&mut self, name: &str) {
+        if let Some(mut child) = self.instance(name).child.take() {
+            stop(name, &mut child, Duration::ZERO).await;
+        }
+    }
+
+    /// SIGKILLs the instance `name` and leaves it dead.
+    pub async fn kill_for_good(&mut self, name: &str) {
+        self.instance(name).expected = false;
+        self.kill(name).await;
+    }
+
+    /// Waits until every instance answers `/readyz` (and the order API's gRPC
+    /// port accepts connections), failing early when one exits, and after `limit`.
+    pub async fn wait_ready(&mut self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        let grpc = self.grpc;
+        for index in 0..self.instances.len() {
+            let log = self.log_of(self.instances[index].name);
+            let instance = &mut self.instances[index];
+            loop {
+                if http_ready(instance.health).await
+                    && (instance.health_var.is_some() || port_open(grpc).await)
+                {
+                    break;
+                }
+                if let Some(Ok(Some(status))) = instance.child.as_mut().map(Child::try_wait) {
+                    anyhow::bail!(
+                        "{} exited while starting ({status}), see {}",
+                        instance.name,
+                        log.display()
+                    );
+                }
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "{} did not become ready within {} s, see {}",
+                    instance.name,
+                    limit.as_secs(),
+                    log.display()
+                );
+                sleep(Duration::from_millis(300)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts every expected instance that exited without being killed, and starts it again.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        let mut exited = Vec::new();
+        for instance in self
+            .instances
+            .iter_mut()
+            .filter(|instance| instance.expected)
+        {
+            if let Some(Ok(Some(status))) = instance.child.as_mut().map(Child::try_wait) {
+                exited.push((instance.name, status));
+            }
+        }
+        for (name, status) in exited {
+            self.unexpected_exits += 1;
+            eprintln!(
+                "{name} exited on its own ({status}), see {}",
+                self.log_of(name).display()
+            );
+            self.start(name)?;
+        }
+        Ok(())
+    }
+
+    /// Stops every running instance (SIGTERM, bounded wait, SIGKILL), all at once.
+    pub async fn stop_all(&mut self) {
+        let stops = self.instances.iter_mut().filter_map(|instance| {
+            let name = instance.name;
+            instance
+                .child
+                .take()
+                .map(|mut child| async move { stop(name, &mut child, SERVICE_GRACE).await })
+        });
+        let handles: Vec<_> = stops.map(tokio::spawn).collect();
+        for handle in handles {
+            let _ = handle.await;
+        }
+    }
+}
