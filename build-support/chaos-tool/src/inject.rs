@@ -7,11 +7,11 @@
 use std::io::Write;
 
 use anyhow::Context;
+use foodorder_contract::events;
+use foodorder_contract::v1::{OrderPlaced, PaymentCompleted};
 use foodorder_runtime::kafka::EVENT_MAX_MESSAGE_BYTES;
 use foodorder_runtime::record_headers::RawHeader;
-use foodorder_contract::events;
 use foodorder_testkit as testing;
-use foodorder_contract::v1::{OrderPlaced, PaymentCompleted};
 use prost::Message as _;
 use rand::{Rng, SeedableRng};
 use rdkafka::consumer::{BaseConsumer, Consumer};
