@@ -1,162 +1,26 @@
-//! The transactional outbox: [`enqueue`] stores a Kafka record in the same
-//! transaction as the business change, and [`OutboxRelay`] publishes stored
-//! records through an idempotent producer and marks them sent only after the
-//! broker acknowledged them.
-//!
-//! Each service has its own outbox table, `<schema>.outbox`, in the schema it
-//! owns (see [`crate::db::Schema`]).
-//!
-//! Promptness without polling: `enqueue` also issues `NOTIFY <schema>_outbox`, which
-//! PostgreSQL delivers at commit; the relay `LISTEN`s and drains at once. A slow
-//! sweep catches rows whose notification was missed (a crash, a lost listener
-//! connection). Rows are claimed with `FOR UPDATE SKIP LOCKED`, so several
-//! replicas can run relays on one table without publishing a row concurrently.
+//! The relay: claims unsent outbox rows (`FOR UPDATE SKIP LOCKED`), publishes
+//! them through an idempotent producer, marks them sent after the broker's
+//! acknowledgement, parks the ones the broker refuses for good, and replaces a
+//! producer that hit a fatal error.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use futures::future::join_all;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
+use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use sqlx::{PgPool, Postgres, Transaction};
 use tokio_util::sync::CancellationToken;
-
 use tracing::Instrument;
 
+use super::metrics::watch_backlog;
+use super::{OutboxMetrics, RelayConfig, notify_channel};
 use crate::backoff::Backoff;
 use crate::db::Schema;
-use crate::metrics::{LatencyFamily, Metrics, TopicLabel};
+use crate::metrics::{Metrics, TopicLabel};
 use crate::{kafka, telemetry};
-
-/// The channel on which `enqueue` notifies the relay of `schema`'s outbox.
-pub fn notify_channel(schema: &Schema) -> String {
-    format!("{}_outbox", schema.name)
-}
-
-/// A record to publish.
-#[derive(Clone, Debug)]
-pub struct OutboxMessage {
-    /// Destination topic.
-    pub topic: String,
-    /// Record key (the order id).
-    pub key: String,
-    /// Record value (an encoded protobuf event).
-    pub payload: Vec<u8>,
-    /// Record headers.
-    pub headers: BTreeMap<String, String>,
-}
-
-/// Stores `message` in the outbox inside the caller's transaction and notifies
-/// the relay (the notification is delivered only if the transaction commits).
-pub async fn enqueue(
-    tx: &mut Transaction<'_, Postgres>,
-    schema: &Schema,
-    message: &OutboxMessage,
-) -> Result<(), sqlx::Error> {
-    enqueue_all(tx, schema, std::slice::from_ref(message)).await
-}
-
-/// Stores `messages` in the outbox inside the caller's transaction, in one
-/// statement and in their order (ids ascending), and notifies the relay once.
-pub async fn enqueue_all(
-    tx: &mut Transaction<'_, Postgres>,
-    schema: &Schema,
-    messages: &[OutboxMessage],
-) -> Result<(), sqlx::Error> {
-    if messages.is_empty() {
-        return Ok(());
-    }
-    let topics: Vec<&str> = messages
-        .iter()
-        .map(|message| message.topic.as_str())
-        .collect();
-    let keys: Vec<&str> = messages
-        .iter()
-        .map(|message| message.key.as_str())
-        .collect();
-    let payloads: Vec<&[u8]> = messages
-        .iter()
-        .map(|message| message.payload.as_slice())
-        .collect();
-    let headers: Vec<serde_json::Value> = messages
-        .iter()
-        .map(|message| serde_json::to_value(&message.headers).unwrap_or_default())
-        .collect();
-    sqlx::query(&format!(
-        "INSERT INTO {}.outbox (topic, message_key, payload, headers) \
-         SELECT topic, message_key, payload, headers \
-         FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::jsonb[]) WITH ORDINALITY \
-           AS batch (topic, message_key, payload, headers, position) ORDER BY position",
-        schema.name
-    ))
-    .bind(&topics)
-    .bind(&keys)
-    .bind(&payloads)
-    .bind(&headers)
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(notify_channel(schema))
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-/// How the relay behaves.
-#[derive(Clone, Debug)]
-pub struct RelayConfig {
-    /// Rows claimed and published per transaction (`OUTBOX_BATCH_SIZE`, default 256).
-    pub batch_size: i64,
-    /// Interval of the safety sweep (`OUTBOX_SWEEP_INTERVAL_MS`, default 5000).
-    pub sweep_interval: Duration,
-    /// First back-off after a failure; doubles up to `max_backoff`.
-    pub initial_backoff: Duration,
-    /// Longest back-off between retries while the broker or database is down.
-    pub max_backoff: Duration,
-    /// Sent rows older than this are deleted by the sweep (`OUTBOX_RETENTION_HOURS`, default 24).
-    pub retention: Duration,
-    /// Topics this relay publishes; rows for other topics are left to the
-    /// service that owns them (empty: every topic).
-    pub topics: Vec<String>,
-}
-
-impl RelayConfig {
-    /// Reads the relay settings from the environment.
-    pub fn from_env() -> anyhow::Result<Self> {
-        Ok(Self {
-            batch_size: crate::config::env_count("OUTBOX_BATCH_SIZE", 256)?,
-            sweep_interval: Duration::from_millis(crate::config::env_count(
-                "OUTBOX_SWEEP_INTERVAL_MS",
-                5_000,
-            )?),
-            initial_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(10),
-            retention: Duration::from_secs(
-                3600 * crate::config::env_or::<u64>("OUTBOX_RETENTION_HOURS", 24)?,
-            ),
-            topics: Vec::new(),
-        })
-    }
-}
-
-impl Default for RelayConfig {
-    fn default() -> Self {
-        Self {
-            batch_size: 256,
-            sweep_interval: Duration::from_secs(5),
-            initial_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(10),
-            retention: Duration::from_secs(24 * 3600),
-            topics: Vec::new(),
-        }
-    }
-}
 
 #[derive(sqlx::FromRow)]
 struct OutboxRow {
@@ -190,42 +54,6 @@ pub struct OutboxRelay {
     make_producer: Option<ProducerFactory>,
     config: RelayConfig,
     metrics: OutboxMetrics,
-}
-
-/// The relay's metrics.
-#[derive(Clone)]
-pub struct OutboxMetrics {
-    unsent: Family<TopicLabel, Gauge>,
-    oldest_age: Family<TopicLabel, Gauge<f64, AtomicU64>>,
-    published: Family<TopicLabel, Counter>,
-    publish_duration: LatencyFamily<TopicLabel>,
-}
-
-impl OutboxMetrics {
-    /// Registers the outbox families in `metrics`.
-    pub fn new(metrics: &Metrics) -> Self {
-        let oldest_age = Family::<TopicLabel, Gauge<f64, AtomicU64>>::default();
-        metrics.register(
-            "foodorder_outbox_oldest_unsent_age_seconds",
-            "Age of the oldest outbox row not yet published, by topic (0 when none)",
-            oldest_age.clone(),
-        );
-        Self {
-            unsent: metrics.gauge_family(
-                "foodorder_outbox_unsent_rows",
-                "Outbox rows not yet published (parked rows excluded), by topic",
-            ),
-            oldest_age,
-            published: metrics.counter_family(
-                "foodorder_outbox_published",
-                "Outbox rows the broker acknowledged, by topic",
-            ),
-            publish_duration: metrics.latency_family(
-                "foodorder_outbox_publish_duration_seconds",
-                "Time from handing an outbox row to the producer to the broker's acknowledgement, by topic",
-            ),
-        }
-    }
 }
 
 impl OutboxRelay {
@@ -543,57 +371,6 @@ impl OutboxRelay {
             }
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "failed to delete old outbox rows"),
-        }
-    }
-}
-
-/// How often the backlog gauges are refreshed.
-const BACKLOG_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Refreshes the backlog gauges (unsent rows, age of the oldest) every
-/// [`BACKLOG_INTERVAL`] until `shutdown`. A topic with no backlog reads 0.
-async fn watch_backlog(
-    pool: PgPool,
-    schema: &'static Schema,
-    topics: Vec<String>,
-    metrics: OutboxMetrics,
-    shutdown: CancellationToken,
-) {
-    let mut known: std::collections::BTreeSet<String> = topics.iter().cloned().collect();
-    let mut interval = tokio::time::interval(BACKLOG_INTERVAL);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = interval.tick() => {}
-        }
-        let backlog: Result<Vec<(String, i64, f64)>, sqlx::Error> = sqlx::query_as(&format!(
-            "SELECT topic, count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0) \
-             FROM {}.outbox WHERE sent_at IS NULL AND parked_at IS NULL \
-             AND (cardinality($1::text[]) = 0 OR topic = ANY($1)) GROUP BY topic",
-            schema.name
-        ))
-        .bind(&topics)
-        .fetch_all(&pool)
-        .await;
-        let backlog = match backlog {
-            Ok(rows) => rows,
-            Err(error) => {
-                tracing::debug!(%error, "failed to read the outbox backlog");
-                continue;
-            }
-        };
-        known.extend(backlog.iter().map(|(topic, _, _)| topic.clone()));
-        for topic in &known {
-            let (rows, age) = backlog
-                .iter()
-                .find(|(name, _, _)| name == topic)
-                .map_or((0, 0.0), |(_, rows, age)| (*rows, age.max(0.0)));
-            let label = TopicLabel {
-                topic: topic.clone(),
-            };
-            metrics.unsent.get_or_create(&label).set(rows);
-            metrics.oldest_age.get_or_create(&label).set(age);
         }
     }
 }

@@ -1,0 +1,101 @@
+//! The relay's metrics: rows published and their latency, and the backlog
+//! (unsent rows and the age of the oldest) sampled every few seconds.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::Schema;
+use crate::metrics::{LatencyFamily, Metrics, TopicLabel};
+
+/// The relay's metrics.
+#[derive(Clone)]
+pub struct OutboxMetrics {
+    pub(super) unsent: Family<TopicLabel, Gauge>,
+    pub(super) oldest_age: Family<TopicLabel, Gauge<f64, AtomicU64>>,
+    pub(super) published: Family<TopicLabel, Counter>,
+    pub(super) publish_duration: LatencyFamily<TopicLabel>,
+}
+
+impl OutboxMetrics {
+    /// Registers the outbox families in `metrics`.
+    pub fn new(metrics: &Metrics) -> Self {
+        let oldest_age = Family::<TopicLabel, Gauge<f64, AtomicU64>>::default();
+        metrics.register(
+            "foodorder_outbox_oldest_unsent_age_seconds",
+            "Age of the oldest outbox row not yet published, by topic (0 when none)",
+            oldest_age.clone(),
+        );
+        Self {
+            unsent: metrics.gauge_family(
+                "foodorder_outbox_unsent_rows",
+                "Outbox rows not yet published (parked rows excluded), by topic",
+            ),
+            oldest_age,
+            published: metrics.counter_family(
+                "foodorder_outbox_published",
+                "Outbox rows the broker acknowledged, by topic",
+            ),
+            publish_duration: metrics.latency_family(
+                "foodorder_outbox_publish_duration_seconds",
+                "Time from handing an outbox row to the producer to the broker's acknowledgement, by topic",
+            ),
+        }
+    }
+}
+
+/// How often the backlog gauges are refreshed.
+const BACKLOG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Refreshes the backlog gauges (unsent rows, age of the oldest) every
+/// [`BACKLOG_INTERVAL`] until `shutdown`. A topic with no backlog reads 0.
+pub(super) async fn watch_backlog(
+    pool: PgPool,
+    schema: &'static Schema,
+    topics: Vec<String>,
+    metrics: OutboxMetrics,
+    shutdown: CancellationToken,
+) {
+    let mut known: std::collections::BTreeSet<String> = topics.iter().cloned().collect();
+    let mut interval = tokio::time::interval(BACKLOG_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let backlog: Result<Vec<(String, i64, f64)>, sqlx::Error> = sqlx::query_as(&format!(
+            "SELECT topic, count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0) \
+             FROM {}.outbox WHERE sent_at IS NULL AND parked_at IS NULL \
+             AND (cardinality($1::text[]) = 0 OR topic = ANY($1)) GROUP BY topic",
+            schema.name
+        ))
+        .bind(&topics)
+        .fetch_all(&pool)
+        .await;
+        let backlog = match backlog {
+            Ok(rows) => rows,
+            Err(error) => {
+                tracing::debug!(%error, "failed to read the outbox backlog");
+                continue;
+            }
+        };
+        known.extend(backlog.iter().map(|(topic, _, _)| topic.clone()));
+        for topic in &known {
+            let (rows, age) = backlog
+                .iter()
+                .find(|(name, _, _)| name == topic)
+                .map_or((0, 0.0), |(_, rows, age)| (*rows, age.max(0.0)));
+            let label = TopicLabel {
+                topic: topic.clone(),
+            };
+            metrics.unsent.get_or_create(&label).set(rows);
+            metrics.oldest_age.get_or_create(&label).set(age);
+        }
+    }
+}
