@@ -29,6 +29,14 @@ pub struct Incidents {
 }
 
 impl Config {
+    /// Settings for a test (see [`ConsumerConfig::for_tests`]), no incidents.
+    pub fn for_tests() -> Self {
+        Self {
+            consumer: ConsumerConfig::for_tests("notification"),
+            incidents: Incidents::default(),
+        }
+    }
+
     /// Reads the configuration from the environment.
     pub fn from_env() -> anyhow::Result<Self> {
         Ok(Self {

@@ -53,6 +53,34 @@ pub struct Config {
 }
 
 impl Config {
+    /// Settings for a test: ephemeral ports, a small pool, the test broker
+    /// with topics of its own, a fresh consumer group, short back-offs and
+    /// grace periods.
+    pub fn for_tests() -> Self {
+        Self {
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database: DatabaseConfig::for_tests(),
+            kafka: KafkaConfig::for_tests(),
+            relay: RelayConfig {
+                max_backoff: Duration::from_secs(2),
+                ..RelayConfig::default()
+            },
+            shutdown_grace: Duration::from_secs(1),
+            watch_max_streams: 1000,
+            watch_max_db_reads: 2,
+            keepalive_interval: Duration::from_secs(30),
+            consumer_group: format!("order-api-test-{}", uuid::Uuid::new_v4()),
+            max_in_flight: 16,
+            consumer_db_connections: 2,
+            group_commit: GroupCommitConfig {
+                writers: 2,
+                max_batch: 64,
+                window: Duration::from_micros(200),
+            },
+        }
+    }
+
     /// Reads the configuration from the environment.
     pub fn from_env() -> anyhow::Result<Self> {
         let database = DatabaseConfig::from_env()?;

@@ -78,6 +78,34 @@ pub struct Config {
 }
 
 impl Config {
+    /// Settings for a test: a fast, repeatable gateway that never declines
+    /// (latency 0–20 ms, seeded), quick retries, a breaker that does not trip,
+    /// poison-only orders settled after 2 s; see [`ConsumerConfig::for_tests`].
+    pub fn for_tests() -> Self {
+        Self {
+            consumer: ConsumerConfig::for_tests("payment"),
+            relay: RelayConfig::default(),
+            gateway: GatewaySettings {
+                min_latency: Duration::ZERO,
+                max_latency: Duration::from_millis(20),
+                decline_rate: 0.0,
+                rng_seed: Some(42),
+                db_connections: 4,
+            },
+            payment: PaymentSettings {
+                timeout: Duration::from_secs(2),
+                max_attempts: 3,
+                retry_base_delay: Duration::from_millis(50),
+            },
+            breaker: BreakerSettings {
+                failure_threshold: 1000,
+                recovery_timeout: Duration::from_secs(30),
+            },
+            crash_after_charge: false,
+            poison_settle_after: Duration::from_secs(2),
+        }
+    }
+
     /// Reads the configuration from the environment.
     pub fn from_env() -> anyhow::Result<Self> {
         let seed: String = env_or("PAYMENT_RNG_SEED", String::new())?;

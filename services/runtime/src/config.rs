@@ -92,6 +92,14 @@ pub struct DatabaseConfig {
 }
 
 impl DatabaseConfig {
+    /// Settings for a test that hands the service a pool of its own (the URL is not used).
+    pub fn for_tests() -> Self {
+        Self {
+            url: Secret::new(String::new()),
+            max_connections: 5,
+        }
+    }
+
     /// Reads `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/foodorder`).
     pub fn from_env() -> anyhow::Result<Self> {
         Ok(Self {
@@ -151,6 +159,15 @@ impl KafkaConfig {
     /// The full name of topic `name` (`order.placed`, `payment.dlq`, …) with the prefix.
     pub fn topic(&self, name: &str) -> String {
         format!("{}{name}", self.topic_prefix)
+    }
+
+    /// Settings for the test broker (`KAFKA_BOOTSTRAP_SERVERS`, default
+    /// `127.0.0.1:9092`) with a topic prefix of this test's own.
+    pub fn for_tests() -> Self {
+        let bootstrap = std::env::var("KAFKA_BOOTSTRAP_SERVERS")
+            .unwrap_or_else(|_| "127.0.0.1:9092".to_owned());
+        let unique = uuid::Uuid::new_v4().simple().to_string();
+        Self::local(&bootstrap, &format!("t{}-", &unique[..12]))
     }
 
     /// Settings for a local single broker at `bootstrap_servers` with topic-name `prefix`.

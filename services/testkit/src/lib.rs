@@ -11,6 +11,7 @@ pub mod fuzzing;
 pub mod jaeger;
 pub mod kafka;
 pub mod metrics;
+pub mod process;
 pub mod produce;
 pub mod proxy;
 
@@ -22,6 +23,7 @@ pub use database::{TestDatabase, database, database_url, empty_database};
 pub use jaeger::PrivateJaeger;
 pub use kafka::*;
 pub use metrics::{http_get, metric_value, wait_for_metric};
+pub use process::ServiceProcess;
 pub use produce::produce_raw;
 pub use proxy::CuttableProxy;
 

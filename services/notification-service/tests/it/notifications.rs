@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use foodorder_contract::events;
 use foodorder_contract::v1::PaymentCompleted;
-use foodorder_runtime::config::{DatabaseConfig, KafkaConfig, Secret};
-use foodorder_runtime::consumer::ConsumerConfig;
+use foodorder_runtime::config::KafkaConfig;
 use foodorder_runtime::consumer::{DLQ_ERROR, DLQ_SOURCE_TOPIC};
 use foodorder_runtime::kafka;
 use foodorder_testkit as testing;
@@ -18,20 +17,10 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 fn config(kafka: KafkaConfig) -> Config {
-    Config {
-        consumer: ConsumerConfig {
-            database: DatabaseConfig {
-                url: Secret::new(String::new()),
-                max_connections: 5,
-            },
-            kafka,
-            max_in_flight: 16,
-            group_id: format!("notification-test-{}", Uuid::new_v4()),
-            health_addr: "127.0.0.1:0".parse().unwrap(),
-            shutdown_grace: Duration::from_secs(5),
-        },
-        incidents: Default::default(),
-    }
+    let mut config = Config::for_tests();
+    config.consumer.kafka = kafka;
+    config.consumer.max_in_flight = 16;
+    config
 }
 
 fn payment_completed(order_id: Uuid, success: bool) -> Vec<u8> {

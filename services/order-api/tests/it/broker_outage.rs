@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::support::{order_request, spawn_app_with_kafka};
+use crate::support::{order_request, spawn_app, spawn_app_on, spawn_app_with};
 use foodorder_runtime::config::KafkaConfig;
 use foodorder_testkit::{self as testing, PrivateBroker};
 
@@ -15,10 +15,9 @@ use foodorder_testkit::{self as testing, PrivateBroker};
 )]
 #[tokio::test]
 async fn orders_placed_while_the_broker_is_down_are_published_once_it_is_back() {
-    let (pool, _database) = foodorder_testkit::database(&[&order_api::SCHEMA]).await;
     let port = testing::free_port();
     let kafka = KafkaConfig::local(&format!("127.0.0.1:{port}"), &testing::unique_prefix());
-    let app = spawn_app_with_kafka(pool, kafka).await;
+    let app = spawn_app_with(|config| config.kafka = kafka).await;
     let mut client = app.client.clone();
 
     let mut placed = BTreeSet::new();
@@ -59,8 +58,7 @@ async fn orders_placed_while_the_broker_is_down_are_published_once_it_is_back() 
 )]
 #[tokio::test]
 async fn a_record_the_broker_refuses_for_good_is_parked_and_the_rest_go_out() {
-    let (pool, _database) = foodorder_testkit::database(&[&order_api::SCHEMA]).await;
-    let app = crate::support::spawn_app(pool).await;
+    let app = spawn_app().await;
     // Larger than any record the producer may send: it can never be published.
     sqlx::query(
         "INSERT INTO orders.outbox (topic, message_key, payload) VALUES ($1, 'too-large', $2)",
@@ -130,7 +128,7 @@ async fn readiness_follows_the_database_and_the_broker() {
     let port = testing::free_port();
     let mut broker = PrivateBroker::start(port).await;
     let kafka = KafkaConfig::local(&broker.bootstrap(), &testing::unique_prefix());
-    let app = crate::support::spawn_app_with_kafka(proxied, kafka).await;
+    let app = spawn_app_on(proxied, |config| config.kafka = kafka).await;
     let health = HealthClient::new(app.channel.clone());
 
     let expect = async |ready: bool, reason: &str| {

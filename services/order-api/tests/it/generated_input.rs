@@ -156,8 +156,7 @@ fn caller_status(code: Code) -> bool {
 )]
 #[tokio::test]
 async fn ten_thousand_generated_requests_get_precise_statuses_and_write_nothing_wrong() {
-    let (pool, _database) = foodorder_testkit::database(&[&order_api::SCHEMA]).await;
-    let app = spawn_app(pool).await;
+    let app = spawn_app().await;
     let prices: BTreeMap<i32, Decimal> =
         sqlx::query_as::<_, (i32, Decimal)>("SELECT id, price FROM orders.menu_items")
             .fetch_all(&app.pool)

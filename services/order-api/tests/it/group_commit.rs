@@ -16,7 +16,7 @@ use prost::Message;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::support::order_request;
+use crate::support::{order_request, spawn_app};
 
 const TOPIC: &str = "group-commit-test.order.placed";
 
@@ -266,8 +266,7 @@ async fn a_batch_postgres_refuses_is_placed_call_by_call() {
 )]
 #[tokio::test]
 async fn concurrent_calls_through_the_api_each_get_their_order() {
-    let (pool, _database) = foodorder_testkit::database(&[&order_api::SCHEMA]).await;
-    let app = crate::support::spawn_app(pool).await;
+    let app = spawn_app().await;
     let calls: Vec<_> = (0..64)
         .map(|index| {
             let mut client = app.client.clone();

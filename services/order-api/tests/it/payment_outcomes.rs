@@ -15,8 +15,7 @@ use crate::support::{self, order_request, spawn_app};
 )]
 #[tokio::test]
 async fn payment_outcomes_finish_orders_once_and_poison_is_dead_lettered() {
-    let (pool, _database) = foodorder_testkit::database(&[&order_api::SCHEMA]).await;
-    let app = spawn_app(pool).await;
+    let app = spawn_app().await;
     let mut client = app.client.clone();
     let mut placed = Vec::new();
     for _ in 0..3 {

@@ -17,8 +17,7 @@ const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-
 )]
 #[tokio::test]
 async fn place_order_stores_rows_and_publishes_order_placed() {
-    let (pool, _database) = foodorder_testkit::database(&[&order_api::SCHEMA]).await;
-    let app = spawn_app(pool).await;
+    let app = spawn_app().await;
     let mut client = app.client.clone();
     let request = with_metadata(
         order_request(&[(1, 2), (7, 1)]),
@@ -116,8 +115,7 @@ async fn place_order_stores_rows_and_publishes_order_placed() {
 )]
 #[tokio::test]
 async fn generated_request_id_is_echoed_and_stored() {
-    let (pool, _database) = foodorder_testkit::database(&[&order_api::SCHEMA]).await;
-    let app = spawn_app(pool).await;
+    let app = spawn_app().await;
     let response = app
         .client
         .clone()
@@ -159,8 +157,7 @@ fn violations(status: &tonic::Status) -> Vec<String> {
 )]
 #[tokio::test]
 async fn invalid_requests_are_rejected_and_write_nothing() {
-    let (pool, _database) = foodorder_testkit::database(&[&order_api::SCHEMA]).await;
-    let app = spawn_app(pool).await;
+    let app = spawn_app().await;
     let mut client = app.client.clone();
     let cases: Vec<(PlaceOrderRequest, Vec<&str>)> = vec![
         (
@@ -253,8 +250,7 @@ async fn invalid_requests_are_rejected_and_write_nothing() {
 )]
 #[tokio::test]
 async fn idempotency_key_returns_the_original_order() {
-    let (pool, _database) = foodorder_testkit::database(&[&order_api::SCHEMA]).await;
-    let app = spawn_app(pool).await;
+    let app = spawn_app().await;
     let mut client = app.client.clone();
     let request = PlaceOrderRequest {
         idempotency_key: "order-key-1".into(),

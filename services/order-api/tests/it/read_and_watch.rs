@@ -15,8 +15,7 @@ use tonic::Code;
 )]
 #[tokio::test]
 async fn menu_lists_the_seeded_items() {
-    let (pool, _database) = foodorder_testkit::database(&[&order_api::SCHEMA]).await;
-    let app = spawn_app(pool).await;
+    let app = spawn_app().await;
     let menu = app
         .client
         .clone()
@@ -52,8 +51,7 @@ async fn menu_lists_the_seeded_items() {
 )]
 #[tokio::test]
 async fn get_order_returns_the_order_or_a_precise_error() {
-    let (pool, _database) = foodorder_testkit::database(&[&order_api::SCHEMA]).await;
-    let app = spawn_app(pool).await;
+    let app = spawn_app().await;
     let mut client = app.client.clone();
     let placed = client
         .place_order(order_request(&[(4, 3)]))
@@ -103,8 +101,7 @@ async fn get_order_returns_the_order_or_a_precise_error() {
 )]
 #[tokio::test]
 async fn watch_order_streams_changes_until_terminal() {
-    let (pool, _database) = foodorder_testkit::database(&[&order_api::SCHEMA]).await;
-    let app = spawn_app(pool).await;
+    let app = spawn_app().await;
     let mut client = app.client.clone();
     let placed = client
         .place_order(order_request(&[(1, 1)]))
@@ -177,8 +174,7 @@ async fn watch_order_streams_changes_until_terminal() {
 )]
 #[tokio::test]
 async fn many_watchers_each_see_their_own_order() {
-    let (pool, _database) = foodorder_testkit::database(&[&order_api::SCHEMA]).await;
-    let app = spawn_app(pool).await;
+    let app = spawn_app().await;
     let mut client = app.client.clone();
     let mut streams = Vec::new();
     let mut ids = Vec::new();
@@ -227,14 +223,13 @@ async fn many_watchers_each_see_their_own_order() {
 )]
 #[tokio::test]
 async fn reflection_and_health_work_without_proto_files() {
-    let (pool, _database) = foodorder_testkit::database(&[&order_api::SCHEMA]).await;
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as V1AlphaClient;
     use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest as V1AlphaRequest;
     use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse as V1AlphaResponse;
 
-    let app = spawn_app(pool).await;
+    let app = spawn_app().await;
     let mut health = HealthClient::new(app.channel.clone());
     for service in ["", "foodorder.v1.OrderService"] {
         let response = health
@@ -320,8 +315,7 @@ async fn reflection_and_health_work_without_proto_files() {
 )]
 #[tokio::test]
 async fn a_client_that_leaves_frees_its_watch() {
-    let (pool, _database) = foodorder_testkit::database(&[&order_api::SCHEMA]).await;
-    let app = spawn_app(pool).await;
+    let app = spawn_app().await;
     let mut client = app.client.clone();
     let order = client
         .place_order(order_request(&[(2, 1)]))
@@ -363,8 +357,7 @@ async fn a_client_that_leaves_frees_its_watch() {
 )]
 #[tokio::test]
 async fn watches_beyond_the_cap_are_refused_and_orders_still_go_through() {
-    let (pool, _database) = foodorder_testkit::database(&[&order_api::SCHEMA]).await;
-    let app = crate::support::spawn_app_with(pool, foodorder_testkit::kafka_config(), |config| {
+    let app = crate::support::spawn_app_with(|config| {
         config.watch_max_streams = 3;
     })
     .await;
@@ -414,11 +407,10 @@ async fn watches_beyond_the_cap_are_refused_and_orders_still_go_through() {
 )]
 #[tokio::test]
 async fn metrics_count_calls_orders_outbox_and_streams() {
-    let (pool, _database) = foodorder_testkit::database(&[&order_api::SCHEMA]).await;
     use crate::support::with_metadata;
     use foodorder_testkit::{http_get, metric_value, wait_for_metric};
 
-    let app = spawn_app(pool).await;
+    let app = spawn_app().await;
     let mut client = app.client.clone();
     let mut placed = None;
     for _ in 0..2 {

@@ -9,10 +9,8 @@ use std::time::Duration;
 
 use foodorder_contract::v1::order_service_client::OrderServiceClient;
 use foodorder_contract::v1::{OrderItemInput, PlaceOrderRequest};
-use foodorder_runtime::config::{DatabaseConfig, KafkaConfig, Secret};
-use foodorder_runtime::outbox::RelayConfig;
+use foodorder_runtime::config::KafkaConfig;
 use foodorder_testkit as testing;
-use order_api::group_commit::GroupCommitConfig;
 use order_api::{Application, Config};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -33,52 +31,31 @@ pub struct TestApp {
     pub group: String,
     shutdown: CancellationToken,
     handle: JoinHandle<anyhow::Result<()>>,
+    /// The test's own database, dropped with the app.
+    database: Option<testing::TestDatabase>,
 }
 
-/// Starts the API on the shared test broker with fresh topics.
-pub async fn spawn_app(pool: PgPool) -> TestApp {
-    spawn_app_with_kafka(pool, testing::kafka_config()).await
+/// Starts the API over a database of its own (the `orders` schema only) and
+/// topics of its own on the test broker.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
 }
 
-/// Starts the API with the given Kafka settings.
-pub async fn spawn_app_with_kafka(pool: PgPool, kafka: KafkaConfig) -> TestApp {
-    spawn_app_with(pool, kafka, |_| {}).await
+/// [`spawn_app`] after `adjust` changed the test configuration.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let (pool, database) = testing::database(&[&order_api::SCHEMA]).await;
+    let mut app = spawn_app_on(pool, adjust).await;
+    app.database = Some(database);
+    app
 }
 
-/// Starts the API with the given Kafka settings after `adjust` changed the test configuration.
-pub async fn spawn_app_with(
-    pool: PgPool,
-    kafka: KafkaConfig,
-    adjust: impl FnOnce(&mut Config),
-) -> TestApp {
+/// Starts the API over `pool` (already migrated: a proxied connection, say).
+pub async fn spawn_app_on(pool: PgPool, adjust: impl FnOnce(&mut Config)) -> TestApp {
     foodorder_runtime::telemetry::init_for_tests();
-    let mut config = Config {
-        listen_addr: "127.0.0.1:0".parse().unwrap(),
-        http_addr: "127.0.0.1:0".parse().unwrap(),
-        database: DatabaseConfig {
-            url: Secret::new(String::new()),
-            max_connections: 5,
-        },
-        kafka: kafka.clone(),
-        relay: RelayConfig {
-            max_backoff: Duration::from_secs(2),
-            ..RelayConfig::default()
-        },
-        shutdown_grace: Duration::from_secs(1),
-        watch_max_streams: 1000,
-        watch_max_db_reads: 2,
-        keepalive_interval: Duration::from_secs(30),
-        consumer_group: format!("order-api-test-{}", uuid::Uuid::new_v4()),
-        max_in_flight: 16,
-        consumer_db_connections: 2,
-        group_commit: GroupCommitConfig {
-            writers: 2,
-            max_batch: 64,
-            window: Duration::from_micros(200),
-        },
-    };
+    let mut config = Config::for_tests();
     adjust(&mut config);
     let group = config.consumer_group.clone();
+    let kafka = config.kafka.clone();
     let application = Application::build_with_pool(config, pool.clone())
         .await
         .expect("failed to build the app");
@@ -103,6 +80,7 @@ pub async fn spawn_app_with(
         group,
         shutdown,
         handle,
+        database: None,
     }
 }
 

@@ -30,7 +30,7 @@ async fn crash_between_charge_and_commit_charges_once() {
         "the crashing payment-service to abort",
         Duration::from_secs(60),
         || {
-            let exited = crashing.0.try_wait().expect("poll child");
+            let exited = crashing.child.try_wait().expect("poll child");
             async move { exited }
         },
     )
@@ -55,6 +55,6 @@ async fn crash_between_charge_and_commit_charges_once() {
     );
     assert_eq!(charges(&pool, order_id).await, 1, "still one charge");
     assert_eq!(attempt_rows(&pool, order_id).await, 1);
-    let _ = restarted.0.kill();
-    let _ = restarted.0.wait();
+    let _ = restarted.child.kill();
+    let _ = restarted.child.wait();
 }

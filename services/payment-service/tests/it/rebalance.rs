@@ -83,11 +83,11 @@ async fn one_of_two_instances_stops(pool: PgPool, signal: &str) {
     );
     let stopped_at = std::time::Instant::now();
     let stopped = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), &doomed.0.id().to_string()])
+        .args([&format!("-{signal}"), &doomed.child.id().to_string()])
         .status()
         .expect("send the signal");
     assert!(stopped.success());
-    let exit = doomed.0.wait().unwrap();
+    let exit = doomed.child.wait().unwrap();
     if signal == "TERM" {
         assert!(exit.success(), "the stopped instance exits cleanly: {exit}");
     }
@@ -103,7 +103,7 @@ async fn one_of_two_instances_stops(pool: PgPool, signal: &str) {
         stopped_at.elapsed()
     );
     assert!(
-        survivor.0.try_wait().unwrap().is_none(),
+        survivor.child.try_wait().unwrap().is_none(),
         "the survivor is still running"
     );
     for order_id in &orders {
@@ -130,8 +130,8 @@ async fn one_of_two_instances_stops(pool: PgPool, signal: &str) {
             "{order_id}: one event, re-sent at most: {event_ids:?}"
         );
     }
-    survivor.0.kill().unwrap();
-    survivor.0.wait().unwrap();
+    survivor.child.kill().unwrap();
+    survivor.child.wait().unwrap();
 }
 
 /// An instance whose every in-flight slot is busy (one slot, a 60 s gateway

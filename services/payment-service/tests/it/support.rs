@@ -8,12 +8,9 @@ use std::time::Duration;
 
 use foodorder_contract::events;
 use foodorder_contract::v1::{OrderPlaced, OrderPlacedItem, PaymentCompleted};
-use foodorder_runtime::config::{DatabaseConfig, KafkaConfig, Secret};
-use foodorder_runtime::consumer::ConsumerConfig;
+use foodorder_runtime::config::KafkaConfig;
 use foodorder_runtime::kafka;
-use foodorder_runtime::outbox::RelayConfig;
-use foodorder_testkit as testing;
-use payment_service::config::{BreakerSettings, GatewaySettings, PaymentSettings};
+use foodorder_testkit::{self as testing, ServiceProcess};
 use payment_service::{Application, Config};
 use prost::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -22,40 +19,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// Settings for a fast, deterministic gateway.
+/// The test settings (see `Config::for_tests`) on `kafka`, declining with `decline_rate`.
 pub fn test_config(kafka: KafkaConfig, decline_rate: f64) -> Config {
-    Config {
-        consumer: ConsumerConfig {
-            database: DatabaseConfig {
-                url: Secret::new(String::new()),
-                max_connections: 10,
-            },
-            kafka,
-            max_in_flight: 64,
-            group_id: format!("payment-test-{}", Uuid::new_v4()),
-            health_addr: "127.0.0.1:0".parse().unwrap(),
-            shutdown_grace: Duration::from_secs(5),
-        },
-        relay: RelayConfig::default(),
-        gateway: GatewaySettings {
-            min_latency: Duration::ZERO,
-            max_latency: Duration::from_millis(20),
-            decline_rate,
-            rng_seed: Some(42),
-            db_connections: 4,
-        },
-        payment: PaymentSettings {
-            timeout: Duration::from_secs(2),
-            max_attempts: 3,
-            retry_base_delay: Duration::from_millis(50),
-        },
-        breaker: BreakerSettings {
-            failure_threshold: 1000,
-            recovery_timeout: Duration::from_secs(30),
-        },
-        crash_after_charge: false,
-        poison_settle_after: Duration::from_secs(2),
-    }
+    let mut config = Config::for_tests();
+    config.consumer.kafka = kafka;
+    config.consumer.database.max_connections = 10;
+    config.gateway.decline_rate = decline_rate;
+    config
 }
 
 /// A running in-process payment service.
@@ -301,51 +271,33 @@ pub fn spawn_process(
     group: &str,
     extra_env: &[(&str, &str)],
 ) -> ServiceProcess {
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_payment-service"))
-        .env("DATABASE_URL", database_url)
-        .env("KAFKA_BOOTSTRAP_SERVERS", &kafka.bootstrap_servers)
-        .env(
-            "KAFKA_TOPIC_PREFIX",
-            kafka
-                .topic(foodorder_contract::topics::ORDER_PLACED)
-                .trim_end_matches("order.placed"),
-        )
-        .env("PAYMENT_CONSUMER_GROUP", group)
-        .env("PAYMENT_MIN_LATENCY", "0")
-        .env("PAYMENT_MAX_LATENCY", "0")
-        .env("PAYMENT_DECLINE_RATE", "0")
-        .env("PAYMENT_HEALTH_ADDR", "127.0.0.1:0")
-        .env(
+    let mut env: Vec<(&str, String)> = vec![
+        ("DATABASE_URL", database_url.to_owned()),
+        ("KAFKA_BOOTSTRAP_SERVERS", kafka.bootstrap_servers.clone()),
+        ("KAFKA_TOPIC_PREFIX", kafka.topic_prefix.clone()),
+        ("PAYMENT_CONSUMER_GROUP", group.to_owned()),
+        ("PAYMENT_MIN_LATENCY", "0".to_owned()),
+        ("PAYMENT_MAX_LATENCY", "0".to_owned()),
+        ("PAYMENT_DECLINE_RATE", "0".to_owned()),
+        ("PAYMENT_HEALTH_ADDR", "127.0.0.1:0".to_owned()),
+        (
             "LOG_LEVEL",
             if std::env::var_os("TEST_LOG").is_some() {
                 "info"
             } else {
                 "warn"
-            },
-        )
-        .envs(extra_env.iter().copied())
-        .stdout(child_output())
-        .stderr(child_output())
-        .spawn()
-        .expect("start payment-service");
-    ServiceProcess(child)
-}
-
-/// A payment-service process, killed when dropped (so a failing test leaves none behind).
-pub struct ServiceProcess(pub std::process::Child);
-
-impl Drop for ServiceProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Where a child process writes: inherited with `TEST_LOG`, discarded otherwise.
-fn child_output() -> std::process::Stdio {
-    if std::env::var_os("TEST_LOG").is_some() {
-        std::process::Stdio::inherit()
-    } else {
-        std::process::Stdio::null()
-    }
+            }
+            .to_owned(),
+        ),
+    ];
+    env.extend(
+        extra_env
+            .iter()
+            .map(|(key, value)| (*key, (*value).to_owned())),
+    );
+    ServiceProcess::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_payment-service")),
+        &env,
+        None,
+    )
 }

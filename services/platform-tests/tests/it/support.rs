@@ -3,9 +3,9 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use foodorder_testkit::ServiceProcess;
 use sqlx::PgPool;
 
 /// Every service's schema: the platform tests start all three.
@@ -15,63 +15,16 @@ pub const SCHEMAS: &[&foodorder_runtime::db::Schema] = &[
     &notification_service::SCHEMA,
 ];
 
-/// A service process; killed if still running when dropped.
-pub struct Service {
-    pub name: &'static str,
-    child: Child,
-    pub log: PathBuf,
-}
-
-impl Service {
-    pub fn start(name: &'static str, env: &[(&str, String)], log_dir: &Path) -> Self {
-        let binary = sibling_binary(name);
-        let log = log_dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(&binary)
-            .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
-            .env("LOG_LEVEL", "info")
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|error| panic!("failed to start {}: {error}", binary.display()));
-        Self { name, child, log }
-    }
-
-    /// Sends SIGTERM and waits for a clean exit.
-    pub fn terminate(mut self) {
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(exit) = self.child.try_wait().unwrap() {
-                assert!(
-                    exit.success(),
-                    "{} exited with {exit} on SIGTERM; log: {}",
-                    self.name,
-                    self.log.display()
-                );
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{} did not stop within 30 s of SIGTERM",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts service `name` (its binary beside this test's) with `env`, logging
+/// at info into `log_dir/<name>.log`.
+fn start_service(name: &str, env: &[(&str, String)], log_dir: &Path) -> ServiceProcess {
+    let mut env = env.to_vec();
+    env.push(("LOG_LEVEL", "info".to_owned()));
+    ServiceProcess::start(
+        &sibling_binary(name),
+        &env,
+        Some(log_dir.join(format!("{name}.log"))),
+    )
 }
 
 /// The other services' binaries sit next to this package's binary in the target directory.
@@ -116,7 +69,7 @@ pub struct Platform {
     pub payment_group: String,
     /// The notification service's consumer group.
     pub notification_group: String,
-    services: Vec<Service>,
+    services: Vec<ServiceProcess>,
 }
 
 impl Platform {
@@ -152,7 +105,7 @@ impl Platform {
         ];
         payment_env.extend_from_slice(payment);
         let services = vec![
-            Service::start(
+            start_service(
                 "order-api",
                 &with(&[
                     ("ORDER_API_ADDR", format!("127.0.0.1:{api_port}")),
@@ -161,8 +114,8 @@ impl Platform {
                 ]),
                 &log_dir,
             ),
-            Service::start("payment-service", &with(&payment_env), &log_dir),
-            Service::start(
+            start_service("payment-service", &with(&payment_env), &log_dir),
+            start_service(
                 "notification-service",
                 &with(&[
                     ("NOTIFICATION_CONSUMER_GROUP", format!("notification-{run}")),
@@ -205,22 +158,16 @@ impl Platform {
     /// Panics naming any service that exited on its own (crashed or gave up).
     pub fn assert_running(&mut self) {
         for service in &mut self.services {
-            if let Some(exit) = service.child.try_wait().unwrap() {
-                panic!(
-                    "{} exited on its own with {exit}; log: {}",
-                    service.name,
-                    service.log.display()
-                );
-            }
+            service.assert_running();
         }
     }
 
     /// SIGTERMs every service (each must exit 0); returns each service's log file.
-    pub fn terminate(self) -> Vec<(&'static str, PathBuf)> {
+    pub fn terminate(self) -> Vec<(String, PathBuf)> {
         let logs = self
             .services
             .iter()
-            .map(|service| (service.name, service.log.clone()))
+            .filter_map(|service| Some((service.name.clone(), service.log.clone()?)))
             .collect();
         for service in self.services {
             service.terminate();

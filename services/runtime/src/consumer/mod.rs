@@ -239,6 +239,19 @@ impl ConsumerConfig {
         })
     }
 
+    /// Settings for a test: the test broker with topics of its own, a fresh
+    /// group named after `service`, the endpoint on an ephemeral port.
+    pub fn for_tests(service: &str) -> Self {
+        Self {
+            database: DatabaseConfig::for_tests(),
+            kafka: KafkaConfig::for_tests(),
+            max_in_flight: 64,
+            group_id: format!("{service}-test-{}", uuid::Uuid::new_v4()),
+            health_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+
     /// The consumer loop's settings for topic `topic` and dead-letter topic
     /// `dead_letter_topic` (names without the prefix, which is added here).
     pub fn settings(&self, topic: &str, dead_letter_topic: &str) -> ConsumerSettings {
