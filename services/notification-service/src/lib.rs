@@ -8,7 +8,7 @@ pub mod notifier;
 pub mod startup;
 
 pub use config::Config;
-pub use startup::Application;
+pub use startup::{build, run};
 
 use foodorder_runtime::db::Schema;
 

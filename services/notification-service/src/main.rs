@@ -1,14 +1,11 @@
 //! `notification-service` binary: reads the configuration, runs the service
 //! until SIGINT/SIGTERM, and stops cleanly.
 
-use notification_service::startup::NAME;
-use notification_service::{Application, Config};
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    foodorder_runtime::host::main(NAME, |shutdown| async move {
-        let application = Application::build(Config::from_env()?).await?;
-        application.run_until_stopped(shutdown).await
-    })
+    foodorder_runtime::host::main(
+        notification_service::startup::NAME,
+        notification_service::run,
+    )
     .await
 }

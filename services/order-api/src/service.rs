@@ -247,13 +247,7 @@ async fn stream_order_changes(
 ) {
     let order_id = order.id;
     let mut last_status = order.status;
-    if sender
-        .send(Ok(WatchOrderResponse {
-            order: Some(order_message(order)),
-        }))
-        .await
-        .is_err()
-    {
+    if !send_order(&sender, order).await {
         return;
     }
     while !last_status.is_terminal() {
@@ -269,13 +263,7 @@ async fn stream_order_changes(
         match load_for_watch(&pool, &watch_limits, order_id).await {
             Ok(Some(order)) if order.status != last_status => {
                 last_status = order.status;
-                if sender
-                    .send(Ok(WatchOrderResponse {
-                        order: Some(order_message(order)),
-                    }))
-                    .await
-                    .is_err()
-                {
+                if !send_order(&sender, order).await {
                     return;
                 }
             }
@@ -287,6 +275,17 @@ async fn stream_order_changes(
             }
         }
     }
+}
+
+/// Sends `order` on a watch stream; false when the client has gone.
+async fn send_order(
+    sender: &mpsc::Sender<Result<WatchOrderResponse, Status>>,
+    order: OrderRecord,
+) -> bool {
+    let message = WatchOrderResponse {
+        order: Some(order_message(order)),
+    };
+    sender.send(Ok(message)).await.is_ok()
 }
 
 /// Reads an order for a watch, holding one of the watch read permits.

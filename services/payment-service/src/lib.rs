@@ -11,7 +11,7 @@ pub mod processor;
 pub mod startup;
 
 pub use config::Config;
-pub use startup::Application;
+pub use startup::{build, run};
 
 use foodorder_runtime::db::Schema;
 

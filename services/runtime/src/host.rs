@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{DatabaseConfig, KafkaConfig};
-use crate::consumer::{self, ConsumerMetrics, ConsumerSettings, MessageHandler};
+use crate::consumer::{self, ConsumerConfig, ConsumerMetrics, ConsumerSettings, MessageHandler};
 use crate::db::{self, Schema};
 use crate::health::{self, Readiness};
 use crate::metrics::Metrics;
@@ -73,6 +73,23 @@ impl ServiceHost {
     ) -> anyhow::Result<Self> {
         let pool = db::connect_and_migrate(database, schema).await?;
         Self::with_pool(name, pool, schema, kafka, http_addr).await
+    }
+
+    /// A consumer service's host, from its [`ConsumerConfig`]: over `pool`
+    /// when given (already migrated for `schema`), else connecting and
+    /// migrating; its endpoint and shutdown grace.
+    pub async fn for_consumer(
+        name: &'static str,
+        schema: &'static Schema,
+        config: &ConsumerConfig,
+        pool: Option<PgPool>,
+    ) -> anyhow::Result<Self> {
+        let (kafka, http_addr) = (config.kafka.clone(), config.health_addr);
+        let host = match pool {
+            Some(pool) => Self::with_pool(name, pool, schema, kafka, http_addr).await?,
+            None => Self::connect(name, &config.database, schema, kafka, http_addr).await?,
+        };
+        Ok(host.shutdown_grace(config.shutdown_grace))
     }
 
     /// Uses an existing pool, already migrated for `schema`, and binds the HTTP endpoint.

@@ -10,7 +10,7 @@ use foodorder_runtime::config::KafkaConfig;
 use foodorder_runtime::consumer::{DLQ_ERROR, DLQ_SOURCE_TOPIC};
 use foodorder_runtime::kafka;
 use foodorder_testkit as testing;
-use notification_service::{Application, Config};
+use notification_service::Config;
 use prost::Message;
 use rdkafka::producer::FutureRecord;
 use tokio_util::sync::CancellationToken;
@@ -70,10 +70,10 @@ async fn one_notification_per_order_and_poison_to_the_dlq() {
     send("garbage".into(), b"\x08\xff\xff".to_vec()).await;
     send(declined.to_string(), payment_completed(declined, false)).await;
 
-    let application = Application::build_with_pool(config(kafka_config.clone()), pool.clone())
+    let application = notification_service::build(config(kafka_config.clone()), Some(pool.clone()))
         .await
         .unwrap();
-    let http = application.health_addr();
+    let http = application.http_addr();
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(application.run_until_stopped(shutdown.clone()));
 
@@ -203,10 +203,10 @@ async fn a_slow_notifier_shows_as_lag_that_drains_back_to_zero() {
     let mut config = config(kafka_config.clone());
     config.consumer.max_in_flight = 1;
     config.incidents.send_delay = Duration::from_millis(700);
-    let application = Application::build_with_pool(config, pool.clone())
+    let application = notification_service::build(config, Some(pool.clone()))
         .await
         .unwrap();
-    let http = application.health_addr();
+    let http = application.http_addr();
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(application.run_until_stopped(shutdown.clone()));
     testing::wait_for(
@@ -258,10 +258,10 @@ async fn a_leak_shows_in_resident_memory() {
         .unwrap();
     let mut config = config(kafka_config.clone());
     config.incidents.leak_bytes_per_message = 4 * 1024 * 1024;
-    let application = Application::build_with_pool(config, pool.clone())
+    let application = notification_service::build(config, Some(pool.clone()))
         .await
         .unwrap();
-    let http = application.health_addr();
+    let http = application.http_addr();
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(application.run_until_stopped(shutdown.clone()));
     let (_, scrape) = testing::http_get(http, "/metrics").await;

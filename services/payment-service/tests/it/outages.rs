@@ -72,7 +72,7 @@ async fn a_service_started_while_the_database_is_down_comes_up_with_it() {
     let producer = producer(&kafka).await;
     let mut config = test_config(kafka.clone(), 0.0);
     config.consumer.database.url = foodorder_runtime::config::Secret::new(url);
-    let building = tokio::spawn(payment_service::Application::build(config));
+    let building = tokio::spawn(payment_service::build(config, None));
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
         !building.is_finished(),

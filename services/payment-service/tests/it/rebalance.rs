@@ -200,10 +200,8 @@ async fn ready_only_once_the_consumer_holds_its_assignment() {
     let kafka = testing::kafka_config();
     let config = test_config(kafka.clone(), 0.0);
     let group = config.consumer.group_id.clone();
-    let application = payment_service::Application::build_with_pool(config, pool)
-        .await
-        .unwrap();
-    let health = application.health_addr();
+    let application = payment_service::build(config, Some(pool)).await.unwrap();
+    let health = application.http_addr();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let service = tokio::spawn(application.run_until_stopped(shutdown.clone()));
     testing::wait_for(

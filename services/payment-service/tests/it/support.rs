@@ -11,7 +11,7 @@ use foodorder_contract::v1::{OrderPlaced, OrderPlacedItem, PaymentCompleted};
 use foodorder_runtime::config::KafkaConfig;
 use foodorder_runtime::kafka;
 use foodorder_testkit::{self as testing, ServiceProcess};
-use payment_service::{Application, Config};
+use payment_service::Config;
 use prost::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::PgPool;
@@ -38,10 +38,10 @@ pub struct TestService {
 
 pub async fn spawn_service(pool: PgPool, config: Config) -> TestService {
     foodorder_runtime::telemetry::init_for_tests();
-    let application = Application::build_with_pool(config, pool)
+    let application = payment_service::build(config, Some(pool))
         .await
         .expect("build payment service");
-    let http = application.health_addr();
+    let http = application.http_addr();
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(application.run_until_stopped(shutdown.clone()));
     TestService {
