@@ -37,7 +37,7 @@ fn payment_completed(order_id: Uuid, success: bool) -> Vec<u8> {
 
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn one_notification_per_order_and_poison_to_the_dlq() {
@@ -190,7 +190,7 @@ fn total_lag(scrape: &str) -> Option<f64> {
 /// metric rises while sends are slow and falls back to 0 once they caught up.
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn a_slow_notifier_shows_as_lag_that_drains_back_to_zero() {
@@ -246,7 +246,7 @@ async fn a_slow_notifier_shows_as_lag_that_drains_back_to_zero() {
 /// memory, exported as `process_resident_memory_bytes`, grows with the records handled.
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn a_leak_shows_in_resident_memory() {

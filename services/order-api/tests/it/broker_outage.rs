@@ -11,7 +11,7 @@ use foodorder_testkit::{self as testing, PrivateBroker};
 
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn orders_placed_while_the_broker_is_down_are_published_once_it_is_back() {
@@ -54,7 +54,7 @@ async fn orders_placed_while_the_broker_is_down_are_published_once_it_is_back() 
 
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn a_record_the_broker_refuses_for_good_is_parked_and_the_rest_go_out() {
@@ -103,7 +103,7 @@ async fn a_record_the_broker_refuses_for_good_is_parked_and_the_rest_go_out() {
 /// answers 200 throughout.
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn readiness_follows_the_database_and_the_broker() {
@@ -192,7 +192,7 @@ async fn readiness_follows_the_database_and_the_broker() {
 /// every record after one) replaces it and publishes everything, once each.
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn a_relay_whose_producer_hit_a_fatal_error_replaces_it() {

@@ -152,7 +152,7 @@ fn caller_status(code: Code) -> bool {
 
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn ten_thousand_generated_requests_get_precise_statuses_and_write_nothing_wrong() {

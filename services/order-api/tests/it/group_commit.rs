@@ -81,7 +81,7 @@ async fn stored(pool: &PgPool) -> (HashMap<String, String>, Vec<(String, OrderPl
 
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn one_transaction_keeps_every_calls_own_outcome() {
@@ -206,7 +206,7 @@ async fn one_transaction_keeps_every_calls_own_outcome() {
 
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn a_batch_postgres_refuses_is_placed_call_by_call() {
@@ -262,7 +262,7 @@ async fn a_batch_postgres_refuses_is_placed_call_by_call() {
 
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn concurrent_calls_through_the_api_each_get_their_order() {

@@ -11,7 +11,7 @@ use crate::support::{self, order_request, spawn_app};
 
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn payment_outcomes_finish_orders_once_and_poison_is_dead_lettered() {

@@ -11,7 +11,7 @@ use tonic::Code;
 
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn menu_lists_the_seeded_items() {
@@ -47,7 +47,7 @@ async fn menu_lists_the_seeded_items() {
 
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn get_order_returns_the_order_or_a_precise_error() {
@@ -97,7 +97,7 @@ async fn get_order_returns_the_order_or_a_precise_error() {
 
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn watch_order_streams_changes_until_terminal() {
@@ -170,7 +170,7 @@ async fn watch_order_streams_changes_until_terminal() {
 
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn many_watchers_each_see_their_own_order() {
@@ -219,7 +219,7 @@ async fn many_watchers_each_see_their_own_order() {
 
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn reflection_and_health_work_without_proto_files() {
@@ -311,7 +311,7 @@ async fn reflection_and_health_work_without_proto_files() {
 
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn a_client_that_leaves_frees_its_watch() {
@@ -353,7 +353,7 @@ async fn a_client_that_leaves_frees_its_watch() {
 
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn watches_beyond_the_cap_are_refused_and_orders_still_go_through() {
@@ -403,7 +403,7 @@ async fn watches_beyond_the_cap_are_refused_and_orders_still_go_through() {
 /// replays), published outbox rows and open WatchOrder streams.
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn metrics_count_calls_orders_outbox_and_streams() {

@@ -12,7 +12,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn database_outage_delays_payment_but_loses_and_doubles_nothing() {
@@ -56,7 +56,7 @@ async fn database_outage_delays_payment_but_loses_and_doubles_nothing() {
 /// waits for it instead of exiting, then works normally.
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn a_service_started_while_the_database_is_down_comes_up_with_it() {
@@ -108,7 +108,7 @@ async fn database_proxy(pool: &PgPool) -> (CuttableProxy, PgConnectOptions) {
 /// unreachable, 200 once it is back; `/healthz` stays 200.
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn readiness_follows_the_database() {

@@ -12,7 +12,7 @@ use prost::Message;
 
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn placed_order_is_paid_once_and_reported() {
@@ -65,7 +65,7 @@ async fn placed_order_is_paid_once_and_reported() {
 
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn declined_payment_fails_the_order() {
@@ -90,7 +90,7 @@ async fn declined_payment_fails_the_order() {
 
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn timeouts_are_retried_then_fail() {
@@ -143,7 +143,7 @@ async fn timeouts_are_retried_then_fail() {
 
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn duplicate_deliveries_charge_and_report_once() {
@@ -235,7 +235,7 @@ async fn duplicate_deliveries_charge_and_report_once() {
 
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn poison_messages_go_to_the_dlq_and_do_not_stall() {
@@ -322,7 +322,7 @@ async fn poison_messages_go_to_the_dlq_and_do_not_stall() {
 
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn header_names_that_are_not_utf8_neither_crash_nor_lose_anything() {
@@ -388,7 +388,7 @@ async fn header_names_that_are_not_utf8_neither_crash_nor_lose_anything() {
 
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn the_largest_record_and_a_deleted_dlq_topic_still_reach_the_dlq() {
@@ -458,7 +458,7 @@ async fn the_largest_record_and_a_deleted_dlq_topic_still_reach_the_dlq() {
 
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn a_poison_record_voids_its_order_and_a_charge_that_landed_first_stands() {
@@ -510,7 +510,7 @@ async fn a_poison_record_voids_its_order_and_a_charge_that_landed_first_stands()
 /// latency histogram shows it.
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn a_gateway_slowdown_shows_in_the_gateway_latency_histogram() {
@@ -545,7 +545,7 @@ async fn a_gateway_slowdown_shows_in_the_gateway_latency_histogram() {
 /// the dead-letter copy of the largest record still fits.
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn a_narrow_dead_letter_topic_is_widened_and_keeps_its_settings() {
@@ -621,7 +621,7 @@ async fn a_narrow_dead_letter_topic_is_widened_and_keeps_its_settings() {
 
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn poison_for_an_order_never_requested_waits_for_its_real_event_then_settles_it() {

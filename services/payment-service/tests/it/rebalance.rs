@@ -25,7 +25,7 @@ const SESSION_TIMEOUT_MS: &str = "6000";
 
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn killing_one_of_two_instances_loses_and_doubles_nothing() {
@@ -35,7 +35,7 @@ async fn killing_one_of_two_instances_loses_and_doubles_nothing() {
 
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn stopping_one_of_two_instances_loses_and_doubles_nothing() {
@@ -139,7 +139,7 @@ async fn one_of_two_instances_stops(pool: PgPool, signal: &str) {
 /// unpolled, so a second instance gets its share long before the call ends.
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn a_saturated_instance_still_hands_partitions_over() {
@@ -192,7 +192,7 @@ async fn a_saturated_instance_still_hands_partitions_over() {
 /// subscribed and holds its assignment, and not any more after shutdown begins.
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn ready_only_once_the_consumer_holds_its_assignment() {

@@ -21,7 +21,7 @@ const OUTAGE: Duration = Duration::from_secs(3);
 
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn broker_restarts_under_load_lose_and_double_nothing() {

@@ -20,7 +20,7 @@ const ORDERS: usize = 20;
 
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn orders_flow_from_the_api_to_the_notification() {

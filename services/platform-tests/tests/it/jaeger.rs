@@ -25,7 +25,7 @@ struct JaegerSpan {
 
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn jaeger_shows_one_order_across_three_services_and_every_kafka_hop() {

@@ -56,7 +56,7 @@ async fn count(pool: &PgPool, sql: &str) -> i64 {
 
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn the_split_keeps_every_row_and_gives_each_service_its_own() {
@@ -191,7 +191,7 @@ async fn the_split_keeps_every_row_and_gives_each_service_its_own() {
 
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn a_new_database_never_gets_the_shared_schema() {

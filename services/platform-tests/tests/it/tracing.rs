@@ -127,7 +127,7 @@ fn render_tree(spans: &[(String, Span)]) -> String {
 
 #[cfg_attr(
     not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: build-support/test runs it"
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
 async fn one_trace_from_the_api_call_to_the_notification() {
