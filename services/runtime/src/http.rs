@@ -8,19 +8,27 @@
 //! * `GET /metrics`: the service's metrics, OpenMetrics for clients that ask
 //!   for it (Prometheus does), the classic text format for the others.
 //!
-//! Every request is bounded in time and size, and only so many are served at
-//! once, so slow or hostile clients cannot pile up.
+//! Every request is bounded in time and size, only so many are served at
+//! once, and connections are bounded in number and lifetime (a client that
+//! holds one open, or sends its request a byte at a time, loses it), so slow
+//! or hostile clients cannot pile up.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::Context as _;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower::limit::ConcurrencyLimitLayer;
@@ -36,6 +44,12 @@ const MAX_CONCURRENT_REQUESTS: usize = 64;
 const MAX_BODY_BYTES: usize = 8 * 1024;
 /// The longest one request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections open at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 64;
+/// The longest a connection may stay open (scrapers simply connect again).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+/// How long open requests may finish after shutdown.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
 struct Endpoint {
@@ -101,16 +115,111 @@ pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("failed to bind the http endpoint (health, metrics) on {address}"))
 }
 
-/// Serves the endpoint on `listener` until `shutdown`.
+/// Serves the endpoint on `listener` until `shutdown` (open requests get
+/// [`SHUTDOWN_DRAIN`] to finish).
 pub async fn serve(
     listener: TcpListener,
     readiness: Readiness,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(readiness, metrics))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let listener = BoundedListener {
+        inner: listener,
+        slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+    };
+    let server = axum::serve(listener, router(readiness, metrics))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    tokio::select! {
+        served = std::future::IntoFuture::into_future(server) => served,
+        () = async { shutdown.cancelled().await; tokio::time::sleep(SHUTDOWN_DRAIN).await } => Ok(()),
+    }
+}
+
+/// A listener that holds one of [`MAX_CONNECTIONS`] slots per open connection.
+struct BoundedListener {
+    inner: TcpListener,
+    slots: Arc<Semaphore>,
+}
+
+impl axum::serve::Listener for BoundedListener {
+    type Io = BoundedConnection;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let slot = Arc::clone(&self.slots)
+            .acquire_owned()
+            .await
+            .expect("the connection slots are never closed");
+        let (stream, address) = axum::serve::Listener::accept(&mut self.inner).await;
+        let connection = BoundedConnection {
+            stream,
+            expires: Box::pin(tokio::time::sleep(CONNECTION_LIFETIME)),
+            _slot: slot,
+        };
+        (connection, address)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A connection that gives its slot back when closed and fails its reads and
+/// writes once [`CONNECTION_LIFETIME`] has passed, which closes it.
+struct BoundedConnection {
+    stream: TcpStream,
+    expires: Pin<Box<tokio::time::Sleep>>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl BoundedConnection {
+    fn expired(&mut self, context: &mut Context<'_>) -> bool {
+        self.expires.as_mut().poll(context).is_ready()
+    }
+}
+
+fn lifetime_over() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "connection lifetime over")
+}
+
+impl AsyncRead for BoundedConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.expired(context) {
+            return Poll::Ready(Err(lifetime_over()));
+        }
+        Pin::new(&mut self.stream).poll_read(context, buffer)
+    }
+}
+
+impl AsyncWrite for BoundedConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.expired(context) {
+            return Poll::Ready(Err(lifetime_over()));
+        }
+        Pin::new(&mut self.stream).poll_write(context, data)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(context)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(context)
+    }
 }
 
 #[cfg(test)]
@@ -147,6 +256,32 @@ mod tests {
             content_type,
             String::from_utf8(body.to_vec()).unwrap(),
         )
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_never_finishes_its_request_is_closed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        tokio::time::pause();
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            Readiness::for_server(),
+            Metrics::new(),
+            shutdown.clone(),
+        ));
+        let mut slow = TcpStream::connect(address).await.unwrap();
+        slow.write_all(b"GET /healthz HT").await.unwrap();
+        tokio::time::advance(CONNECTION_LIFETIME + Duration::from_secs(1)).await;
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(60), slow.read_to_end(&mut rest)).await;
+        assert!(
+            matches!(read, Ok(Ok(_)) | Ok(Err(_))),
+            "the server closed the half-sent request"
+        );
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
     }
 
     #[tokio::test]
