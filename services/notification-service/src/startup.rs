@@ -3,6 +3,7 @@
 
 use foodorder_contract::topics::PAYMENT_COMPLETED;
 use foodorder_runtime::host::ServiceHost;
+use foodorder_runtime::shutdown::unless_stopped;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -30,6 +31,9 @@ pub async fn build(config: Config, pool: Option<PgPool>) -> anyhow::Result<Servi
 
 /// Reads the configuration, builds the service and runs it until `shutdown`.
 pub async fn run(shutdown: CancellationToken) -> anyhow::Result<()> {
-    let host = build(Config::from_env()?, None).await?;
-    host.run_until_stopped(shutdown).await
+    let config = Config::from_env()?;
+    match unless_stopped(&shutdown, build(config, None)).await? {
+        Some(host) => host.run_until_stopped(shutdown).await,
+        None => Ok(()),
+    }
 }

@@ -26,6 +26,9 @@ pub enum ApiError {
     /// PostgreSQL could not be reached.
     #[error("database unavailable")]
     DatabaseUnavailable(#[source] sqlx::Error),
+    /// The server is stopping and takes no more orders.
+    #[error("shutting down")]
+    ShuttingDown,
     /// A bug or an unexpected failure.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -119,6 +122,9 @@ impl From<ApiError> for Status {
                 tracing::error!(error = %source, "database unavailable");
                 Status::unavailable("the order database is unavailable, retry later")
             }
+            ApiError::ShuttingDown => Status::unavailable(
+                "the order API is shutting down, retry on another instance or later",
+            ),
             ApiError::Internal(source) => {
                 tracing::error!(error = format!("{source:#}"), "internal error");
                 Status::internal("internal error")

@@ -21,6 +21,7 @@ use foodorder_runtime::metrics::Metrics;
 use prometheus_client::metrics::histogram::Histogram;
 use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
 use crate::repository::{self, BatchOutcome, OrderRecord, PlaceRequest, StoredOrder};
@@ -55,6 +56,7 @@ struct Job {
 #[derive(Clone)]
 pub struct GroupCommit {
     queue: mpsc::Sender<Job>,
+    closing: CancellationToken,
 }
 
 /// The writers of a [`GroupCommit`], not yet started.
@@ -104,8 +106,10 @@ impl GroupCommit {
                 queued.set((queue.max_capacity() - queue.capacity()) as i64);
             }
         });
+        let closing = CancellationToken::new();
         let shared = Arc::new(Shared {
             receiver: Mutex::new(receiver),
+            closing: closing.clone(),
             busy: AtomicUsize::new(0),
             max_batch,
             window: config.window,
@@ -113,13 +117,19 @@ impl GroupCommit {
         });
         let topic = Arc::from(topic);
         (
-            Self { queue },
+            Self { queue, closing },
             Writers {
                 shared,
                 count,
                 topic,
             },
         )
+    }
+
+    /// Takes no more calls (they get UNAVAILABLE); the writers place what is
+    /// queued, then end. The last step of a shutdown's drain.
+    pub fn close(&self) {
+        self.closing.cancel();
     }
 
     /// Calls queued and not yet taken by a writer.
@@ -133,7 +143,7 @@ impl GroupCommit {
         self.queue
             .send(Job { request, reply })
             .await
-            .map_err(|_| ApiError::Internal(anyhow::anyhow!("the order writers have stopped")))?;
+            .map_err(|_| ApiError::ShuttingDown)?;
         answer.await.map_err(|_| {
             ApiError::Internal(anyhow::anyhow!("an order writer failed without answering"))
         })?
@@ -142,6 +152,8 @@ impl GroupCommit {
 
 struct Shared {
     receiver: Mutex<mpsc::Receiver<Job>>,
+    /// Once cancelled, the queue takes no more calls and the writers end when it is empty.
+    closing: CancellationToken,
     /// Writers committing a batch right now.
     busy: AtomicUsize,
     max_batch: usize,
@@ -156,7 +168,15 @@ impl Shared {
     /// from here until it is placed ([`Busy`]).
     async fn next_batch(self: &Arc<Self>) -> Option<(Vec<Job>, Busy)> {
         let mut receiver = self.receiver.lock().await;
-        let first = receiver.recv().await?;
+        let first = tokio::select! {
+            biased;
+            job = receiver.recv() => job?,
+            () = self.closing.cancelled() => {
+                // What is queued is still placed; nothing more comes in.
+                receiver.close();
+                receiver.recv().await?
+            }
+        };
         let mut batch = vec![first];
         let deadline = std::time::Instant::now() + self.window;
         while batch.len() < self.max_batch {

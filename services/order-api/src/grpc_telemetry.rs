@@ -196,8 +196,13 @@ where
             });
         }
         let (mut parts, body) = request.into_parts();
-        let checked = crate::request_context::correlation_id(&parts.headers);
         let (service, method) = path.split_once('/').unwrap_or((path.as_str(), ""));
+        // Only the order service's calls: another path gets its own status (UNIMPLEMENTED).
+        let checked = if service == SERVICE {
+            crate::request_context::correlation_id(&parts.headers).map(Some)
+        } else {
+            Ok(None)
+        };
         let span = tracing::info_span!(
             "grpc.server",
             otel.name = path.as_str(),
@@ -217,7 +222,9 @@ where
         let trace_id = telemetry::trace_id(&span);
         let future: Self::Future = match checked {
             Ok(correlation_id) => {
-                parts.extensions.insert(correlation_id);
+                if let Some(correlation_id) = correlation_id {
+                    parts.extensions.insert(correlation_id);
+                }
                 let _entered = span.enter();
                 Box::pin(
                     self.inner

@@ -5,6 +5,7 @@
 //! (exit 0 when SERVING), for scripts and container health checks.
 
 use anyhow::Context;
+use foodorder_runtime::shutdown::unless_stopped;
 use order_api::startup::NAME;
 use order_api::{Application, Config};
 
@@ -16,8 +17,11 @@ async fn main() -> anyhow::Result<()> {
         return health_check(address).await;
     }
     foodorder_runtime::host::main(NAME, |shutdown| async move {
-        let application = Application::build(Config::from_env()?).await?;
-        application.run_until_stopped(shutdown).await
+        let config = Config::from_env()?;
+        match unless_stopped(&shutdown, Application::build(config)).await? {
+            Some(application) => application.run_until_stopped(shutdown).await,
+            None => Ok(()),
+        }
     })
     .await
 }

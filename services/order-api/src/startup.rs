@@ -109,6 +109,7 @@ fn assemble(
     watch_limits.register(&metrics, config.watch_max_streams);
     let (placing, writers) = GroupCommit::new(&config.group_commit, &order_placed, &metrics);
     let writers = writers.start(pool.clone());
+    let closer = placing.clone();
 
     // Payment outcomes move orders to their final status. Their own
     // connections: a backlog of outcomes never takes PlaceOrder's.
@@ -147,6 +148,8 @@ fn assemble(
             serve(config, listener, service, metrics, readiness, intake)
         })
         .drain(async move {
+            // The server has stopped: what it queued is placed, then the writers end.
+            closer.close();
             futures::future::join_all(writers).await;
         })
 }

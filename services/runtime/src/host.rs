@@ -12,8 +12,10 @@
 //!    dependency checks and the HTTP endpoint;
 //! 4. close the pool.
 //!
-//! A stage that stops on its own (a consumer that gives up, a server that
-//! fails) stops the whole service, which exits non-zero to be restarted.
+//! A stage that stops on its own or panics (a consumer that gives up, a
+//! server that fails, a relay or background task that ends early) stops the
+//! whole service, which exits non-zero to be restarted. Stopping has a
+//! deadline: a service that cannot stop within it says so and exits non-zero.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -42,6 +44,9 @@ type BackgroundStage =
 
 /// How long the drains (step 2) may take before the service stops without them.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// How long steps 1–4 may take beyond the shutdown grace and the drain grace
+/// (consumers finishing their records, the relay's last rows, the pool).
+const STOP_SLACK: Duration = Duration::from_secs(20);
 
 /// A service's stages and the order in which they start and stop.
 pub struct ServiceHost {
@@ -261,23 +266,27 @@ impl ServiceHost {
             metrics.clone(),
             background.clone(),
         ));
-        if let Some(relay) = relay {
-            let (pool, kafka, metrics, stop) = (
+        let relay_task = relay.map(|relay| {
+            let relayed = outbox::run_relay_with_topics(
                 pool.clone(),
+                schema,
                 kafka.clone(),
+                relay,
+                name,
                 OutboxMetrics::new(&metrics),
                 background.clone(),
             );
-            tracker.spawn(async move {
-                let relayed =
-                    outbox::run_relay_with_topics(pool, schema, kafka, relay, name, metrics, stop);
-                if let Err(error) = relayed.await {
-                    tracing::error!(error = format!("{error:#}"), "outbox relay failed");
-                }
-            });
-        }
+            tracker.spawn(stopping_on_return(Box::pin(relayed), intake.clone()))
+        });
         for stage in background_stages {
-            tracker.spawn(stage(background.clone()));
+            let task = stage(background.clone());
+            tracker.spawn(stopping_on_return(
+                Box::pin(async move {
+                    task.await;
+                    Ok(())
+                }),
+                intake.clone(),
+            ));
         }
         let server_task = server
             .map(|serve| tracker.spawn(stopping_on_return(serve(intake.clone()), intake.clone())));
@@ -295,6 +304,70 @@ impl ServiceHost {
             () = intake.cancelled() => tracing::error!(service = name, "a stage stopped on its own; shutting down"),
         }
         let stopped_on_its_own = !shutdown.is_cancelled();
+        let deadline = shutdown_grace + DRAIN_GRACE + STOP_SLACK;
+        let stopping = Running {
+            readiness,
+            intake,
+            background,
+            tracker,
+            pool,
+            server_task,
+            consumer_tasks,
+            relay_task,
+            drains,
+            shutdown_grace,
+        }
+        .stop();
+        let failures = match tokio::time::timeout(deadline, stopping).await {
+            Ok(failures) => failures,
+            Err(_) => {
+                tracing::error!(
+                    deadline_ms = deadline.as_millis() as u64,
+                    "the service did not stop in time"
+                );
+                anyhow::bail!("{name} did not stop within {deadline:?}");
+            }
+        };
+        tracing::info!(service = name, "service stopped");
+        if let Some(error) = failures.into_iter().next() {
+            return Err(error);
+        }
+        if stopped_on_its_own {
+            anyhow::bail!("{name} stopped because one of its stages stopped on its own");
+        }
+        Ok(())
+    }
+}
+
+/// What [`ServiceHost::run_until_stopped`] started.
+struct Running {
+    readiness: Readiness,
+    intake: CancellationToken,
+    background: CancellationToken,
+    tracker: TaskTracker,
+    pool: PgPool,
+    server_task: Option<JoinHandle<anyhow::Result<()>>>,
+    consumer_tasks: Vec<(String, JoinHandle<anyhow::Result<()>>)>,
+    relay_task: Option<JoinHandle<anyhow::Result<()>>>,
+    drains: Vec<Stage>,
+    shutdown_grace: Duration,
+}
+
+impl Running {
+    /// Steps 1 to 4 of the stop order; returns what failed on the way.
+    async fn stop(self) -> Vec<anyhow::Error> {
+        let Self {
+            readiness,
+            intake,
+            background,
+            tracker,
+            pool,
+            server_task,
+            consumer_tasks,
+            relay_task,
+            drains,
+            shutdown_grace,
+        } = self;
         // 1. Stop taking work.
         readiness.set_stopping();
         intake.cancel();
@@ -325,23 +398,21 @@ impl ServiceHost {
         // 3. The relay (after its last row) and everything else in the background.
         background.cancel();
         tracker.close();
+        if let Some(task) = relay_task {
+            record_failure(&mut failures, "the outbox relay", task.await);
+        }
         tracker.wait().await;
         // 4. The pool.
         pool.close().await;
-        tracing::info!(service = name, "service stopped");
-        if let Some(error) = failures.into_iter().next() {
-            return Err(error);
-        }
-        if stopped_on_its_own {
-            anyhow::bail!("{name} stopped because one of its stages stopped on its own");
-        }
-        Ok(())
+        failures
     }
 }
 
-/// Runs `stage`; if it returns while `intake` is still open, it stopped on its
-/// own, and the whole service stops with it.
+/// Runs `stage`; if it returns (or panics) while `intake` is still open, it
+/// stopped on its own, and the whole service stops with it.
 async fn stopping_on_return(stage: Stage, intake: CancellationToken) -> anyhow::Result<()> {
+    // Cancels intake however the stage ends, unwinding from a panic included.
+    let _stop_on_exit = intake.clone().drop_guard();
     let result = stage.await;
     if !intake.is_cancelled() {
         if let Err(error) = &result {

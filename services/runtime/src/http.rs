@@ -31,14 +31,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
-use tower::limit::ConcurrencyLimitLayer;
+use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::health::Readiness;
 use crate::metrics::{CONTENT_TYPE, Metrics, TEXT_CONTENT_TYPE};
 
-/// Requests served at once; more wait for a slot.
+/// Requests served at once, over every route; more wait for a slot.
 const MAX_CONCURRENT_REQUESTS: usize = 64;
 /// The largest request body accepted (the routes take none).
 const MAX_BODY_BYTES: usize = 8 * 1024;
@@ -47,7 +47,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections open at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 64;
 /// The longest a connection may stay open (scrapers simply connect again).
-const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
 /// How long open requests may finish after shutdown.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 
@@ -72,7 +72,7 @@ pub fn router(readiness: Readiness, metrics: Metrics) -> Router {
                     StatusCode::SERVICE_UNAVAILABLE,
                     REQUEST_TIMEOUT,
                 ))
-                .layer(ConcurrencyLimitLayer::new(MAX_CONCURRENT_REQUESTS)),
+                .layer(GlobalConcurrencyLimitLayer::new(MAX_CONCURRENT_REQUESTS)),
         )
 }
 

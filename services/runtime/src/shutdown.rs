@@ -41,3 +41,19 @@ pub fn token_on_signal() -> CancellationToken {
     });
     token
 }
+
+/// Runs `work` (a service starting: connecting, migrating, binding) unless
+/// `shutdown` comes first, in which case it is dropped and `None` returned: a
+/// signal during a long start (a database still down) stops the process at once.
+pub async fn unless_stopped<T>(
+    shutdown: &CancellationToken,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<Option<T>> {
+    tokio::select! {
+        () = shutdown.cancelled() => {
+            tracing::info!("stopped while starting");
+            Ok(None)
+        }
+        done = work => done.map(Some),
+    }
+}
