@@ -1,8 +1,8 @@
 # Shared provisioning for the build-support scripts (run, test, bench, chaos,
 # fuzz). Source it; it defines functions and exports nothing until they are
 # called. It is the one file the scripts source: it owns the common helpers
-# (logging, ports, HTTP probes, processes, apt) and sources the rest from
-# build-support/lib/:
+# (logging, ports, HTTP probes, processes, apt and the tools it installs) and
+# sources the rest from build-support/lib/:
 #   lib/postgres.sh       PostgreSQL: DATABASE_URL, the private cluster
 #   lib/kafka.sh          Apache Kafka: the broker's jars, the embedded broker
 #   lib/observability.sh  Jaeger and Prometheus
@@ -70,9 +70,21 @@ stop_pid() {
   kill -KILL "$pid" 2>/dev/null || true
 }
 
-# free_port: an unused TCP port on 127.0.0.1.
+# free_port: a TCP port that no socket on this machine uses (none in any state,
+# on any address, as `ss` lists them), in the kernel's ephemeral port range:
+# tried from a random start onwards, up to 200 ports.
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+  local low=32768 high=60999 span port try used
+  command -v ss >/dev/null 2>&1 || die "free_port needs ss (Debian/Ubuntu: apt-get install iproute2)"
+  read -r low high </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+  span=$((high - low + 1))
+  port=$((low + ((RANDOM << 15) | RANDOM) % span))
+  for ((try = 0; try < 200; try++)); do
+    used=$(ss -Htan "sport = :$port") || die "free_port: ss -Htan failed"
+    [[ -z $used ]] && { echo "$port"; return 0; }
+    port=$((low + (port - low + 1) % span))
+  done
+  die "no free TCP port found in $low-$high (200 tries)"
 }
 
 # apt_install LOG PACKAGE...: installs Debian packages quietly (package lists
@@ -86,6 +98,18 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
       -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@"
   } >"$log_file" 2>&1
+}
+
+# ensure_tool COMMAND PACKAGE: COMMAND on the PATH; when it is missing, Debian's
+# PACKAGE is installed as root with apt, otherwise the script stops saying so.
+ensure_tool() {
+  local command=$1 package=$2
+  command -v "$command" >/dev/null 2>&1 && return 0
+  [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1 \
+    || die "$command is not installed (Debian/Ubuntu: apt-get install $package)"
+  log "installing Debian's $package package (apt-get; first time only)"
+  apt_install "$CACHE_DIR/$package-install.log" "$package" && command -v "$command" >/dev/null 2>&1 \
+    || { tail -20 "$CACHE_DIR/$package-install.log" >&2; die "$command is not installed and installing Debian's $package package failed (see $CACHE_DIR/$package-install.log)"; }
 }
 
 # stop_started: stops what this script started, newest first.

@@ -5,17 +5,35 @@
 
 DEFAULT_DATABASE_URL="postgres://postgres@127.0.0.1:5432/foodorder"
 
-# url_part URL FIELD (host|port|db|base): pieces of a postgres:// URL.
+# url_part URL FIELD (host|port|db|base): pieces of a postgres:// or postgresql://
+# URL, postgres[ql]://[USER[:PASSWORD]@][HOST][:PORT][/DB][?QUERY]. host defaults
+# to 127.0.0.1 (an IPv6 host loses its brackets), port to 5432, db to postgres;
+# base is the same URL on the database postgres (query kept, fragment dropped).
 url_part() {
-  python3 - "$1" "$2" <<'PY'
-import sys, urllib.parse
-url = urllib.parse.urlsplit(sys.argv[1])
-field = sys.argv[2]
-if field == "host": print(url.hostname or "127.0.0.1")
-elif field == "port": print(url.port or 5432)
-elif field == "db": print(url.path.lstrip("/") or "postgres")
-elif field == "base": print(urllib.parse.urlunsplit((url.scheme, url.netloc, "/postgres", url.query, "")))
-PY
+  local url=$1 field=$2 scheme authority path query host port db
+  local url_re='^([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)(/[^?#]*)?(\?[^#]*)?(#.*)?$'
+  local host_re='^(\[[^]]*\]|[^:]*)(:([0-9]*))?$'
+  [[ $url =~ $url_re ]] && scheme=${BASH_REMATCH[1],,} && [[ $scheme == postgres || $scheme == postgresql ]] \
+    || { printf 'error: not a postgres:// or postgresql:// URL: %s\n' "$url" >&2; return 1; }
+  authority=${BASH_REMATCH[2]} path=${BASH_REMATCH[3]} query=${BASH_REMATCH[4]#\?}
+  # The host and port follow the last @ (a password may contain one).
+  [[ ${authority##*@} =~ $host_re ]] \
+    || { printf 'error: bad host or port in the URL %s\n' "$url" >&2; return 1; }
+  host=${BASH_REMATCH[1]#\[} port=${BASH_REMATCH[3]}
+  host=${host%\]}
+  if [[ -n $port ]]; then
+    ((${#port} <= 5 && 10#$port <= 65535)) \
+      || { printf 'error: port out of range in the URL %s\n' "$url" >&2; return 1; }
+    port=$((10#$port))
+  fi
+  db=${path#"${path%%[!/]*}"}
+  case $field in
+    host) host=${host,,}; echo "${host:-127.0.0.1}" ;;
+    port) [[ -n $port && $port != 0 ]] && echo "$port" || echo 5432 ;;
+    db) echo "${db:-postgres}" ;;
+    base) echo "$scheme://$authority/postgres${query:+?$query}" ;;
+    *) printf 'error: url_part: unknown field %s\n' "$field" >&2; return 1 ;;
+  esac
 }
 
 find_pg_bin() {
