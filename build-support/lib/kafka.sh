@@ -16,20 +16,23 @@ java_major() {
   echo "${major:-0}"
 }
 
-# install_kafka: copies the broker's jars from Maven Central into the cache directory, once.
+# install_kafka: copies the broker's jars from Maven Central into the cache directory,
+# once (again when an earlier install lacks the kafka-tools jar that kafka_ready uses).
 install_kafka() {
-  [[ -f $KAFKA_LIBS/.installed ]] && return 0
+  [[ -f $KAFKA_LIBS/.installed && -f $KAFKA_LIBS/kafka-tools-$KAFKA_VERSION.jar ]] && return 0
   (($(java_major) >= 17)) || die "the embedded Kafka broker needs Java 17 or newer (Debian/Ubuntu: apt-get install openjdk-17-jre-headless), or point KAFKA_BOOTSTRAP_SERVERS at a running broker"
   command -v mvn >/dev/null 2>&1 || die "the embedded Kafka broker's jars are fetched with Maven, which is not installed (Debian/Ubuntu: apt-get install maven), or point KAFKA_BOOTSTRAP_SERVERS at a running broker"
   log "installing Apache Kafka $KAFKA_VERSION into $KAFKA_LIBS (first time only; jars from Maven Central)"
-  local staging="$KAFKA_LIBS.partial"
+  local staging="$KAFKA_LIBS.partial" jar
   rm -rf "$staging"
   mkdir -p "$staging"
   mvn -q -B -f "$ROOT_DIR/build-support/kafka/pom.xml" \
     org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
     -DincludeScope=runtime -DoutputDirectory="$staging" >"$CACHE_DIR/kafka-install.log" 2>&1 \
     || { tail -20 "$CACHE_DIR/kafka-install.log" >&2; die "fetching the Kafka jars failed, see $CACHE_DIR/kafka-install.log"; }
-  ls "$staging"/kafka_2.13-"$KAFKA_VERSION".jar >/dev/null 2>&1 || die "Maven did not deliver kafka_2.13-$KAFKA_VERSION.jar"
+  for jar in kafka_2.13 kafka-tools; do
+    [[ -f $staging/$jar-$KAFKA_VERSION.jar ]] || die "Maven did not deliver $jar-$KAFKA_VERSION.jar"
+  done
   echo "$KAFKA_VERSION" >"$staging/.installed"
   rm -rf "$KAFKA_LIBS"
   mv "$staging" "$KAFKA_LIBS"
@@ -54,18 +57,20 @@ start_kafka() {
   echo $!
 }
 
-# boot_kafka PORT DATA [--same-port]: starts the broker and waits until it answers
-# ApiVersions; sets KAFKA_PID and KAFKA_PORT. A broker that exits while starting
-# (most often because another socket took one of its ports in the meantime) has
-# the tail of its logs printed and is started again, up to three tries: on new
-# ports, or with --same-port (a restart whose clients already know the port) on
-# the same port after a pause.
+# boot_kafka PORT DATA [--same-port]: starts the broker and waits until it is
+# ready (kafka_ready on its own log); sets KAFKA_PID and KAFKA_PORT. A broker that
+# exits while starting (most often because another socket took one of its ports
+# in the meantime) has the tail of its logs printed and is started again, up to
+# three tries: on new ports, or with --same-port (a restart whose clients already
+# know the port) on the same port after a pause.
 boot_kafka() {
-  local port=$1 data=$2 same=${3:-} try deadline
+  local port=$1 data=$2 same=${3:-} try deadline log_start
   for try in 1 2 3; do
+    # The log is appended to across starts: only what this start writes counts.
+    log_start=$(stat -c %s "$data/logs/server.log" 2>/dev/null || echo 0)
     KAFKA_PID=$(start_kafka "$port" "$data")
     deadline=$((SECONDS + 90))
-    until kafka_ready 127.0.0.1 "$port"; do
+    until kafka_ready 127.0.0.1 "$port" "$data" "$log_start"; do
       if ! kill -0 "$KAFKA_PID" 2>/dev/null; then
         printf 'warning: the Kafka broker on 127.0.0.1:%s exited while starting (try %s of 3); the end of its logs:\n' "$port" "$try" >&2
         tail -n 20 "$data/broker.out" "$data/logs/server.log" >&2 2>/dev/null || true
@@ -87,26 +92,28 @@ boot_kafka() {
   die "the Kafka broker would not start, see $data/logs/server.log"
 }
 
-# kafka_ready HOST PORT: the broker answers an ApiVersions request (not just a TCP connect).
+# kafka_ready HOST PORT [DATA [LOG_OFFSET]]: the broker on HOST:PORT is ready.
+#   With DATA, a broker these scripts started with its data there: its log
+#   DATA/logs/server.log says "Kafka Server started" (KafkaRaftServer, once the
+#   broker is unfenced) past byte LOG_OFFSET (default 0; the whole log when it has
+#   rolled over since), and the port accepts connections.
+#   Without DATA, a broker found running: the port accepts connections and, when
+#   the broker's jars are installed, Kafka's own BrokerApiVersionsCommand (what
+#   kafka-broker-api-versions.sh runs) gets its ApiVersions answer.
 kafka_ready() {
-  python3 - "$1" "$2" <<'PY'
-import socket, struct, sys
-# ApiVersions v0 request: the smallest request every Kafka broker answers.
-client = b"lib.sh"
-body = struct.pack(">hhih", 18, 0, 1, len(client)) + client
-try:
-    with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2) as s:
-        s.sendall(struct.pack(">i", len(body)) + body)
-        size = struct.unpack(">i", s.recv(4))[0]
-        data = b""
-        while len(data) < size:
-            chunk = s.recv(size - len(data))
-            if not chunk: sys.exit(1)
-            data += chunk
-        sys.exit(0 if struct.unpack(">h", data[4:6])[0] == 0 else 1)
-except Exception:
-    sys.exit(1)
-PY
+  local host=$1 port=$2 data=${3:-} since=${4:-0} server_log size
+  if [[ -n $data ]]; then
+    server_log="$data/logs/server.log"
+    size=$(stat -c %s "$server_log" 2>/dev/null) || return 1
+    ((size >= since)) || since=0
+    grep -q 'KafkaRaftServer.*Kafka Server started' < <(tail -c "+$((since + 1))" "$server_log") || return 1
+    port_open "$host" "$port"
+    return
+  fi
+  port_open "$host" "$port" || return 1
+  [[ -f $KAFKA_LIBS/kafka-tools-$KAFKA_VERSION.jar ]] && command -v java >/dev/null 2>&1 || return 0
+  timeout 60 java -Xmx256m -cp "$KAFKA_LIBS/*" org.apache.kafka.tools.BrokerApiVersionsCommand \
+    --bootstrap-server "$host:$port" >/dev/null 2>&1
 }
 
 # ensure_kafka [STATE_DIR [fresh]]: KAFKA_BOOTSTRAP_SERVERS reachable, starting the
