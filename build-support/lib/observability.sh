@@ -17,9 +17,11 @@ install_jaeger() {
   log "installing Jaeger $JAEGER_VERSION into $(dirname "$JAEGER_BIN") (first time only; built from the Go module proxy)"
   local source build="$CACHE_DIR/jaeger-build"
   mkdir -p "$CACHE_DIR"
-  source=$(go mod download -json "github.com/jaegertracing/jaeger@$JAEGER_VERSION" 2>"$CACHE_DIR/jaeger-install.log" \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])') \
+  go mod download "github.com/jaegertracing/jaeger@$JAEGER_VERSION" >"$CACHE_DIR/jaeger-install.log" 2>&1 \
     || { cat "$CACHE_DIR/jaeger-install.log" >&2; die "downloading Jaeger failed, see $CACHE_DIR/jaeger-install.log"; }
+  # Where the module cache keeps it (the module path has no capitals to escape).
+  source="$(go env GOMODCACHE)/github.com/jaegertracing/jaeger@$JAEGER_VERSION"
+  [[ -d $source/cmd/jaeger ]] || die "go mod download did not leave Jaeger in $source"
   rm -rf "$build"
   cp -r "$source" "$build"
   chmod -R u+w "$build"
