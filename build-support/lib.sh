@@ -1,8 +1,8 @@
 # Shared provisioning for the build-support scripts (run, test, bench, chaos,
-# fuzz). Source it; it defines functions and exports nothing until they are
-# called. It is the one file the scripts source: it owns the common helpers
-# (logging, ports, HTTP probes, processes, apt and the tools it installs) and
-# sources the rest from build-support/lib/:
+# fuzz, client-checks, prometheus/check). Source it; it defines functions and
+# exports nothing until they are called. It is the one file the scripts source:
+# it owns the common helpers (logging, ports, HTTP probes, processes, apt and
+# the tools it installs) and sources the rest from build-support/lib/:
 #   lib/postgres.sh       PostgreSQL: DATABASE_URL, the private cluster
 #   lib/kafka.sh          Apache Kafka: the broker's jars, the embedded broker
 #   lib/observability.sh  Jaeger and Prometheus
