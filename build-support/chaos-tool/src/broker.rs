@@ -12,8 +12,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, sleep};
 
@@ -136,16 +134,7 @@ impl Broker {
 /// Whether a broker at `bootstrap` answers a metadata request within two seconds.
 async fn answers(bootstrap: String) -> bool {
     tokio::task::spawn_blocking(move || {
-        let Ok(consumer) = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("log_level", "0")
-            .create::<BaseConsumer>()
-        else {
-            return false;
-        };
-        consumer
-            .fetch_metadata(None, Duration::from_secs(2))
-            .is_ok_and(|metadata| !metadata.brokers().is_empty())
+        foodorder_testkit::broker::broker_answers(&bootstrap, Duration::from_secs(2))
     })
     .await
     .unwrap_or(false)

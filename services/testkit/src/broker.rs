@@ -66,9 +66,11 @@ impl PrivateBroker {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
             loop {
                 let bootstrap = self.bootstrap();
-                if tokio::task::spawn_blocking(move || broker_answers(&bootstrap))
-                    .await
-                    .unwrap_or(false)
+                if tokio::task::spawn_blocking(move || {
+                    broker_answers(&bootstrap, Duration::from_secs(1))
+                })
+                .await
+                .unwrap_or(false)
                 {
                     return;
                 }
@@ -139,8 +141,8 @@ impl Drop for PrivateBroker {
     }
 }
 
-/// Whether a broker at `bootstrap` answers a metadata request within a second.
-fn broker_answers(bootstrap: &str) -> bool {
+/// Whether a broker at `bootstrap` answers a metadata request within `patience`.
+pub fn broker_answers(bootstrap: &str, patience: Duration) -> bool {
     let Ok(consumer) = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("log_level", "0")
@@ -149,6 +151,6 @@ fn broker_answers(bootstrap: &str) -> bool {
         return false;
     };
     consumer
-        .fetch_metadata(None, Duration::from_secs(1))
+        .fetch_metadata(None, patience)
         .is_ok_and(|metadata| !metadata.brokers().is_empty())
 }
