@@ -229,6 +229,8 @@ ensure_kafka_cluster() {
     nohup "$KAFKA_BROKER" --libs "$KAFKA_LIBS" --data "$data" --port "$(kafka_node_port "$node")" \
       --node-id "$node" --quorum "$quorum" --cluster-id "$cluster_id" >"$data/broker.out" 2>&1 &
     pid=$!
+    # Not a job of this shell: a node that dies is reported by the caller, not by bash.
+    disown "$pid"
     pids[$node]=$pid
     echo "$pid" >"$state_dir/kafka-$node.pid"
     STARTED_PIDS+=("kafka-$node $pid")

@@ -7,3 +7,4 @@ mod payment_outcomes;
 mod place_order;
 mod read_and_watch;
 mod support;
+mod two_instances;
