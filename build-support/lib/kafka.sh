@@ -190,6 +190,85 @@ kafka_quorum_status() {
     --bootstrap-server "$1" describe --replication 2>&1
 }
 
+# kafka_cluster_quorum: the controller quorum, "1@127.0.0.1:9093,2@127.0.0.1:9095,3@127.0.0.1:9097".
+kafka_cluster_quorum() {
+  local node quorum=""
+  for node in "${KAFKA_CLUSTER_NODES[@]}"; do quorum+="${quorum:+,}$node@127.0.0.1:$(($(kafka_node_port "$node") + 1))"; done
+  echo "$quorum"
+}
+
+# kafka_node_ports_free N: dies naming the port when one of node N's is in use.
+kafka_node_ports_free() {
+  local node=$1 port listener
+  port=$(kafka_node_port "$node")
+  for listener in "client $port" "controller $((port + 1))"; do
+    port=${listener#* }
+    if port_open 127.0.0.1 "$port"; then
+      die "port $port (Kafka node $node's ${listener% *} listener) is in use: stop what listens there (ss -ltnp 'sport = :$port' shows it), or move the cluster with KAFKA_CLUSTER_PORT (e.g. KAFKA_CLUSTER_PORT=19192 uses 19192-19197)"
+    fi
+  done
+}
+
+# start_kafka_node STATE_DIR N CLUSTER_ID: starts node N in the background,
+# writes its pid to STATE_DIR/kafka-N.pid and adds it to STARTED_PIDS; sets
+# KAFKA_NODE_STARTED to "N PID LOG_OFFSET" for wait_kafka_nodes (LOG_OFFSET:
+# where this start's lines begin in its log, which is appended to across starts).
+start_kafka_node() {
+  local state_dir=$1 node=$2 cluster_id=$3 data="$1/kafka-$2" log_start pid
+  mkdir -p "$data"
+  log_start=$(stat -c %s "$data/logs/server.log" 2>/dev/null || echo 0)
+  # nohup: a closed terminal must not stop the brokers under a detached platform.
+  nohup "$KAFKA_BROKER" --libs "$KAFKA_LIBS" --data "$data" --port "$(kafka_node_port "$node")" \
+    --node-id "$node" --quorum "$(kafka_cluster_quorum)" --cluster-id "$cluster_id" >"$data/broker.out" 2>&1 &
+  pid=$!
+  # Not a job of this shell: a node that dies is reported by the caller, not by bash.
+  disown "$pid"
+  echo "$pid" >"$state_dir/kafka-$node.pid"
+  STARTED_PIDS+=("kafka-$node $pid")
+  KAFKA_NODE_STARTED="$node $pid $log_start"
+}
+
+# wait_kafka_nodes STATE_DIR "N PID LOG_OFFSET"...: waits until each of these
+# nodes is registered and unfenced (its log says "Kafka Server started" past
+# LOG_OFFSET), at most KAFKA_CLUSTER_START_TIMEOUT seconds (default 120). When a
+# node exits first, or the time is up, prints the end of the failing nodes' logs
+# and returns 1 with the reason in KAFKA_WAIT_ERROR.
+wait_kafka_nodes() {
+  local state_dir=$1 entry node pid offset port started=$SECONDS missing=()
+  shift
+  local timeout=${KAFKA_CLUSTER_START_TIMEOUT:-120}
+  local -A pids=() offsets=() ready=()
+  for entry in "$@"; do
+    read -r node pid offset <<<"$entry"
+    pids[$node]=$pid offsets[$node]=$offset
+  done
+  while ((${#ready[@]} < ${#pids[@]})); do
+    for node in "${!pids[@]}"; do
+      [[ -n ${ready[$node]:-} ]] && continue
+      port=$(kafka_node_port "$node")
+      if kafka_ready 127.0.0.1 "$port" "$state_dir/kafka-$node" "${offsets[$node]}"; then
+        ready[$node]=yes
+        log "Kafka node $node is up after $((SECONDS - started)) s (127.0.0.1:$port, registered and unfenced)"
+      elif ! kill -0 "${pids[$node]}" 2>/dev/null; then
+        kafka_log_tail "$node" "$state_dir/kafka-$node" "${offsets[$node]}" >&2
+        KAFKA_WAIT_ERROR="Kafka node $node (127.0.0.1:$port) exited while starting; see $state_dir/kafka-$node/broker.out and $state_dir/kafka-$node/logs/server.log"
+        return 1
+      fi
+    done
+    if ((${#ready[@]} < ${#pids[@]} && SECONDS - started >= timeout)); then
+      for node in "${!pids[@]}"; do
+        [[ -n ${ready[$node]:-} ]] && continue
+        missing+=("$node")
+        kafka_log_tail "$node" "$state_dir/kafka-$node" "${offsets[$node]}" >&2
+      done
+      printf '  --- the quorum as the nodes that answer see it ---\n%s\n' "$(kafka_quorum_status "$(kafka_cluster_bootstrap)" | sed 's/^/  /')" >&2
+      KAFKA_WAIT_ERROR="Kafka node(s) ${missing[*]} did not join the cluster within $timeout s (a broker starts only once the controller quorum ($(kafka_cluster_quorum)) has a leader and has registered and unfenced it); see their logs above"
+      return 1
+    fi
+    sleep 0.3
+  done
+}
+
 # ensure_kafka_cluster STATE_DIR: starts the three nodes (KRaft, each broker and
 # controller, three voters) with their durable data in STATE_DIR/kafka-1..3 and
 # waits until every broker is registered and unfenced (its log says "Kafka
@@ -201,66 +280,18 @@ kafka_quorum_status() {
 # the nodes are in STARTED_PIDS and STATE_DIR/kafka-N.pid). The data is never
 # wiped here, so nothing a previous run acknowledged is lost.
 ensure_kafka_cluster() {
-  local state_dir=$1 node port listener quorum="" cluster_id data pid status deadline
-  local timeout=${KAFKA_CLUSTER_START_TIMEOUT:-120}
-  local -A log_start=() pids=() ready=()
+  local state_dir=$1 node cluster_id status deadline started=()
   [[ -z ${KAFKA_BOOTSTRAP_SERVERS:-} ]] \
     || die "build-support/run --cluster starts its own three Kafka nodes, but KAFKA_BOOTSTRAP_SERVERS is set ($KAFKA_BOOTSTRAP_SERVERS); unset it, or run without --cluster against your own cluster (with KAFKA_REPLICATION_FACTOR=3 KAFKA_MIN_INSYNC_REPLICAS=2)"
   install_kafka
-  for node in "${KAFKA_CLUSTER_NODES[@]}"; do
-    port=$(kafka_node_port "$node")
-    quorum+="${quorum:+,}$node@127.0.0.1:$((port + 1))"
-    for listener in "client $port" "controller $((port + 1))"; do
-      port=${listener#* }
-      if port_open 127.0.0.1 "$port"; then
-        die "port $port (Kafka node $node's ${listener% *} listener) is in use: stop what listens there (ss -ltnp 'sport = :$port' shows it), or move the cluster with KAFKA_CLUSTER_PORT (e.g. KAFKA_CLUSTER_PORT=19192 uses 19192-19197)"
-      fi
-    done
-  done
+  for node in "${KAFKA_CLUSTER_NODES[@]}"; do kafka_node_ports_free "$node"; done
   cluster_id=$(kafka_cluster_id "$state_dir")
-  local started=$SECONDS
-  log "starting a three-node Apache Kafka $KAFKA_VERSION cluster $cluster_id on $(kafka_cluster_bootstrap) (controllers ${quorum//[0-9]@/}; data: $state_dir/kafka-{1,2,3})"
+  log "starting a three-node Apache Kafka $KAFKA_VERSION cluster $cluster_id on $(kafka_cluster_bootstrap) (controllers $(kafka_cluster_quorum | sed 's/[0-9]@//g'); data: $state_dir/kafka-{1,2,3})"
   for node in "${KAFKA_CLUSTER_NODES[@]}"; do
-    data="$state_dir/kafka-$node"
-    mkdir -p "$data"
-    # The log is appended to across starts: only what this start writes counts.
-    log_start[$node]=$(stat -c %s "$data/logs/server.log" 2>/dev/null || echo 0)
-    # nohup: a closed terminal must not stop the brokers under a detached platform.
-    nohup "$KAFKA_BROKER" --libs "$KAFKA_LIBS" --data "$data" --port "$(kafka_node_port "$node")" \
-      --node-id "$node" --quorum "$quorum" --cluster-id "$cluster_id" >"$data/broker.out" 2>&1 &
-    pid=$!
-    # Not a job of this shell: a node that dies is reported by the caller, not by bash.
-    disown "$pid"
-    pids[$node]=$pid
-    echo "$pid" >"$state_dir/kafka-$node.pid"
-    STARTED_PIDS+=("kafka-$node $pid")
+    start_kafka_node "$state_dir" "$node" "$cluster_id"
+    started+=("$KAFKA_NODE_STARTED")
   done
-  deadline=$((SECONDS + timeout))
-  while ((${#ready[@]} < ${#KAFKA_CLUSTER_NODES[@]})); do
-    for node in "${KAFKA_CLUSTER_NODES[@]}"; do
-      [[ -n ${ready[$node]:-} ]] && continue
-      data="$state_dir/kafka-$node"
-      port=$(kafka_node_port "$node")
-      if kafka_ready 127.0.0.1 "$port" "$data" "${log_start[$node]}"; then
-        ready[$node]=yes
-        log "Kafka node $node is up after $((SECONDS - started)) s (127.0.0.1:$port, registered and unfenced)"
-      elif ! kill -0 "${pids[$node]}" 2>/dev/null; then
-        kafka_log_tail "$node" "$data" "${log_start[$node]}" >&2
-        die "Kafka node $node (127.0.0.1:$port) exited while starting; see $data/broker.out and $data/logs/server.log"
-      fi
-    done
-    if ((${#ready[@]} < ${#KAFKA_CLUSTER_NODES[@]} && SECONDS >= deadline)); then
-      local missing=()
-      for node in "${KAFKA_CLUSTER_NODES[@]}"; do
-        [[ -n ${ready[$node]:-} ]] && continue
-        missing+=("$node")
-        kafka_log_tail "$node" "$state_dir/kafka-$node" "${log_start[$node]}" >&2
-      done
-      ((${#ready[@]} == 0)) || printf '  --- the quorum as the nodes that are up see it ---\n%s\n' "$(kafka_quorum_status "$(kafka_cluster_bootstrap)" | sed 's/^/  /')" >&2
-      die "Kafka node(s) ${missing[*]} did not join the cluster within $timeout s (a broker starts only once the controller quorum ($quorum) has a leader and has registered and unfenced it); see their logs above"
-    fi
-    sleep 0.3
-  done
+  wait_kafka_nodes "$state_dir" "${started[@]}" || die "$KAFKA_WAIT_ERROR"
   # Every broker is unfenced, which the active controller does only with a
   # quorum; check that all three voters follow the leader.
   deadline=$((SECONDS + 30))
@@ -269,11 +300,38 @@ ensure_kafka_cluster() {
     && grep -qE '[[:space:]]Leader[[:space:]]*$' <<<"$status"; do
     if ((SECONDS >= deadline)); then
       printf '%s\n' "$status" | sed 's/^/  /' >&2
-      die "the Kafka controller quorum ($quorum) does not have a leader followed by all three voters (above: kafka-metadata-quorum describe --replication)"
+      die "the Kafka controller quorum ($(kafka_cluster_quorum)) does not have a leader followed by all three voters (above: kafka-metadata-quorum describe --replication)"
     fi
     sleep 1
   done
   export KAFKA_BOOTSTRAP_SERVERS
   KAFKA_BOOTSTRAP_SERVERS=$(kafka_cluster_bootstrap)
   log "Kafka: $KAFKA_BOOTSTRAP_SERVERS (three nodes; quorum leader: node $(awk '$NF == "Leader" {print $1}' <<<"$status"))"
+}
+
+# restart_kafka_node STATE_DIR N: (re)starts node N of a running cluster on its
+# data, stopping it first if it still runs, and waits until it has rejoined
+# (build-support/run --restart-kafka-node N, e.g. after a kill -9). A node that
+# does not come back is stopped again and the reason printed.
+restart_kafka_node() {
+  local state_dir=$1 node=$2 pid
+  [[ $node =~ ^[0-9]+$ && " ${KAFKA_CLUSTER_NODES[*]} " == *" $node "* ]] \
+    || die "there is no Kafka node '$node': the cluster's nodes are ${KAFKA_CLUSTER_NODES[*]}"
+  [[ -f $state_dir/kafka-$node/kraft/meta.properties ]] \
+    || die "Kafka node $node has no data in $state_dir/kafka-$node: start the cluster with build-support/run --cluster"
+  pid=$(cat "$state_dir/kafka-$node.pid" 2>/dev/null || true)
+  if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+    log "stopping Kafka node $node (pid $pid)"
+    kill -CONT "$pid" 2>/dev/null || true
+    stop_pid "$pid" 30 || true
+  fi
+  kafka_node_ports_free "$node"
+  log "starting Kafka node $node on 127.0.0.1:$(kafka_node_port "$node") (data: $state_dir/kafka-$node)"
+  start_kafka_node "$state_dir" "$node" "$(kafka_cluster_id "$state_dir")"
+  if ! wait_kafka_nodes "$state_dir" "$KAFKA_NODE_STARTED"; then
+    read -r _ pid _ <<<"$KAFKA_NODE_STARTED"
+    stop_pid "$pid" 30 || true
+    rm -f "$state_dir/kafka-$node.pid"
+    die "$KAFKA_WAIT_ERROR"
+  fi
 }
