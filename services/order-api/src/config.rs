@@ -75,7 +75,8 @@ pub struct Config {
     /// while another writer is committing; at most `ORDER_API_QUEUE_MAX`
     /// (default `ORDER_API_WRITERS` × `ORDER_API_BATCH_MAX`) calls wait for a
     /// writer, one more is refused at once with RESOURCE_EXHAUSTED; a writer
-    /// gives a batch up after `ORDER_API_REQUEST_TIMEOUT_MS`.
+    /// gives a batch up 1 s after `ORDER_API_REQUEST_TIMEOUT_MS` (its callers
+    /// have had their answer by then).
     pub group_commit: GroupCommitConfig,
 }
 

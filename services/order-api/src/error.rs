@@ -152,7 +152,12 @@ impl From<ApiError> for Status {
                 "idempotency key was already used for a different request; use a new key for a new order",
             ),
             ApiError::DatabaseUnavailable(source) => {
-                if foodorder_runtime::db::is_timeout(&source) {
+                if matches!(source, sqlx::Error::PoolTimedOut) {
+                    tracing::warn!(error = %source, "no database connection in time");
+                    Status::unavailable(
+                        "the order database did not answer in time (no connection became available), retry later",
+                    )
+                } else if foodorder_runtime::db::is_timeout(&source) {
                     tracing::warn!(error = %source, "database busy");
                     Status::unavailable(
                         "the order database is busy (a statement or lock wait ran out of time; \

@@ -38,6 +38,9 @@ use crate::service::{OrderServiceImpl, WatchLimits};
 use crate::watch::OrderWatchHub;
 use crate::{DEAD_LETTER_TOPIC, SCHEMA};
 
+/// How much longer than a call's deadline a writer waits for its batch.
+const WRITER_GRACE: Duration = Duration::from_secs(1);
+
 /// Service name: logs, traces, Kafka client ids.
 pub const NAME: &str = "order-api";
 
@@ -118,8 +121,11 @@ fn assemble(
     let read_pool = db::reopen(&pool, &config.database, config.read_db_connections);
     let watch_limits = WatchLimits::new(config.watch_max_streams, config.watch_max_db_reads);
     watch_limits.register(&metrics, config.watch_max_streams);
+    // A writer gives a batch up only after every caller in it has had its
+    // answer (DEADLINE_EXCEEDED at the latest), so no caller is told anything
+    // but "it may have been placed" about a batch whose outcome is unknown.
     let group_commit = GroupCommitConfig {
-        batch_timeout: config.request_timeout,
+        batch_timeout: config.request_timeout + WRITER_GRACE,
         ..config.group_commit.clone()
     };
     let (placing, writers) = GroupCommit::new(&group_commit, &order_placed, &metrics);

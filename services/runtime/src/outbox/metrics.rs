@@ -69,21 +69,28 @@ pub(super) async fn watch_backlog(
             () = shutdown.cancelled() => return,
             _ = interval.tick() => {}
         }
-        let backlog: Result<Vec<(String, i64, f64)>, sqlx::Error> = sqlx::query_as(&format!(
+        let sql = format!(
             "SELECT topic, count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0) \
              FROM {}.outbox WHERE sent_at IS NULL AND parked_at IS NULL \
              AND (cardinality($1::text[]) = 0 OR topic = ANY($1)) GROUP BY topic",
             schema.name
-        ))
-        .bind(&topics)
-        .fetch_all(&pool)
-        .await;
-        let backlog = match backlog {
-            Ok(rows) => rows,
-            Err(error) => {
-                tracing::debug!(%error, "failed to read the outbox backlog");
-                continue;
-            }
+        );
+        let query = sqlx::query_as(&sql).bind(&topics).fetch_all(&pool);
+        // Bounded: a connection that stopped answering must not stop the
+        // watch (nor the relay's shutdown, which waits for it).
+        let backlog: Vec<(String, i64, f64)> = tokio::select! {
+            () = shutdown.cancelled() => return,
+            read = tokio::time::timeout(BACKLOG_INTERVAL, query) => match read {
+                Ok(Ok(rows)) => rows,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "failed to read the outbox backlog");
+                    continue;
+                }
+                Err(_) => {
+                    tracing::debug!("the outbox backlog query did not answer in time");
+                    continue;
+                }
+            },
         };
         known.extend(backlog.iter().map(|(topic, _, _)| topic.clone()));
         for topic in &known {

@@ -41,6 +41,10 @@ enum RelayError {
         claimed: usize,
         first_error: rdkafka::error::KafkaError,
     },
+    #[error(
+        "a batch did not finish within {0:?} (the database or the broker stopped answering); abandoned"
+    )]
+    TimedOut(Duration),
 }
 
 /// Makes a new producer when the current one hit a fatal error.
@@ -115,7 +119,11 @@ impl OutboxRelay {
             if listener.is_none() {
                 listener = self.listen().await;
             }
-            match self.drain().await {
+            let drained = tokio::select! {
+                () = shutdown.cancelled() => break,
+                drained = self.drain() => drained,
+            };
+            match drained {
                 Ok(published) => {
                     backoff.reset();
                     if published > 0 {
@@ -200,7 +208,10 @@ impl OutboxRelay {
     async fn drain(&self) -> Result<usize, RelayError> {
         let mut total = 0;
         loop {
-            let (published, claimed) = self.publish_batch().await?;
+            let (published, claimed) =
+                tokio::time::timeout(self.config.batch_timeout, self.publish_batch())
+                    .await
+                    .map_err(|_| RelayError::TimedOut(self.config.batch_timeout))??;
             total += published;
             if claimed < self.config.batch_size as usize {
                 return Ok(total);
