@@ -15,10 +15,11 @@ use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::metrics::watch_backlog;
+use super::metrics::{BacklogStatus, LastPublished, watch_backlog};
 use super::{OutboxMetrics, RelayConfig, notify_channel};
 use crate::backoff::Backoff;
 use crate::db::Schema;
+use crate::health::Condition;
 use crate::metrics::{Metrics, TopicLabel};
 use crate::{kafka, telemetry};
 
@@ -54,6 +55,11 @@ pub struct OutboxRelay {
     make_producer: Option<ProducerFactory>,
     config: RelayConfig,
     metrics: OutboxMetrics,
+    status: Option<Condition>,
+    last_published: LastPublished,
+    /// Whether [`OutboxRelay::run`] watches the backlog itself (false when
+    /// [`run_relay_with_topics`] already does).
+    watch_backlog: bool,
 }
 
 impl OutboxRelay {
@@ -72,7 +78,25 @@ impl OutboxRelay {
             make_producer: None,
             config,
             metrics: OutboxMetrics::new(&Metrics::default()),
+            status: None,
+            last_published: LastPublished::default(),
+            watch_backlog: true,
         }
+    }
+
+    /// Keeps `condition` (the `outbox` health condition): met while the
+    /// oldest unsent row is younger than [`super::OUTBOX_STALLED_AFTER`],
+    /// with the backlog and the last acknowledged publish as its detail.
+    pub fn with_status(mut self, condition: Condition) -> Self {
+        self.status = Some(condition);
+        self
+    }
+
+    /// The backlog is watched by the caller, who reads `last_published`.
+    fn with_backlog_watched_by_caller(mut self, last_published: LastPublished) -> Self {
+        self.watch_backlog = false;
+        self.last_published = last_published;
+        self
     }
 
     /// Reports into `metrics` (by default the relay's metrics go nowhere).
@@ -92,13 +116,19 @@ impl OutboxRelay {
         let mut listener: Option<PgListener> = None;
         let mut backoff = Backoff::new(self.config.initial_backoff, self.config.max_backoff);
         let mut last_cleanup = tokio::time::Instant::now();
-        let backlog = tokio::spawn(watch_backlog(
-            self.pool.clone(),
-            self.schema,
-            self.config.topics.clone(),
-            self.metrics.clone(),
-            shutdown.clone(),
-        ));
+        let backlog = self.watch_backlog.then(|| {
+            tokio::spawn(watch_backlog(
+                self.pool.clone(),
+                self.schema,
+                self.config.topics.clone(),
+                self.metrics.clone(),
+                self.status.clone().map(|condition| BacklogStatus {
+                    condition,
+                    last_published: self.last_published.clone(),
+                }),
+                shutdown.clone(),
+            ))
+        });
         tracing::info!("outbox relay started");
         while !shutdown.is_cancelled() {
             // Listen before draining so that no notification falls in between.
@@ -165,7 +195,9 @@ impl OutboxRelay {
         {
             tracing::warn!(%error, "failed to flush the outbox producer");
         }
-        let _ = backlog.await;
+        if let Some(backlog) = backlog {
+            let _ = backlog.await;
+        }
         tracing::info!("outbox relay stopped");
     }
 
@@ -238,6 +270,7 @@ impl OutboxRelay {
             let producer = self.producer();
             let record_span = span.clone();
             let metrics = &self.metrics;
+            let last_published = &self.last_published;
             async move {
                 let record = FutureRecord::to(&row.topic)
                     .key(row.message_key.as_bytes())
@@ -256,6 +289,7 @@ impl OutboxRelay {
                         .get_or_create(&topic)
                         .observe(started.elapsed().as_secs_f64());
                     metrics.published.get_or_create(&topic).inc();
+                    last_published.mark();
                 }
                 result
             }
@@ -376,7 +410,10 @@ impl OutboxRelay {
 }
 
 /// Creates the topics it publishes to (retrying until the broker answers), then runs
-/// the relay until `shutdown`. This is what a service spawns.
+/// the relay until `shutdown`. This is what a service spawns. The backlog
+/// (its gauges and `status`, see [`OutboxRelay::with_status`]) is watched
+/// from the start, so a broker that is down when the service starts shows too.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_relay_with_topics(
     pool: PgPool,
     schema: &'static Schema,
@@ -384,9 +421,22 @@ pub async fn run_relay_with_topics(
     relay_config: RelayConfig,
     client_id: &str,
     metrics: OutboxMetrics,
+    status: Condition,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let producer = kafka::idempotent_producer(&kafka_config, client_id)?;
+    let last_published = LastPublished::default();
+    let backlog = tokio::spawn(watch_backlog(
+        pool.clone(),
+        schema,
+        relay_config.topics.clone(),
+        metrics.clone(),
+        Some(BacklogStatus {
+            condition: status,
+            last_published: last_published.clone(),
+        }),
+        shutdown.clone(),
+    ));
     tracing::info!(topics = ?relay_config.topics, "outbox relay publishing");
     if !kafka::ensure_topics_with_retry(
         &kafka_config,
@@ -399,6 +449,7 @@ pub async fn run_relay_with_topics(
     )
     .await
     {
+        let _ = backlog.await;
         return Ok(());
     }
     let client_id = client_id.to_owned();
@@ -407,8 +458,10 @@ pub async fn run_relay_with_topics(
             kafka::idempotent_producer(&kafka_config, &client_id)
         }))
         .with_metrics(metrics)
+        .with_backlog_watched_by_caller(last_published)
         .run(shutdown)
         .await;
+    let _ = backlog.await;
     Ok(())
 }
 
