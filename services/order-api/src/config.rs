@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use foodorder_runtime::config::{DatabaseConfig, KafkaConfig, env_count, env_or, env_seconds};
+use foodorder_runtime::health::ProbeSettings;
 use foodorder_runtime::outbox::RelayConfig;
 
 use crate::group_commit::GroupCommitConfig;
@@ -14,7 +15,8 @@ pub struct Config {
     /// `ORDER_API_ADDR` (default `0.0.0.0:50051`); port 0 picks a free port.
     pub listen_addr: SocketAddr,
     /// `ORDER_API_HTTP_ADDR` (default `0.0.0.0:9101`): `GET /healthz`
-    /// (liveness), `GET /readyz` (PostgreSQL and Kafka answer) and `GET /metrics`.
+    /// (liveness, with the broker's and the outbox's state), `GET /readyz`
+    /// (an order could commit now: the write probe passes) and `GET /metrics`.
     pub http_addr: SocketAddr,
     /// PostgreSQL settings.
     pub database: DatabaseConfig,
@@ -50,6 +52,10 @@ pub struct Config {
     /// to `ORDER_API_BATCH_WINDOW_MICROS` (default 200) for more calls, only
     /// while another writer is committing.
     pub group_commit: GroupCommitConfig,
+    /// `READINESS_PROBE_INTERVAL_MS` (default 1000) and
+    /// `READINESS_PROBE_TIMEOUT_MS` (default 1500): how often the write probe
+    /// (and the other readiness probes) run, and how long one may take.
+    pub readiness_probes: ProbeSettings,
 }
 
 impl Config {
@@ -78,6 +84,7 @@ impl Config {
                 max_batch: 64,
                 window: Duration::from_micros(200),
             },
+            readiness_probes: ProbeSettings::default(),
         }
     }
 
@@ -107,6 +114,7 @@ impl Config {
                 max_batch: env_count("ORDER_API_BATCH_MAX", 128)?,
                 window: Duration::from_micros(env_or("ORDER_API_BATCH_WINDOW_MICROS", 200)?),
             },
+            readiness_probes: ProbeSettings::from_env()?,
             database,
         })
     }
