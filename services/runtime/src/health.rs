@@ -271,7 +271,11 @@ impl Condition {
                 "readiness condition unmet, reporting not ready"
             ),
             (Role::Informs, true) => {
-                tracing::info!(condition, detail, "health condition met (does not gate readiness)")
+                tracing::info!(
+                    condition,
+                    detail,
+                    "health condition met (does not gate readiness)"
+                )
             }
             (Role::Informs, false) => tracing::warn!(
                 condition,
@@ -545,7 +549,11 @@ impl DatabaseCheck {
     }
 }
 
-fn describe_database_error(error: &sqlx::Error, probe: &DatabaseProbe, timeout: Duration) -> String {
+fn describe_database_error(
+    error: &sqlx::Error,
+    probe: &DatabaseProbe,
+    timeout: Duration,
+) -> String {
     let code = match error {
         sqlx::Error::Database(database) => database.code().map(|code| code.into_owned()),
         _ => None,
@@ -670,7 +678,9 @@ impl DependencyUp {
     }
 
     fn gauge(&self, dependency: &'static str) -> Gauge {
-        self.0.get_or_create(&DependencyLabel { dependency }).clone()
+        self.0
+            .get_or_create(&DependencyLabel { dependency })
+            .clone()
     }
 }
 
@@ -740,7 +750,12 @@ mod tests {
     fn the_write_probe_takes_the_locks_and_bounds_itself() {
         let probe = DatabaseProbe::write_path(&["s.a", "s.b"], &["s.menu"]);
         let script = probe.script(Duration::from_millis(1500));
-        assert!(script.starts_with("BEGIN; SET LOCAL lock_timeout = '750ms'; SET LOCAL statement_timeout = '1500ms'; "), "{script}");
+        assert!(
+            script.starts_with(
+                "BEGIN; SET LOCAL lock_timeout = '750ms'; SET LOCAL statement_timeout = '1500ms'; "
+            ),
+            "{script}"
+        );
         assert!(script.contains("LOCK TABLE s.a, s.b IN ROW EXCLUSIVE MODE; LOCK TABLE s.menu IN ACCESS SHARE MODE; "), "{script}");
         assert!(script.ends_with("; ROLLBACK"), "{script}");
         assert!(!DatabaseProbe::ping().is_write_path());

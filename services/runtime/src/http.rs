@@ -369,7 +369,9 @@ mod tests {
         let (status, _, body) = call(&router, "GET", "/readyz", "*/*").await;
         assert_eq!(status, 503);
         assert!(
-            body.starts_with("not ready: database: ping timed out after 1.5 s\ndatabase: UNMET for "),
+            body.starts_with(
+                "not ready: database: ping timed out after 1.5 s\ndatabase: UNMET for "
+            ),
             "{body}"
         );
         assert!(

@@ -182,7 +182,14 @@ async fn stays_ready_while_its_broker_is_down_and_shows_it_on_healthz() {
     let app = spawn_app_with(|config| config.kafka = kafka).await;
     let topic = app.kafka.topic(ORDER_PLACED);
     let healthz = app.http_addr;
-    until(healthz, "/healthz", 200, "\nkafka: met", Duration::from_secs(30)).await;
+    until(
+        healthz,
+        "/healthz",
+        200,
+        "\nkafka: met",
+        Duration::from_secs(30),
+    )
+    .await;
 
     broker.kill();
     let started = Instant::now();
@@ -210,9 +217,26 @@ async fn stays_ready_while_its_broker_is_down_and_shows_it_on_healthz() {
         health.contains("kafka: UNMET") && health.contains("(does not gate readiness): "),
         "{health}"
     );
-    until(healthz, "/healthz", 200, "outbox: met", Duration::from_secs(30)).await;
-    until(healthz, "/healthz", 200, "1 unsent, the oldest", Duration::from_secs(30)).await;
-    eprintln!("/healthz with the broker down:\n{}", get(healthz, "/healthz").await.1);
+    until(
+        healthz,
+        "/healthz",
+        200,
+        "outbox: met",
+        Duration::from_secs(30),
+    )
+    .await;
+    until(
+        healthz,
+        "/healthz",
+        200,
+        "1 unsent, the oldest",
+        Duration::from_secs(30),
+    )
+    .await;
+    eprintln!(
+        "/healthz with the broker down:\n{}",
+        get(healthz, "/healthz").await.1
+    );
     let age = testing::wait_for_metric(
         healthz,
         &format!("foodorder_outbox_oldest_unsent_age_seconds{{topic=\"{topic}\"}}"),
@@ -229,9 +253,32 @@ async fn stays_ready_while_its_broker_is_down_and_shows_it_on_healthz() {
 
     broker.restart().await;
     app.wait_outbox_drained().await;
-    until(healthz, "/healthz", 200, "\nkafka: met", Duration::from_secs(30)).await;
-    until(healthz, "/healthz", 200, "outbox: met", Duration::from_secs(30)).await;
-    until(healthz, "/healthz", 200, "nothing unsent; last publish acknowledged", Duration::from_secs(30)).await;
-    eprintln!("broker killed: /healthz showed it after {shown:?}; outbox age reached {age} s; /readyz stayed 200");
+    until(
+        healthz,
+        "/healthz",
+        200,
+        "\nkafka: met",
+        Duration::from_secs(30),
+    )
+    .await;
+    until(
+        healthz,
+        "/healthz",
+        200,
+        "outbox: met",
+        Duration::from_secs(30),
+    )
+    .await;
+    until(
+        healthz,
+        "/healthz",
+        200,
+        "nothing unsent; last publish acknowledged",
+        Duration::from_secs(30),
+    )
+    .await;
+    eprintln!(
+        "broker killed: /healthz showed it after {shown:?}; outbox age reached {age} s; /readyz stayed 200"
+    );
     app.stop().await;
 }

@@ -19,9 +19,9 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use rdkafka::TopicPartitionList;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::TopicPartitionList;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::{Condition, Debounce, FAILURES_BEFORE_UNMET, ProbeSettings, millis, seconds};
@@ -167,9 +167,10 @@ impl ConsumerHealth {
                 seconds(since.elapsed())
             ));
         }
-        let probe_failing = state.probe_error.as_deref().map(|error| {
-            format!("the group coordinator did not answer: {error}")
-        });
+        let probe_failing = state
+            .probe_error
+            .as_deref()
+            .map(|error| format!("the group coordinator did not answer: {error}"));
         if !state.probes.is_met() {
             return self.condition.unmet(probe_failing.unwrap_or_default());
         }
@@ -274,7 +275,10 @@ mod tests {
         health.unassigned("partitions revoked");
         assert_eq!(readiness.unmet(), ["consumer t: partitions revoked"]);
         health.probed(Ok(()));
-        assert!(!readiness.is_ready(), "a probe does not replace an assignment");
+        assert!(
+            !readiness.is_ready(),
+            "a probe does not replace an assignment"
+        );
     }
 
     #[test]
@@ -296,7 +300,9 @@ mod tests {
     fn commits_failing_beyond_the_grace_make_it_unready() {
         let (readiness, health) = consumer();
         health.assigned(1);
-        let failure = Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::RequestTimedOut));
+        let failure = Err(KafkaError::ConsumerCommit(
+            RDKafkaErrorCode::RequestTimedOut,
+        ));
         health.committed(&failure);
         assert!(readiness.is_ready(), "within the grace");
         // As if the first failure were older than the grace.

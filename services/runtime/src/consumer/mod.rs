@@ -41,11 +41,11 @@ use crate::config::{DatabaseConfig, KafkaConfig, env_count, env_or, env_seconds}
 use crate::health::ProbeSettings;
 use crate::record_headers::{self, RawHeader};
 
-pub use health::COMMIT_FAILURE_GRACE;
 pub use dead_letter::{
     DLQ_CONSUMER_GROUP, DLQ_ERROR, DLQ_FAILED_AT, DLQ_SOURCE_OFFSET, DLQ_SOURCE_PARTITION,
     DLQ_SOURCE_TOPIC,
 };
+pub use health::COMMIT_FAILURE_GRACE;
 pub use metrics::ConsumerMetrics;
 pub use run_loop::run;
 

@@ -71,7 +71,8 @@ impl ConsumerContext for RebalanceContext {
                 tracing::warn!(%error, "failed to commit offsets of revoked partitions");
             }
             self.progress.forget(partitions);
-            self.health.unassigned("partitions revoked, waiting for a new assignment");
+            self.health
+                .unassigned("partitions revoked, waiting for a new assignment");
             tracing::info!(partitions = partitions.count(), "partitions revoked");
         }
     }

@@ -90,9 +90,9 @@ impl BacklogStatus {
         let rows = match backlog {
             Ok(rows) => rows,
             Err(error) => {
-                return self
-                    .condition
-                    .unmet(format!("the backlog could not be read ({error}); {published}"));
+                return self.condition.unmet(format!(
+                    "the backlog could not be read ({error}); {published}"
+                ));
             }
         };
         let unsent: i64 = rows.iter().map(|(_, rows, _)| rows).sum();
