@@ -576,7 +576,8 @@ fn describe_database_error(
 }
 
 /// The database's readiness condition, `database`: `probe` over a connection
-/// of its own (from `options`) every `settings.interval`, each bounded by
+/// of its own (from `options`: give it an `application_name` of its own, to
+/// tell it apart in `pg_stat_activity`) every `settings.interval`, each bounded by
 /// `settings.timeout`, until `shutdown`; `foodorder_dependency_up{dependency="postgresql"}`
 /// shows each check.
 pub async fn watch_database(
@@ -588,7 +589,6 @@ pub async fn watch_database(
     shutdown: CancellationToken,
 ) {
     let up = up.gauge("postgresql");
-    let options = options.application_name("foodorder readiness probe");
     let check = DatabaseCheck {
         options,
         probe,

@@ -299,7 +299,10 @@ impl ServiceHost {
             }
         });
         tracker.spawn(health::watch_database(
-            (*pool.connect_options()).clone(),
+            pool.connect_options()
+                .as_ref()
+                .clone()
+                .application_name(&format!("{name} readiness probe")),
             database_probe,
             database,
             probes,

@@ -127,6 +127,10 @@ impl ConsumerHealth {
             .is_some_and(|at| at.elapsed() < window)
     }
 
+    fn is_assigned(&self) -> bool {
+        self.state().assignment.is_ok()
+    }
+
     fn probed(&self, outcome: Result<(), String>) {
         let mut state = self.state();
         if state.assignment.is_err() {
@@ -221,6 +225,10 @@ impl ConsumerHealth {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 _ = interval.tick() => {}
+            }
+            if !self.is_assigned() {
+                // Not a member: nothing to prove until the group assigns again.
+                continue;
             }
             if self.committed_within(settings.interval) {
                 self.refresh();
