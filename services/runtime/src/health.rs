@@ -446,7 +446,8 @@ impl DatabaseProbe {
     /// transaction takes (`ROW EXCLUSIVE` on `writes`, `ACCESS SHARE` on
     /// `reads`) under a `lock_timeout` of half the probe's deadline, obtains
     /// a transaction id (refused by a standby, or near wraparound), checks
-    /// that it is not read-only, and rolls back. It writes nothing. A table
+    /// that it is not read-only, and rolls back. It writes no row (the
+    /// transaction id it uses, one per probe, is what any order consumes). A table
     /// locked by a migration or `VACUUM FULL`, a read-only database, a
     /// stalled server or a hung connection all fail it.
     pub fn write_path(writes: &[&str], reads: &[&str]) -> Self {

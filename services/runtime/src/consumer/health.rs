@@ -176,7 +176,10 @@ impl ConsumerHealth {
             .as_deref()
             .map(|error| format!("the group coordinator did not answer: {error}"));
         if !state.probes.is_met() {
-            return self.condition.unmet(probe_failing.unwrap_or_default());
+            return self.condition.unmet(
+                probe_failing
+                    .unwrap_or_else(|| "the group coordinator has not answered yet".to_owned()),
+            );
         }
         let mut detail = format!(
             "{partitions} partition{} assigned",
