@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use foodorder_runtime::config::{DatabaseConfig, KafkaConfig, env_count, env_or, env_seconds};
+use foodorder_runtime::health::ProbeSettings;
 use foodorder_runtime::outbox::RelayConfig;
 
 use crate::group_commit::GroupCommitConfig;
@@ -17,7 +18,8 @@ pub struct Config {
     /// `ORDER_API_ADDR` (default `0.0.0.0:50051`); port 0 picks a free port.
     pub listen_addr: SocketAddr,
     /// `ORDER_API_HTTP_ADDR` (default `0.0.0.0:9101`): `GET /healthz`
-    /// (liveness), `GET /readyz` (PostgreSQL and Kafka answer) and `GET /metrics`.
+    /// (liveness, with the broker's and the outbox's state), `GET /readyz`
+    /// (an order could commit now: the write probe passes) and `GET /metrics`.
     pub http_addr: SocketAddr,
     /// PostgreSQL settings.
     pub database: DatabaseConfig,
@@ -78,6 +80,10 @@ pub struct Config {
     /// gives a batch up 1 s after `ORDER_API_REQUEST_TIMEOUT_MS` (its callers
     /// have had their answer by then).
     pub group_commit: GroupCommitConfig,
+    /// `READINESS_PROBE_INTERVAL_MS` (default 1000) and
+    /// `READINESS_PROBE_TIMEOUT_MS` (default 1500): how often the write probe
+    /// (and the other readiness probes) run, and how long one may take.
+    pub readiness_probes: ProbeSettings,
 }
 
 impl Config {
@@ -98,7 +104,9 @@ impl Config {
             watch_max_streams: 1000,
             watch_max_db_reads: 2,
             read_db_connections: 3,
-            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            // Generous: tests share a loaded machine, where a commit can take
+            // seconds; the tests of the deadlines set short ones of their own.
+            request_timeout: Duration::from_secs(30),
             max_concurrent_calls: 1000,
             max_concurrent_streams: 1000,
             keepalive_interval: Duration::from_secs(30),
@@ -113,6 +121,7 @@ impl Config {
                 queue_max: 128,
                 batch_timeout: DEFAULT_REQUEST_TIMEOUT,
             },
+            readiness_probes: ProbeSettings::default(),
         }
     }
 
@@ -159,6 +168,7 @@ impl Config {
                 queue_max: env_count("ORDER_API_QUEUE_MAX", writers * max_batch)?,
                 batch_timeout: request_timeout,
             },
+            readiness_probes: ProbeSettings::from_env()?,
             database,
         })
     }

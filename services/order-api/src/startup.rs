@@ -18,7 +18,7 @@ use foodorder_contract::topics::{ORDER_PLACED, PAYMENT_COMPLETED};
 use foodorder_contract::v1::order_service_server::{OrderServiceServer, SERVICE_NAME};
 use foodorder_runtime::consumer::ConsumerSettings;
 use foodorder_runtime::db;
-use foodorder_runtime::health::Readiness;
+use foodorder_runtime::health::{DatabaseProbe, Readiness};
 use foodorder_runtime::host::ServiceHost;
 use foodorder_runtime::outbox::RelayConfig;
 use sqlx::PgPool;
@@ -141,6 +141,8 @@ fn assemble(
         config.max_in_flight,
         config.shutdown_grace,
     );
+    // Ready means an order could commit now: the broker and the payment
+    // outcomes only inform (/healthz); the outbox holds orders while the broker is away.
     outcomes.gates_readiness = false;
     outcomes.handler_timeout = config.handler_timeout;
     let outcome_handler = PaymentOutcomeHandler::new(
@@ -149,6 +151,8 @@ fn assemble(
     );
 
     host.shutdown_grace(config.shutdown_grace)
+        .readiness_probes(config.readiness_probes)
+        .database_probe(write_probe())
         .relay(RelayConfig {
             topics: vec![order_placed.clone()],
             ..config.relay.clone()
@@ -174,6 +178,17 @@ fn assemble(
             closer.close();
             futures::future::join_all(writers).await;
         })
+}
+
+/// The readiness probe of the write path: the locks a PlaceOrder batch takes
+/// (`repository::place_batch`: inserts into the orders, their items and the
+/// outbox; reads of the menu and of stored idempotency keys), a transaction
+/// id, not read-only; rolled back.
+pub fn write_probe() -> DatabaseProbe {
+    DatabaseProbe::write_path(
+        &["orders.orders", "orders.order_items", "orders.outbox"],
+        &["orders.menu_items"],
+    )
 }
 
 /// The gRPC server: the order service, grpc.health.v1 following readiness,

@@ -52,7 +52,9 @@ async fn pooled_connections_carry_the_deadlines() {
         .await
         .expect_err("cut by the statement timeout");
     assert_eq!(
-        slow.as_database_error().and_then(|error| error.code()).as_deref(),
+        slow.as_database_error()
+            .and_then(|error| error.code())
+            .as_deref(),
         Some("57014")
     );
     assert!(db::is_unavailable(&slow) && db::is_timeout(&slow), "{slow}");
@@ -73,7 +75,10 @@ async fn pooled_connections_carry_the_deadlines() {
             .as_deref(),
         Some("55P03")
     );
-    assert!(db::is_unavailable(&waited) && db::is_timeout(&waited), "{waited}");
+    assert!(
+        db::is_unavailable(&waited) && db::is_timeout(&waited),
+        "{waited}"
+    );
     lock.rollback().await.unwrap();
 }
 

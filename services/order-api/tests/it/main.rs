@@ -8,4 +8,5 @@ mod group_commit;
 mod payment_outcomes;
 mod place_order;
 mod read_and_watch;
+mod readiness;
 mod support;

@@ -1,8 +1,9 @@
 //! The effectively-once consumer framework shared by the consumer services:
 //! the handler API here, and one module per concern —
 //! [`progress`] (offsets and commits), [`key_order`] (same-key ordering),
-//! [`dead_letter`] (poison records), [`rebalance`] (assignment, readiness,
-//! lag), [`metrics`] and [`run_loop`] (the loop itself).
+//! [`dead_letter`] (poison records), [`rebalance`] (assignment, lag),
+//! [`health`] (the readiness condition: assigned, commits succeed, the
+//! coordinator answers), [`metrics`] and [`run_loop`] (the loop itself).
 //!
 //! * Up to `max_in_flight` messages are handled concurrently; messages with the
 //!   same key are handled one after another, in offset order.
@@ -25,6 +26,7 @@
 //!   synchronously, flush the producer.
 
 mod dead_letter;
+mod health;
 mod key_order;
 mod metrics;
 mod progress;
@@ -40,12 +42,14 @@ use rdkafka::Message;
 use rdkafka::message::{BorrowedMessage, OwnedHeaders};
 
 use crate::config::{DatabaseConfig, KafkaConfig, env_count, env_or, env_seconds};
+use crate::health::ProbeSettings;
 use crate::record_headers::{self, RawHeader};
 
 pub use dead_letter::{
     DLQ_CONSUMER_GROUP, DLQ_ERROR, DLQ_FAILED_AT, DLQ_SOURCE_OFFSET, DLQ_SOURCE_PARTITION,
     DLQ_SOURCE_TOPIC,
 };
+pub use health::COMMIT_FAILURE_GRACE;
 pub use metrics::ConsumerMetrics;
 pub use run_loop::run;
 
@@ -173,9 +177,10 @@ pub struct ConsumerSettings {
     pub commit_interval: Duration,
     /// How long in-flight handlers may run after shutdown before they are abandoned.
     pub shutdown_grace: Duration,
-    /// Whether the service is ready only while this consumer holds its
-    /// assignment (default true; order-api's payment-outcome consumer does not
-    /// gate PlaceOrder).
+    /// Whether the service is ready only while this consumer is (see
+    /// `consumer::health`: assigned, its commits succeed, its coordinator
+    /// answers); default true. Otherwise its condition is only shown on
+    /// `/healthz` (order-api's payment-outcome consumer does not gate PlaceOrder).
     pub gates_readiness: bool,
     /// The longest one try of the handler may take before it is abandoned
     /// and retried (default [`DEFAULT_HANDLER_TIMEOUT`]).
@@ -229,6 +234,8 @@ pub struct ConsumerConfig {
     /// `<PREFIX>_HANDLER_TIMEOUT_MS` (default 60000): one try of the handler
     /// that takes longer is abandoned and retried (see [`ConsumerSettings::handler_timeout`]).
     pub handler_timeout: Duration,
+    /// `READINESS_PROBE_INTERVAL_MS`, `READINESS_PROBE_TIMEOUT_MS`: the readiness probes.
+    pub readiness_probes: ProbeSettings,
 }
 
 impl ConsumerConfig {
@@ -256,6 +263,7 @@ impl ConsumerConfig {
                 &format!("{prefix}_HANDLER_TIMEOUT_MS"),
                 DEFAULT_HANDLER_TIMEOUT.as_millis() as u64,
             )?),
+            readiness_probes: ProbeSettings::from_env()?,
         })
     }
 
@@ -270,6 +278,7 @@ impl ConsumerConfig {
             health_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             shutdown_grace: Duration::from_secs(5),
             handler_timeout: DEFAULT_HANDLER_TIMEOUT,
+            readiness_probes: ProbeSettings::default(),
         }
     }
 

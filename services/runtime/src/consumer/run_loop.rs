@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::dead_letter::{DeadLetters, dead_letter};
+use super::health::ConsumerHealth;
 use super::key_order::KeyQueues;
 use super::metrics::{ConsumerMetrics, LAG_STATISTICS_INTERVAL_MS};
 use super::progress::Progress;
@@ -22,7 +23,7 @@ use super::rebalance::RebalanceContext;
 use super::{ConsumerSettings, HandleError, Handled, MessageHandler, ReceivedMessage};
 use crate::backoff::Backoff;
 use crate::config::KafkaConfig;
-use crate::health::Readiness;
+use crate::health::{Condition, ProbeSettings};
 use crate::kafka::{self, TopicSpec};
 use crate::metrics::TopicLabel;
 
@@ -34,15 +35,18 @@ const PREFETCH_KIB: &str = "4096";
 /// How long every slot may stay busy before the partitions are paused.
 const PAUSE_AFTER: Duration = Duration::from_millis(500);
 
-/// Runs the consumer loop until `shutdown`.
+/// Runs the consumer loop until `shutdown`, keeping `condition` (see
+/// `consumer::health`) with coordinator probes as often as `probes` says.
 pub async fn run<H: MessageHandler>(
     kafka_config: &KafkaConfig,
     settings: ConsumerSettings,
     handler: Arc<H>,
-    readiness: Readiness,
+    condition: Condition,
+    probes: ProbeSettings,
     metrics: ConsumerMetrics,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let health = ConsumerHealth::new(condition);
     let progress = Progress::default();
     let assignments = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let consumer: Arc<Consumer_> = Arc::new(
@@ -76,7 +80,7 @@ pub async fn run<H: MessageHandler>(
             .create_with_context(RebalanceContext {
                 progress: progress.clone(),
                 assignments: assignments.clone(),
-                readiness: readiness.clone(),
+                health: health.clone(),
                 metrics: metrics.clone(),
             })
             .context("failed to create the kafka consumer")?,
@@ -100,6 +104,12 @@ pub async fn run<H: MessageHandler>(
     consumer
         .subscribe(&[&settings.topic])
         .context("failed to subscribe")?;
+    let watch = tokio::spawn(health.clone().watch(
+        consumer.clone(),
+        settings.topic.clone(),
+        probes,
+        shutdown.clone(),
+    ));
     tracing::info!(
         topic = settings.topic,
         group = settings.group_id,
@@ -219,7 +229,8 @@ pub async fn run<H: MessageHandler>(
         });
     }
 
-    readiness.set_assigned(false);
+    health.unassigned("the consumer is stopping");
+    let _ = watch.await;
     tracing::info!(
         in_flight = tasks.len(),
         "consumer stopping, draining in-flight messages"

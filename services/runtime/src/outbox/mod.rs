@@ -158,5 +158,5 @@ impl Default for RelayConfig {
     }
 }
 
-pub use metrics::OutboxMetrics;
+pub use metrics::{OUTBOX_STALLED_AFTER, OutboxMetrics};
 pub use relay::{OutboxRelay, run_relay_with_topics};

@@ -15,10 +15,11 @@ use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::metrics::watch_backlog;
+use super::metrics::{BacklogStatus, LastPublished, watch_backlog};
 use super::{OutboxMetrics, RelayConfig, notify_channel};
 use crate::backoff::Backoff;
 use crate::db::Schema;
+use crate::health::Condition;
 use crate::metrics::{Metrics, TopicLabel};
 use crate::{kafka, telemetry};
 
@@ -60,6 +61,11 @@ pub struct OutboxRelay {
     metrics: OutboxMetrics,
     /// How long a record may wait for room in the producer's queue.
     enqueue_timeout: Timeout,
+    status: Option<Condition>,
+    last_published: LastPublished,
+    /// Whether [`OutboxRelay::run`] watches the backlog itself (false when
+    /// [`run_relay_with_topics`] already does).
+    watch_backlog: bool,
 }
 
 impl OutboxRelay {
@@ -79,6 +85,9 @@ impl OutboxRelay {
             config,
             metrics: OutboxMetrics::new(&Metrics::default()),
             enqueue_timeout: Timeout::After(Duration::from_secs(10)),
+            status: None,
+            last_published: LastPublished::default(),
+            watch_backlog: true,
         }
     }
 
@@ -86,6 +95,21 @@ impl OutboxRelay {
     /// (default 10 s; [`kafka::enqueue_timeout`] of the Kafka settings).
     pub fn with_enqueue_timeout(mut self, timeout: Timeout) -> Self {
         self.enqueue_timeout = timeout;
+        self
+    }
+
+    /// Keeps `condition` (the `outbox` health condition): met while the
+    /// oldest unsent row is younger than [`super::OUTBOX_STALLED_AFTER`],
+    /// with the backlog and the last acknowledged publish as its detail.
+    pub fn with_status(mut self, condition: Condition) -> Self {
+        self.status = Some(condition);
+        self
+    }
+
+    /// The backlog is watched by the caller, who reads `last_published`.
+    fn with_backlog_watched_by_caller(mut self, last_published: LastPublished) -> Self {
+        self.watch_backlog = false;
+        self.last_published = last_published;
         self
     }
 
@@ -106,13 +130,19 @@ impl OutboxRelay {
         let mut listener: Option<PgListener> = None;
         let mut backoff = Backoff::new(self.config.initial_backoff, self.config.max_backoff);
         let mut last_cleanup = tokio::time::Instant::now();
-        let backlog = tokio::spawn(watch_backlog(
-            self.pool.clone(),
-            self.schema,
-            self.config.topics.clone(),
-            self.metrics.clone(),
-            shutdown.clone(),
-        ));
+        let backlog = self.watch_backlog.then(|| {
+            tokio::spawn(watch_backlog(
+                self.pool.clone(),
+                self.schema,
+                self.config.topics.clone(),
+                self.metrics.clone(),
+                self.status.clone().map(|condition| BacklogStatus {
+                    condition,
+                    last_published: self.last_published.clone(),
+                }),
+                shutdown.clone(),
+            ))
+        });
         tracing::info!("outbox relay started");
         while !shutdown.is_cancelled() {
             // Listen before draining so that no notification falls in between.
@@ -183,7 +213,9 @@ impl OutboxRelay {
         {
             tracing::warn!(%error, "failed to flush the outbox producer");
         }
-        let _ = backlog.await;
+        if let Some(backlog) = backlog {
+            let _ = backlog.await;
+        }
         tracing::info!("outbox relay stopped");
     }
 
@@ -260,6 +292,7 @@ impl OutboxRelay {
             let enqueue_timeout = self.enqueue_timeout;
             let record_span = span.clone();
             let metrics = &self.metrics;
+            let last_published = &self.last_published;
             async move {
                 let record = FutureRecord::to(&row.topic)
                     .key(row.message_key.as_bytes())
@@ -278,6 +311,7 @@ impl OutboxRelay {
                         .get_or_create(&topic)
                         .observe(started.elapsed().as_secs_f64());
                     metrics.published.get_or_create(&topic).inc();
+                    last_published.mark();
                 }
                 result
             }
@@ -415,7 +449,10 @@ impl OutboxRelay {
 }
 
 /// Creates the topics it publishes to (retrying until the broker answers), then runs
-/// the relay until `shutdown`. This is what a service spawns.
+/// the relay until `shutdown`. This is what a service spawns. The backlog
+/// (its gauges and `status`, see [`OutboxRelay::with_status`]) is watched
+/// from the start, so a broker that is down when the service starts shows too.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_relay_with_topics(
     pool: PgPool,
     schema: &'static Schema,
@@ -423,9 +460,22 @@ pub async fn run_relay_with_topics(
     relay_config: RelayConfig,
     client_id: &str,
     metrics: OutboxMetrics,
+    status: Condition,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let producer = kafka::idempotent_producer(&kafka_config, client_id)?;
+    let last_published = LastPublished::default();
+    let backlog = tokio::spawn(watch_backlog(
+        pool.clone(),
+        schema,
+        relay_config.topics.clone(),
+        metrics.clone(),
+        Some(BacklogStatus {
+            condition: status,
+            last_published: last_published.clone(),
+        }),
+        shutdown.clone(),
+    ));
     tracing::info!(topics = ?relay_config.topics, "outbox relay publishing");
     if !kafka::ensure_topics_with_retry(
         &kafka_config,
@@ -438,6 +488,7 @@ pub async fn run_relay_with_topics(
     )
     .await
     {
+        let _ = backlog.await;
         return Ok(());
     }
     let client_id = client_id.to_owned();
@@ -448,8 +499,10 @@ pub async fn run_relay_with_topics(
         }))
         .with_metrics(metrics)
         .with_enqueue_timeout(kafka::enqueue_timeout(&kafka_config_for_queue))
+        .with_backlog_watched_by_caller(last_published)
         .run(shutdown)
         .await;
+    let _ = backlog.await;
     Ok(())
 }
 
