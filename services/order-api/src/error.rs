@@ -25,9 +25,13 @@ pub enum ApiError {
     /// The idempotency key belongs to a different request.
     #[error("idempotency key reused for a different request")]
     IdempotencyKeyReused,
-    /// PostgreSQL could not be reached.
+    /// PostgreSQL could not be reached, or ran out of time.
     #[error("database unavailable")]
     DatabaseUnavailable(#[source] sqlx::Error),
+    /// The batch this call was committed with failed for a reason that
+    /// passes (logged once, with the batch's first call): what the caller is told.
+    #[error("the batch of this call failed: {0}")]
+    BatchUnavailable(&'static str),
     /// The server is stopping and takes no more orders.
     #[error("shutting down")]
     ShuttingDown,
@@ -152,22 +156,14 @@ impl From<ApiError> for Status {
                 "idempotency key was already used for a different request; use a new key for a new order",
             ),
             ApiError::DatabaseUnavailable(source) => {
-                if matches!(source, sqlx::Error::PoolTimedOut) {
-                    tracing::warn!(error = %source, "no database connection in time");
-                    Status::unavailable(
-                        "the order database did not answer in time (no connection became available), retry later",
-                    )
-                } else if foodorder_runtime::db::is_timeout(&source) {
-                    tracing::warn!(error = %source, "database busy");
-                    Status::unavailable(
-                        "the order database is busy (a statement or lock wait ran out of time; \
-                         maintenance or a migration may hold a table), retry later",
-                    )
+                if foodorder_runtime::db::is_timeout(&source) {
+                    tracing::warn!(error = %source, "database busy or slow");
                 } else {
                     tracing::error!(error = %source, "database unavailable");
-                    Status::unavailable("the order database is unavailable, retry later")
                 }
+                Status::unavailable(unavailable_message(&source))
             }
+            ApiError::BatchUnavailable(message) => Status::unavailable(message),
             ApiError::ShuttingDown => Status::unavailable(
                 "the order API is shutting down, retry on another instance or later",
             ),
@@ -210,6 +206,18 @@ impl From<ApiError> for Status {
                 Status::internal("internal error")
             }
         }
+    }
+}
+
+/// What a caller is told when the database failed for a reason that passes.
+pub fn unavailable_message(source: &sqlx::Error) -> &'static str {
+    if matches!(source, sqlx::Error::PoolTimedOut) {
+        "the order database did not answer in time (no connection became available), retry later"
+    } else if foodorder_runtime::db::is_timeout(source) {
+        "the order database is busy (a statement or lock wait ran out of time; \
+         maintenance or a migration may hold a table), retry later"
+    } else {
+        "the order database is unavailable, retry later"
     }
 }
 

@@ -524,9 +524,9 @@ pub async fn answer_repeated(pool: &PgPool, request: &PlaceRequest) -> Result<Pl
 /// original): the same status, the cause as text.
 fn same_failure(error: &ApiError) -> ApiError {
     match error {
-        ApiError::DatabaseUnavailable(source) => ApiError::DatabaseUnavailable(sqlx::Error::Io(
-            std::io::Error::other(format!("the batch of this call failed: {source}")),
-        )),
+        ApiError::DatabaseUnavailable(source) => {
+            ApiError::BatchUnavailable(crate::error::unavailable_message(source))
+        }
         other => {
             let cause: Vec<String> = anyhow::Chain::new(other).map(ToString::to_string).collect();
             ApiError::Internal(anyhow::anyhow!(

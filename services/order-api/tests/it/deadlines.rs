@@ -90,7 +90,12 @@ async fn place_orders(app: &TestApp, count: usize) -> Vec<String> {
 /// first) with a message naming the database. Once the lock is released the
 /// same PlaceOrders, retried with their keys, succeed once each, and every
 /// order acknowledged before is still there.
-async fn locked_orders_table(lock_timeout: Duration, request_timeout: Duration, expected: Code) {
+async fn locked_orders_table(
+    lock_timeout: Duration,
+    request_timeout: Duration,
+    expected: Code,
+    says: &str,
+) {
     let app = spawn_app_with(|config| {
         config.request_timeout = request_timeout;
         config.database.timeouts.lock = lock_timeout;
@@ -112,16 +117,28 @@ async fn locked_orders_table(lock_timeout: Duration, request_timeout: Duration, 
     let (placed, (read, read_took)) = tokio::join!(futures::future::join_all(placing), reading);
     for (outcome, took) in placed {
         let status = outcome.expect_err("PlaceOrder cannot commit while the table is locked");
+        eprintln!(
+            "table locked, no client deadline: PlaceOrder answered {:?} after {took:?}: {}",
+            status.code(),
+            status.message()
+        );
         assert_eq!(status.code(), expected, "{status:?}");
         assert!(status.message().contains("database"), "{status:?}");
+        assert!(status.message().contains(says), "{status:?}");
         assert!(
             took < request_timeout + MARGIN,
             "PlaceOrder answered after {took:?}, its deadline is {request_timeout:?}"
         );
     }
     let status = read.expect_err("GetOrder cannot read while the table is locked");
+    eprintln!(
+        "table locked, no client deadline: GetOrder answered {:?} after {read_took:?}: {}",
+        status.code(),
+        status.message()
+    );
     assert_eq!(status.code(), expected, "{status:?}");
     assert!(status.message().contains("database"), "{status:?}");
+    assert!(status.message().contains(says), "{status:?}");
     assert!(
         read_took < request_timeout + MARGIN,
         "GetOrder answered after {read_took:?}, its deadline is {request_timeout:?}"
@@ -167,10 +184,12 @@ async fn locked_orders_table(lock_timeout: Duration, request_timeout: Duration, 
 )]
 #[tokio::test]
 async fn a_locked_table_gets_unavailable_when_the_lock_wait_gives_up_first() {
+    // The production defaults: a 2 s lock timeout within a 5 s deadline.
     locked_orders_table(
-        Duration::from_millis(500),
-        Duration::from_secs(3),
+        foodorder_runtime::config::DatabaseTimeouts::default().lock,
+        order_api::config::DEFAULT_REQUEST_TIMEOUT,
         Code::Unavailable,
+        "busy",
     )
     .await;
 }
@@ -185,6 +204,7 @@ async fn a_locked_table_gets_deadline_exceeded_when_the_deadline_passes_first() 
         Duration::from_secs(30),
         Duration::from_millis(1500),
         Code::DeadlineExceeded,
+        "deadline of 1.5s",
     )
     .await;
 }
@@ -254,6 +274,11 @@ async fn a_database_that_stops_answering_gets_answers_within_the_deadline() {
     proxy.blackhole();
     let (placed, took) = in_flight.await.unwrap();
     let status = placed.expect_err("nothing can commit during the partition");
+    eprintln!(
+        "partition mid-write: PlaceOrder answered {:?} after {took:?}: {}",
+        status.code(),
+        status.message()
+    );
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert!(
         status.message().contains("may or may not have been placed"),
@@ -276,6 +301,11 @@ async fn a_database_that_stops_answering_gets_answers_within_the_deadline() {
         }))
         .await;
         let status = read.expect_err("nothing can be read during the partition");
+        eprintln!(
+            "partition: GetOrder answered {:?} after {took:?}: {}",
+            status.code(),
+            status.message()
+        );
         assert!(
             matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded),
             "attempt {attempt}: {status:?}"
@@ -289,6 +319,7 @@ async fn a_database_that_stops_answering_gets_answers_within_the_deadline() {
     // close them rather than wait on them.
     proxy.abandon();
     proxy.restore();
+    let healed = Instant::now();
     let placed = testing::wait_for(
         "PlaceOrder to succeed once the network is back",
         Duration::from_secs(60),
@@ -306,6 +337,10 @@ async fn a_database_that_stops_answering_gets_answers_within_the_deadline() {
     .into_inner()
     .order
     .unwrap();
+    eprintln!(
+        "partition healed: PlaceOrder with the same key succeeded after {:?}",
+        healed.elapsed()
+    );
     let read = testing::wait_for(
         "GetOrder to succeed once the network is back",
         Duration::from_secs(60),
