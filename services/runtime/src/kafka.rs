@@ -328,3 +328,27 @@ pub fn to_kafka_headers(headers: &BTreeMap<String, String>) -> OwnedHeaders {
         },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_client_bounds_its_requests_and_producers_their_records() {
+        let config = KafkaConfig::local("127.0.0.1:1", "t-");
+        let client = client_config(&config, "test");
+        assert_eq!(client.get("socket.timeout.ms"), Some("10000"));
+        assert_eq!(
+            client.get("socket.connection.setup.timeout.ms"),
+            Some("10000")
+        );
+        assert_eq!(client.get("socket.keepalive.enable"), Some("true"));
+        let producer = producer_config(&config, "test");
+        assert_eq!(producer.get("message.timeout.ms"), Some("10000"));
+        assert_eq!(producer.get("request.timeout.ms"), Some("10000"));
+        assert!(matches!(
+            enqueue_timeout(&config),
+            rdkafka::util::Timeout::After(timeout) if timeout == config.message_timeout
+        ));
+    }
+}

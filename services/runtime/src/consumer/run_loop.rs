@@ -411,3 +411,63 @@ impl ErrorLog {
         self.suppressed = 0;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::super::OriginalHeaders;
+    use super::*;
+
+    /// Hangs on its first try (a dependency that stopped answering), then succeeds.
+    struct HangsOnce(AtomicUsize);
+
+    impl MessageHandler for HangsOnce {
+        async fn handle(&self, _message: &ReceivedMessage) -> Result<Handled, HandleError> {
+            if self.0.fetch_add(1, Ordering::SeqCst) == 0 {
+                std::future::pending::<()>().await;
+            }
+            Ok(Handled::Processed)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_try_that_hangs_is_abandoned_and_retried() {
+        // Nothing here talks to a broker: the producer is only created.
+        let kafka_config = KafkaConfig::local("127.0.0.1:1", "t-");
+        let dead_letters = DeadLetters {
+            producer: kafka::dead_letter_producer(&kafka_config, "test").unwrap(),
+            kafka_config,
+        };
+        let settings = ConsumerSettings {
+            handler_timeout: Duration::from_millis(100),
+            ..ConsumerSettings::new("group", "topic", "topic.dlq", 1, Duration::from_secs(1))
+        };
+        let message = ReceivedMessage {
+            topic: "topic".into(),
+            partition: 0,
+            offset: 7,
+            key: None,
+            payload: None,
+            raw_headers: Vec::new(),
+            original_headers: OriginalHeaders::default(),
+        };
+        let handler = HangsOnce(AtomicUsize::new(0));
+        let metrics = ConsumerMetrics::new(&crate::metrics::Metrics::new());
+        let done = tokio::time::timeout(
+            Duration::from_secs(30),
+            process(
+                &handler,
+                &dead_letters,
+                &settings,
+                &message,
+                &metrics,
+                &CancellationToken::new(),
+            ),
+        )
+        .await
+        .expect("the hanging try is cut");
+        assert!(done, "the record is finished by the second try");
+        assert_eq!(handler.0.load(Ordering::SeqCst), 2);
+    }
+}
