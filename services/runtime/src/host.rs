@@ -44,6 +44,8 @@ type BackgroundStage =
 
 /// How long the drains (step 2) may take before the service stops without them.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// How long closing the pool (step 4) may wait for its connections to come back.
+const POOL_CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// How long steps 1–4 may take beyond the shutdown grace and the drain grace
 /// (consumers finishing their records, the relay's last rows, the pool).
 const STOP_SLACK: Duration = Duration::from_secs(20);
@@ -453,8 +455,17 @@ impl Running {
             record_failure(&mut failures, "the outbox relay", task.await);
         }
         tracker.wait().await;
-        // 4. The pool.
-        pool.close().await;
+        // 4. The pool, once its connections are back; one that does not come
+        // back in time (a connection whose peer vanished) is not waited for.
+        if tokio::time::timeout(POOL_CLOSE_GRACE, pool.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_ms = POOL_CLOSE_GRACE.as_millis() as u64,
+                "database connections still in use after the grace period; stopping without them"
+            );
+        }
         failures
     }
 }

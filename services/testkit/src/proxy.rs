@@ -1,4 +1,4 @@
-//! A TCP proxy a test can cut, blackhole and restore.
+//! A TCP proxy a test can cut, blackhole, abandon and restore.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,11 +17,17 @@ use tokio::sync::watch;
 ///   open connections stay open and carry nothing, new ones are accepted and
 ///   carry nothing, no error is ever seen; what was sent meanwhile is
 ///   delivered once the partition heals, as TCP retransmits it;
+/// * [`CuttableProxy::abandon`]: the open connections never carry another
+///   byte, even after a restore, and are never closed either — their peer
+///   vanished without a word (a failover to another address, a lost NAT
+///   entry), so only the client's own deadlines can tell;
 /// * [`CuttableProxy::restore`]: forwards again.
 pub struct CuttableProxy {
     address: SocketAddr,
     enabled: Arc<AtomicBool>,
     forwarding: watch::Sender<bool>,
+    /// Bumped by [`CuttableProxy::abandon`]: connections opened before are silent for good.
+    generation: watch::Sender<u64>,
     connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
     accept_task: tokio::task::JoinHandle<()>,
 }
@@ -35,16 +41,25 @@ impl CuttableProxy {
         let address = listener.local_addr().expect("proxy address");
         let enabled = Arc::new(AtomicBool::new(true));
         let forwarding = watch::channel(true).0;
+        let generation = watch::channel(0_u64).0;
         let connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
-        let (accept_enabled, accept_connections, accept_forwarding) =
-            (enabled.clone(), connections.clone(), forwarding.clone());
+        let (accept_enabled, accept_connections, accept_forwarding, accept_generation) = (
+            enabled.clone(),
+            connections.clone(),
+            forwarding.clone(),
+            generation.clone(),
+        );
         let accept_task = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
                 if !accept_enabled.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
-                let forwarding = accept_forwarding.subscribe();
+                let forwarding = Carrying {
+                    forwarding: accept_forwarding.subscribe(),
+                    generation: accept_generation.subscribe(),
+                    born: *accept_generation.borrow(),
+                };
                 let task = tokio::spawn(relay(inbound, target, forwarding));
                 accept_connections.lock().unwrap().push(task.abort_handle());
             }
@@ -53,6 +68,7 @@ impl CuttableProxy {
             address,
             enabled,
             forwarding,
+            generation,
             connections,
             accept_task,
         }
@@ -77,6 +93,12 @@ impl CuttableProxy {
         self.forwarding.send_replace(false);
     }
 
+    /// Every connection open now carries nothing more, ever, and stays open:
+    /// its peer vanished silently. New connections are not affected.
+    pub fn abandon(&self) {
+        self.generation.send_modify(|generation| *generation += 1);
+    }
+
     /// Forwards again (after [`CuttableProxy::cut`] or [`CuttableProxy::blackhole`]).
     pub fn restore(&self) {
         self.enabled.store(true, Ordering::SeqCst);
@@ -91,9 +113,32 @@ impl Drop for CuttableProxy {
     }
 }
 
+/// Whether a connection may carry bytes now: the proxy forwards, and the
+/// connection was not abandoned.
+#[derive(Clone)]
+struct Carrying {
+    forwarding: watch::Receiver<bool>,
+    generation: watch::Receiver<u64>,
+    born: u64,
+}
+
+impl Carrying {
+    /// Waits until the connection may carry bytes; false once the proxy is
+    /// gone. An abandoned connection waits for good, its sockets open.
+    async fn wait_for(&mut self) -> bool {
+        if self.forwarding.wait_for(|on| *on).await.is_err() {
+            return false;
+        }
+        if *self.generation.borrow() != self.born {
+            std::future::pending::<()>().await;
+        }
+        true
+    }
+}
+
 /// One connection: to `target` once forwarding, then both directions.
-async fn relay(inbound: TcpStream, target: SocketAddr, mut forwarding: watch::Receiver<bool>) {
-    if forwarding.wait_for(|on| *on).await.is_err() {
+async fn relay(inbound: TcpStream, target: SocketAddr, mut forwarding: Carrying) {
+    if !forwarding.wait_for().await {
         return;
     }
     let Ok(outbound) = TcpStream::connect(target).await else {
@@ -112,18 +157,18 @@ async fn relay(inbound: TcpStream, target: SocketAddr, mut forwarding: watch::Re
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    mut forwarding: watch::Receiver<bool>,
+    mut forwarding: Carrying,
 ) -> std::io::Result<()> {
     let mut buffer = vec![0_u8; 16 * 1024];
     loop {
-        if forwarding.wait_for(|on| *on).await.is_err() {
+        if !forwarding.wait_for().await {
             return Ok(());
         }
         let read = from.read(&mut buffer).await?;
         if read == 0 {
             return to.shutdown().await;
         }
-        if forwarding.wait_for(|on| *on).await.is_err() {
+        if !forwarding.wait_for().await {
             return Ok(());
         }
         to.write_all(&buffer[..read]).await?;

@@ -1,6 +1,8 @@
 //! The order API's integration tests (one binary): against a real PostgreSQL and a real broker.
 
 mod broker_outage;
+mod database_bounds;
+mod deadlines;
 mod generated_input;
 mod group_commit;
 mod payment_outcomes;

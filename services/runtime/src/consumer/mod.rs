@@ -15,6 +15,10 @@
 //!   with capped back-off, forever, until shutdown) or fatal (poison message:
 //!   the original record goes to the dead-letter topic with diagnostic
 //!   headers, and its offset is committed).
+//! * Each try of a handler is bounded (`handler_timeout`): a try that does
+//!   not finish in time (a database connection whose peer vanished silently
+//!   answers nothing, and no server-side timeout reaches it) is abandoned, as
+//!   at shutdown, and retried; handlers are idempotent, so that is harmless.
 //! * On a rebalance, finished work of revoked partitions is committed and
 //!   in-flight work is abandoned: its completion is not committed, the new
 //!   owner re-delivers it, and the handler's deduplication makes that harmless.
@@ -178,7 +182,15 @@ pub struct ConsumerSettings {
     /// answers); default true. Otherwise its condition is only shown on
     /// `/healthz` (order-api's payment-outcome consumer does not gate PlaceOrder).
     pub gates_readiness: bool,
+    /// The longest one try of the handler may take before it is abandoned
+    /// and retried (default [`DEFAULT_HANDLER_TIMEOUT`]).
+    pub handler_timeout: Duration,
 }
+
+/// How long one try of a handler may take by default: far beyond any
+/// handler's normal work (the database's own deadlines are seconds), so it
+/// only ends tries stuck on a dependency that stopped answering.
+pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl ConsumerSettings {
     /// Consuming `topic` in `group_id`, dead-lettering to `dlq_topic`, with
@@ -198,6 +210,7 @@ impl ConsumerSettings {
             commit_interval: Duration::from_millis(200),
             shutdown_grace,
             gates_readiness: true,
+            handler_timeout: DEFAULT_HANDLER_TIMEOUT,
         }
     }
 }
@@ -218,6 +231,9 @@ pub struct ConsumerConfig {
     pub health_addr: SocketAddr,
     /// `SHUTDOWN_GRACE_SECONDS` (default 10): in-flight records may finish within this.
     pub shutdown_grace: Duration,
+    /// `<PREFIX>_HANDLER_TIMEOUT_MS` (default 60000): one try of the handler
+    /// that takes longer is abandoned and retried (see [`ConsumerSettings::handler_timeout`]).
+    pub handler_timeout: Duration,
     /// `READINESS_PROBE_INTERVAL_MS`, `READINESS_PROBE_TIMEOUT_MS`: the readiness probes.
     pub readiness_probes: ProbeSettings,
 }
@@ -243,6 +259,10 @@ impl ConsumerConfig {
                 SocketAddr::from(([0, 0, 0, 0], default_port)),
             )?,
             shutdown_grace: env_seconds("SHUTDOWN_GRACE_SECONDS", 10.0)?,
+            handler_timeout: Duration::from_millis(env_count(
+                &format!("{prefix}_HANDLER_TIMEOUT_MS"),
+                DEFAULT_HANDLER_TIMEOUT.as_millis() as u64,
+            )?),
             readiness_probes: ProbeSettings::from_env()?,
         })
     }
@@ -257,6 +277,7 @@ impl ConsumerConfig {
             group_id: format!("{service}-test-{}", uuid::Uuid::new_v4()),
             health_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             shutdown_grace: Duration::from_secs(5),
+            handler_timeout: DEFAULT_HANDLER_TIMEOUT,
             readiness_probes: ProbeSettings::default(),
         }
     }
@@ -264,12 +285,15 @@ impl ConsumerConfig {
     /// The consumer loop's settings for topic `topic` and dead-letter topic
     /// `dead_letter_topic` (names without the prefix, which is added here).
     pub fn settings(&self, topic: &str, dead_letter_topic: &str) -> ConsumerSettings {
-        ConsumerSettings::new(
-            &self.group_id,
-            &self.kafka.topic(topic),
-            &self.kafka.topic(dead_letter_topic),
-            self.max_in_flight,
-            self.shutdown_grace,
-        )
+        ConsumerSettings {
+            handler_timeout: self.handler_timeout,
+            ..ConsumerSettings::new(
+                &self.group_id,
+                &self.kafka.topic(topic),
+                &self.kafka.topic(dead_letter_topic),
+                self.max_in_flight,
+                self.shutdown_grace,
+            )
+        }
     }
 }

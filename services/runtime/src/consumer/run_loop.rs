@@ -305,18 +305,24 @@ async fn process<H: MessageHandler>(
     let topic = message.topic.as_str();
     loop {
         // A panicking handler would leave its offset unfinished forever and
-        // stall the partition's commits: treat it as poison instead.
-        let outcome = std::panic::AssertUnwindSafe(handler.handle(message))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|panic| {
+        // stall the partition's commits: treat it as poison instead. A try
+        // stuck on a dependency that stopped answering is abandoned (as at
+        // shutdown) and retried.
+        let attempt = std::panic::AssertUnwindSafe(handler.handle(message)).catch_unwind();
+        let outcome = match tokio::time::timeout(settings.handler_timeout, attempt).await {
+            Ok(outcome) => outcome.unwrap_or_else(|panic| {
                 let text = panic
                     .downcast_ref::<&str>()
                     .map(|text| (*text).to_owned())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_default();
                 Err(HandleError::Fatal(format!("the handler panicked: {text}")))
-            });
+            }),
+            Err(_) => Err(HandleError::Retryable(anyhow::anyhow!(
+                "the handler did not finish within {:?} (a dependency did not answer); abandoned, to be retried",
+                settings.handler_timeout
+            ))),
+        };
         match outcome {
             Ok(handled) => {
                 let outcome = match handled {

@@ -134,15 +134,24 @@ pub(super) async fn watch_backlog(
             () = shutdown.cancelled() => return,
             _ = interval.tick() => {}
         }
-        let backlog: Result<Vec<(String, i64, f64)>, sqlx::Error> = sqlx::query_as(&format!(
+        let sql = format!(
             "SELECT topic, count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0) \
              FROM {}.outbox WHERE sent_at IS NULL AND parked_at IS NULL \
              AND (cardinality($1::text[]) = 0 OR topic = ANY($1)) GROUP BY topic",
             schema.name
-        ))
-        .bind(&topics)
-        .fetch_all(&pool)
-        .await;
+        );
+        let query = sqlx::query_as(&sql).bind(&topics).fetch_all(&pool);
+        // Bounded: a connection that stopped answering must not stop the
+        // watch (nor the relay's shutdown, which waits for it).
+        let backlog: Result<Vec<(String, i64, f64)>, sqlx::Error> = tokio::select! {
+            () = shutdown.cancelled() => return,
+            read = tokio::time::timeout(BACKLOG_INTERVAL, query) => read.unwrap_or_else(|_| {
+                Err(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("postgresql did not answer within {BACKLOG_INTERVAL:?}"),
+                )))
+            }),
+        };
         if let Some(status) = &status {
             status.show(&backlog);
         }

@@ -42,6 +42,10 @@ enum RelayError {
         claimed: usize,
         first_error: rdkafka::error::KafkaError,
     },
+    #[error(
+        "a batch did not finish within {0:?} (the database or the broker stopped answering); abandoned"
+    )]
+    TimedOut(Duration),
 }
 
 /// Makes a new producer when the current one hit a fatal error.
@@ -55,6 +59,8 @@ pub struct OutboxRelay {
     make_producer: Option<ProducerFactory>,
     config: RelayConfig,
     metrics: OutboxMetrics,
+    /// How long a record may wait for room in the producer's queue.
+    enqueue_timeout: Timeout,
     status: Option<Condition>,
     last_published: LastPublished,
     /// Whether [`OutboxRelay::run`] watches the backlog itself (false when
@@ -78,10 +84,18 @@ impl OutboxRelay {
             make_producer: None,
             config,
             metrics: OutboxMetrics::new(&Metrics::default()),
+            enqueue_timeout: Timeout::After(Duration::from_secs(10)),
             status: None,
             last_published: LastPublished::default(),
             watch_backlog: true,
         }
+    }
+
+    /// How long a record may wait for room in the producer's local queue
+    /// (default 10 s; [`kafka::enqueue_timeout`] of the Kafka settings).
+    pub fn with_enqueue_timeout(mut self, timeout: Timeout) -> Self {
+        self.enqueue_timeout = timeout;
+        self
     }
 
     /// Keeps `condition` (the `outbox` health condition): met while the
@@ -135,7 +149,11 @@ impl OutboxRelay {
             if listener.is_none() {
                 listener = self.listen().await;
             }
-            match self.drain().await {
+            let drained = tokio::select! {
+                () = shutdown.cancelled() => break,
+                drained = self.drain() => drained,
+            };
+            match drained {
                 Ok(published) => {
                     backoff.reset();
                     if published > 0 {
@@ -222,7 +240,10 @@ impl OutboxRelay {
     async fn drain(&self) -> Result<usize, RelayError> {
         let mut total = 0;
         loop {
-            let (published, claimed) = self.publish_batch().await?;
+            let (published, claimed) =
+                tokio::time::timeout(self.config.batch_timeout, self.publish_batch())
+                    .await
+                    .map_err(|_| RelayError::TimedOut(self.config.batch_timeout))??;
             total += published;
             if claimed < self.config.batch_size as usize {
                 return Ok(total);
@@ -268,6 +289,7 @@ impl OutboxRelay {
             let mut headers = row.headers.0.clone();
             headers.extend(telemetry::inject_span(&span));
             let producer = self.producer();
+            let enqueue_timeout = self.enqueue_timeout;
             let record_span = span.clone();
             let metrics = &self.metrics;
             let last_published = &self.last_published;
@@ -277,7 +299,7 @@ impl OutboxRelay {
                     .payload(&row.payload)
                     .headers(kafka::to_kafka_headers(&headers));
                 let started = std::time::Instant::now();
-                let result = producer.send(record, Timeout::Never).await;
+                let result = producer.send(record, enqueue_timeout).await;
                 if let Ok(delivery) = &result {
                     record_span.record("messaging.kafka.destination.partition", delivery.partition);
                     record_span.record("messaging.kafka.message.offset", delivery.offset);
@@ -390,21 +412,38 @@ impl OutboxRelay {
         }
     }
 
+    /// Deletes sent rows past the retention, in chunks that each stay well
+    /// within the statement timeout (after a long outage there can be
+    /// millions).
     async fn delete_old_rows(&self) {
+        const CHUNK: i64 = 10_000;
         let retention_seconds = self.config.retention.as_secs_f64();
-        let result = sqlx::query(&format!(
-            "DELETE FROM {}.outbox WHERE sent_at IS NOT NULL AND sent_at < now() - make_interval(secs => $1)",
-            self.schema.name
-        ))
-        .bind(retention_seconds)
-        .execute(&self.pool)
-        .await;
-        match result {
-            Ok(done) if done.rows_affected() > 0 => {
-                tracing::info!(deleted = done.rows_affected(), "deleted old outbox rows");
+        let mut deleted = 0;
+        loop {
+            let result = sqlx::query(&format!(
+                "DELETE FROM {schema}.outbox WHERE id IN (SELECT id FROM {schema}.outbox \
+                 WHERE sent_at IS NOT NULL AND sent_at < now() - make_interval(secs => $1) LIMIT $2)",
+                schema = self.schema.name
+            ))
+            .bind(retention_seconds)
+            .bind(CHUNK)
+            .execute(&self.pool)
+            .await;
+            match result {
+                Ok(done) => {
+                    deleted += done.rows_affected();
+                    if done.rows_affected() < CHUNK as u64 {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "failed to delete old outbox rows");
+                    break;
+                }
             }
-            Ok(_) => {}
-            Err(error) => tracing::warn!(%error, "failed to delete old outbox rows"),
+        }
+        if deleted > 0 {
+            tracing::info!(deleted, "deleted old outbox rows");
         }
     }
 }
@@ -453,11 +492,13 @@ pub async fn run_relay_with_topics(
         return Ok(());
     }
     let client_id = client_id.to_owned();
+    let kafka_config_for_queue = kafka_config.clone();
     OutboxRelay::new(pool, schema, producer, relay_config)
         .renewing_producer_with(Box::new(move || {
             kafka::idempotent_producer(&kafka_config, &client_id)
         }))
         .with_metrics(metrics)
+        .with_enqueue_timeout(kafka::enqueue_timeout(&kafka_config_for_queue))
         .with_backlog_watched_by_caller(last_published)
         .run(shutdown)
         .await;
