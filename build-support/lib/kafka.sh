@@ -1,7 +1,8 @@
 # Apache Kafka for build-support/lib.sh (sourced by it, not by the scripts): the
 # broker's jars (build-support/kafka/pom.xml, fetched by Maven into the cache
-# directory once), the embedded single-node KRaft broker run by
-# build-support/kafka/broker, its readiness, and KAFKA_BOOTSTRAP_SERVERS.
+# directory once), the embedded single-node KRaft broker and the three-node
+# cluster (build-support/run --cluster), both run by build-support/kafka/broker,
+# their readiness, and KAFKA_BOOTSTRAP_SERVERS.
 
 # The broker version lives in one place, the pom (docker-compose.yml pins the same image tag).
 KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$ROOT_DIR/build-support/kafka/pom.xml")"
@@ -138,4 +139,141 @@ ensure_kafka() {
   STARTED_PIDS+=("kafka $KAFKA_PID")
   export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$port"
   log "Kafka: $KAFKA_BOOTSTRAP_SERVERS (Apache Kafka $KAFKA_VERSION)"
+}
+
+# --- the three-node cluster (build-support/run --cluster) --------------------
+# Node N (1-3) listens for clients on KAFKA_CLUSTER_PORT + 2(N-1) (default 9092,
+# 9094, 9096) and for the controller quorum on the port after it (9093, 9095,
+# 9097), all on 127.0.0.1; its data is STATE_DIR/kafka-N, its pid STATE_DIR/kafka-N.pid.
+KAFKA_CLUSTER_NODES=(1 2 3)
+
+# kafka_node_port N: node N's client port.
+kafka_node_port() { echo $((${KAFKA_CLUSTER_PORT:-9092} + 2 * ($1 - 1))); }
+
+# kafka_cluster_bootstrap: the cluster's bootstrap list, every node (the one setting clients get).
+kafka_cluster_bootstrap() {
+  local node list=""
+  for node in "${KAFKA_CLUSTER_NODES[@]}"; do list+="${list:+,}127.0.0.1:$(kafka_node_port "$node")"; done
+  echo "$list"
+}
+
+# kafka_cluster_id STATE_DIR: the id the nodes' data was formatted with (any
+# node's meta.properties), or a new one for a cluster that has no data yet.
+kafka_cluster_id() {
+  local state_dir=$1 node id
+  for node in "${KAFKA_CLUSTER_NODES[@]}"; do
+    id=$(sed -n 's/^cluster\.id=//p' "$state_dir/kafka-$node/kraft/meta.properties" 2>/dev/null || true)
+    [[ -n $id ]] && { echo "$id"; return 0; }
+  done
+  java -cp "$KAFKA_LIBS/*" kafka.tools.StorageTool random-uuid
+}
+
+# kafka_log_tail N DATA [LOG_OFFSET]: the end of node N's output and of what
+# its log DATA/logs/server.log got past byte LOG_OFFSET (this start), indented.
+kafka_log_tail() {
+  local node=$1 data=$2 since=${3:-0} size
+  size=$(stat -c %s "$data/logs/server.log" 2>/dev/null || echo 0)
+  ((size >= since)) || since=0
+  printf '  --- the end of Kafka node %s'"'"'s output (%s) ---\n' "$node" "$data/broker.out"
+  tail -n 15 "$data/broker.out" 2>/dev/null | sed 's/^/  /'
+  if ((size > since)); then
+    printf '  --- the end of what it logged (%s) ---\n' "$data/logs/server.log"
+    tail -c "+$((since + 1))" "$data/logs/server.log" | tail -n 15 | sed 's/^/  /'
+  fi
+}
+
+# kafka_quorum_status BOOTSTRAP: Kafka's own `kafka-metadata-quorum describe
+# --replication` (MetadataQuorumCommand): one line per voter, with its lag and
+# whether it is the Leader or a Follower.
+kafka_quorum_status() {
+  timeout 60 java -Xmx256m -XX:TieredStopAtLevel=1 -cp "$KAFKA_LIBS/*" org.apache.kafka.tools.MetadataQuorumCommand \
+    --bootstrap-server "$1" describe --replication 2>&1
+}
+
+# ensure_kafka_cluster STATE_DIR: starts the three nodes (KRaft, each broker and
+# controller, three voters) with their durable data in STATE_DIR/kafka-1..3 and
+# waits until every broker is registered and unfenced (its log says "Kafka
+# Server started") and the quorum has a leader with all three voters following
+# it; exports KAFKA_BOOTSTRAP_SERVERS with every node. A port in use, a node
+# that exits while starting or one that does not join within
+# KAFKA_CLUSTER_START_TIMEOUT seconds (default 120) stops the start with a
+# message naming the node and the end of its logs (the caller stops the others:
+# the nodes are in STARTED_PIDS and STATE_DIR/kafka-N.pid). The data is never
+# wiped here, so nothing a previous run acknowledged is lost.
+ensure_kafka_cluster() {
+  local state_dir=$1 node port listener quorum="" cluster_id data pid status deadline
+  local timeout=${KAFKA_CLUSTER_START_TIMEOUT:-120}
+  local -A log_start=() pids=() ready=()
+  [[ -z ${KAFKA_BOOTSTRAP_SERVERS:-} ]] \
+    || die "build-support/run --cluster starts its own three Kafka nodes, but KAFKA_BOOTSTRAP_SERVERS is set ($KAFKA_BOOTSTRAP_SERVERS); unset it, or run without --cluster against your own cluster (with KAFKA_REPLICATION_FACTOR=3 KAFKA_MIN_INSYNC_REPLICAS=2)"
+  install_kafka
+  for node in "${KAFKA_CLUSTER_NODES[@]}"; do
+    port=$(kafka_node_port "$node")
+    quorum+="${quorum:+,}$node@127.0.0.1:$((port + 1))"
+    for listener in "client $port" "controller $((port + 1))"; do
+      port=${listener#* }
+      if port_open 127.0.0.1 "$port"; then
+        die "port $port (Kafka node $node's ${listener% *} listener) is in use: stop what listens there (ss -ltnp 'sport = :$port' shows it), or move the cluster with KAFKA_CLUSTER_PORT (e.g. KAFKA_CLUSTER_PORT=19192 uses 19192-19197)"
+      fi
+    done
+  done
+  cluster_id=$(kafka_cluster_id "$state_dir")
+  local started=$SECONDS
+  log "starting a three-node Apache Kafka $KAFKA_VERSION cluster $cluster_id on $(kafka_cluster_bootstrap) (controllers ${quorum//[0-9]@/}; data: $state_dir/kafka-{1,2,3})"
+  for node in "${KAFKA_CLUSTER_NODES[@]}"; do
+    data="$state_dir/kafka-$node"
+    mkdir -p "$data"
+    # The log is appended to across starts: only what this start writes counts.
+    log_start[$node]=$(stat -c %s "$data/logs/server.log" 2>/dev/null || echo 0)
+    # nohup: a closed terminal must not stop the brokers under a detached platform.
+    nohup "$KAFKA_BROKER" --libs "$KAFKA_LIBS" --data "$data" --port "$(kafka_node_port "$node")" \
+      --node-id "$node" --quorum "$quorum" --cluster-id "$cluster_id" >"$data/broker.out" 2>&1 &
+    pid=$!
+    # Not a job of this shell: a node that dies is reported by the caller, not by bash.
+    disown "$pid"
+    pids[$node]=$pid
+    echo "$pid" >"$state_dir/kafka-$node.pid"
+    STARTED_PIDS+=("kafka-$node $pid")
+  done
+  deadline=$((SECONDS + timeout))
+  while ((${#ready[@]} < ${#KAFKA_CLUSTER_NODES[@]})); do
+    for node in "${KAFKA_CLUSTER_NODES[@]}"; do
+      [[ -n ${ready[$node]:-} ]] && continue
+      data="$state_dir/kafka-$node"
+      port=$(kafka_node_port "$node")
+      if kafka_ready 127.0.0.1 "$port" "$data" "${log_start[$node]}"; then
+        ready[$node]=yes
+        log "Kafka node $node is up after $((SECONDS - started)) s (127.0.0.1:$port, registered and unfenced)"
+      elif ! kill -0 "${pids[$node]}" 2>/dev/null; then
+        kafka_log_tail "$node" "$data" "${log_start[$node]}" >&2
+        die "Kafka node $node (127.0.0.1:$port) exited while starting; see $data/broker.out and $data/logs/server.log"
+      fi
+    done
+    if ((${#ready[@]} < ${#KAFKA_CLUSTER_NODES[@]} && SECONDS >= deadline)); then
+      local missing=()
+      for node in "${KAFKA_CLUSTER_NODES[@]}"; do
+        [[ -n ${ready[$node]:-} ]] && continue
+        missing+=("$node")
+        kafka_log_tail "$node" "$state_dir/kafka-$node" "${log_start[$node]}" >&2
+      done
+      ((${#ready[@]} == 0)) || printf '  --- the quorum as the nodes that are up see it ---\n%s\n' "$(kafka_quorum_status "$(kafka_cluster_bootstrap)" | sed 's/^/  /')" >&2
+      die "Kafka node(s) ${missing[*]} did not join the cluster within $timeout s (a broker starts only once the controller quorum ($quorum) has a leader and has registered and unfenced it); see their logs above"
+    fi
+    sleep 0.3
+  done
+  # Every broker is unfenced, which the active controller does only with a
+  # quorum; check that all three voters follow the leader.
+  deadline=$((SECONDS + 30))
+  until status=$(kafka_quorum_status "$(kafka_cluster_bootstrap)") \
+    && (($(grep -cE '^[0-9]+[[:space:]].*[[:space:]](Leader|Follower)[[:space:]]*$' <<<"$status") == ${#KAFKA_CLUSTER_NODES[@]})) \
+    && grep -qE '[[:space:]]Leader[[:space:]]*$' <<<"$status"; do
+    if ((SECONDS >= deadline)); then
+      printf '%s\n' "$status" | sed 's/^/  /' >&2
+      die "the Kafka controller quorum ($quorum) does not have a leader followed by all three voters (above: kafka-metadata-quorum describe --replication)"
+    fi
+    sleep 1
+  done
+  export KAFKA_BOOTSTRAP_SERVERS
+  KAFKA_BOOTSTRAP_SERVERS=$(kafka_cluster_bootstrap)
+  log "Kafka: $KAFKA_BOOTSTRAP_SERVERS (three nodes; quorum leader: node $(awk '$NF == "Leader" {print $1}' <<<"$status"))"
 }

@@ -101,11 +101,39 @@ install_prometheus() {
   fi
 }
 
+# prometheus_config OUT: build-support/prometheus/prometheus.yml with the
+# scrape targets of this run written to OUT. The targets are SCRAPE_TARGETS
+# ("job 127.0.0.1:port" entries, one per instance: build-support/run sets it)
+# or, without it, ORDER_API_HTTP_ADDR, PAYMENT_HEALTH_ADDR and
+# NOTIFICATION_HEALTH_ADDR (default ports 9101-9103), one instance each. Each
+# instance is a target of its service's job, so `job` names the service and
+# `instance` (host:port) the instance.
+prometheus_config() {
+  local out=$1 job address entry targets
+  local -A template=([order-api]=9101 [payment-service]=9102 [notification-service]=9103) list=()
+  local entries=(${SCRAPE_TARGETS[@]+"${SCRAPE_TARGETS[@]}"})
+  if ((${#entries[@]} == 0)); then
+    local order_api=${ORDER_API_HTTP_ADDR:-127.0.0.1:9101} payment=${PAYMENT_HEALTH_ADDR:-127.0.0.1:9102}
+    local notification=${NOTIFICATION_HEALTH_ADDR:-127.0.0.1:9103}
+    entries=("order-api 127.0.0.1:${order_api##*:}" "payment-service 127.0.0.1:${payment##*:}"
+      "notification-service 127.0.0.1:${notification##*:}")
+  fi
+  for entry in "${entries[@]}"; do
+    job=${entry% *} address=${entry#* }
+    list[$job]+="${list[$job]:+, }\"$address\""
+  done
+  local edits=()
+  for job in "${!template[@]}"; do
+    targets=${list[$job]:-\"127.0.0.1:${template[$job]}\"}
+    edits+=(-e "/targets:/s/\"127\\.0\\.0\\.1:${template[$job]}\"/$targets/")
+  done
+  sed "${edits[@]}" "$PROMETHEUS_CONFIG_DIR/prometheus.yml" >"$out"
+}
+
 # ensure_prometheus STATE_DIR: starts Prometheus on 127.0.0.1:${PROMETHEUS_PORT:-9090}
-# scraping the services' HTTP ports (ORDER_API_HTTP_ADDR, PAYMENT_HEALTH_ADDR,
-# NOTIFICATION_HEALTH_ADDR), with the recording and alerting rules, storage in
-# STATE_DIR/prometheus; exports PROMETHEUS_URL. Without Prometheus it says so and
-# returns (the platform runs without it).
+# scraping every service instance (prometheus_config), with the recording and
+# alerting rules, storage in STATE_DIR/prometheus; exports PROMETHEUS_URL.
+# Without Prometheus it says so and returns (the platform runs without it).
 ensure_prometheus() {
   local state_dir=$1 port=${PROMETHEUS_PORT:-9090}
   prometheus_enabled || { log "Prometheus: off (FOODORDER_PROMETHEUS=${FOODORDER_PROMETHEUS})"; return 0; }
@@ -117,10 +145,7 @@ ensure_prometheus() {
   fi
   mkdir -p "$state_dir/prometheus"
   local config="$state_dir/prometheus/prometheus.yml"
-  sed -e "s/127\.0\.0\.1:9101/127.0.0.1:${ORDER_API_HTTP_ADDR##*:}/" \
-    -e "s/127\.0\.0\.1:9102/127.0.0.1:${PAYMENT_HEALTH_ADDR##*:}/" \
-    -e "s/127\.0\.0\.1:9103/127.0.0.1:${NOTIFICATION_HEALTH_ADDR##*:}/" \
-    "$PROMETHEUS_CONFIG_DIR/prometheus.yml" >"$config"
+  prometheus_config "$config"
   cp "$PROMETHEUS_CONFIG_DIR/rules.yml" "$state_dir/prometheus/rules.yml"
   log "starting Prometheus on 127.0.0.1:$port (log: $state_dir/prometheus.log)"
   nohup prometheus --config.file="$config" --storage.tsdb.path="$state_dir/prometheus/data" \

@@ -47,27 +47,32 @@ pub struct Broker {
     child: Option<Child>,
 }
 
-/// The run's brokers: one, or a three-node cluster.
+/// The run's brokers: one, or a three-node cluster. A killed node may be
+/// restarted in the background ([`Brokers::restart_later`]); until it is
+/// back ([`Brokers::settle`]) its slot is empty and no other node is killed.
 pub struct Brokers {
-    nodes: Vec<Broker>,
+    nodes: Vec<Option<Broker>>,
+    /// Every node's client address (fixed once booted).
+    addresses: Vec<SocketAddr>,
+    /// Every node's KRaft id (0 for a single broker).
+    ids: Vec<u32>,
+    restarting: Option<(usize, tokio::task::JoinHandle<anyhow::Result<Broker>>)>,
 }
 
 impl Brokers {
     /// A single broker on 127.0.0.1 run by `script` from the jars in `libs`,
     /// keeping its data in `data`; not started.
     pub fn single(script: PathBuf, libs: PathBuf, data: PathBuf) -> Self {
-        Self {
-            nodes: vec![Broker {
-                script,
-                libs,
-                data,
-                host: IpAddr::V4(Ipv4Addr::LOCALHOST),
-                port: 0,
-                controller_port: 0,
-                membership: None,
-                child: None,
-            }],
-        }
+        Self::of(vec![Broker {
+            script,
+            libs,
+            data,
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 0,
+            controller_port: 0,
+            membership: None,
+            child: None,
+        }])
     }
 
     /// Three nodes whose client listeners bind to `host` (the controllers
@@ -99,73 +104,124 @@ impl Brokers {
                 child: None,
             })
             .collect();
-        Self { nodes }
+        Self::of(nodes)
+    }
+
+    fn of(nodes: Vec<Broker>) -> Self {
+        Self {
+            addresses: nodes.iter().map(Broker::address).collect(),
+            ids: nodes
+                .iter()
+                .map(|node| node.membership.as_ref().map_or(0, |m| m.node_id))
+                .collect(),
+            nodes: nodes.into_iter().map(Some).collect(),
+            restarting: None,
+        }
     }
 
     /// The bootstrap list for the clients: every node's client listener.
     pub fn bootstrap(&self) -> String {
-        self.nodes
+        self.addresses
             .iter()
-            .map(Broker::address)
-            .map(|address| address.to_string())
+            .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(",")
     }
 
     /// Every node's client port.
     pub fn ports(&self) -> Vec<u16> {
-        self.nodes.iter().map(|node| node.port).collect()
+        self.addresses.iter().map(SocketAddr::port).collect()
     }
 
     /// How many nodes there are.
     pub fn len(&self) -> usize {
-        self.nodes.len()
+        self.addresses.len()
     }
 
     /// The node with KRaft id `node_id` (1-based), as an index.
     pub fn index_of(&self, node_id: u32) -> Option<usize> {
-        self.nodes.iter().position(|node| {
-            node.membership
-                .as_ref()
-                .is_some_and(|membership| membership.node_id == node_id)
-        })
+        self.ids.iter().position(|id| *id == node_id)
+    }
+
+    fn node(&mut self, index: usize) -> anyhow::Result<&mut Broker> {
+        self.nodes[index]
+            .as_mut()
+            .with_context(|| format!("kafka node {} is being restarted", index + 1))
     }
 
     /// The first start: a single broker on a free port (another one if that
     /// is taken meanwhile); a cluster's nodes all at once, then each waited for.
     pub async fn boot(&mut self) -> anyhow::Result<()> {
         if self.nodes.len() == 1 {
-            let node = &mut self.nodes[0];
+            let node = self.node(0)?;
             node.port = free_addr().port();
-            return node.launch(false).await;
+            node.launch(false).await?;
+            self.addresses = vec![node.address()];
+            return Ok(());
         }
-        for node in &mut self.nodes {
+        for node in self.nodes.iter_mut().flatten() {
             node.child = Some(node.spawn_node()?);
         }
-        for node in &mut self.nodes {
+        for node in self.nodes.iter_mut().flatten() {
             node.wait_ready(1).await?;
         }
         Ok(())
     }
 
-    /// SIGKILLs node `index` (no clean shutdown) and reaps it.
-    pub async fn kill(&mut self, index: usize) {
-        self.nodes[index].kill().await;
+    /// Waits for the node being restarted in the background, if any, and
+    /// takes it back; fails when it did not come back.
+    pub async fn settle(&mut self) -> anyhow::Result<()> {
+        if let Some((index, restart)) = self.restarting.take() {
+            let node = restart.await.context("a broker restart panicked")??;
+            self.nodes[index] = Some(node);
+        }
+        Ok(())
     }
 
-    /// Starts node `index` again on the ports the others know, with the same data.
-    pub async fn restart(&mut self, index: usize) -> anyhow::Result<()> {
-        let node = &mut self.nodes[index];
-        node.kill().await;
-        node.launch(true).await
+    /// SIGKILLs node `index` (no clean shutdown) and reaps it, once the node
+    /// restarted before it is back (one node down at a time).
+    pub async fn kill(&mut self, index: usize) -> anyhow::Result<()> {
+        self.settle().await?;
+        self.node(index)?.kill().await;
+        Ok(())
+    }
+
+    /// Starts node `index` again after `pause`, in the background, on the
+    /// ports the others know and with the same data; `done` is called with
+    /// nothing once it answers.
+    pub fn restart_later(
+        &mut self,
+        index: usize,
+        pause: Duration,
+        done: impl FnOnce() + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let mut node = self.nodes[index]
+            .take()
+            .with_context(|| format!("kafka node {} is already being restarted", index + 1))?;
+        self.restarting = Some((
+            index,
+            tokio::spawn(async move {
+                sleep(pause).await;
+                node.kill().await;
+                node.launch(true).await?;
+                done();
+                Ok(node)
+            }),
+        ));
+        Ok(())
     }
 
     /// Stops every node, all at once (one by one, the last ones would wait
-    /// for a quorum that is gone): SIGTERM, bounded wait, SIGKILL.
+    /// for a quorum that is gone): SIGTERM, bounded wait, SIGKILL. A node
+    /// still being restarted is given up (its process dies with its handle).
     pub async fn stop(&mut self) {
+        if let Some((_, restart)) = self.restarting.take() {
+            restart.abort();
+        }
         let stops: Vec<_> = self
             .nodes
             .iter_mut()
+            .flatten()
             .filter_map(|node| {
                 let name = node.name();
                 node.child.take().map(|mut child| {

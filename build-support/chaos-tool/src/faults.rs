@@ -28,6 +28,13 @@ impl Chaos {
     /// (a killed instance or broker started again), except for the instance
     /// killed for good.
     pub async fn inject(&mut self, fault: Fault) -> anyhow::Result<()> {
+        if matches!(
+            fault,
+            Fault::KillBroker | Fault::KillController | Fault::KillPartitionLeader
+        ) {
+            // One node down at a time, and the roles asked of the whole cluster.
+            self.brokers.settle().await?;
+        }
         let from = self.now();
         let order_api = if self.cluster {
             "order-api-1"
@@ -139,22 +146,34 @@ impl Chaos {
         Ok(())
     }
 
-    /// SIGKILLs broker `index`, leaves the cluster without it for a few
-    /// seconds, starts it again; returns its name.
+    /// SIGKILLs broker `index` and starts it again a few seconds later: in a
+    /// cluster in the background (the run goes on; the next broker fault
+    /// waits for it), with a single broker before going on. Returns its name.
     async fn kill_broker(&mut self, index: usize) -> anyhow::Result<String> {
-        self.brokers.kill(index).await;
-        let pause = if self.cluster {
-            Duration::from_secs(5)
-        } else {
-            Duration::from_secs(3)
-        };
+        self.brokers.kill(index).await?;
+        let pause = Duration::from_secs(if self.cluster { 5 } else { 3 });
         say(format!(
             "  kafka node {} down for {} s",
             index + 1,
             pause.as_secs()
         ));
-        tokio::time::sleep(pause).await;
-        self.brokers.restart(index).await?;
+        let (healed, window, origin) = (
+            self.healed.clone(),
+            self.windows.len(),
+            self.load_started.unwrap_or_else(Instant::now),
+        );
+        self.brokers.restart_later(index, pause, move || {
+            let at = origin.elapsed();
+            say(format!(
+                "t={}s: kafka node {} is back",
+                at.as_secs(),
+                index + 1
+            ));
+            healed.lock().unwrap().push((window, at));
+        })?;
+        if !self.cluster {
+            self.brokers.settle().await?;
+        }
         Ok(format!("kafka node {}", index + 1))
     }
 

@@ -167,20 +167,27 @@ pub fn findings(windows: &[Window], calls: &[Call], changes: &[Change]) -> Vec<F
             }
             let (mut undetected, mut unrecovered, mut note) = (false, false, String::new());
             if let Some(instance) = window.fault.impaired() {
-                let first_unready = unready
-                    .iter()
-                    .find(|change| change.instance == instance)
-                    .map(|change| change.at.saturating_sub(window.from));
+                let ready_at = |at: Duration| {
+                    changes
+                        .iter()
+                        .rfind(|change| change.instance == instance && change.at <= at)
+                        .is_none_or(|change| change.ready)
+                };
+                let first_unready = if ready_at(window.from) {
+                    unready
+                        .iter()
+                        .find(|change| change.instance == instance)
+                        .map(|change| change.at.saturating_sub(window.from))
+                } else {
+                    Some(Duration::ZERO)
+                };
                 let back = changes
                     .iter()
                     .find(|change| {
                         change.instance == instance && change.at >= window.to && change.ready
                     })
                     .map(|change| change.at.saturating_sub(window.to));
-                let still_unready_at_heal = changes
-                    .iter()
-                    .rfind(|change| change.instance == instance && change.at <= window.to)
-                    .is_some_and(|change| !change.ready);
+                let still_unready_at_heal = !ready_at(window.to);
                 if window.fault.must_turn_unready() {
                     undetected = first_unready.is_none_or(|after| after > DETECTION_LIMIT);
                 }

@@ -368,6 +368,7 @@ impl Chaos {
         for heal in std::mem::take(&mut self.impaired) {
             heal.await.context("a heal task panicked")??;
         }
+        self.brokers.settle().await?;
         for (index, at) in self.healed.lock().unwrap().iter() {
             self.windows[*index].to = *at;
         }

@@ -206,6 +206,11 @@ pub struct KafkaConfig {
     pub dlq_partitions: i32,
     /// `KAFKA_REPLICATION_FACTOR` (default 1).
     pub replication_factor: i32,
+    /// `KAFKA_MIN_INSYNC_REPLICAS` (default unset: the broker's
+    /// `min.insync.replicas`): set on the topics the services create, so that
+    /// an `acks=all` write is acknowledged only once this many replicas have
+    /// it. At most `KAFKA_REPLICATION_FACTOR`, or no write would succeed.
+    pub min_insync_replicas: Option<i32>,
     /// `KAFKA_MESSAGE_TIMEOUT_MS` (default 10000): how long a produce may wait for an ack.
     pub message_timeout: Duration,
     /// `KAFKA_SESSION_TIMEOUT_MS` (default 10000): how long the group waits for
@@ -221,12 +226,18 @@ pub struct KafkaConfig {
 impl KafkaConfig {
     /// Reads the Kafka settings from the environment.
     pub fn from_env() -> anyhow::Result<Self> {
+        let replication_factor = env_count("KAFKA_REPLICATION_FACTOR", 1)?;
+        let min_insync_replicas = min_insync_replicas(
+            std::env::var("KAFKA_MIN_INSYNC_REPLICAS").ok().as_deref(),
+            replication_factor,
+        )?;
         Ok(Self {
             bootstrap_servers: env_or("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092".to_owned())?,
             topic_prefix: env_or("KAFKA_TOPIC_PREFIX", String::new())?,
             event_partitions: env_count("KAFKA_EVENT_PARTITIONS", 6)?,
             dlq_partitions: env_count("KAFKA_DLQ_PARTITIONS", 1)?,
-            replication_factor: env_count("KAFKA_REPLICATION_FACTOR", 1)?,
+            replication_factor,
+            min_insync_replicas,
             message_timeout: Duration::from_millis(env_count("KAFKA_MESSAGE_TIMEOUT_MS", 10_000)?),
             session_timeout: Duration::from_millis(env_count("KAFKA_SESSION_TIMEOUT_MS", 10_000)?),
             max_poll_interval: Duration::from_millis(env_or(
@@ -258,11 +269,28 @@ impl KafkaConfig {
             event_partitions: 6,
             dlq_partitions: 1,
             replication_factor: 1,
+            min_insync_replicas: None,
             message_timeout: Duration::from_secs(10),
             session_timeout: Duration::from_secs(6),
             max_poll_interval: Duration::from_secs(600),
         }
     }
+}
+
+/// Parses `KAFKA_MIN_INSYNC_REPLICAS` (unset or empty: the broker's default),
+/// refusing a value above the replication factor: such a topic would accept
+/// no `acks=all` write at all.
+fn min_insync_replicas(raw: Option<&str>, replication_factor: i32) -> anyhow::Result<Option<i32>> {
+    const NAME: &str = "KAFKA_MIN_INSYNC_REPLICAS";
+    if raw.is_none_or(|value| value.trim().is_empty()) {
+        return Ok(None);
+    }
+    let value = parse_count(NAME, raw, 1)?;
+    anyhow::ensure!(
+        value <= replication_factor,
+        "{NAME} ({value}) must not exceed KAFKA_REPLICATION_FACTOR ({replication_factor}): no write could be acknowledged"
+    );
+    Ok(Some(value))
 }
 
 #[cfg(test)]
@@ -290,5 +318,19 @@ mod tests {
             parse_count::<usize>("PAYMENT_MAX_IN_FLIGHT", Some(""), 6).unwrap(),
             6
         );
+    }
+
+    #[test]
+    fn min_insync_replicas_is_optional_and_at_most_the_replication_factor() {
+        assert_eq!(min_insync_replicas(None, 3).unwrap(), None);
+        assert_eq!(min_insync_replicas(Some(" "), 3).unwrap(), None);
+        assert_eq!(min_insync_replicas(Some("2"), 3).unwrap(), Some(2));
+        assert_eq!(min_insync_replicas(Some("3"), 3).unwrap(), Some(3));
+        assert_eq!(
+            min_insync_replicas(Some("2"), 1).unwrap_err().to_string(),
+            "KAFKA_MIN_INSYNC_REPLICAS (2) must not exceed KAFKA_REPLICATION_FACTOR (1): no write could be acknowledged"
+        );
+        assert!(min_insync_replicas(Some("0"), 3).is_err());
+        assert!(min_insync_replicas(Some("two"), 3).is_err());
     }
 }

@@ -159,7 +159,8 @@ impl TopicSpec {
     }
 }
 
-/// Creates the topics that do not exist yet. An existing topic is left alone,
+/// Creates the topics that do not exist yet, with the configured replication
+/// factor and, when set, `min.insync.replicas`. An existing topic is left alone,
 /// except that a dead-letter topic whose `max.message.bytes` is below the
 /// spec's is raised (one made by an older version would refuse the largest
 /// dead-letter copies); that step is best-effort and never fails the start.
@@ -171,16 +172,21 @@ pub async fn ensure_topics(config: &KafkaConfig, specs: &[TopicSpec]) -> anyhow:
         .iter()
         .map(|spec| spec.max_message_bytes.to_string())
         .collect();
+    let min_insync_replicas = config.min_insync_replicas.map(|count| count.to_string());
     let new_topics: Vec<NewTopic<'_>> = specs
         .iter()
         .zip(&max_message_bytes)
         .map(|(spec, max_message_bytes)| {
-            NewTopic::new(
+            let topic = NewTopic::new(
                 &spec.name,
                 spec.partitions,
                 TopicReplication::Fixed(config.replication_factor),
             )
-            .set("max.message.bytes", max_message_bytes)
+            .set("max.message.bytes", max_message_bytes);
+            match &min_insync_replicas {
+                Some(count) => topic.set("min.insync.replicas", count),
+                None => topic,
+            }
         })
         .collect();
     let options = AdminOptions::new()

@@ -84,9 +84,40 @@ pub async fn produce_raw(
     // REQUEST_TIMED_OUT: leadership or the ISR is moving; ask again.
     const MOVING: [i16; 5] = [6, 5, 19, 20, 7];
     let mut last = String::new();
+    // Leaders are remembered between calls (a metadata request per record
+    // would make copying a hundred records take a minute) and asked again
+    // when a send fails.
+    /// (bootstrap, topic, partition) and its leader's `host:port`.
+    type Leaders = Vec<((String, String, i32), String)>;
+    static LEADERS: std::sync::Mutex<Leaders> = std::sync::Mutex::new(Vec::new());
+    let place = (bootstrap.to_owned(), topic.to_owned(), partition);
+    let known = |place: &(String, String, i32)| {
+        let leaders = LEADERS.lock().unwrap();
+        leaders
+            .iter()
+            .find(|(known, _)| known == place)
+            .map(|(_, leader)| leader.clone())
+    };
+    let forget = |place: &(String, String, i32)| {
+        LEADERS.lock().unwrap().retain(|(known, _)| known != place);
+    };
     for _ in 0..20 {
-        let leader = partition_leader(bootstrap, topic, partition).await;
-        match send(&leader).await {
+        let leader = match known(&place) {
+            Some(leader) => leader,
+            None => {
+                let leader = partition_leader(bootstrap, topic, partition).await;
+                LEADERS
+                    .lock()
+                    .unwrap()
+                    .push((place.clone(), leader.clone()));
+                leader
+            }
+        };
+        let answer = send(&leader).await;
+        if !matches!(answer, Ok((0, _))) {
+            forget(&place);
+        }
+        match answer {
             Ok((0, offset)) => return offset,
             Ok((code, _)) if MOVING.contains(&code) => last = format!("Kafka error code {code}"),
             Ok((code, _)) => panic!("the broker refused the raw record (Kafka error code {code})"),

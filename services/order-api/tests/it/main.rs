@@ -10,3 +10,4 @@ mod place_order;
 mod read_and_watch;
 mod readiness;
 mod support;
+mod two_instances;

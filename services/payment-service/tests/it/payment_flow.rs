@@ -619,6 +619,70 @@ async fn a_narrow_dead_letter_topic_is_widened_and_keeps_its_settings() {
     service.stop().await;
 }
 
+/// `KAFKA_MIN_INSYNC_REPLICAS` becomes the `min.insync.replicas` of every
+/// topic the services create (event and dead-letter topics alike); unset, the
+/// topics follow the broker's default.
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs Kafka: cargo test --features infra-tests, as build-support/test runs it"
+)]
+#[tokio::test]
+async fn created_topics_carry_the_configured_min_insync_replicas() {
+    use foodorder_runtime::kafka::{TopicSpec, ensure_topics};
+    use rdkafka::admin::{AdminClient, AdminOptions, ConfigSource, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+
+    let mut kafka = testing::kafka_config();
+    let admin: AdminClient<DefaultClientContext> =
+        foodorder_runtime::kafka::client_config(&kafka, "test-admin")
+            .create()
+            .unwrap();
+    let described = |topic: String| {
+        let admin = &admin;
+        async move {
+            let described = admin
+                .describe_configs(&[ResourceSpecifier::Topic(&topic)], &AdminOptions::new())
+                .await
+                .unwrap();
+            let config = described.into_iter().next().unwrap().unwrap();
+            let entry = config.get("min.insync.replicas").unwrap();
+            (
+                entry.value.clone(),
+                entry.source == ConfigSource::DynamicTopic,
+            )
+        }
+    };
+
+    let unset = kafka.topic("unset.min-isr");
+    ensure_topics(&kafka, &[TopicSpec::event(&kafka, &unset)])
+        .await
+        .unwrap();
+    assert!(
+        !described(unset).await.1,
+        "without KAFKA_MIN_INSYNC_REPLICAS the topic follows the broker's default"
+    );
+
+    // The shared test broker is a single node: one in-sync replica is all it can have.
+    kafka.min_insync_replicas = Some(1);
+    let (event, dead_letter) = (kafka.topic("set.min-isr"), kafka.topic("set.min-isr.dlq"));
+    ensure_topics(
+        &kafka,
+        &[
+            TopicSpec::event(&kafka, &event),
+            TopicSpec::dead_letter(&kafka, &dead_letter),
+        ],
+    )
+    .await
+    .unwrap();
+    for topic in [event, dead_letter] {
+        assert_eq!(
+            described(topic.clone()).await,
+            (Some("1".to_owned()), true),
+            "{topic} has min.insync.replicas set on the topic itself"
+        );
+    }
+}
+
 #[cfg_attr(
     not(feature = "infra-tests"),
     ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
