@@ -56,8 +56,9 @@ pub struct OrderServiceImpl {
     request_timeout: Duration,
 }
 
-/// Bounds on what WatchOrder streams may hold, so that watchers can never
-/// starve PlaceOrder of database connections.
+/// Bounds on what WatchOrder streams may hold: the streams open at once, and
+/// the readers' connections they may use at once, so that watchers always
+/// leave GetOrder some (PlaceOrder's writers have a pool of their own).
 #[derive(Clone)]
 pub struct WatchLimits {
     /// One permit per open stream: a call beyond the cap is RESOURCE_EXHAUSTED.
