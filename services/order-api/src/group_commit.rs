@@ -65,7 +65,8 @@ pub struct GroupCommitConfig {
     pub window: Duration,
     /// Most calls waiting for a writer; one more is refused (RESOURCE_EXHAUSTED).
     pub queue_max: usize,
-    /// Longest a writer waits for the database to finish one batch.
+    /// Longest a writer waits for the database to finish one batch (the
+    /// application sets it to `ORDER_API_REQUEST_TIMEOUT_MS` plus 1 s).
     pub batch_timeout: Duration,
 }
 
