@@ -18,7 +18,7 @@ use anyhow::Context;
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, sleep};
 
-use crate::supervise::{free_addr, port_open, spawn, stop, tail};
+use crate::supervise::{fixed_port, free_addr, port_open, spawn, stop, tail};
 
 /// How long a starting broker may take to answer.
 const READY_WITHIN: Duration = Duration::from_secs(90);
@@ -78,7 +78,7 @@ impl Brokers {
     /// Three nodes whose client listeners bind to `host` (the controllers
     /// stay on 127.0.0.1), data in `data/kafka-<id>`; not started.
     pub fn cluster(script: PathBuf, libs: PathBuf, data: &Path, host: IpAddr) -> Self {
-        let controller_ports: Vec<u16> = (0..3).map(|_| free_addr().port()).collect();
+        let controller_ports: Vec<u16> = (0..3).map(|_| fixed_port()).collect();
         let quorum = controller_ports
             .iter()
             .enumerate()
@@ -94,7 +94,7 @@ impl Brokers {
                 libs: libs.clone(),
                 data: data.join(format!("kafka-{}", index + 1)),
                 host,
-                port: foodorder_testkit::free_port(),
+                port: fixed_port(),
                 controller_port: *controller_port,
                 membership: Some(Membership {
                     node_id: u32::try_from(index).unwrap_or(0) + 1,

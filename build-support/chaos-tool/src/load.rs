@@ -38,11 +38,16 @@ pub struct LoadArgs {
 /// The client's own bound on one call: a call that reaches it went unanswered.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Codes a careful client retries with the same key: the API or its database was unreachable.
+/// Codes a careful client retries with the same key: the API or its database was
+/// unreachable, or the API shed the call (retrying with the key is always safe).
 fn retryable(code: Code) -> bool {
     matches!(
         code,
-        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+        Code::Unavailable
+            | Code::Unknown
+            | Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::ResourceExhausted
     )
 }
 

@@ -91,15 +91,17 @@ async fn run_with_input(program: &str, args: &[&str], input: Option<&str>) -> an
 }
 
 impl Network {
-    /// Creates the bridge `fo<tag>` with 10.231.<20 + tag % 200>.1/24 and one
+    /// Creates the bridge `fochaos<n>` with 10.231.<n>.1/24, n = 20 + tag % 200, and one
     /// namespace per name in `instances`, each with the next address from .11.
     pub async fn create(tag: u64, instances: &[&str]) -> anyhow::Result<Self> {
         anyhow::ensure!(
             nix::unistd::Uid::effective().is_root(),
             "the cluster faults need root: network namespaces, veth pairs and nftables (run build-support/chaos --cluster as root)"
         );
+        // The bridge's name and its subnet follow from the same number, so that
+        // a leftover of an earlier run with that subnet is the one removed first.
         let subnet = u8::try_from(tag % 200).unwrap_or(0) + 20;
-        let bridge = format!("fo{}", tag % 100_000);
+        let bridge = format!("fochaos{subnet}");
         let mut network = Self {
             bridge: bridge.clone(),
             host: Ipv4Addr::new(10, 231, subnet, 1),
@@ -117,10 +119,10 @@ impl Network {
             });
         }
         network.remove().await;
-        network
-            .build()
-            .await
-            .context("setting up the cluster run's network namespaces failed")?;
+        if let Err(error) = network.build().await {
+            network.remove().await;
+            return Err(error.context("setting up the cluster run's network namespaces failed"));
+        }
         Ok(network)
     }
 

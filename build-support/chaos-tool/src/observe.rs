@@ -52,7 +52,8 @@ impl Watcher {
         let changes: Arc<Mutex<Vec<Change>>> = Arc::default();
         let recorded = changes.clone();
         let task = tokio::spawn(async move {
-            let mut last: BTreeMap<String, bool> = BTreeMap::new();
+            // A change is a new answer (ready or not) or a new reason.
+            let mut last: BTreeMap<String, (bool, String)> = BTreeMap::new();
             let mut ticker = tokio::time::interval(POLL);
             loop {
                 ticker.tick().await;
@@ -65,8 +66,9 @@ impl Watcher {
                         Some((ready, body)) => (ready, body),
                         None => (false, "no answer within 2 s".to_owned()),
                     };
-                    if last.get(&name) != Some(&ready) {
-                        last.insert(name.clone(), ready);
+                    let state = (ready, reason.clone());
+                    if last.get(&name) != Some(&state) {
+                        last.insert(name.clone(), state);
                         recorded.lock().unwrap().push(Change {
                             at: origin.elapsed(),
                             instance: name,
@@ -167,19 +169,33 @@ pub fn findings(windows: &[Window], calls: &[Call], changes: &[Change]) -> Vec<F
             }
             let (mut undetected, mut unrecovered, mut note) = (false, false, String::new());
             if let Some(instance) = window.fault.impaired() {
-                let ready_at = |at: Duration| {
+                // Reported: not ready, answering, for the fault's reason (a
+                // restart or another fault's reason in the window proves nothing).
+                let reported = |change: &Change| {
+                    !change.ready
+                        && window
+                            .fault
+                            .unready_reason()
+                            .is_some_and(|word| change.reason.contains(word))
+                };
+                let state_at = |at: Duration| {
                     changes
                         .iter()
                         .rfind(|change| change.instance == instance && change.at <= at)
-                        .is_none_or(|change| change.ready)
                 };
-                let first_unready = if ready_at(window.from) {
-                    unready
-                        .iter()
-                        .find(|change| change.instance == instance)
-                        .map(|change| change.at.saturating_sub(window.from))
-                } else {
+                let ready_at = |at: Duration| state_at(at).is_none_or(|change| change.ready);
+                let first_unready = if state_at(window.from).is_some_and(reported) {
                     Some(Duration::ZERO)
+                } else {
+                    changes
+                        .iter()
+                        .filter(|change| {
+                            change.instance == instance
+                                && change.at >= window.from
+                                && change.at <= window.to
+                        })
+                        .find(|change| reported(change))
+                        .map(|change| change.at.saturating_sub(window.from))
                 };
                 let back = changes
                     .iter()
@@ -188,7 +204,7 @@ pub fn findings(windows: &[Window], calls: &[Call], changes: &[Change]) -> Vec<F
                     })
                     .map(|change| change.at.saturating_sub(window.to));
                 let still_unready_at_heal = !ready_at(window.to);
-                if window.fault.must_turn_unready() {
+                if window.fault.unready_reason().is_some() {
                     undetected = first_unready.is_none_or(|after| after > DETECTION_LIMIT);
                 }
                 if still_unready_at_heal {
@@ -198,8 +214,20 @@ pub fn findings(windows: &[Window], calls: &[Call], changes: &[Change]) -> Vec<F
                     note,
                     "{instance}: {}; {}",
                     match first_unready {
-                        Some(after) => format!("not ready after {:.1} s", after.as_secs_f64()),
-                        None => "stayed ready".to_owned(),
+                        Some(after) => format!(
+                            "not ready ({}) after {:.1} s",
+                            window.fault.unready_reason().unwrap_or_default(),
+                            after.as_secs_f64()
+                        ),
+                        None if window.fault.unready_reason().is_some() => {
+                            "NOT reported not ready for it".to_owned()
+                        }
+                        None if ready_at(window.from)
+                            && !unready.iter().any(|change| change.instance == instance) =>
+                        {
+                            "stayed ready".to_owned()
+                        }
+                        None => "not ready at times (other causes)".to_owned(),
                     },
                     match (still_unready_at_heal, back) {
                         (false, _) => "ready at the heal".to_owned(),

@@ -424,6 +424,16 @@ impl Chaos {
             .filter(|finding| finding.unrecovered)
             .count();
         let mut text = verdict.text.clone();
+        // Every order the careful client placed must end acknowledged: a call
+        // answered with a final error, or retried past its time, is a failure
+        // of the platform (with an empty acknowledged list every other row
+        // would check nothing).
+        let orders = placed.summary["placed"].as_u64().unwrap_or_default();
+        let unacknowledged = orders.saturating_sub(placed.acked.len() as u64);
+        text.push_str(&format!(
+            "{:<52} {:>8} {:>10}\n",
+            "every order placed was acknowledged", orders, unacknowledged
+        ));
         text.push_str(&format!(
             "{:<52} {:>8} {:>10}\n",
             format!("PlaceOrder answered within {} s", ANSWER_WITHIN.as_secs()),
@@ -434,7 +444,7 @@ impl Chaos {
             let impairments = self
                 .windows
                 .iter()
-                .filter(|window| window.fault.must_turn_unready())
+                .filter(|window| window.fault.unready_reason().is_some())
                 .count();
             text.push_str(&format!(
                 "{:<52} {:>8} {:>10}\n",
@@ -468,6 +478,8 @@ impl Chaos {
         self.print_table(&placed.summary, &text, &faults);
         Ok(verdict.clean
             && self.services.unexpected_exits == 0
+            && unacknowledged == 0
+            && orders > 0
             && unanswered == 0
             && undetected == 0
             && unrecovered == 0)

@@ -104,16 +104,19 @@ impl Fault {
         }
     }
 
-    /// Whether the impaired instance must be reported not ready during the
-    /// fault: a partition of a consumer, or of the order API from PostgreSQL
-    /// (the order API's readiness follows PostgreSQL only, by design).
-    pub fn must_turn_unready(self) -> bool {
-        matches!(
-            self,
-            Fault::PartitionOrderApiFromPostgres
-                | Fault::PartitionPaymentFromBrokers
-                | Fault::PartitionNotificationFromPostgres
-        )
+    /// The condition the impaired instance must report unmet during the
+    /// fault (a word of its `/readyz` reason): a partition of a consumer from
+    /// the brokers (`consumer`), or of an instance from PostgreSQL
+    /// (`database`). The order API cut off from the brokers has none: its
+    /// readiness follows PostgreSQL only, by design.
+    pub fn unready_reason(self) -> Option<&'static str> {
+        match self {
+            Fault::PartitionOrderApiFromPostgres | Fault::PartitionNotificationFromPostgres => {
+                Some("database")
+            }
+            Fault::PartitionPaymentFromBrokers => Some("consumer"),
+            _ => None,
+        }
     }
 }
 

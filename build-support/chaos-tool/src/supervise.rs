@@ -114,6 +114,22 @@ pub fn free_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], foodorder_testkit::free_port()))
 }
 
+/// A free port below the kernel's ephemeral range (32768 and up by default),
+/// for a listener that must bind the same port again after a SIGKILL: a port
+/// from the ephemeral range may meanwhile be the source port of some outgoing
+/// connection, and the restart would fail.
+pub fn fixed_port() -> u16 {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    for _ in 0..1000 {
+        let port = rng.random_range(20_000..32_000);
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
+    foodorder_testkit::free_port()
+}
+
 /// What an instance is: its binary and how it is told its addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -287,7 +303,16 @@ impl Services {
 
     /// SIGKILLs the instance `name` (no clean shutdown) and reaps it.
     pub async fn kill(&mut self, name: &str) {
-        if let Some(mut child) = self.instance(name).child.take() {
+        let log = self.log_of(name);
+        let instance = self.instance(name);
+        let expected = instance.expected;
+        if let Some(mut child) = instance.child.take() {
+            // One that is already gone exited on its own before the fault reached it.
+            if let (true, Ok(Some(status))) = (expected, child.try_wait()) {
+                eprintln!("{name} exited on its own ({status}), see {}", log.display());
+                self.unexpected_exits += 1;
+                return;
+            }
             stop(name, &mut child, Duration::ZERO).await;
         }
     }
