@@ -55,7 +55,7 @@ http_ok() {
   ) 2>/dev/null
 }
 
-# http_ready HOST:PORT: GET /readyz answers 200 (dependencies answer; a consumer holds its assignment).
+# http_ready HOST:PORT: GET /readyz answers 200 (the instance can do its job: see README, health and readiness).
 http_ready() { http_ok "$1" /readyz; }
 
 # stop_pid PID [SECONDS]: TERM the process, wait up to SECONDS (default 10) for

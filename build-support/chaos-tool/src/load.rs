@@ -1,6 +1,10 @@
 //! The careful client: a steady rate of PlaceOrder calls, each with its own
 //! idempotency key, retried with that key while the API is unreachable, so an
 //! order is either acknowledged once or reported as failed, never doubled.
+//! With several order API instances, order n is first sent to instance
+//! n mod count and each retry goes to the next instance, as a client behind a
+//! load balancer would see it. Every call is recorded (when it started, how
+//! long it took, its outcome, which instance), for the latency of each fault.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -14,9 +18,9 @@ use tonic::Code;
 /// Options of the `load` subcommand.
 #[derive(clap::Args)]
 pub struct LoadArgs {
-    /// The order API, host:port.
-    #[arg(long)]
-    addr: String,
+    /// The order API, host:port (repeat for several instances).
+    #[arg(long, required = true)]
+    addr: Vec<String>,
     /// Orders per second.
     #[arg(long, default_value_t = 40)]
     rate: u32,
@@ -31,11 +35,19 @@ pub struct LoadArgs {
     retry_for: u64,
 }
 
-/// Codes a careful client retries with the same key: the API or its database was unreachable.
+/// The client's own bound on one call: a call that reaches it went unanswered.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Codes a careful client retries with the same key: the API or its database was
+/// unreachable, or the API shed the call (retrying with the key is always safe).
 fn retryable(code: Code) -> bool {
     matches!(
         code,
-        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+        Code::Unavailable
+            | Code::Unknown
+            | Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::ResourceExhausted
     )
 }
 
@@ -46,6 +58,21 @@ pub struct LoadReport {
     pub acked: Vec<String>,
     /// `{"acknowledged", "outcomes", "placed", "retried_calls"}`, printed as the PlaceOrder row.
     pub summary: serde_json::Value,
+    /// Every PlaceOrder call, in the order they ended.
+    pub calls: Vec<Call>,
+}
+
+/// One PlaceOrder call (an order's first try or one of its retries).
+#[derive(Clone, Debug)]
+pub struct Call {
+    /// When it started, after the load's start.
+    pub started: Duration,
+    /// How long it took to be answered.
+    pub took: Duration,
+    /// `OK` or the gRPC code.
+    pub outcome: String,
+    /// Index of the instance it went to.
+    pub instance: usize,
 }
 
 /// The `load` subcommand: places the load, writes the acknowledged ids, prints the summary.
@@ -71,17 +98,23 @@ pub fn write_acked(path: &std::path::Path, acked: &[String]) -> anyhow::Result<(
 /// Places `rate` orders per second at `addr` for `duration`; an order whose
 /// calls fail with a retryable code is retried with its key for up to `retry_for`.
 pub async fn place_orders(
-    addr: &str,
+    addrs: &[String],
     rate: u32,
     duration: Duration,
     retry_for: Duration,
 ) -> anyhow::Result<LoadReport> {
     anyhow::ensure!(rate > 0, "the rate must be at least 1 order/s");
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(10))
-        .connect_lazy();
-    let client = OrderServiceClient::new(channel);
+    anyhow::ensure!(!addrs.is_empty(), "no order API address");
+    let mut clients = Vec::new();
+    for addr in addrs {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(CALL_TIMEOUT)
+            .connect_lazy();
+        clients.push(OrderServiceClient::new(channel));
+    }
+    let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
+    let load_start = Instant::now();
     let acked = Arc::new(Mutex::new(Vec::new()));
     let outcomes: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
     let retries = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -92,11 +125,12 @@ pub async fn place_orders(
     while Instant::now() < end {
         ticker.tick().await;
         index += 1;
-        let (mut client, acked, outcomes, retries) = (
-            client.clone(),
+        let (clients, acked, outcomes, retries, calls) = (
+            clients.clone(),
             acked.clone(),
             outcomes.clone(),
             retries.clone(),
+            calls.clone(),
         );
         tasks.spawn(async move {
             let request = PlaceOrderRequest {
@@ -115,8 +149,20 @@ pub async fn place_orders(
                 idempotency_key: uuid::Uuid::new_v4().to_string(),
             };
             let started = Instant::now();
+            let mut instance = (index as usize) % clients.len();
             let outcome = loop {
-                match client.place_order(request.clone()).await {
+                let call_start = Instant::now();
+                let answer = clients[instance].clone().place_order(request.clone()).await;
+                calls.lock().unwrap().push(Call {
+                    started: call_start - load_start,
+                    took: call_start.elapsed(),
+                    outcome: match &answer {
+                        Ok(_) => "OK".to_owned(),
+                        Err(status) => format!("{:?}", status.code()),
+                    },
+                    instance,
+                });
+                match answer {
                     Ok(response) => {
                         let order = response.into_inner().order.unwrap_or_default();
                         acked.lock().unwrap().push(order.id);
@@ -124,6 +170,7 @@ pub async fn place_orders(
                     }
                     Err(status) if retryable(status.code()) && started.elapsed() < retry_for => {
                         retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        instance = (instance + 1) % clients.len();
                         tokio::time::sleep(Duration::from_millis(250)).await;
                     }
                     Err(status) => break format!("{:?}", status.code()),
@@ -135,11 +182,21 @@ pub async fn place_orders(
     }
     while tasks.join_next().await.is_some() {}
     let acked = acked.lock().unwrap().clone();
+    let calls = calls.lock().unwrap().clone();
+    let mut by_instance = vec![0u64; addrs.len()];
+    for call in &calls {
+        by_instance[call.instance] += 1;
+    }
     let summary = serde_json::json!({
         "placed": index,
         "acknowledged": acked.len(),
         "outcomes": *outcomes.lock().unwrap(),
         "retried_calls": retries.load(std::sync::atomic::Ordering::Relaxed),
+        "calls_by_instance": by_instance,
     });
-    Ok(LoadReport { acked, summary })
+    Ok(LoadReport {
+        acked,
+        summary,
+        calls,
+    })
 }

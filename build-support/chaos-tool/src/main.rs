@@ -12,6 +12,8 @@ mod dlq;
 mod faults;
 mod inject;
 mod load;
+mod netns;
+mod observe;
 mod postgres;
 mod run;
 mod schedule;

@@ -1,10 +1,13 @@
 //! The `run` subcommand: one whole chaos run in one process, once
 //! build-support/chaos has provisioned PostgreSQL, the broker's jars and the
-//! binaries. It starts the broker and the four service instances, waits until
-//! they are ready, places the load as a task while it injects the faults of
-//! the seeded schedule and watches for instances that exit on their own, then
-//! checks the invariants and prints the table. Whatever happens (success,
-//! failure, Ctrl-C, SIGTERM), every process it started is stopped before it exits.
+//! binaries. It starts the broker and the four service instances (with
+//! `--cluster`: three KRaft nodes and two instances of each service, each
+//! instance in a network namespace of its own, see [`crate::netns`]), waits
+//! until they are ready, places the load as a task while it injects the faults
+//! of the seeded schedule, watches every instance's readiness and for
+//! instances that exit on their own, then checks the invariants and prints the
+//! tables. Whatever happens (success, failure, Ctrl-C, SIGTERM), every process
+//! it started is stopped, and the network it made removed, before it exits.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,11 +19,19 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep};
 
-use crate::broker::Broker;
+use crate::broker::Brokers;
+use crate::netns::Network;
+use crate::observe::{self, Watcher, Window};
 use crate::postgres::Postgres;
 use crate::schedule::{Fault, Mode, Schedule};
-use crate::supervise::{Services, free_addr};
+use crate::supervise::{Kind, Services, Spec, free_addr};
 use crate::{check, load, say};
+
+/// The order API's server-side deadline in a run (`ORDER_API_REQUEST_TIMEOUT_MS`).
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+
+/// A PlaceOrder call answered later than this after it started counts as unanswered.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(7);
 
 /// How long the platform may take to become ready.
 const READY_WITHIN: Duration = Duration::from_secs(120);
@@ -40,6 +51,10 @@ pub struct RunArgs {
     /// A few minutes: payment SIGKILLed 5x, notification 3x, order-api 3x, the broker 2x.
     #[arg(long)]
     full: bool,
+    /// Three KRaft nodes (RF 3, min ISR 2), two instances of every service in
+    /// network namespaces, and the faults of a distributed deployment (needs root).
+    #[arg(long)]
+    cluster: bool,
     /// Orders per second.
     #[arg(long, env = "CHAOS_RATE", default_value_t = 40)]
     rate: u32,
@@ -77,10 +92,22 @@ pub struct RunArgs {
 
 /// The state of one run: the processes it supervises and what it recorded.
 pub struct Chaos {
-    /// The four service instances.
+    /// The service instances.
     pub(crate) services: Services,
-    /// The run's own broker.
-    pub(crate) broker: Broker,
+    /// The run's own broker, or its three KRaft nodes.
+    pub(crate) brokers: Brokers,
+    /// The namespaces of a cluster run.
+    pub(crate) network: Option<std::sync::Arc<Network>>,
+    /// The broker's jars (for Kafka's quorum tool).
+    pub(crate) kafka_libs: PathBuf,
+    /// The tasks that heal the network faults in force.
+    pub(crate) impaired: Vec<JoinHandle<anyhow::Result<()>>>,
+    /// (window index, when it healed) of every healed network fault.
+    pub(crate) healed: std::sync::Arc<std::sync::Mutex<Vec<(usize, Duration)>>>,
+    /// Every fault's window, for the findings.
+    pub(crate) windows: Vec<Window>,
+    /// When the load started.
+    pub(crate) load_started: Option<Instant>,
     /// The private cluster the run restarts.
     pub(crate) postgres: Postgres,
     /// The faults still to come, and the generator of the restart pauses.
@@ -96,12 +123,14 @@ pub struct Chaos {
     /// What the hostile-record fault sent, for the checker.
     pub(crate) hostile_sent: Vec<serde_json::Value>,
     mode: Mode,
+    pub(crate) cluster: bool,
     rate: u32,
-    api: SocketAddr,
-    api_http: SocketAddr,
+    pub(crate) pg_port: u16,
     stop_postgres_at_exit: bool,
     load: Option<JoinHandle<anyhow::Result<load::LoadReport>>>,
     injected: BTreeMap<Fault, usize>,
+    bin_dir: PathBuf,
+    broker_script: PathBuf,
 }
 
 /// Runs the suite; returns whether it found no violation.
@@ -133,28 +162,104 @@ impl Chaos {
             .with_context(|| format!("failed to create {}", args.log_dir.display()))?;
         let mode = if args.full { Mode::Full } else { Mode::Short };
         let (api, api_http) = (free_addr(), free_addr());
-        Ok(Self {
-            services: Services::new(args.bin_dir, args.log_dir.clone(), api, api_http),
-            broker: Broker::new(
-                args.broker_script,
-                args.kafka_libs,
+        let brokers = if args.cluster {
+            // The cluster's addresses are known once its network exists (`drive`).
+            Brokers::single(PathBuf::new(), PathBuf::new(), PathBuf::new())
+        } else {
+            Brokers::single(
+                args.broker_script.clone(),
+                args.kafka_libs.clone(),
                 args.log_dir.join("kafka"),
+            )
+        };
+        Ok(Self {
+            services: Services::new(
+                args.bin_dir.clone(),
+                args.log_dir.clone(),
+                Services::single_layout(api, api_http),
             ),
+            brokers,
+            network: None,
+            kafka_libs: args.kafka_libs.clone(),
+            impaired: Vec::new(),
+            healed: Default::default(),
+            windows: Vec::new(),
+            load_started: None,
             postgres: Postgres::new(args.pg_ctl, args.pg_data, args.pg_port, args.pg_as_postgres),
-            schedule: Schedule::new(args.seed, mode),
+            schedule: Schedule::new(args.seed, mode, args.cluster),
             seed: args.seed,
             prefix: format!("chaos{}-", args.seed),
             database: args.database,
             log_dir: args.log_dir,
             hostile_sent: Vec::new(),
             mode,
+            cluster: args.cluster,
             rate: args.rate,
-            api,
-            api_http,
+            pg_port: args.pg_port,
             stop_postgres_at_exit: args.pg_stop_at_exit,
             load: None,
             injected: BTreeMap::new(),
+            bin_dir: args.bin_dir,
+            broker_script: args.broker_script,
         })
+    }
+
+    /// Cluster run: the namespaces, the PostgreSQL forwarder, the three nodes
+    /// on the bridge address, and six instances, each in its own namespace.
+    async fn prepare_cluster(&mut self) -> anyhow::Result<()> {
+        let names = [
+            "order-api-1",
+            "order-api-2",
+            "payment-1",
+            "payment-2",
+            "notification-1",
+            "notification-2",
+        ];
+        let mut network = Network::create(self.seed, &names).await?;
+        let postgres = network.forward_postgres(self.pg_port).await?;
+        say(format!(
+            "network: bridge {} with a namespace per instance; PostgreSQL forwarded on {postgres}",
+            network.host
+        ));
+        self.brokers = Brokers::cluster(
+            self.broker_script.clone(),
+            self.kafka_libs.clone(),
+            &self.log_dir,
+            std::net::IpAddr::V4(network.host),
+        );
+        let database = self.database.replacen(
+            &format!("127.0.0.1:{}", self.pg_port),
+            &postgres.to_string(),
+            1,
+        );
+        anyhow::ensure!(
+            database != self.database,
+            "the database URL does not name 127.0.0.1:{}",
+            self.pg_port
+        );
+        let mut specs = Vec::new();
+        for name in names {
+            let address = network
+                .address_of(name)
+                .context("an instance has no namespace")?;
+            let at = |port| SocketAddr::from((address, port));
+            let kind = match name.split('-').next() {
+                Some("order") => Kind::OrderApi,
+                Some("payment") => Kind::Payment,
+                _ => Kind::Notification,
+            };
+            specs.push(Spec {
+                name: name.to_owned(),
+                kind,
+                health: at(8080),
+                grpc: (kind == Kind::OrderApi).then(|| at(50051)),
+                namespace: network.namespace_of(name),
+                env: vec![("DATABASE_URL".to_owned(), database.clone())],
+            });
+        }
+        self.services = Services::new(self.bin_dir.clone(), self.log_dir.clone(), specs);
+        self.network = Some(std::sync::Arc::new(network));
+        Ok(())
     }
 
     /// A consumer group of the run, e.g. `chaos-payment-4242`.
@@ -167,12 +272,22 @@ impl Chaos {
     fn service_env(&self) -> Vec<(String, String)> {
         [
             ("DATABASE_URL", self.database.clone()),
-            ("KAFKA_BOOTSTRAP_SERVERS", self.broker.bootstrap()),
+            ("KAFKA_BOOTSTRAP_SERVERS", self.brokers.bootstrap()),
             ("KAFKA_TOPIC_PREFIX", self.prefix.clone()),
             ("KAFKA_SESSION_TIMEOUT_MS", "6000".into()),
+            (
+                "KAFKA_REPLICATION_FACTOR",
+                if self.cluster { "3" } else { "1" }.into(),
+            ),
+            (
+                "KAFKA_MIN_INSYNC_REPLICAS",
+                if self.cluster { "2" } else { "1" }.into(),
+            ),
+            (
+                "ORDER_API_REQUEST_TIMEOUT_MS",
+                REQUEST_DEADLINE.as_millis().to_string(),
+            ),
             ("LOG_LEVEL", "info".into()),
-            ("ORDER_API_ADDR", self.api.to_string()),
-            ("ORDER_API_HTTP_ADDR", self.api_http.to_string()),
             ("PAYMENT_CONSUMER_GROUP", self.group("payment")),
             ("NOTIFICATION_CONSUMER_GROUP", self.group("notification")),
             ("ORDER_API_CONSUMER_GROUP", self.group("order-api")),
@@ -190,30 +305,50 @@ impl Chaos {
 
     /// The run itself: platform up, load and faults, invariants, table.
     async fn drive(&mut self) -> anyhow::Result<bool> {
-        let seconds = self.mode.seconds();
+        let seconds = self.mode.seconds(self.cluster);
         say(format!(
-            "chaos ({}, seed {}): {seconds} s of load at {} orders/s; logs in {}",
+            "chaos ({}{}, seed {}): {seconds} s of load at {} orders/s; logs in {}",
             self.mode.name(),
+            if self.cluster { ", cluster" } else { "" },
             self.seed,
             self.rate,
             self.log_dir.display()
         ));
-        self.broker.boot().await?;
-        say(format!("kafka broker on {}", self.broker.bootstrap()));
+        if self.cluster {
+            self.prepare_cluster().await?;
+        }
+        let booting = Instant::now();
+        self.brokers.boot().await?;
+        say(format!(
+            "kafka on {} ({} node(s), up in {:.1} s)",
+            self.brokers.bootstrap(),
+            self.brokers.len(),
+            booting.elapsed().as_secs_f64()
+        ));
         self.services.set_env(self.service_env());
         self.services.start_all()?;
         self.services.wait_ready(READY_WITHIN).await?;
         say("platform ready; load starts");
 
-        let (addr, rate) = (self.api.to_string(), self.rate);
+        let addrs: Vec<String> = self
+            .services
+            .grpc_addrs()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let rate = self.rate;
         let duration = Duration::from_secs(seconds);
         let load =
-            tokio::spawn(async move { load::place_orders(&addr, rate, duration, RETRY_FOR).await });
+            tokio::spawn(
+                async move { load::place_orders(&addrs, rate, duration, RETRY_FOR).await },
+            );
         let load_started = Instant::now();
+        self.load_started = Some(load_started);
+        let watcher = Watcher::start(self.services.endpoints(), load_started);
         self.load = Some(load);
         for (at, fault) in std::mem::take(&mut self.schedule.events) {
             while load_started.elapsed() < Duration::from_secs(at) {
-                self.services.check_alive()?;
+                self.tend().await?;
                 sleep(Duration::from_millis(500)).await;
             }
             say(format!(
@@ -224,9 +359,18 @@ impl Chaos {
             self.inject(fault).await?;
             *self.injected.entry(fault).or_default() += 1;
         }
-        while self.load.as_ref().is_some_and(|load| !load.is_finished()) {
-            self.services.check_alive()?;
+        while self.load.as_ref().is_some_and(|load| !load.is_finished())
+            || self.impaired.iter().any(|heal| !heal.is_finished())
+        {
+            self.tend().await?;
             sleep(Duration::from_millis(500)).await;
+        }
+        for heal in std::mem::take(&mut self.impaired) {
+            heal.await.context("a heal task panicked")??;
+        }
+        self.brokers.settle().await?;
+        for (index, at) in self.healed.lock().unwrap().iter() {
+            self.windows[*index].to = *at;
         }
         let load = self.load.take().context("the load task is gone")?;
         let placed = load
@@ -234,6 +378,23 @@ impl Chaos {
             .context("the load client panicked")?
             .context("the load client failed")?;
         load::write_acked(&self.log_dir.join("acked.txt"), &placed.acked)?;
+        let changes = watcher.finish();
+        std::fs::write(
+            self.log_dir.join("readiness.log"),
+            observe::render_changes(&changes),
+        )?;
+        let findings = observe::findings(&self.windows, &placed.calls, &changes);
+        let unanswered = placed
+            .calls
+            .iter()
+            .filter(|call| call.took >= ANSWER_WITHIN)
+            .count();
+        let longest = placed
+            .calls
+            .iter()
+            .map(|call| call.took)
+            .max()
+            .unwrap_or_default();
         std::fs::write(
             self.log_dir.join("load.json"),
             format!("{}\n", placed.summary),
@@ -243,7 +404,7 @@ impl Chaos {
         say("load done; waiting for quiescence and checking the invariants");
         let inputs = check::Inputs {
             database: self.database.clone(),
-            bootstrap: self.broker.bootstrap(),
+            bootstrap: self.brokers.bootstrap(),
             prefix: self.prefix.clone(),
             payment_group: self.group("payment"),
             notification_group: self.group("notification"),
@@ -257,22 +418,103 @@ impl Chaos {
             .context("the checker panicked")??;
         std::fs::write(self.log_dir.join("check.txt"), &verdict.text)?;
         self.services.check_alive()?;
-        self.print_table(&placed.summary, &verdict.text);
-        Ok(verdict.clean && self.services.unexpected_exits == 0)
+        let undetected = findings.iter().filter(|finding| finding.undetected).count();
+        let unrecovered = findings
+            .iter()
+            .filter(|finding| finding.unrecovered)
+            .count();
+        let mut text = verdict.text.clone();
+        // Every order the careful client placed must end acknowledged: a call
+        // answered with a final error, or retried past its time, is a failure
+        // of the platform (with an empty acknowledged list every other row
+        // would check nothing).
+        let orders = placed.summary["placed"].as_u64().unwrap_or_default();
+        let unacknowledged = orders.saturating_sub(placed.acked.len() as u64);
+        text.push_str(&format!(
+            "{:<52} {:>8} {:>10}\n",
+            "every order placed was acknowledged", orders, unacknowledged
+        ));
+        text.push_str(&format!(
+            "{:<52} {:>8} {:>10}\n",
+            format!("PlaceOrder answered within {} s", ANSWER_WITHIN.as_secs()),
+            placed.calls.len(),
+            unanswered
+        ));
+        if self.cluster {
+            let impairments = self
+                .windows
+                .iter()
+                .filter(|window| window.fault.unready_reason().is_some())
+                .count();
+            text.push_str(&format!(
+                "{:<52} {:>8} {:>10}\n",
+                "partitioned instance reported not ready", impairments, undetected
+            ));
+            let healed = self
+                .windows
+                .iter()
+                .filter(|window| window.fault.impaired().is_some())
+                .count();
+            text.push_str(&format!(
+                "{:<52} {:>8} {:>10}\n",
+                format!(
+                    "ready again by itself within {} s",
+                    observe::RECOVERY_LIMIT.as_secs()
+                ),
+                healed,
+                unrecovered
+            ));
+        }
+        let mut faults = format!("{}\n", observe::header());
+        for finding in &findings {
+            faults.push_str(&finding.line);
+            faults.push('\n');
+        }
+        faults.push_str(&format!(
+            "longest PlaceOrder call of the run: {} ms\n",
+            longest.as_millis()
+        ));
+        std::fs::write(self.log_dir.join("faults.txt"), &faults)?;
+        self.print_table(&placed.summary, &text, &faults);
+        Ok(verdict.clean
+            && self.services.unexpected_exits == 0
+            && unacknowledged == 0
+            && orders > 0
+            && unanswered == 0
+            && undetected == 0
+            && unrecovered == 0)
+    }
+
+    /// Between faults: restarts instances that exited on their own.
+    async fn tend(&mut self) -> anyhow::Result<()> {
+        self.services.check_alive()
+    }
+
+    /// Time since the load started.
+    pub(crate) fn now(&self) -> Duration {
+        self.load_started.map(|at| at.elapsed()).unwrap_or_default()
     }
 
     /// The table build-support/chaos has always printed.
-    fn print_table(&self, load_summary: &serde_json::Value, invariants: &str) {
+    fn print_table(&self, load_summary: &serde_json::Value, invariants: &str, faults: &str) {
         println!();
         println!(
-            "chaos {}, seed {}, {} s at {} orders/s",
+            "chaos {}{}, seed {}, {} s at {} orders/s",
             self.mode.name(),
+            if self.cluster {
+                " --cluster (3 KRaft nodes, RF 3, min ISR 2; 2 instances per service)"
+            } else {
+                ""
+            },
             self.seed,
-            self.mode.seconds(),
+            self.mode.seconds(self.cluster),
             self.rate
         );
         println!("{:<52} {:>8}", "fault injected", "count");
         for fault in Fault::ALL {
+            if self.mode.count(fault, self.cluster) == 0 {
+                continue;
+            }
             let count = self.injected.get(&fault).copied().unwrap_or(0);
             println!("{:<52} {:>8}", fault.name(), count);
         }
@@ -285,6 +527,8 @@ impl Chaos {
             "no service exited on its own", "-", self.services.unexpected_exits
         );
         println!();
+        print!("{faults}");
+        println!();
     }
 
     /// Stops everything the run started: the load, the services, the broker
@@ -295,7 +539,16 @@ impl Chaos {
         }
         say("stopping the services and the broker");
         self.services.stop_all().await;
-        self.broker.stop().await;
+        self.brokers.stop().await;
+        for heal in self.impaired.drain(..) {
+            heal.abort();
+        }
+        if let Some(network) = self.network.take() {
+            match std::sync::Arc::try_unwrap(network) {
+                Ok(mut network) => network.teardown().await,
+                Err(network) => network.remove().await,
+            }
+        }
         if self.stop_postgres_at_exit {
             self.postgres.stop().await;
         }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::Context;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, sleep, timeout};
@@ -78,18 +78,27 @@ pub fn tail(path: &Path, lines: usize) -> String {
 
 /// Whether `GET /readyz` on `addr` answers 200 within a couple of seconds.
 pub async fn http_ready(addr: SocketAddr) -> bool {
+    matches!(readyz(addr).await, Some((true, _)))
+}
+
+/// `GET /readyz` on `addr` within two seconds: whether it answered 200, and
+/// the body's first line (the reason when not ready); `None` when it did not answer.
+pub async fn readyz(addr: SocketAddr) -> Option<(bool, String)> {
     let probe = async {
         let mut stream = TcpStream::connect(addr).await.ok()?;
         let request = format!("GET /readyz HTTP/1.0\r\nHost: {addr}\r\n\r\n");
         stream.write_all(request.as_bytes()).await.ok()?;
-        let mut status_line = String::new();
-        BufReader::new(stream)
-            .read_line(&mut status_line)
-            .await
-            .ok()?;
-        Some(status_line.split_whitespace().nth(1) == Some("200"))
+        let mut response = String::new();
+        let mut reader = BufReader::new(stream).take(4096);
+        reader.read_to_string(&mut response).await.ok()?;
+        let ready = response.split_whitespace().nth(1) == Some("200");
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.lines().next().unwrap_or_default().trim().to_owned())
+            .unwrap_or_default();
+        Some((ready, body))
     };
-    matches!(timeout(Duration::from_secs(2), probe).await, Ok(Some(true)))
+    timeout(Duration::from_secs(2), probe).await.ok().flatten()
 }
 
 /// Whether something accepts TCP connections on `addr`.
@@ -105,14 +114,62 @@ pub fn free_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], foodorder_testkit::free_port()))
 }
 
+/// A free port below the kernel's ephemeral range (32768 and up by default),
+/// for a listener that must bind the same port again after a SIGKILL: a port
+/// from the ephemeral range may meanwhile be the source port of some outgoing
+/// connection, and the restart would fail.
+pub fn fixed_port() -> u16 {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    for _ in 0..1000 {
+        let port = rng.random_range(20_000..32_000);
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
+    foodorder_testkit::free_port()
+}
+
+/// What an instance is: its binary and how it is told its addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `order-api`: `ORDER_API_ADDR` (gRPC) and `ORDER_API_HTTP_ADDR`.
+    OrderApi,
+    /// `payment-service`: `PAYMENT_HEALTH_ADDR`.
+    Payment,
+    /// `notification-service`: `NOTIFICATION_HEALTH_ADDR`.
+    Notification,
+}
+
+impl Kind {
+    fn binary(self) -> &'static str {
+        match self {
+            Kind::OrderApi => "order-api",
+            Kind::Payment => "payment-service",
+            Kind::Notification => "notification-service",
+        }
+    }
+}
+
+/// How one instance is started: its name, kind, addresses and where it runs.
+pub struct Spec {
+    /// Its name in the logs and the table, e.g. `payment-1`.
+    pub name: String,
+    /// Which service it is.
+    pub kind: Kind,
+    /// Its HTTP endpoint (/readyz, /metrics), the same across restarts.
+    pub health: SocketAddr,
+    /// The order API's gRPC address (ignored for the consumers).
+    pub grpc: Option<SocketAddr>,
+    /// The network namespace it runs in (`ip netns exec`), if any.
+    pub namespace: Option<String>,
+    /// Variables that replace the run's for this instance (e.g. its `DATABASE_URL`).
+    pub env: Vec<(String, String)>,
+}
+
 /// One service process of the run.
 struct Instance {
-    name: &'static str,
-    binary: &'static str,
-    /// The variable naming its HTTP address, given a new free port at every
-    /// start; `None` for the order API, whose address is in the run's environment.
-    health_var: Option<&'static str>,
-    health: SocketAddr,
+    spec: Spec,
     child: Option<Child>,
     /// False once it was killed for good: its exit is then no violation.
     expected: bool,
@@ -123,41 +180,47 @@ pub struct Services {
     bin_dir: PathBuf,
     log_dir: PathBuf,
     env: Vec<(String, String)>,
-    grpc: SocketAddr,
     instances: Vec<Instance>,
     /// How many times an instance exited without being killed.
     pub unexpected_exits: usize,
 }
 
 impl Services {
-    /// The four instances, not started: order-api (gRPC on `grpc`, HTTP on
-    /// `http`), payment-1, payment-2 and notification-1.
-    pub fn new(bin_dir: PathBuf, log_dir: PathBuf, grpc: SocketAddr, http: SocketAddr) -> Self {
-        let instance = |name, binary, health_var| Instance {
-            name,
-            binary,
-            health_var,
-            health: http,
-            child: None,
-            expected: true,
-        };
+    /// The instances of `specs`, not started.
+    pub fn new(bin_dir: PathBuf, log_dir: PathBuf, specs: Vec<Spec>) -> Self {
         Self {
             bin_dir,
             log_dir,
             env: Vec::new(),
-            grpc,
-            instances: vec![
-                instance("order-api", "order-api", None),
-                instance("payment-1", "payment-service", Some("PAYMENT_HEALTH_ADDR")),
-                instance("payment-2", "payment-service", Some("PAYMENT_HEALTH_ADDR")),
-                instance(
-                    "notification-1",
-                    "notification-service",
-                    Some("NOTIFICATION_HEALTH_ADDR"),
-                ),
-            ],
+            instances: specs
+                .into_iter()
+                .map(|spec| Instance {
+                    spec,
+                    child: None,
+                    expected: true,
+                })
+                .collect(),
             unexpected_exits: 0,
         }
+    }
+
+    /// The single-broker layout: order-api (gRPC on `grpc`, HTTP on `http`),
+    /// payment-1, payment-2 and notification-1, all on 127.0.0.1.
+    pub fn single_layout(grpc: SocketAddr, http: SocketAddr) -> Vec<Spec> {
+        let spec = |name: &str, kind, health, grpc| Spec {
+            name: name.to_owned(),
+            kind,
+            health,
+            grpc,
+            namespace: None,
+            env: Vec::new(),
+        };
+        vec![
+            spec("order-api", Kind::OrderApi, http, Some(grpc)),
+            spec("payment-1", Kind::Payment, free_addr(), None),
+            spec("payment-2", Kind::Payment, free_addr(), None),
+            spec("notification-1", Kind::Notification, free_addr(), None),
+        ]
     }
 
     /// The environment every instance starts with, from its next start on.
@@ -165,10 +228,26 @@ impl Services {
         self.env = env;
     }
 
+    /// Every instance's name and HTTP endpoint.
+    pub fn endpoints(&self) -> Vec<(String, SocketAddr)> {
+        self.instances
+            .iter()
+            .map(|instance| (instance.spec.name.clone(), instance.spec.health))
+            .collect()
+    }
+
+    /// The order API instances' gRPC addresses.
+    pub fn grpc_addrs(&self) -> Vec<SocketAddr> {
+        self.instances
+            .iter()
+            .filter_map(|instance| instance.spec.grpc)
+            .collect()
+    }
+
     fn instance(&mut self, name: &str) -> &mut Instance {
         self.instances
             .iter_mut()
-            .find(|instance| instance.name == name)
+            .find(|instance| instance.spec.name == name)
             .unwrap_or_else(|| panic!("no instance named {name}"))
     }
 
@@ -180,29 +259,60 @@ impl Services {
     pub fn start(&mut self, name: &str) -> anyhow::Result<()> {
         let (bin_dir, log, env) = (self.bin_dir.clone(), self.log_of(name), self.env.clone());
         let instance = self.instance(name);
-        let mut command = Command::new(bin_dir.join(instance.binary));
+        let spec = &instance.spec;
+        let binary = bin_dir.join(spec.kind.binary());
+        let mut command = match &spec.namespace {
+            Some(namespace) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", namespace]).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
         command.envs(env);
-        if let Some(var) = instance.health_var {
-            instance.health = free_addr();
-            command.env(var, instance.health.to_string());
+        match spec.kind {
+            Kind::OrderApi => {
+                let grpc = spec
+                    .grpc
+                    .context("an order-api instance needs a gRPC address")?;
+                command
+                    .env("ORDER_API_ADDR", grpc.to_string())
+                    .env("ORDER_API_HTTP_ADDR", spec.health.to_string());
+            }
+            Kind::Payment => {
+                command.env("PAYMENT_HEALTH_ADDR", spec.health.to_string());
+            }
+            Kind::Notification => {
+                command.env("NOTIFICATION_HEALTH_ADDR", spec.health.to_string());
+            }
         }
+        command.envs(spec.env.iter().cloned());
         instance.child = Some(spawn(&mut command, &log, false)?);
         Ok(())
     }
 
     /// Starts every instance.
     pub fn start_all(&mut self) -> anyhow::Result<()> {
-        let names: Vec<&str> = self
+        let names: Vec<String> = self
             .instances
             .iter()
-            .map(|instance| instance.name)
+            .map(|instance| instance.spec.name.clone())
             .collect();
-        names.into_iter().try_for_each(|name| self.start(name))
+        names.iter().try_for_each(|name| self.start(name))
     }
 
     /// SIGKILLs the instance `name` (no clean shutdown) and reaps it.
     pub async fn kill(&mut self, name: &str) {
-        if let Some(mut child) = self.instance(name).child.take() {
+        let log = self.log_of(name);
+        let instance = self.instance(name);
+        let expected = instance.expected;
+        if let Some(mut child) = instance.child.take() {
+            // One that is already gone exited on its own before the fault reached it.
+            if let (true, Ok(Some(status))) = (expected, child.try_wait()) {
+                eprintln!("{name} exited on its own ({status}), see {}", log.display());
+                self.unexpected_exits += 1;
+                return;
+            }
             stop(name, &mut child, Duration::ZERO).await;
         }
     }
@@ -213,31 +323,33 @@ impl Services {
         self.kill(name).await;
     }
 
-    /// Waits until every instance answers `/readyz` (and the order API's gRPC
+    /// Waits until every instance answers `/readyz` (and an order API's gRPC
     /// port accepts connections), failing early when one exits, and after `limit`.
     pub async fn wait_ready(&mut self, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
-        let grpc = self.grpc;
         for index in 0..self.instances.len() {
-            let log = self.log_of(self.instances[index].name);
+            let log = self.log_of(&self.instances[index].spec.name);
             let instance = &mut self.instances[index];
             loop {
-                if http_ready(instance.health).await
-                    && (instance.health_var.is_some() || port_open(grpc).await)
+                if http_ready(instance.spec.health).await
+                    && match instance.spec.grpc {
+                        Some(grpc) => port_open(grpc).await,
+                        None => true,
+                    }
                 {
                     break;
                 }
                 if let Some(Ok(Some(status))) = instance.child.as_mut().map(Child::try_wait) {
                     anyhow::bail!(
                         "{} exited while starting ({status}), see {}",
-                        instance.name,
+                        instance.spec.name,
                         log.display()
                     );
                 }
                 anyhow::ensure!(
                     Instant::now() < deadline,
                     "{} did not become ready within {} s, see {}",
-                    instance.name,
+                    instance.spec.name,
                     limit.as_secs(),
                     log.display()
                 );
@@ -256,16 +368,16 @@ impl Services {
             .filter(|instance| instance.expected)
         {
             if let Some(Ok(Some(status))) = instance.child.as_mut().map(Child::try_wait) {
-                exited.push((instance.name, status));
+                exited.push((instance.spec.name.clone(), status));
             }
         }
         for (name, status) in exited {
             self.unexpected_exits += 1;
             eprintln!(
                 "{name} exited on its own ({status}), see {}",
-                self.log_of(name).display()
+                self.log_of(&name).display()
             );
-            self.start(name)?;
+            self.start(&name)?;
         }
         Ok(())
     }
@@ -273,11 +385,11 @@ impl Services {
     /// Stops every running instance (SIGTERM, bounded wait, SIGKILL), all at once.
     pub async fn stop_all(&mut self) {
         let stops = self.instances.iter_mut().filter_map(|instance| {
-            let name = instance.name;
+            let name = instance.spec.name.clone();
             instance
                 .child
                 .take()
-                .map(|mut child| async move { stop(name, &mut child, SERVICE_GRACE).await })
+                .map(|mut child| async move { stop(&name, &mut child, SERVICE_GRACE).await })
         });
         let handles: Vec<_> = stops.map(tokio::spawn).collect();
         for handle in handles {

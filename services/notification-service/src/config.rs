@@ -39,12 +39,56 @@ impl Config {
 
     /// Reads the configuration from the environment.
     pub fn from_env() -> anyhow::Result<Self> {
-        Ok(Self {
+        let config = Self {
             consumer: ConsumerConfig::from_env("NOTIFICATION", "notification-service", 64, 9103)?,
             incidents: Incidents {
                 send_delay: env_seconds("NOTIFICATION_SEND_DELAY", 0.0)?,
                 leak_bytes_per_message: env_or("NOTIFICATION_LEAK_BYTES_PER_MESSAGE", 0)?,
             },
-        })
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// A notification is sent inside its transaction: a send must fit within
+    /// the handler's bound and within the time PostgreSQL lets a session sit
+    /// idle in a transaction, or it would be cut and retried for ever.
+    fn validate(&self) -> anyhow::Result<()> {
+        let send_delay = self.incidents.send_delay;
+        anyhow::ensure!(
+            send_delay < self.consumer.handler_timeout,
+            "NOTIFICATION_SEND_DELAY ({send_delay:?}) must be shorter than NOTIFICATION_HANDLER_TIMEOUT_MS ({:?})",
+            self.consumer.handler_timeout
+        );
+        let idle = self.consumer.database.timeouts.idle_in_transaction;
+        anyhow::ensure!(
+            idle.is_zero() || send_delay < idle,
+            "NOTIFICATION_SEND_DELAY ({send_delay:?}) must be shorter than DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS ({idle:?}): a notification is sent inside its transaction"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_send_longer_than_the_bounds_is_refused_at_start() {
+        let mut config = Config::for_tests();
+        config.incidents.send_delay = Duration::from_secs(2);
+        assert!(config.validate().is_ok());
+        config.incidents.send_delay = Duration::from_secs(90);
+        let refused = config.validate().unwrap_err().to_string();
+        assert!(
+            refused.contains("NOTIFICATION_HANDLER_TIMEOUT_MS"),
+            "{refused}"
+        );
+        config.consumer.handler_timeout = Duration::from_secs(600);
+        let refused = config.validate().unwrap_err().to_string();
+        assert!(
+            refused.contains("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS"),
+            "{refused}"
+        );
     }
 }

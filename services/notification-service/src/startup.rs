@@ -2,6 +2,7 @@
 //! `payment.completed` consumer with the notification handler.
 
 use foodorder_contract::topics::PAYMENT_COMPLETED;
+use foodorder_runtime::health::DatabaseProbe;
 use foodorder_runtime::host::ServiceHost;
 use foodorder_runtime::shutdown::unless_stopped;
 use sqlx::PgPool;
@@ -26,7 +27,13 @@ pub async fn build(config: Config, pool: Option<PgPool>) -> anyhow::Result<Servi
     let settings = config
         .consumer
         .settings(PAYMENT_COMPLETED, DEAD_LETTER_TOPIC);
-    Ok(host.consumer(settings, handler))
+    // Ready when a notification could be recorded.
+    Ok(host
+        .database_probe(DatabaseProbe::write_path(
+            &["notifications.notifications"],
+            &[],
+        ))
+        .consumer(settings, handler))
 }
 
 /// Reads the configuration, builds the service and runs it until `shutdown`.

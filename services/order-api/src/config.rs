@@ -4,9 +4,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use foodorder_runtime::config::{DatabaseConfig, KafkaConfig, env_count, env_or, env_seconds};
+use foodorder_runtime::health::ProbeSettings;
 use foodorder_runtime::outbox::RelayConfig;
 
 use crate::group_commit::GroupCommitConfig;
+
+/// The server's deadline of a call when `ORDER_API_REQUEST_TIMEOUT_MS` is unset.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Everything the order API needs to start.
 #[derive(Clone, Debug)]
@@ -14,7 +18,8 @@ pub struct Config {
     /// `ORDER_API_ADDR` (default `0.0.0.0:50051`); port 0 picks a free port.
     pub listen_addr: SocketAddr,
     /// `ORDER_API_HTTP_ADDR` (default `0.0.0.0:9101`): `GET /healthz`
-    /// (liveness), `GET /readyz` (PostgreSQL and Kafka answer) and `GET /metrics`.
+    /// (liveness, with the broker's and the outbox's state), `GET /readyz`
+    /// (an order could commit now: the write probe passes) and `GET /metrics`.
     pub http_addr: SocketAddr,
     /// PostgreSQL settings.
     pub database: DatabaseConfig,
@@ -28,10 +33,28 @@ pub struct Config {
     /// `WATCH_MAX_STREAMS` (default 1000): WatchOrder streams open at once;
     /// one more is refused with RESOURCE_EXHAUSTED.
     pub watch_max_streams: usize,
-    /// `WATCH_MAX_DB_READS` (default: half of `DATABASE_MAX_CONNECTIONS`, at
-    /// least 1): database connections WatchOrder streams may use at once, so
-    /// PlaceOrder always has the rest.
+    /// `WATCH_MAX_DB_READS` (default: half of `ORDER_API_READ_DB_CONNECTIONS`,
+    /// at least 1): read connections WatchOrder streams may use at once, so
+    /// GetOrder always has the rest.
     pub watch_max_db_reads: usize,
+    /// `ORDER_API_READ_DB_CONNECTIONS` (default 4): the readers' own pool
+    /// (GetOrder, ListMenuItems, WatchOrder), beside `DATABASE_MAX_CONNECTIONS`
+    /// (PlaceOrder's writers, the outbox relay, the listeners): readers held
+    /// up by a locked or slow table can never take the writers' connections.
+    pub read_db_connections: u32,
+    /// `ORDER_API_REQUEST_TIMEOUT_MS` (default 5000, at most 10000 advised):
+    /// the server's deadline of PlaceOrder, GetOrder, ListMenuItems and the
+    /// opening of a WatchOrder stream, applied when the caller sends no
+    /// deadline or a later one; also the bound of each database step of the
+    /// group-commit writers and of each re-read of a WatchOrder stream.
+    pub request_timeout: Duration,
+    /// `ORDER_API_MAX_CONCURRENT_CALLS` (default 1000): OrderService calls
+    /// handled at once, over all connections; one more is refused at once
+    /// with RESOURCE_EXHAUSTED (health checks and reflection are not counted).
+    pub max_concurrent_calls: usize,
+    /// `GRPC_MAX_CONCURRENT_STREAMS` (default 1000): HTTP/2 streams (calls,
+    /// open WatchOrder streams) one connection may have at once.
+    pub max_concurrent_streams: u32,
     /// `GRPC_KEEPALIVE_SECONDS` (default 30): HTTP/2 ping interval; a client
     /// that does not answer within 10 s more is disconnected and its streams closed.
     pub keepalive_interval: Duration,
@@ -44,12 +67,23 @@ pub struct Config {
     /// connections (beside `DATABASE_MAX_CONNECTIONS`), so that a backlog of
     /// payment outcomes never takes PlaceOrder's.
     pub consumer_db_connections: u32,
+    /// `ORDER_API_HANDLER_TIMEOUT_MS` (default 60000): one try of recording a
+    /// payment outcome that takes longer is abandoned and retried.
+    pub handler_timeout: Duration,
     /// How PlaceOrder calls are committed together:
     /// `ORDER_API_WRITERS` (default 4) transactions at once, at most
     /// `ORDER_API_BATCH_MAX` (default 128) calls each, and a writer waits up
     /// to `ORDER_API_BATCH_WINDOW_MICROS` (default 200) for more calls, only
-    /// while another writer is committing.
+    /// while another writer is committing; at most `ORDER_API_QUEUE_MAX`
+    /// (default `ORDER_API_WRITERS` × `ORDER_API_BATCH_MAX`) calls wait for a
+    /// writer, one more is refused at once with RESOURCE_EXHAUSTED; a writer
+    /// gives a batch up 1 s after `ORDER_API_REQUEST_TIMEOUT_MS` (its callers
+    /// have had their answer by then).
     pub group_commit: GroupCommitConfig,
+    /// `READINESS_PROBE_INTERVAL_MS` (default 1000) and
+    /// `READINESS_PROBE_TIMEOUT_MS` (default 1500): how often the write probe
+    /// (and the other readiness probes) run, and how long one may take.
+    pub readiness_probes: ProbeSettings,
 }
 
 impl Config {
@@ -69,21 +103,38 @@ impl Config {
             shutdown_grace: Duration::from_secs(1),
             watch_max_streams: 1000,
             watch_max_db_reads: 2,
+            read_db_connections: 3,
+            // Generous: tests share a loaded machine, where a commit can take
+            // seconds; the tests of the deadlines set short ones of their own.
+            request_timeout: Duration::from_secs(30),
+            max_concurrent_calls: 1000,
+            max_concurrent_streams: 1000,
             keepalive_interval: Duration::from_secs(30),
             consumer_group: format!("order-api-test-{}", uuid::Uuid::new_v4()),
             max_in_flight: 16,
             consumer_db_connections: 2,
+            handler_timeout: foodorder_runtime::consumer::DEFAULT_HANDLER_TIMEOUT,
             group_commit: GroupCommitConfig {
                 writers: 2,
                 max_batch: 64,
                 window: Duration::from_micros(200),
+                queue_max: 128,
+                batch_timeout: DEFAULT_REQUEST_TIMEOUT,
             },
+            readiness_probes: ProbeSettings::default(),
         }
     }
 
     /// Reads the configuration from the environment.
     pub fn from_env() -> anyhow::Result<Self> {
         let database = DatabaseConfig::from_env()?;
+        let read_db_connections = env_count("ORDER_API_READ_DB_CONNECTIONS", 4)?;
+        let request_timeout = Duration::from_millis(env_count(
+            "ORDER_API_REQUEST_TIMEOUT_MS",
+            DEFAULT_REQUEST_TIMEOUT.as_millis() as u64,
+        )?);
+        let writers = env_count("ORDER_API_WRITERS", 4)?;
+        let max_batch = env_count("ORDER_API_BATCH_MAX", 128)?;
         Ok(Self {
             listen_addr: env_or("ORDER_API_ADDR", SocketAddr::from(([0, 0, 0, 0], 50051)))?,
             http_addr: env_or(
@@ -96,17 +147,28 @@ impl Config {
             watch_max_streams: env_count("WATCH_MAX_STREAMS", 1000)?,
             watch_max_db_reads: env_count(
                 "WATCH_MAX_DB_READS",
-                (database.max_connections as usize / 2).max(1),
+                (read_db_connections as usize / 2).max(1),
             )?,
+            read_db_connections,
+            request_timeout,
+            max_concurrent_calls: env_count("ORDER_API_MAX_CONCURRENT_CALLS", 1000)?,
+            max_concurrent_streams: env_count("GRPC_MAX_CONCURRENT_STREAMS", 1000)?,
             keepalive_interval: env_seconds("GRPC_KEEPALIVE_SECONDS", 30.0)?,
             consumer_group: env_or("ORDER_API_CONSUMER_GROUP", "order-api".to_owned())?,
             max_in_flight: env_count("ORDER_API_MAX_IN_FLIGHT", 64)?,
             consumer_db_connections: env_count("ORDER_API_CONSUMER_DB_CONNECTIONS", 4)?,
+            handler_timeout: Duration::from_millis(env_count(
+                "ORDER_API_HANDLER_TIMEOUT_MS",
+                foodorder_runtime::consumer::DEFAULT_HANDLER_TIMEOUT.as_millis() as u64,
+            )?),
             group_commit: GroupCommitConfig {
-                writers: env_count("ORDER_API_WRITERS", 4)?,
-                max_batch: env_count("ORDER_API_BATCH_MAX", 128)?,
+                writers,
+                max_batch,
                 window: Duration::from_micros(env_or("ORDER_API_BATCH_WINDOW_MICROS", 200)?),
+                queue_max: env_count("ORDER_API_QUEUE_MAX", writers * max_batch)?,
+                batch_timeout: request_timeout,
             },
+            readiness_probes: ProbeSettings::from_env()?,
             database,
         })
     }

@@ -2,6 +2,8 @@
 //! statuses. Errors a caller caused carry a precise code and message (and
 //! google.rpc details); internal causes are logged here and never returned.
 
+use std::time::Duration;
+
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use uuid::Uuid;
@@ -23,15 +25,50 @@ pub enum ApiError {
     /// The idempotency key belongs to a different request.
     #[error("idempotency key reused for a different request")]
     IdempotencyKeyReused,
-    /// PostgreSQL could not be reached.
+    /// PostgreSQL could not be reached, or ran out of time.
     #[error("database unavailable")]
     DatabaseUnavailable(#[source] sqlx::Error),
+    /// The batch this call was committed with failed for a reason that
+    /// passes (logged once, with the batch's first call): what the caller is told.
+    #[error("the batch of this call failed: {0}")]
+    BatchUnavailable(&'static str),
     /// The server is stopping and takes no more orders.
     #[error("shutting down")]
     ShuttingDown,
+    /// A limit is reached (calls in progress, orders waiting to be written):
+    /// the text says which; the caller should back off and retry.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
+    /// The call's deadline passed before it finished.
+    #[error("{call} exceeded its deadline of {budget:?}")]
+    DeadlineExceeded {
+        /// The method.
+        call: &'static str,
+        /// How long it was given (the caller's deadline or the server's, the sooner).
+        budget: Duration,
+        /// What it was waiting for.
+        waiting_for: Waiting,
+    },
     /// A bug or an unexpected failure.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+}
+
+/// What a call was waiting for when its deadline passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Waiting {
+    /// PlaceOrder: for a database writer to take the order; nothing was written.
+    Writer {
+        /// Whether the call has an idempotency key (a retry is then safe).
+        idempotent: bool,
+    },
+    /// PlaceOrder: for the order's transaction; it may have been committed.
+    Commit {
+        /// Whether the call has an idempotency key (a retry is then safe).
+        idempotent: bool,
+    },
+    /// A read of the order database.
+    Read,
 }
 
 impl ApiError {
@@ -119,17 +156,68 @@ impl From<ApiError> for Status {
                 "idempotency key was already used for a different request; use a new key for a new order",
             ),
             ApiError::DatabaseUnavailable(source) => {
-                tracing::error!(error = %source, "database unavailable");
-                Status::unavailable("the order database is unavailable, retry later")
+                if foodorder_runtime::db::is_timeout(&source) {
+                    tracing::warn!(error = %source, "database busy or slow");
+                } else {
+                    tracing::error!(error = %source, "database unavailable");
+                }
+                Status::unavailable(unavailable_message(&source))
             }
+            ApiError::BatchUnavailable(message) => Status::unavailable(message),
             ApiError::ShuttingDown => Status::unavailable(
                 "the order API is shutting down, retry on another instance or later",
             ),
+            ApiError::Overloaded(reason) => Status::resource_exhausted(reason),
+            ApiError::DeadlineExceeded {
+                call,
+                budget,
+                waiting_for,
+            } => {
+                tracing::warn!(
+                    call,
+                    budget_ms = budget.as_millis() as u64,
+                    ?waiting_for,
+                    "call exceeded its deadline"
+                );
+                let retry = |idempotent: bool| {
+                    if idempotent {
+                        "retry with the same idempotency key: it returns the order if it was placed, and never places it twice"
+                    } else {
+                        "the call has no idempotency key, so a retry may place a second order: send one (idempotency_key or the idempotency-key metadata) to retry safely"
+                    }
+                };
+                let message = match waiting_for {
+                    Waiting::Writer { idempotent } => format!(
+                        "{call} did not finish within its deadline of {budget:?}: the order was still waiting for a database writer (the order database is slow or unreachable) and nothing was written; {}",
+                        retry(idempotent)
+                    ),
+                    Waiting::Commit { idempotent } => format!(
+                        "{call} did not finish within its deadline of {budget:?}: the order database did not confirm the order's transaction in time, so the order may or may not have been placed; {}",
+                        retry(idempotent)
+                    ),
+                    Waiting::Read => format!(
+                        "{call} did not finish within its deadline of {budget:?}: the order database did not answer in time; retry later"
+                    ),
+                };
+                Status::deadline_exceeded(message)
+            }
             ApiError::Internal(source) => {
                 tracing::error!(error = format!("{source:#}"), "internal error");
                 Status::internal("internal error")
             }
         }
+    }
+}
+
+/// What a caller is told when the database failed for a reason that passes.
+pub fn unavailable_message(source: &sqlx::Error) -> &'static str {
+    if matches!(source, sqlx::Error::PoolTimedOut) {
+        "the order database did not answer in time (no connection became available), retry later"
+    } else if foodorder_runtime::db::is_timeout(source) {
+        "the order database is busy (a statement or lock wait ran out of time; \
+         maintenance or a migration may hold a table), retry later"
+    } else {
+        "the order database is unavailable, retry later"
     }
 }
 

@@ -11,19 +11,38 @@
 //! A batch that PostgreSQL refuses as a whole (a statement error: the
 //! transaction rolled back, nothing was written) is placed again one call at a
 //! time, so that one call's failure is never another's. When the database
-//! cannot be reached, every call of the batch gets UNAVAILABLE.
+//! cannot be reached, or ran out of time (a statement or lock timeout), every
+//! call of the batch gets UNAVAILABLE.
+//!
+//! Limits and deadlines:
+//!
+//! * the queue holds at most `queue_max` calls; one more is refused at once
+//!   with RESOURCE_EXHAUSTED rather than left waiting;
+//! * a call waits for its answer only until its deadline
+//!   ([`CallDeadline`]). A call still queued then is withdrawn (a writer will
+//!   not place it: nothing is written); a call a writer already took may be
+//!   committed after its caller left — such an order stands, is counted in
+//!   `foodorder_orders_committed_after_caller_left_total` and logged with its
+//!   order id and request id, and a retry with the same idempotency key
+//!   returns it;
+//! * a writer gives up a batch the database does not finish within
+//!   `batch_timeout` (a connection whose peer vanished answers nothing, and
+//!   no server-side timeout reaches it), so writers never hang.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use foodorder_runtime::metrics::Metrics;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use sqlx::PgPool;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::ApiError;
+use crate::deadline::CallDeadline;
+use crate::error::{ApiError, Waiting};
 use crate::repository::{self, BatchOutcome, OrderRecord, PlaceRequest, StoredOrder};
 
 /// What a PlaceOrder call got.
@@ -44,11 +63,36 @@ pub struct GroupCommitConfig {
     pub max_batch: usize,
     /// Longest a writer waits for more calls while another writer is busy.
     pub window: Duration,
+    /// Most calls waiting for a writer; one more is refused (RESOURCE_EXHAUSTED).
+    pub queue_max: usize,
+    /// Longest a writer waits for the database to finish one batch (the
+    /// application sets it to `ORDER_API_REQUEST_TIMEOUT_MS` plus 1 s).
+    pub batch_timeout: Duration,
 }
+
+impl Default for GroupCommitConfig {
+    fn default() -> Self {
+        Self {
+            writers: 4,
+            max_batch: 128,
+            window: Duration::from_micros(200),
+            queue_max: 512,
+            batch_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Where a queued call stands: waiting, taken by a writer, or withdrawn by
+/// its caller (whose deadline passed first). Whoever moves it out of
+/// `QUEUED` first decides: a withdrawn call is never placed.
+const QUEUED: u8 = 0;
+const TAKEN: u8 = 1;
+const WITHDRAWN: u8 = 2;
 
 struct Job {
     request: PlaceRequest,
     reply: oneshot::Sender<Result<Placed, ApiError>>,
+    state: Arc<AtomicU8>,
 }
 
 /// The queue of PlaceOrder calls and its writers. Cheap to clone; the writers
@@ -82,14 +126,35 @@ impl Writers {
     }
 }
 
+/// What the writers count.
+#[derive(Clone)]
+struct Counters {
+    /// New orders committed.
+    placed: Counter,
+    /// New orders committed after their caller had gone.
+    after_caller_left: Counter,
+}
+
 impl GroupCommit {
     /// The queue and its writers (to be started), which publish each order's
-    /// `OrderPlaced` to `topic`, registering `foodorder_place_order_batch_size`
-    /// and `foodorder_place_order_queued` in `metrics`.
+    /// `OrderPlaced` to `topic`, registering `foodorder_orders_placed_total`,
+    /// `foodorder_orders_committed_after_caller_left_total`,
+    /// `foodorder_place_order_batch_size` and `foodorder_place_order_queued` in
+    /// `metrics`.
     pub fn new(config: &GroupCommitConfig, topic: &str, metrics: &Metrics) -> (Self, Writers) {
         let count = config.writers.max(1);
         let max_batch = config.max_batch.max(1);
-        let (queue, receiver) = mpsc::channel(count * max_batch);
+        let (queue, receiver) = mpsc::channel(config.queue_max.max(1));
+        let counters = Counters {
+            placed: metrics.counter(
+                "foodorder_orders_placed",
+                "Orders placed (idempotent retries that return an existing order are not counted)",
+            ),
+            after_caller_left: metrics.counter(
+                "foodorder_orders_committed_after_caller_left",
+                "Orders committed after their PlaceOrder caller had gone (deadline passed or call cancelled); they stand, and a retry with the same idempotency key returns them",
+            ),
+        };
         let batch_sizes = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]);
         metrics.register(
             "foodorder_place_order_batch_size",
@@ -113,7 +178,9 @@ impl GroupCommit {
             busy: AtomicUsize::new(0),
             max_batch,
             window: config.window,
+            batch_timeout: config.batch_timeout,
             batch_sizes,
+            counters,
         });
         let topic = Arc::from(topic);
         (
@@ -137,16 +204,56 @@ impl GroupCommit {
         self.queue.max_capacity() - self.queue.capacity()
     }
 
-    /// Places one order, committed together with whatever calls are queued beside it.
-    pub async fn place(&self, request: PlaceRequest) -> Result<Placed, ApiError> {
+    /// Places one order, committed together with whatever calls are queued
+    /// beside it, waiting for the answer until `deadline`. A full queue is
+    /// refused at once (RESOURCE_EXHAUSTED).
+    pub async fn place(
+        &self,
+        request: PlaceRequest,
+        deadline: &CallDeadline,
+    ) -> Result<Placed, ApiError> {
+        if self.closing.is_cancelled() {
+            return Err(ApiError::ShuttingDown);
+        }
+        let idempotent = request.order.idempotency_key.is_some();
+        let state = Arc::new(AtomicU8::new(QUEUED));
         let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(Job { request, reply })
-            .await
-            .map_err(|_| ApiError::ShuttingDown)?;
-        answer.await.map_err(|_| {
-            ApiError::Internal(anyhow::anyhow!("an order writer failed without answering"))
-        })?
+        let job = Job {
+            request,
+            reply,
+            state: state.clone(),
+        };
+        match self.queue.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                return Err(ApiError::Overloaded(format!(
+                    "{} orders are already waiting to be written, the most this server queues; \
+                     retry after a short back-off (with the same idempotency key)",
+                    self.queue.max_capacity()
+                )));
+            }
+            Err(TrySendError::Closed(_)) => return Err(ApiError::ShuttingDown),
+        }
+        match deadline.run(answer).await {
+            Ok(answer) => answer.map_err(|_| {
+                ApiError::Internal(anyhow::anyhow!("an order writer failed without answering"))
+            })?,
+            Err(_) => {
+                // Withdrawn while still queued: no writer will place it.
+                let withdrawn = state
+                    .compare_exchange(QUEUED, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok();
+                Err(ApiError::DeadlineExceeded {
+                    call: "PlaceOrder",
+                    budget: deadline.budget(),
+                    waiting_for: if withdrawn {
+                        Waiting::Writer { idempotent }
+                    } else {
+                        Waiting::Commit { idempotent }
+                    },
+                })
+            }
+        }
     }
 }
 
@@ -158,7 +265,9 @@ struct Shared {
     busy: AtomicUsize,
     max_batch: usize,
     window: Duration,
+    batch_timeout: Duration,
     batch_sizes: Histogram,
+    counters: Counters,
 }
 
 impl Shared {
@@ -194,8 +303,15 @@ impl Shared {
             // would round the window up to a whole millisecond).
             tokio::task::yield_now().await;
         }
-        // A caller that has gone away (cancelled, timed out) is not placed.
-        batch.retain(|job| !job.reply.is_closed());
+        // A caller that has gone away (cancelled, timed out) is not placed;
+        // the others are taken, so that their callers can tell.
+        batch.retain(|job| {
+            !job.reply.is_closed()
+                && job
+                    .state
+                    .compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+        });
         self.busy.fetch_add(1, Ordering::AcqRel);
         Some((batch, Busy(self.clone())))
     }
@@ -217,10 +333,58 @@ async fn writer(pool: PgPool, topic: Arc<str>, shared: Arc<Shared>) {
         }
         shared.batch_sizes.observe(batch.len() as f64);
         // A panic placing one batch fails its calls, not the writer.
-        let placing = tokio::spawn(commit(pool.clone(), topic.clone(), batch, busy));
+        let placing = tokio::spawn(commit(
+            pool.clone(),
+            topic.clone(),
+            batch,
+            busy,
+            shared.batch_timeout,
+            shared.counters.clone(),
+        ));
         if let Err(error) = placing.await {
             tracing::error!(%error, "placing a batch of orders panicked");
         }
+    }
+}
+
+/// `work` on the database, given up after `bound`: the database did not
+/// answer (a connection whose peer vanished silently answers nothing).
+async fn bounded<T>(
+    bound: Duration,
+    work: impl std::future::Future<Output = Result<T, repository::RepositoryError>>,
+) -> Result<T, repository::RepositoryError> {
+    tokio::time::timeout(bound, work).await.unwrap_or_else(|_| {
+        Err(repository::RepositoryError::Unavailable(sqlx::Error::Io(
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the order database did not answer within {bound:?}"),
+            ),
+        )))
+    })
+}
+
+/// Answers one call. A new order whose caller has gone is counted and logged:
+/// it stands (a retry with the same idempotency key returns it).
+fn answer(
+    reply: oneshot::Sender<Result<Placed, ApiError>>,
+    request: &PlaceRequest,
+    result: Result<Placed, ApiError>,
+    counters: &Counters,
+) {
+    if matches!(&result, Ok(placed) if placed.created) {
+        counters.placed.inc();
+    }
+    if let Err(Ok(placed)) = reply.send(result)
+        && placed.created
+    {
+        counters.after_caller_left.inc();
+        tracing::warn!(
+            order_id = %placed.order.id,
+            request_id = request.context.correlation_id,
+            idempotency_key = request.order.idempotency_key.as_deref(),
+            "an order was committed after its caller left (deadline passed or call cancelled); \
+             it stands, and a retry with the same idempotency key returns it"
+        );
     }
 }
 
@@ -228,13 +392,22 @@ async fn writer(pool: PgPool, topic: Arc<str>, shared: Arc<Shared>) {
 /// or refused right after the commit, then the repeated ones, which need the
 /// stored order read. A batch PostgreSQL refused (rolled back, nothing
 /// written) is placed again call by call, so that one call's failure is never
-/// another's; any other failure is every call's.
-async fn commit(pool: PgPool, topic: Arc<str>, batch: Vec<Job>, busy: Busy) {
+/// another's — unless it ran out of time (a lock or statement timeout), which
+/// every call would again; any other failure is every call's. Each step is
+/// bounded by `bound`.
+async fn commit(
+    pool: PgPool,
+    topic: Arc<str>,
+    batch: Vec<Job>,
+    busy: Busy,
+    bound: Duration,
+    counters: Counters,
+) {
     let (requests, replies): (Vec<PlaceRequest>, Vec<_>) = batch
         .into_iter()
         .map(|job| (job.request, job.reply))
         .unzip();
-    let placed = repository::place_batch(&pool, &topic, &requests).await;
+    let placed = bounded(bound, repository::place_batch(&pool, &topic, &requests)).await;
     // Committed or failed: the next batch may gather again while these are answered.
     drop(busy);
     match placed {
@@ -243,18 +416,17 @@ async fn commit(pool: PgPool, topic: Arc<str>, batch: Vec<Job>, busy: Busy) {
             for ((outcome, reply), request) in outcomes.into_iter().zip(replies).zip(&requests) {
                 match outcome {
                     BatchOutcome::Repeated => repeated.push((reply, request)),
-                    outcome => {
-                        let _ = reply.send(answer_known(outcome));
-                    }
+                    outcome => answer(reply, request, answer_known(outcome), &counters),
                 }
             }
             for (reply, request) in repeated {
                 if !reply.is_closed() {
-                    let _ = reply.send(answer_repeated(&pool, request).await);
+                    let result = bounded_answer(bound, answer_repeated(&pool, request)).await;
+                    answer(reply, request, result, &counters);
                 }
             }
         }
-        Err(error) if requests.len() > 1 && error.rolled_back() => {
+        Err(error) if requests.len() > 1 && error.rolled_back() && !error.timed_out() => {
             tracing::warn!(
                 error = format!("{:#}", anyhow::Error::new(error)),
                 batch = requests.len(),
@@ -262,11 +434,23 @@ async fn commit(pool: PgPool, topic: Arc<str>, batch: Vec<Job>, busy: Busy) {
             );
             for (reply, request) in replies.into_iter().zip(&requests) {
                 if !reply.is_closed() {
-                    let _ = reply.send(place_one(&pool, &topic, request).await);
+                    let result = bounded_answer(bound, place_one(&pool, &topic, request)).await;
+                    answer(reply, request, result, &counters);
                 }
             }
         }
         Err(error) => {
+            if error.outcome_unknown() {
+                let cause: Vec<String> = anyhow::Chain::new(&error)
+                    .map(ToString::to_string)
+                    .collect();
+                tracing::error!(
+                    error = cause.join(": "),
+                    batch = requests.len(),
+                    "a batch of orders did not finish: whether it was committed is unknown; \
+                     its callers get UNAVAILABLE, and a retry with the same idempotency key finds an order that was"
+                );
+            }
             let error = ApiError::from(error);
             let others = replies.len().saturating_sub(1);
             let mut replies = replies.into_iter();
@@ -278,6 +462,21 @@ async fn commit(pool: PgPool, topic: Arc<str>, batch: Vec<Job>, busy: Busy) {
             }
         }
     }
+}
+
+/// An answer computed on the database, given up after `bound`.
+async fn bounded_answer(
+    bound: Duration,
+    work: impl std::future::Future<Output = Result<Placed, ApiError>>,
+) -> Result<Placed, ApiError> {
+    tokio::time::timeout(bound, work).await.unwrap_or_else(|_| {
+        Err(ApiError::DatabaseUnavailable(sqlx::Error::Io(
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the order database did not answer within {bound:?}"),
+            ),
+        )))
+    })
 }
 
 /// Places one call alone (a batch of one) and answers it.
@@ -326,9 +525,9 @@ pub async fn answer_repeated(pool: &PgPool, request: &PlaceRequest) -> Result<Pl
 /// original): the same status, the cause as text.
 fn same_failure(error: &ApiError) -> ApiError {
     match error {
-        ApiError::DatabaseUnavailable(source) => ApiError::DatabaseUnavailable(sqlx::Error::Io(
-            std::io::Error::other(format!("the batch of this call failed: {source}")),
-        )),
+        ApiError::DatabaseUnavailable(source) => {
+            ApiError::BatchUnavailable(crate::error::unavailable_message(source))
+        }
         other => {
             let cause: Vec<String> = anyhow::Chain::new(other).map(ToString::to_string).collect();
             ApiError::Internal(anyhow::anyhow!(

@@ -183,7 +183,7 @@ where
             deadline: request
                 .headers()
                 .get("grpc-timeout")
-                .and_then(|value| parse_grpc_timeout(value.to_str().ok()?)),
+                .and_then(|value| crate::deadline::parse_grpc_timeout(value.to_str().ok()?)),
             recorded: false,
         };
         if path.starts_with("grpc.") {
@@ -287,24 +287,6 @@ impl Drop for CallRecord {
     }
 }
 
-/// A `grpc-timeout` header value (`<digits><unit>`, unit H, M, S, m, u or n).
-fn parse_grpc_timeout(value: &str) -> Option<std::time::Duration> {
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > 8 {
-        return None;
-    }
-    let amount: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => std::time::Duration::from_secs(amount * 3600),
-        "M" => std::time::Duration::from_secs(amount * 60),
-        "S" => std::time::Duration::from_secs(amount),
-        "m" => std::time::Duration::from_millis(amount),
-        "u" => std::time::Duration::from_micros(amount),
-        "n" => std::time::Duration::from_nanos(amount),
-        _ => return None,
-    })
-}
-
 impl GrpcMetrics {
     fn observe(&self, method: &'static str, status: i64, started: std::time::Instant) {
         self.requests
@@ -337,17 +319,6 @@ mod tests {
         );
         assert_eq!(method_label("x".repeat(5000).as_str()), "other");
         assert_eq!(code_label(3), "INVALID_ARGUMENT");
-        assert_eq!(
-            parse_grpc_timeout("250m"),
-            Some(std::time::Duration::from_millis(250))
-        );
-        assert_eq!(
-            parse_grpc_timeout("2S"),
-            Some(std::time::Duration::from_secs(2))
-        );
-        assert_eq!(parse_grpc_timeout("999999999S"), None);
-        assert_eq!(parse_grpc_timeout("5x"), None);
-        assert_eq!(parse_grpc_timeout(""), None);
         assert_eq!(code_label(99), "UNKNOWN");
     }
 }

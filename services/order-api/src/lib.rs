@@ -4,10 +4,12 @@
 //! outcomes from `PaymentCompleted` events. It owns the `orders` schema.
 
 pub mod config;
+pub mod deadline;
 pub mod domain;
 pub mod error;
 pub mod group_commit;
 pub mod grpc_telemetry;
+pub mod limits;
 pub mod payment_outcomes;
 pub mod repository;
 pub mod request_context;

@@ -2,6 +2,11 @@
 //! validate, call the placer or the repository, and turn records into the
 //! contract's messages (errors into statuses through `error.rs`). The
 //! correlation id and the call's span come from the telemetry layer.
+//!
+//! Every call has a deadline ([`CallDeadline`]: the caller's or the
+//! server's, the sooner). Reads go through a pool of their own, so that
+//! readers waiting on a slow or locked table can never take the connections
+//! PlaceOrder's writers need.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,7 +22,6 @@ use foodorder_contract::v1::{
     WatchOrderResponse,
 };
 use foodorder_runtime::metrics::Metrics;
-use prometheus_client::metrics::counter::Counter;
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::Stream;
@@ -26,8 +30,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use crate::deadline::CallDeadline;
 use crate::domain::validate_place_order;
-use crate::error::ApiError;
+use crate::error::{ApiError, Waiting};
 use crate::group_commit::GroupCommit;
 use crate::repository::{self, MenuRecord, OrderRecord, PlaceContext, PlaceRequest};
 use crate::request_context::CorrelationId;
@@ -41,16 +46,19 @@ const WATCH_RECHECK_INTERVAL: Duration = Duration::from_secs(15);
 /// The OrderService implementation.
 #[derive(Clone)]
 pub struct OrderServiceImpl {
-    pool: PgPool,
+    /// The readers' own pool (GetOrder, ListMenuItems, WatchOrder).
+    read_pool: PgPool,
     placing: GroupCommit,
     watch_hub: OrderWatchHub,
     watch_limits: WatchLimits,
     shutdown: CancellationToken,
-    orders_placed: Counter,
+    /// The server's deadline of a call (`ORDER_API_REQUEST_TIMEOUT_MS`).
+    request_timeout: Duration,
 }
 
-/// Bounds on what WatchOrder streams may hold, so that watchers can never
-/// starve PlaceOrder of database connections.
+/// Bounds on what WatchOrder streams may hold: the streams open at once, and
+/// the readers' connections they may use at once, so that watchers always
+/// leave GetOrder some (PlaceOrder's writers have a pool of their own).
 #[derive(Clone)]
 pub struct WatchLimits {
     /// One permit per open stream: a call beyond the cap is RESOURCE_EXHAUSTED.
@@ -84,27 +92,39 @@ impl WatchLimits {
 }
 
 impl OrderServiceImpl {
-    /// A service over `pool`, placing orders through
-    /// `placing`; watch streams end when `shutdown` is cancelled.
+    /// A service reading through `read_pool`, placing orders through
+    /// `placing`, each call within `request_timeout` (or the caller's sooner
+    /// deadline); watch streams end when `shutdown` is cancelled.
     pub fn new(
-        pool: PgPool,
+        read_pool: PgPool,
         placing: GroupCommit,
         watch_hub: OrderWatchHub,
         watch_limits: WatchLimits,
         shutdown: CancellationToken,
-        metrics: &Metrics,
+        request_timeout: Duration,
     ) -> Self {
         Self {
-            pool,
+            read_pool,
             placing,
             watch_hub,
             watch_limits,
             shutdown,
-            orders_placed: metrics.counter(
-                "foodorder_orders_placed",
-                "Orders placed (idempotent retries that return an existing order are not counted)",
-            ),
+            request_timeout,
         }
+    }
+
+    /// The deadline of `request`.
+    fn deadline<T>(&self, request: &Request<T>) -> CallDeadline {
+        CallDeadline::of(request, self.request_timeout)
+    }
+}
+
+/// The error of a read whose deadline passed.
+fn read_expired(call: &'static str, deadline: &CallDeadline) -> ApiError {
+    ApiError::DeadlineExceeded {
+        call,
+        budget: deadline.budget(),
+        waiting_for: Waiting::Read,
     }
 }
 
@@ -134,6 +154,7 @@ impl OrderService for OrderServiceImpl {
         &self,
         request: Request<PlaceOrderRequest>,
     ) -> Result<Response<PlaceOrderResponse>, Status> {
+        let deadline = self.deadline(&request);
         let metadata_key = request
             .metadata()
             .get(IDEMPOTENCY_KEY_METADATA)
@@ -150,14 +171,14 @@ impl OrderService for OrderServiceImpl {
             .map_err(ApiError::InvalidArgument)?;
         let placed = self
             .placing
-            .place(PlaceRequest {
-                order: new_order,
-                context,
-            })
+            .place(
+                PlaceRequest {
+                    order: new_order,
+                    context,
+                },
+                &deadline,
+            )
             .await?;
-        if placed.created {
-            self.orders_placed.inc();
-        }
         let order = order_message(placed.order);
         tracing::Span::current().record("order_id", order.id.as_str());
         tracing::info!(
@@ -173,10 +194,13 @@ impl OrderService for OrderServiceImpl {
         &self,
         request: Request<GetOrderRequest>,
     ) -> Result<Response<GetOrderResponse>, Status> {
+        let deadline = self.deadline(&request);
         let order_id = parse_order_id(&request.get_ref().order_id)?;
         tracing::Span::current().record("order_id", tracing::field::display(order_id));
-        let order = repository::load_order(&self.pool, order_id)
+        let order = deadline
+            .run(repository::load_order(&self.read_pool, order_id))
             .await
+            .map_err(|_| read_expired("GetOrder", &deadline))?
             .map_err(ApiError::from)?
             .ok_or(ApiError::OrderNotFound(order_id))?;
         Ok(Response::new(GetOrderResponse {
@@ -187,10 +211,13 @@ impl OrderService for OrderServiceImpl {
     #[tracing::instrument(name = "ListMenuItems", skip_all)]
     async fn list_menu_items(
         &self,
-        _request: Request<ListMenuItemsRequest>,
+        request: Request<ListMenuItemsRequest>,
     ) -> Result<Response<ListMenuItemsResponse>, Status> {
-        let menu_items = repository::list_menu(&self.pool)
+        let deadline = self.deadline(&request);
+        let menu_items = deadline
+            .run(repository::list_menu(&self.read_pool))
             .await
+            .map_err(|_| read_expired("ListMenuItems", &deadline))?
             .map_err(ApiError::from)?
             .into_iter()
             .map(menu_item_message)
@@ -206,6 +233,7 @@ impl OrderService for OrderServiceImpl {
         &self,
         request: Request<WatchOrderRequest>,
     ) -> Result<Response<Self::WatchOrderStream>, Status> {
+        let deadline = self.deadline(&request);
         let order_id = parse_order_id(&request.get_ref().order_id)?;
         tracing::Span::current().record("order_id", tracing::field::display(order_id));
         let Ok(stream_permit) = self.watch_limits.streams.clone().try_acquire_owned() else {
@@ -215,13 +243,20 @@ impl OrderService for OrderServiceImpl {
         };
         // Subscribe before the first read so that no change can slip in between.
         let subscription = self.watch_hub.subscribe(order_id);
-        let order = load_for_watch(&self.pool, &self.watch_limits, order_id)
-            .await?
+        let order = deadline
+            .run(load_for_watch(
+                &self.read_pool,
+                &self.watch_limits,
+                order_id,
+            ))
+            .await
+            .map_err(|_| read_expired("WatchOrder", &deadline))??
             .ok_or(ApiError::OrderNotFound(order_id))?;
         let (sender, receiver) = mpsc::channel(4);
         let stream = stream_order_changes(
-            self.pool.clone(),
+            self.read_pool.clone(),
             self.watch_limits.clone(),
+            self.request_timeout,
             order,
             subscription,
             sender,
@@ -240,6 +275,7 @@ impl OrderService for OrderServiceImpl {
 async fn stream_order_changes(
     pool: PgPool,
     watch_limits: WatchLimits,
+    read_timeout: Duration,
     order: OrderRecord,
     mut subscription: crate::watch::OrderSubscription,
     sender: mpsc::Sender<Result<WatchOrderResponse, Status>>,
@@ -260,7 +296,17 @@ async fn stream_order_changes(
             () = subscription.changed() => {}
             () = tokio::time::sleep(WATCH_RECHECK_INTERVAL) => {}
         }
-        match load_for_watch(&pool, &watch_limits, order_id).await {
+        let read =
+            tokio::time::timeout(read_timeout, load_for_watch(&pool, &watch_limits, order_id));
+        let Ok(read) = read.await else {
+            let _ = sender
+                .send(Err(Status::unavailable(format!(
+                    "the order database did not answer within {read_timeout:?} while this watch re-read the order; watch again"
+                ))))
+                .await;
+            return;
+        };
+        match read {
             Ok(Some(order)) if order.status != last_status => {
                 last_status = order.status;
                 if !send_order(&sender, order).await {

@@ -3,6 +3,12 @@
 //! health and reflection, the group-commit writers drained after it stops,
 //! the outbox relay for `order.placed`, the `payment.completed` consumer, and
 //! the order-status listener behind WatchOrder.
+//!
+//! Three pools, each bounded by the database deadlines: the service's own
+//! (`DATABASE_MAX_CONNECTIONS`: the writers, the relay, the listeners), the
+//! readers' (`ORDER_API_READ_DB_CONNECTIONS`) and the payment-outcome
+//! consumer's (`ORDER_API_CONSUMER_DB_CONNECTIONS`), so that neither readers
+//! nor a backlog of outcomes can take the writers' connections.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,7 +18,7 @@ use foodorder_contract::topics::{ORDER_PLACED, PAYMENT_COMPLETED};
 use foodorder_contract::v1::order_service_server::{OrderServiceServer, SERVICE_NAME};
 use foodorder_runtime::consumer::ConsumerSettings;
 use foodorder_runtime::db;
-use foodorder_runtime::health::Readiness;
+use foodorder_runtime::health::{DatabaseProbe, Readiness};
 use foodorder_runtime::host::ServiceHost;
 use foodorder_runtime::outbox::RelayConfig;
 use sqlx::PgPool;
@@ -24,12 +30,16 @@ use tonic_health::server::HealthReporter;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::config::Config;
-use crate::group_commit::GroupCommit;
+use crate::group_commit::{GroupCommit, GroupCommitConfig};
 use crate::grpc_telemetry::{GrpcMetrics, GrpcTelemetryLayer};
+use crate::limits::CallLimitLayer;
 use crate::payment_outcomes::PaymentOutcomeHandler;
 use crate::service::{OrderServiceImpl, WatchLimits};
 use crate::watch::OrderWatchHub;
 use crate::{DEAD_LETTER_TOPIC, SCHEMA};
+
+/// How much longer than a call's deadline a writer waits for its batch.
+const WRITER_GRACE: Duration = Duration::from_secs(1);
 
 /// Service name: logs, traces, Kafka client ids.
 pub const NAME: &str = "order-api";
@@ -49,12 +59,15 @@ impl Application {
         Self::build_with_pool(config, pool).await
     }
 
-    /// Binds both listeners, using an existing pool already migrated for `orders`.
+    /// Binds both listeners, on the database of `pool` (already migrated for
+    /// `orders`): the service opens its pools there with `pool`'s connection
+    /// settings and `config.database`'s sizes and deadlines.
     pub async fn build_with_pool(config: Config, pool: PgPool) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("failed to bind {}", config.listen_addr))?;
         let local_addr = listener.local_addr()?;
+        let pool = db::reopen(&pool, &config.database, config.database.max_connections);
         let host =
             ServiceHost::with_pool(NAME, pool, &SCHEMA, config.kafka.clone(), config.http_addr)
                 .await?;
@@ -105,9 +118,17 @@ fn assemble(
     let readiness = host.readiness().clone();
     let pool = host.pool().clone();
 
+    let read_pool = db::reopen(&pool, &config.database, config.read_db_connections);
     let watch_limits = WatchLimits::new(config.watch_max_streams, config.watch_max_db_reads);
     watch_limits.register(&metrics, config.watch_max_streams);
-    let (placing, writers) = GroupCommit::new(&config.group_commit, &order_placed, &metrics);
+    // A writer gives a batch up only after every caller in it has had its
+    // answer (DEADLINE_EXCEEDED at the latest), so no caller is told anything
+    // but "it may have been placed" about a batch whose outcome is unknown.
+    let group_commit = GroupCommitConfig {
+        batch_timeout: config.request_timeout + WRITER_GRACE,
+        ..config.group_commit.clone()
+    };
+    let (placing, writers) = GroupCommit::new(&group_commit, &order_placed, &metrics);
     let writers = writers.start(pool.clone());
     let closer = placing.clone();
 
@@ -120,13 +141,18 @@ fn assemble(
         config.max_in_flight,
         config.shutdown_grace,
     );
+    // Ready means an order could commit now: the broker and the payment
+    // outcomes only inform (/healthz); the outbox holds orders while the broker is away.
     outcomes.gates_readiness = false;
+    outcomes.handler_timeout = config.handler_timeout;
     let outcome_handler = PaymentOutcomeHandler::new(
         db::side_pool(&pool, config.consumer_db_connections),
         &metrics,
     );
 
     host.shutdown_grace(config.shutdown_grace)
+        .readiness_probes(config.readiness_probes)
+        .database_probe(write_probe())
         .relay(RelayConfig {
             topics: vec![order_placed.clone()],
             ..config.relay.clone()
@@ -138,12 +164,12 @@ fn assemble(
         })
         .server(move |intake| {
             let service = OrderServiceImpl::new(
-                pool,
+                read_pool,
                 placing,
                 watch_hub,
                 watch_limits,
                 intake.clone(),
-                &metrics,
+                config.request_timeout,
             );
             serve(config, listener, service, metrics, readiness, intake)
         })
@@ -152,6 +178,17 @@ fn assemble(
             closer.close();
             futures::future::join_all(writers).await;
         })
+}
+
+/// The readiness probe of the write path: the locks a PlaceOrder batch takes
+/// (`repository::place_batch`: inserts into the orders, their items and the
+/// outbox; reads of the menu and of stored idempotency keys), a transaction
+/// id, not read-only; rolled back.
+pub fn write_probe() -> DatabaseProbe {
+    DatabaseProbe::write_path(
+        &["orders.orders", "orders.order_items", "orders.outbox"],
+        &["orders.menu_items"],
+    )
 }
 
 /// The gRPC server: the order service, grpc.health.v1 following readiness,
@@ -185,9 +222,12 @@ async fn serve(
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .tcp_keepalive(Some(Duration::from_secs(60)))
+        .max_concurrent_streams(config.max_concurrent_streams)
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(GrpcTelemetryLayer::new(GrpcMetrics::new(&metrics)))
+        // Inside the telemetry layer: a shed call is counted and traced.
+        .layer(CallLimitLayer::new(config.max_concurrent_calls, &metrics))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

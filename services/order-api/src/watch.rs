@@ -34,26 +34,37 @@ pub struct OrderWatchHub {
 pub struct OrderSubscription {
     hub: OrderWatchHub,
     order_id: Uuid,
-    receiver: watch::Receiver<u64>,
+    /// Taken only when the subscription is dropped (see `Drop`).
+    receiver: Option<watch::Receiver<u64>>,
 }
 
 impl OrderSubscription {
     /// Waits for the next change signal (it may be spurious: re-read and compare).
     pub async fn changed(&mut self) {
-        if self.receiver.changed().await.is_err() {
+        let changed = match self.receiver.as_mut() {
+            Some(receiver) => receiver.changed().await.is_ok(),
+            None => false,
+        };
+        if !changed {
             std::future::pending::<()>().await;
         }
     }
 }
 
 impl Drop for OrderSubscription {
+    /// The last subscription of an order removes its entry. The receiver is
+    /// dropped under the hub's lock before the count is read: read with the
+    /// receiver still alive, two subscriptions dropped at once could each
+    /// see the other and both leave the entry behind for good. Subscribing
+    /// takes the same lock, so the count cannot change in between.
     fn drop(&mut self) {
         let mut watchers = self.hub.lock();
-        if let Some(sender) = watchers.get(&self.order_id) {
-            // This receiver is still alive while we are here: 1 means it was the last one.
-            if sender.receiver_count() <= 1 {
-                watchers.remove(&self.order_id);
-            }
+        drop(self.receiver.take());
+        if watchers
+            .get(&self.order_id)
+            .is_some_and(|sender| sender.receiver_count() == 0)
+        {
+            watchers.remove(&self.order_id);
         }
     }
 }
@@ -75,7 +86,7 @@ impl OrderWatchHub {
         OrderSubscription {
             hub: self.clone(),
             order_id,
-            receiver,
+            receiver: Some(receiver),
         }
     }
 
@@ -181,5 +192,53 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(1), second.changed())
             .await
             .expect("second woken");
+    }
+
+    /// Two watchers of one order dropped at the same moment, over and over on
+    /// two threads: the last one out always removes the order's entry (the
+    /// count is read once the dropping watcher's own receiver is gone, under
+    /// the lock that subscribing takes too), so the hub never keeps an entry
+    /// for an order nobody watches.
+    #[test]
+    fn watchers_dropped_at_once_leave_no_entry_behind() {
+        const ROUNDS: usize = 20_000;
+        let hub = OrderWatchHub::default();
+        let start = std::sync::Arc::new(std::sync::Barrier::new(3));
+        let done = std::sync::Arc::new(std::sync::Barrier::new(3));
+        let mut senders = Vec::new();
+        let mut threads = Vec::new();
+        for _ in 0..2 {
+            let (sender, receiver) = std::sync::mpsc::channel::<OrderSubscription>();
+            let (start, done) = (start.clone(), done.clone());
+            senders.push(sender);
+            threads.push(std::thread::spawn(move || {
+                for subscription in receiver {
+                    start.wait();
+                    drop(subscription);
+                    done.wait();
+                }
+            }));
+        }
+        let mut left_behind = 0;
+        for _ in 0..ROUNDS {
+            let order = Uuid::new_v4();
+            for sender in &senders {
+                sender.send(hub.subscribe(order)).unwrap();
+            }
+            start.wait();
+            done.wait();
+            if hub.watched_orders() != 0 {
+                left_behind += 1;
+                hub.lock().clear();
+            }
+        }
+        drop(senders);
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert_eq!(
+            left_behind, 0,
+            "entries left behind in {left_behind} of {ROUNDS} rounds"
+        );
     }
 }

@@ -43,6 +43,20 @@ pub struct PaymentSettings {
     pub retry_base_delay: Duration,
 }
 
+impl PaymentSettings {
+    /// The longest the gateway calls of one payment may take: every attempt
+    /// cut at the timeout, with the back-offs in between.
+    pub fn longest_payment(&self) -> Duration {
+        let backoffs: Duration = (0..self.max_attempts.saturating_sub(1))
+            .map(|retry| self.retry_base_delay.saturating_mul(1 << retry.min(20)))
+            .sum();
+        self.timeout.saturating_mul(self.max_attempts) + backoffs
+    }
+}
+
+/// Room a handler's try has beyond its gateway calls (database work, waits for a connection).
+const HANDLER_SLACK: Duration = Duration::from_secs(30);
+
 /// The circuit breaker's thresholds.
 #[derive(Clone, Debug)]
 pub struct BreakerSettings {
@@ -109,7 +123,7 @@ impl Config {
     /// Reads the configuration from the environment.
     pub fn from_env() -> anyhow::Result<Self> {
         let seed: String = env_or("PAYMENT_RNG_SEED", String::new())?;
-        let config = Self {
+        let mut config = Self {
             consumer: ConsumerConfig::from_env(
                 "PAYMENT",
                 "payment-service",
@@ -140,6 +154,14 @@ impl Config {
             crash_after_charge: env_or("PAYMENT_FAULT_CRASH_AFTER_CHARGE", 0_u8)? == 1,
             poison_settle_after: env_seconds("PAYMENT_POISON_SETTLE_SECONDS", 60.0)?,
         };
+        // One try of the handler includes every gateway call of a payment:
+        // unless set, its bound grows with the gateway settings.
+        if env_or("PAYMENT_HANDLER_TIMEOUT_MS", String::new())?.is_empty() {
+            config.consumer.handler_timeout = config
+                .consumer
+                .handler_timeout
+                .max(config.payment.longest_payment() + HANDLER_SLACK);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -165,6 +187,34 @@ impl Config {
             self.consumer.max_in_flight >= 1,
             "PAYMENT_MAX_IN_FLIGHT must be at least 1"
         );
+        anyhow::ensure!(
+            self.consumer.handler_timeout > self.payment.longest_payment(),
+            "PAYMENT_HANDLER_TIMEOUT_MS ({:?}) must exceed the longest a payment's gateway calls may take \
+             with PAYMENT_TIMEOUT, PAYMENT_MAX_RETRIES and PAYMENT_RETRY_BASE_DELAY ({:?})",
+            self.consumer.handler_timeout,
+            self.payment.longest_payment()
+        );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_payment_counts_every_attempt_and_back_off() {
+        let defaults = PaymentSettings {
+            timeout: Duration::from_secs(4),
+            max_attempts: 3,
+            retry_base_delay: Duration::from_secs(1),
+        };
+        // 3 attempts of 4 s, then back-offs of 1 s and 2 s between them.
+        assert_eq!(defaults.longest_payment(), Duration::from_secs(15));
+        let mut config = Config::for_tests();
+        assert!(config.validate().is_ok());
+        config.payment.timeout = Duration::from_secs(30);
+        let refused = config.validate().unwrap_err().to_string();
+        assert!(refused.contains("PAYMENT_HANDLER_TIMEOUT_MS"), "{refused}");
     }
 }

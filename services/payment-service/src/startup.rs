@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use foodorder_contract::topics::{ORDER_PLACED, PAYMENT_COMPLETED};
 use foodorder_runtime::db;
+use foodorder_runtime::health::DatabaseProbe;
 use foodorder_runtime::host::ServiceHost;
 use foodorder_runtime::outbox::RelayConfig;
 use foodorder_runtime::shutdown::unless_stopped;
@@ -49,6 +50,15 @@ pub async fn build(config: Config, pool: Option<PgPool>) -> anyhow::Result<Servi
     .settling_poison_after(config.poison_settle_after);
     let settings = config.consumer.settings(ORDER_PLACED, DEAD_LETTER_TOPIC);
     Ok(host
+        // Ready when a payment could be recorded: its request, its attempt and its event.
+        .database_probe(DatabaseProbe::write_path(
+            &[
+                "payments.payment_requests",
+                "payments.payment_attempts",
+                "payments.outbox",
+            ],
+            &[],
+        ))
         .relay(RelayConfig {
             topics: vec![payment_completed],
             ..config.relay

@@ -1,6 +1,6 @@
 //! Typed configuration read from environment variables, shared by every
-//! service: the database URL (kept secret in logs) and the Kafka settings
-//! (brokers, topic prefix, partition counts, timeouts).
+//! service: the database URL (kept secret in logs) and its deadlines, and the
+//! Kafka settings (brokers, topic prefix, partition counts, timeouts).
 
 use std::fmt;
 use std::str::FromStr;
@@ -89,6 +89,84 @@ pub struct DatabaseConfig {
     pub url: Secret<String>,
     /// `DATABASE_MAX_CONNECTIONS` (default 10).
     pub max_connections: u32,
+    /// How long statements, lock waits, idle transactions and waits for a
+    /// pooled connection may take (see [`DatabaseTimeouts`]).
+    pub timeouts: DatabaseTimeouts,
+}
+
+/// The deadlines of every database connection a service opens. PostgreSQL
+/// enforces the first three on each session (they are sent as startup
+/// options, so they cost no round trip); the pool enforces the others.
+/// A zero duration turns a server-side bound off, as in PostgreSQL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatabaseTimeouts {
+    /// `DATABASE_STATEMENT_TIMEOUT_MS` (default 5000): PostgreSQL cancels a
+    /// statement running longer (SQLSTATE 57014), lock waits included.
+    pub statement: Duration,
+    /// `DATABASE_LOCK_TIMEOUT_MS` (default 2000): PostgreSQL gives up a wait
+    /// for a lock (a table locked by a migration or `VACUUM FULL`, a row
+    /// another transaction holds, an advisory lock) after this long (55P03).
+    pub lock: Duration,
+    /// `DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS` (default 60000): PostgreSQL
+    /// ends a session that sits idle inside a transaction this long (its
+    /// client vanished or hangs), releasing its locks. Must exceed the
+    /// longest pause a service makes inside a transaction (the outbox relay
+    /// waits for the broker's acks, up to `KAFKA_MESSAGE_TIMEOUT_MS`; a
+    /// notification is sent inside its transaction).
+    pub idle_in_transaction: Duration,
+    /// `DATABASE_ACQUIRE_TIMEOUT_MS` (default 5000): the longest wait for a
+    /// pooled connection, opening a new one included (a server that does not
+    /// answer a connection attempt is given up on after this long).
+    pub acquire: Duration,
+    /// `DATABASE_MIGRATION_LOCK_TIMEOUT_MS` (default 10000): the lock wait of
+    /// a schema migration at start. Migrations have no statement timeout (they
+    /// may legitimately run long), but a migration that waits for a table lock
+    /// makes every later query of that table queue behind it, so the wait is
+    /// bounded; the start is then retried.
+    pub migration_lock: Duration,
+}
+
+impl Default for DatabaseTimeouts {
+    fn default() -> Self {
+        Self {
+            statement: Duration::from_secs(5),
+            lock: Duration::from_secs(2),
+            idle_in_transaction: Duration::from_secs(60),
+            acquire: Duration::from_secs(5),
+            migration_lock: Duration::from_secs(10),
+        }
+    }
+}
+
+impl DatabaseTimeouts {
+    /// Reads the `DATABASE_*_TIMEOUT_MS` settings (see the fields).
+    pub fn from_env() -> anyhow::Result<Self> {
+        let defaults = Self::default();
+        let millis = |name: &str, default: Duration| -> anyhow::Result<Duration> {
+            Ok(Duration::from_millis(env_or(
+                name,
+                default.as_millis() as u64,
+            )?))
+        };
+        let timeouts = Self {
+            statement: millis("DATABASE_STATEMENT_TIMEOUT_MS", defaults.statement)?,
+            lock: millis("DATABASE_LOCK_TIMEOUT_MS", defaults.lock)?,
+            idle_in_transaction: millis(
+                "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+                defaults.idle_in_transaction,
+            )?,
+            acquire: millis("DATABASE_ACQUIRE_TIMEOUT_MS", defaults.acquire)?,
+            migration_lock: millis(
+                "DATABASE_MIGRATION_LOCK_TIMEOUT_MS",
+                defaults.migration_lock,
+            )?,
+        };
+        anyhow::ensure!(
+            !timeouts.acquire.is_zero(),
+            "DATABASE_ACQUIRE_TIMEOUT_MS must be at least 1"
+        );
+        Ok(timeouts)
+    }
 }
 
 impl DatabaseConfig {
@@ -97,6 +175,7 @@ impl DatabaseConfig {
         Self {
             url: Secret::new(String::new()),
             max_connections: 5,
+            timeouts: DatabaseTimeouts::default(),
         }
     }
 
@@ -108,6 +187,7 @@ impl DatabaseConfig {
                 "postgres://postgres@127.0.0.1:5432/foodorder".to_owned(),
             )?),
             max_connections: env_count("DATABASE_MAX_CONNECTIONS", 10)?,
+            timeouts: DatabaseTimeouts::from_env()?,
         })
     }
 }

@@ -1,6 +1,32 @@
 //! The PostgreSQL pool with its deadlines, how a service's schema is created
 //! and migrated (each service declares its own [`Schema`] from its folder in
 //! `migrations/`), and how database errors are classified.
+//!
+//! Every connection a service opens is bounded (see [`DatabaseTimeouts`]):
+//!
+//! * PostgreSQL cancels a statement after `statement_timeout`, gives up a lock
+//!   wait after `lock_timeout` and ends a session left idle inside a
+//!   transaction after `idle_in_transaction_session_timeout`; all three are
+//!   sent as startup options of each connection ([`bounded_options`]), so
+//!   they cost no round trip. The server also probes its side of every TCP
+//!   connection (`tcp_keepalives_*`), so the session of a client that
+//!   vanished without closing its connection ends, and its locks with it.
+//! * The pool gives up a wait for a connection, opening one included, after
+//!   the acquire timeout, and checks a released connection within a bound
+//!   ([`pool_options`]): a connection whose peer vanished silently (a
+//!   partition that drops packets) is closed instead of being waited on
+//!   forever, so the pool recovers once the network does.
+//! * Server-side bounds cannot help when the packets never arrive: what waits
+//!   for the database also bounds the wait on its own side (the order API's
+//!   request deadline and group-commit writers, the consumers' handler
+//!   timeout).
+//! * Migrations have no statement timeout (they may legitimately run long),
+//!   but their lock waits are bounded by the migration lock timeout: a
+//!   migration waiting for a table lock would make every later query of the
+//!   table queue behind it. A start that runs into it is retried.
+//!
+//! A statement cancelled by a timeout (57014) or a lock wait given up (55P03)
+//! is transient ([`is_unavailable`]): callers get UNAVAILABLE, consumers retry.
 
 use std::time::Duration;
 
@@ -10,7 +36,116 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection};
 
 use crate::backoff::Backoff;
-use crate::config::DatabaseConfig;
+use crate::config::{DatabaseConfig, DatabaseTimeouts};
+
+/// Server-side TCP keepalive of every connection: PostgreSQL probes a client
+/// silent for this long ...
+const TCP_KEEPALIVE_IDLE_SECONDS: u32 = 30;
+/// ... every this many seconds ...
+const TCP_KEEPALIVE_INTERVAL_SECONDS: u32 = 10;
+/// ... and ends the session after this many unanswered probes (about a minute in all).
+const TCP_KEEPALIVE_COUNT: u32 = 3;
+
+/// `options` with the session deadlines of `timeouts` and the server-side
+/// TCP keepalive, sent as startup options (`-c name=value`) of each
+/// connection. Later options win, so a caller may override one afterwards.
+pub fn bounded_options(options: PgConnectOptions, timeouts: &DatabaseTimeouts) -> PgConnectOptions {
+    options.options([
+        ("statement_timeout", millis(timeouts.statement)),
+        ("lock_timeout", millis(timeouts.lock)),
+        (
+            "idle_in_transaction_session_timeout",
+            millis(timeouts.idle_in_transaction),
+        ),
+        (
+            "tcp_keepalives_idle",
+            TCP_KEEPALIVE_IDLE_SECONDS.to_string(),
+        ),
+        (
+            "tcp_keepalives_interval",
+            TCP_KEEPALIVE_INTERVAL_SECONDS.to_string(),
+        ),
+        ("tcp_keepalives_count", TCP_KEEPALIVE_COUNT.to_string()),
+    ])
+}
+
+/// A duration as PostgreSQL's milliseconds setting (0 turns the bound off).
+fn millis(duration: Duration) -> String {
+    duration.as_millis().to_string()
+}
+
+/// How long a released connection may take to prove it is usable: the rest of
+/// a statement its caller gave up on (cut by `statement_timeout` at most) and
+/// a round trip. A connection that does not answer within it is closed.
+fn release_check_timeout(timeouts: &DatabaseTimeouts) -> Duration {
+    if timeouts.statement.is_zero() {
+        Duration::from_secs(30)
+    } else {
+        timeouts.statement + Duration::from_secs(1)
+    }
+}
+
+/// Pool settings: at most `max_connections`, a wait for a connection (opening
+/// one included) bounded by `timeouts.acquire`, and a released connection
+/// checked within a bound (sqlx's own check on release has none: a connection
+/// whose peer vanished silently would hold its slot until TCP gives up,
+/// about 15 minutes). Every release is checked, so a connection handed out
+/// again within [`RECHECK_IDLE_AFTER`] is not checked a second time on the
+/// way out (sqlx would, at one more round trip per use); one idle longer is.
+pub fn pool_options(max_connections: u32, timeouts: &DatabaseTimeouts) -> PgPoolOptions {
+    pool_options_with(
+        max_connections,
+        timeouts.acquire,
+        release_check_timeout(timeouts),
+    )
+}
+
+/// How long a released (and checked) connection may sit idle before it is
+/// checked again when handed out.
+const RECHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
+
+fn pool_options_with(
+    max_connections: u32,
+    acquire: Duration,
+    release_check: Duration,
+) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(acquire)
+        .test_before_acquire(false)
+        .before_acquire(|connection, metadata| {
+            Box::pin(async move {
+                if metadata.idle_for >= RECHECK_IDLE_AFTER {
+                    // Within the acquire timeout, like sqlx's own check.
+                    connection.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+        .after_release(move |connection, _| {
+            Box::pin(async move {
+                match tokio::time::timeout(release_check, connection.ping()).await {
+                    Ok(Ok(())) => Ok(true),
+                    Ok(Err(error)) => Err(error),
+                    // An error closes the connection without waiting on it.
+                    Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "a released connection did not answer within {release_check:?}; closing it"
+                        ),
+                    ))),
+                }
+            })
+        })
+}
+
+/// A new pool, opened lazily, on the database of `pool` with `config`'s
+/// bounds and at most `max_connections`: for a service handed a pool (a test's,
+/// a proxied one) that keeps its own pools, bounded as in production.
+pub fn reopen(pool: &PgPool, config: &DatabaseConfig, max_connections: u32) -> PgPool {
+    let options = bounded_options(pool.connect_options().as_ref().clone(), &config.timeouts);
+    pool_options(max_connections, &config.timeouts).connect_lazy_with(options)
+}
 
 /// A service's own schema: only that service reads or writes its tables, and
 /// it applies its migrations, with their history in `<schema>._sqlx_migrations`.
@@ -38,18 +173,49 @@ impl Schema {
 
     /// Brings the database up to date for this schema: the legacy move first
     /// when the database has the shared history, then the schema's own folder.
+    /// With the default [`DatabaseTimeouts`]; see [`Schema::migrate_with`].
     pub async fn migrate(&self, options: &PgConnectOptions) -> anyhow::Result<()> {
-        let mut connection = options
-            .clone()
-            .options([("search_path", "public")])
-            .connect()
+        self.migrate_with(options, &DatabaseTimeouts::default())
             .await
+    }
+
+    /// [`Schema::migrate`] over a connection of its own with no statement
+    /// timeout (a migration may legitimately run long) and lock waits bounded
+    /// by `timeouts.migration_lock` (a migration waiting for a table lock makes
+    /// every later query of that table queue behind it). Instances starting
+    /// together migrate one at a time: the others wait, saying so every 10 s,
+    /// holding no lock a query could queue behind; the wait ends when the
+    /// migrating instance finishes or its session ends (PostgreSQL ends the
+    /// session of a client that vanished, see [`bounded_options`]).
+    pub async fn migrate_with(
+        &self,
+        options: &PgConnectOptions,
+        timeouts: &DatabaseTimeouts,
+    ) -> anyhow::Result<()> {
+        let options = bounded_options(options.clone(), timeouts).options([
+            ("search_path", "public".to_owned()),
+            ("statement_timeout", "0".to_owned()),
+            ("idle_in_transaction_session_timeout", "0".to_owned()),
+            ("lock_timeout", millis(timeouts.migration_lock)),
+        ]);
+        let mut connection = tokio::time::timeout(timeouts.acquire, options.connect())
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "postgresql did not accept a connection within {:?}",
+                        timeouts.acquire
+                    ),
+                )
+            })
+            .context("failed to connect to postgresql to migrate")?
             .context("failed to connect to postgresql to migrate")?;
-        sqlx::query("SELECT pg_advisory_lock($1)")
-            .bind(MIGRATION_LOCK)
-            .execute(&mut connection)
-            .await?;
-        let migrated = self.migrate_locked(&mut connection).await;
+        wait_for_migration_lock(&mut connection, self.name).await?;
+        let migrated = self
+            .migrate_locked(&mut connection)
+            .await
+            .map_err(|error| explain_lock_timeout(error, self.name, timeouts.migration_lock));
         let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
             .bind(MIGRATION_LOCK)
             .execute(&mut connection)
@@ -87,6 +253,54 @@ impl Schema {
     }
 }
 
+/// Takes the migration lock, polling rather than queueing for it, and says
+/// every 10 s that another instance is still migrating.
+async fn wait_for_migration_lock(
+    connection: &mut PgConnection,
+    schema: &str,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let mut reported = started;
+    loop {
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .fetch_one(&mut *connection)
+            .await
+            .context("failed to take the migration lock")?;
+        if locked {
+            return Ok(());
+        }
+        if reported.elapsed() >= Duration::from_secs(10) {
+            reported = std::time::Instant::now();
+            tracing::info!(
+                schema,
+                waited_seconds = started.elapsed().as_secs(),
+                "another instance is migrating the database; waiting for it to finish"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A migration's error, with a clear word when it gave up a lock wait.
+fn explain_lock_timeout(error: anyhow::Error, schema: &str, timeout: Duration) -> anyhow::Error {
+    let lock_wait = error.chain().any(|cause| {
+        cause
+            .downcast_ref::<sqlx::Error>()
+            .and_then(sqlx::Error::as_database_error)
+            .and_then(|db| db.code())
+            .is_some_and(|code| code == "55P03")
+    });
+    if lock_wait {
+        error.context(format!(
+            "the migration of schema {schema} waited more than {timeout:?} for a lock another session \
+             holds (a long transaction, VACUUM FULL, another migration?); nothing was changed, the start is retried"
+        ))
+    } else {
+        error
+    }
+}
+
 /// How long a starting service waits for PostgreSQL to be reachable before it gives up.
 const STARTUP_PATIENCE: Duration = Duration::from_secs(120);
 
@@ -112,7 +326,7 @@ pub async fn connect_and_migrate(
                 tracing::warn!(
                     error = format!("{error:#}"),
                     retry_in_ms = delay.as_millis() as u64,
-                    "postgresql not reachable yet, retrying"
+                    "postgresql not ready yet (unreachable, restarting or busy), retrying"
                 );
                 tokio::time::sleep(delay).await;
             }
@@ -136,43 +350,67 @@ async fn try_connect_and_migrate(
     schema: &Schema,
 ) -> anyhow::Result<PgPool> {
     let url = config.url.expose();
-    if !sqlx::Postgres::database_exists(url)
+    let bound = config.timeouts.acquire;
+    let within = |what: &'static str| {
+        move |_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("postgresql did not answer within {bound:?} ({what})"),
+            )
+        }
+    };
+    if !tokio::time::timeout(bound, sqlx::Postgres::database_exists(url))
         .await
+        .map_err(within("checking that the database exists"))
+        .context("failed to reach postgresql at DATABASE_URL")?
         .context("failed to reach postgresql at DATABASE_URL")?
     {
         tracing::info!("database does not exist, creating it");
-        if let Err(error) = sqlx::Postgres::create_database(url).await {
+        let created = tokio::time::timeout(bound, sqlx::Postgres::create_database(url))
+            .await
+            .map_err(within("creating the database"))
+            .context("failed to create the database")?;
+        if let Err(error) = created {
             // Another service may have created it at the same moment.
-            if !sqlx::Postgres::database_exists(url).await.unwrap_or(false) {
+            let exists = tokio::time::timeout(bound, sqlx::Postgres::database_exists(url)).await;
+            if !matches!(exists, Ok(Ok(true))) {
                 return Err(error).context("failed to create the database");
             }
         }
     }
-    let pool = PgPoolOptions::new()
-        .max_connections(config.max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(url)
+    let options: PgConnectOptions = url
+        .parse()
+        .context("DATABASE_URL is not a PostgreSQL URL")?;
+    let pool = pool_options(config.max_connections, &config.timeouts)
+        .connect_with(bounded_options(options, &config.timeouts))
         .await
         .context("failed to connect to postgresql")?;
-    schema.migrate(&pool.connect_options()).await?;
+    schema
+        .migrate_with(&pool.connect_options(), &config.timeouts)
+        .await?;
     Ok(pool)
 }
 
 /// A second, smaller pool on the same database as `pool`, opened lazily: for
 /// work that must not compete with the service's own connections (the mock
-/// gateway's ledger, the order API's payment-outcome consumer).
+/// gateway's ledger, the order API's payment-outcome consumer). It has the
+/// bounds of `pool`: the same session deadlines and acquire timeout, and
+/// released connections checked within a bound.
 pub fn side_pool(pool: &PgPool, max_connections: u32) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(pool.connect_options().as_ref().clone())
+    let acquire = pool.options().get_acquire_timeout();
+    pool_options_with(
+        max_connections,
+        acquire,
+        acquire.max(Duration::from_secs(5)),
+    )
+    .connect_lazy_with(pool.connect_options().as_ref().clone())
 }
 
 /// True when the error is the database's state rather than the request: it
 /// could not be reached, or it refused for a reason that passes (too many
 /// connections, a deadlock or serialization failure, a read-only standby, an
-/// administrator's shutdown). Callers get UNAVAILABLE and may retry; consumers
-/// retry.
+/// administrator's shutdown, a statement or lock wait that ran out of time).
+/// Callers get UNAVAILABLE and may retry; consumers retry.
 pub fn is_unavailable(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Io(_)
@@ -187,13 +425,28 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
 /// SQLSTATEs that say "try again later": classes 08 (connection exception),
 /// 53 (insufficient resources, e.g. 53300 too many connections), 57P (admin or
 /// crash shutdown, cannot connect now), 40001 (serialization failure), 40P01
-/// (deadlock), 25006 (read-only transaction, e.g. during a failover) and 55P03
-/// (lock not available).
+/// (deadlock), 25006 (read-only transaction, e.g. during a failover), 55P03
+/// (lock not available: `lock_timeout`) and 57014 (query canceled:
+/// `statement_timeout`, or an administrator's cancel).
 pub fn is_transient_sqlstate(code: &str) -> bool {
     ["08", "53", "57P"]
         .iter()
         .any(|class| code.starts_with(class))
-        || ["40001", "40P01", "25006", "55P03"].contains(&code)
+        || ["40001", "40P01", "25006", "55P03", "57014"].contains(&code)
+}
+
+/// True when the database ran out of time rather than refused: a statement
+/// cancelled by `statement_timeout` (57014), a lock wait given up after
+/// `lock_timeout` (55P03), or no pooled connection within the acquire
+/// timeout. Repeating the work at once would wait the same way.
+pub fn is_timeout(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code == "57014" || code == "55P03"),
+        _ => false,
+    }
 }
 
 /// True when the database rejected the data itself (SQLSTATE classes 22 "data
@@ -216,7 +469,7 @@ mod tests {
     #[test]
     fn passing_refusals_are_transient_and_bad_requests_are_not() {
         for code in [
-            "08006", "53300", "57P01", "57P03", "40001", "40P01", "25006", "55P03",
+            "08006", "53300", "57P01", "57P03", "40001", "40P01", "25006", "55P03", "57014",
         ] {
             assert!(is_transient_sqlstate(code), "{code} is transient");
         }

@@ -9,7 +9,7 @@
 //! 2. drain: what the stopped intake left queued (order-api's group-commit
 //!    writers) is finished;
 //! 3. stop the relay after its last row, then the background tasks, the
-//!    dependency checks and the HTTP endpoint;
+//!    readiness probes and the HTTP endpoint;
 //! 4. close the pool.
 //!
 //! A stage that stops on its own or panics (a consumer that gives up, a
@@ -33,7 +33,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{DatabaseConfig, KafkaConfig};
 use crate::consumer::{self, ConsumerConfig, ConsumerMetrics, ConsumerSettings, MessageHandler};
 use crate::db::{self, Schema};
-use crate::health::{self, Readiness};
+use crate::health::{self, Condition, DatabaseProbe, DependencyUp, ProbeSettings, Readiness};
 use crate::metrics::Metrics;
 use crate::outbox::{self, OutboxMetrics, RelayConfig};
 
@@ -44,6 +44,8 @@ type BackgroundStage =
 
 /// How long the drains (step 2) may take before the service stops without them.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// How long closing the pool (step 4) may wait for its connections to come back.
+const POOL_CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// How long steps 1–4 may take beyond the shutdown grace and the drain grace
 /// (consumers finishing their records, the relay's last rows, the pool).
 const STOP_SLACK: Duration = Duration::from_secs(20);
@@ -56,6 +58,9 @@ pub struct ServiceHost {
     kafka: KafkaConfig,
     metrics: Metrics,
     readiness: Readiness,
+    database: Condition,
+    database_probe: DatabaseProbe,
+    probes: ProbeSettings,
     http_listener: TcpListener,
     shutdown_grace: Duration,
     intake: CancellationToken,
@@ -94,7 +99,9 @@ impl ServiceHost {
             Some(pool) => Self::with_pool(name, pool, schema, kafka, http_addr).await?,
             None => Self::connect(name, &config.database, schema, kafka, http_addr).await?,
         };
-        Ok(host.shutdown_grace(config.shutdown_grace))
+        Ok(host
+            .shutdown_grace(config.shutdown_grace)
+            .readiness_probes(config.readiness_probes))
     }
 
     /// Uses an existing pool, already migrated for `schema`, and binds the HTTP endpoint.
@@ -108,8 +115,9 @@ impl ServiceHost {
         let http_listener = crate::http::bind(http_addr).await?;
         let metrics = Metrics::new();
         metrics.register_pool(&pool);
-        let readiness = Readiness::new(false);
+        let readiness = Readiness::new();
         readiness.register(&metrics);
+        let database = readiness.gate("database", "not checked yet");
         Ok(Self {
             name,
             schema,
@@ -117,6 +125,9 @@ impl ServiceHost {
             kafka,
             metrics,
             readiness,
+            database,
+            database_probe: DatabaseProbe::ping(),
+            probes: ProbeSettings::default(),
             http_listener,
             shutdown_grace: Duration::from_secs(10),
             intake: CancellationToken::new(),
@@ -161,33 +172,55 @@ impl ServiceHost {
         self
     }
 
+    /// How often the readiness probes run and how long each may take (default:
+    /// every second, 1.5 s).
+    pub fn readiness_probes(mut self, settings: ProbeSettings) -> Self {
+        self.probes = settings;
+        self
+    }
+
+    /// What the `database` readiness condition checks (default: a ping); see
+    /// [`DatabaseProbe::write_path`].
+    pub fn database_probe(mut self, probe: DatabaseProbe) -> Self {
+        self.database_probe = probe;
+        self
+    }
+
     /// Publishes the schema's outbox to `config.topics` (created if absent).
     pub fn relay(mut self, config: RelayConfig) -> Self {
         self.relay = Some(config);
         self
     }
 
-    /// Consumes with `handler`; when `settings.gates_readiness`, the service is
-    /// ready only while the consumer holds its assignment. The handler's
-    /// housekeeping runs as a background task.
+    /// Consumes with `handler`, with a readiness condition `consumer <topic>`
+    /// of its own (assigned, commits succeed, the coordinator answers) that
+    /// gates readiness when `settings.gates_readiness` and is only shown on
+    /// `/healthz` otherwise. The handler's housekeeping runs as a background task.
     pub fn consumer<H: MessageHandler>(mut self, settings: ConsumerSettings, handler: H) -> Self {
-        if settings.gates_readiness {
-            self.readiness.require_assignment();
-        }
+        let name = format!("consumer {}", settings.topic);
+        let waiting = "the consumer has not started yet";
+        let condition = if settings.gates_readiness {
+            self.readiness.gate(&name, waiting)
+        } else {
+            self.readiness.inform(&name, waiting)
+        };
+        let probes = self.probes;
         let handler = Arc::new(handler);
         self.background.push(Box::new({
             let handler = handler.clone();
             move |stop| Box::pin(housekeeping(handler, stop))
         }));
         let stage_name = format!("the consumer of {}", settings.topic);
-        let (kafka, readiness, metrics, intake) = (
+        let (kafka, metrics, intake) = (
             self.kafka.clone(),
-            self.readiness.clone(),
             ConsumerMetrics::new(&self.metrics),
             self.intake.clone(),
         );
         let stage = async move {
-            consumer::run(&kafka, settings, handler, readiness, metrics, intake).await
+            consumer::run(
+                &kafka, settings, handler, condition, probes, metrics, intake,
+            )
+            .await
         };
         self.consumers.push((stage_name, Box::pin(stage)));
         self
@@ -238,6 +271,9 @@ impl ServiceHost {
             kafka,
             metrics,
             readiness,
+            database,
+            database_probe,
+            probes,
             http_listener,
             shutdown_grace,
             intake,
@@ -247,6 +283,11 @@ impl ServiceHost {
             drains,
             background: background_stages,
         } = self;
+        let dependency_up = DependencyUp::register(&metrics);
+        let broker = readiness.inform("kafka", "not checked yet");
+        let outbox = relay
+            .as_ref()
+            .map(|_| readiness.inform("outbox", "not checked yet"));
         let http_addr = http_listener.local_addr()?;
         tracker.spawn({
             let (readiness, metrics, stop) =
@@ -259,14 +300,25 @@ impl ServiceHost {
                 }
             }
         });
-        tracker.spawn(health::watch_dependencies(
-            (*pool.connect_options()).clone(),
-            kafka.clone(),
-            readiness.clone(),
-            metrics.clone(),
+        tracker.spawn(health::watch_database(
+            pool.connect_options()
+                .as_ref()
+                .clone()
+                .application_name(&format!("{name} readiness probe")),
+            database_probe,
+            database,
+            probes,
+            dependency_up.clone(),
             background.clone(),
         ));
-        let relay_task = relay.map(|relay| {
+        tracker.spawn(health::watch_broker(
+            kafka.clone(),
+            broker,
+            probes,
+            dependency_up,
+            background.clone(),
+        ));
+        let relay_task = relay.zip(outbox).map(|(relay, status)| {
             let relayed = outbox::run_relay_with_topics(
                 pool.clone(),
                 schema,
@@ -274,6 +326,7 @@ impl ServiceHost {
                 relay,
                 name,
                 OutboxMetrics::new(&metrics),
+                status,
                 background.clone(),
             );
             tracker.spawn(stopping_on_return(Box::pin(relayed), intake.clone()))
@@ -402,8 +455,17 @@ impl Running {
             record_failure(&mut failures, "the outbox relay", task.await);
         }
         tracker.wait().await;
-        // 4. The pool.
-        pool.close().await;
+        // 4. The pool, once its connections are back; one that does not come
+        // back in time (a connection whose peer vanished) is not waited for.
+        if tokio::time::timeout(POOL_CLOSE_GRACE, pool.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_ms = POOL_CLOSE_GRACE.as_millis() as u64,
+                "database connections still in use after the grace period; stopping without them"
+            );
+        }
         failures
     }
 }

@@ -2,9 +2,13 @@
 //! 9103), an axum router behind tower limits:
 //!
 //! * `GET /healthz` (liveness): 200 while the process serves, whatever its
-//!   dependencies do;
+//!   dependencies do; the body is a detail page: readiness, then every
+//!   condition, those that only inform included (the broker, the outbox);
 //! * `GET /readyz` (readiness): 200 while [`Readiness`] is met, 503 otherwise
-//!   with the unmet conditions in the body;
+//!   with the unmet conditions on the first line; then every gating condition.
+//!
+//! Both are read from the conditions as the probes last left them: neither
+//! ever waits on a dependency.
 //! * `GET /metrics`: the service's metrics, OpenMetrics for clients that ask
 //!   for it (Prometheus does), the classic text format for the others.
 //!
@@ -35,7 +39,7 @@ use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::health::Readiness;
+use crate::health::{ConditionReport, Readiness, Role, seconds};
 use crate::metrics::{CONTENT_TYPE, Metrics, TEXT_CONTENT_TYPE};
 
 /// Requests served at once, over every route; more wait for a slot.
@@ -60,7 +64,7 @@ struct Endpoint {
 /// The endpoint's routes and limits.
 pub fn router(readiness: Readiness, metrics: Metrics) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "alive\n" }))
+        .route("/healthz", get(health))
         .route("/readyz", get(ready))
         .route("/metrics", get(scrape))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
@@ -76,15 +80,54 @@ pub fn router(readiness: Readiness, metrics: Metrics) -> Router {
         )
 }
 
+/// `ready`, or `not ready: <why>; <why>`, then a line per gating condition.
 async fn ready(State(endpoint): State<Endpoint>) -> Response {
-    match endpoint.readiness.unmet() {
-        unmet if unmet.is_empty() => "ready\n".into_response(),
-        unmet => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}\n", unmet.join(", ")),
-        )
-            .into_response(),
+    let unmet = endpoint.readiness.unmet();
+    let mut body = readiness_line(&unmet);
+    for condition in endpoint.readiness.report() {
+        if condition.role == Role::Gates {
+            body.push_str(&condition_line(&condition));
+        }
     }
+    let status = if unmet.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, body).into_response()
+}
+
+/// Always 200: `alive`, the readiness line, then a line per condition.
+async fn health(State(endpoint): State<Endpoint>) -> String {
+    let mut body = format!("alive\n{}", readiness_line(&endpoint.readiness.unmet()));
+    for condition in endpoint.readiness.report() {
+        body.push_str(&condition_line(&condition));
+    }
+    body
+}
+
+fn readiness_line(unmet: &[String]) -> String {
+    if unmet.is_empty() {
+        "ready\n".to_owned()
+    } else {
+        format!("not ready: {}\n", unmet.join("; "))
+    }
+}
+
+/// `database: met for 12.0 s, checked 0.3 s ago: write probe answered in 2 ms`.
+fn condition_line(condition: &ConditionReport) -> String {
+    format!(
+        "{}: {} for {}, checked {} ago{}: {}\n",
+        condition.name,
+        if condition.met { "met" } else { "UNMET" },
+        seconds(condition.for_),
+        seconds(condition.checked_ago),
+        match condition.role {
+            Role::Gates => "",
+            Role::Informs => " (does not gate readiness)",
+        },
+        condition.detail
+    )
 }
 
 async fn scrape(State(endpoint): State<Endpoint>, headers: HeaderMap) -> Response {
@@ -267,7 +310,7 @@ mod tests {
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(serve(
             listener,
-            Readiness::for_server(),
+            Readiness::new(),
             Metrics::new(),
             shutdown.clone(),
         ));
@@ -286,12 +329,20 @@ mod tests {
 
     #[tokio::test]
     async fn routes_answer_with_the_right_status_and_format() {
-        let readiness = Readiness::for_server();
+        let readiness = Readiness::new();
         let metrics = Metrics::new();
         readiness.register(&metrics);
+        let database = readiness.gate("database", "not checked yet");
+        let broker = readiness.inform("kafka", "not checked yet");
+        database.met("ping answered in 1 ms");
+        broker.met("metadata answered in 2 ms, 1 broker listed");
         let router = router(readiness.clone(), metrics);
         assert_eq!(call(&router, "GET", "/healthz", "*/*").await.0, 200);
-        assert_eq!(call(&router, "GET", "/readyz", "*/*").await.0, 200);
+        let (status, _, body) = call(&router, "GET", "/readyz", "*/*").await;
+        assert_eq!(status, 200);
+        assert!(body.starts_with("ready\ndatabase: met for "), "{body}");
+        assert!(body.ends_with(": ping answered in 1 ms\n"), "{body}");
+        assert!(!body.contains("kafka"), "only gating conditions: {body}");
         let (status, content_type, text) = call(&router, "GET", "/metrics?x=1", "*/*").await;
         assert_eq!(status, 200);
         assert!(text.contains("foodorder_ready 1"), "{text}");
@@ -305,11 +356,23 @@ mod tests {
         .await;
         assert!(content_type.contains("openmetrics"), "{content_type}");
         assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
-        readiness.set_broker(false);
+        broker.unmet("no metadata answer");
+        assert_eq!(call(&router, "GET", "/readyz", "*/*").await.0, 200);
+        let (status, _, body) = call(&router, "GET", "/healthz", "*/*").await;
+        assert_eq!(status, 200, "alive, whatever its dependencies do");
+        assert!(body.starts_with("alive\nready\n"), "{body}");
+        assert!(
+            body.contains("(does not gate readiness): no metadata answer\n"),
+            "{body}"
+        );
+        database.unmet("ping timed out after 1.5 s");
         let (status, _, body) = call(&router, "GET", "/readyz", "*/*").await;
-        assert_eq!(
-            (status, body.as_str()),
-            (503, "not ready: kafka unreachable\n")
+        assert_eq!(status, 503);
+        assert!(
+            body.starts_with(
+                "not ready: database: ping timed out after 1.5 s\ndatabase: UNMET for "
+            ),
+            "{body}"
         );
         assert!(
             call(&router, "GET", "/metrics", "*/*")

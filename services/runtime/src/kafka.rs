@@ -1,5 +1,22 @@
 //! Kafka client builders (idempotent producer, manual-commit consumer, admin),
 //! idempotent topic creation, and record-header helpers.
+//!
+//! Every call to the broker is bounded:
+//!
+//! * every request a client sends times out after [`REQUEST_TIMEOUT`]
+//!   (`socket.timeout.ms`), and a connection attempt after
+//!   [`REQUEST_TIMEOUT`] too (`socket.connection.setup.timeout.ms`); TCP
+//!   keepalive is on, so a connection whose peer vanished is noticed;
+//! * a produced record is acknowledged or failed within
+//!   `KAFKA_MESSAGE_TIMEOUT_MS` (`message.timeout.ms`, each broker's ack
+//!   within `request.timeout.ms`, no longer), and waiting for room in the
+//!   producer's local queue is bounded by it too ([`enqueue_timeout`]);
+//! * admin calls (topic creation, configs) have [`REQUEST_TIMEOUT`] as their
+//!   request and operation timeouts;
+//! * flushing a producer at shutdown waits at most 5 s;
+//! * an offset commit that waits for an unknown group coordinator fails after
+//!   `KAFKA_SESSION_TIMEOUT_MS` (librdkafka's own bound), its request after
+//!   [`REQUEST_TIMEOUT`]; the asynchronous commits of the loop never wait.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -18,9 +35,15 @@ use rdkafka::producer::FutureProducer;
 use crate::backoff::Backoff;
 use crate::config::KafkaConfig;
 
+/// The longest any single request to a broker (a produce, a fetch, a
+/// commit, a metadata or admin request) or a connection attempt may take
+/// (librdkafka's defaults are 60 s and 30 s).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Base client settings every client shares.
 pub fn client_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
     let mut client = ClientConfig::new();
+    let request_timeout = REQUEST_TIMEOUT.as_millis().to_string();
     client
         .set("bootstrap.servers", &config.bootstrap_servers)
         .set("client.id", client_id)
@@ -29,8 +52,20 @@ pub fn client_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
         .set("allow.auto.create.topics", "false")
         .set("reconnect.backoff.ms", "100")
         .set("reconnect.backoff.max.ms", "5000")
+        // Deadlines: no request and no connection attempt waits longer; a
+        // connection whose peer went away without a word is found by TCP.
+        .set("socket.timeout.ms", &request_timeout)
+        .set("socket.connection.setup.timeout.ms", &request_timeout)
+        .set("socket.keepalive.enable", "true")
         .set("log_level", "4");
     client
+}
+
+/// How long a produce may wait for room in the producer's local queue before
+/// it fails (rdkafka's `Timeout::Never` would wait for good while the broker
+/// is unreachable and the queue full).
+pub fn enqueue_timeout(config: &KafkaConfig) -> rdkafka::util::Timeout {
+    rdkafka::util::Timeout::After(config.message_timeout)
 }
 
 /// An idempotent producer that waits for all in-sync replicas (`acks=all`).
@@ -67,6 +102,15 @@ fn producer_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
         .set(
             "message.timeout.ms",
             config.message_timeout.as_millis().to_string(),
+        )
+        // Each broker's acknowledgement within the record's own deadline.
+        .set(
+            "request.timeout.ms",
+            config
+                .message_timeout
+                .min(Duration::from_secs(30))
+                .as_millis()
+                .to_string(),
         );
     producer
 }
@@ -146,8 +190,8 @@ pub async fn ensure_topics(config: &KafkaConfig, specs: &[TopicSpec]) -> anyhow:
         })
         .collect();
     let options = AdminOptions::new()
-        .operation_timeout(Some(Duration::from_secs(10)))
-        .request_timeout(Some(Duration::from_secs(10)));
+        .operation_timeout(Some(REQUEST_TIMEOUT))
+        .request_timeout(Some(REQUEST_TIMEOUT));
     let results = admin
         .create_topics(new_topics.iter(), &options)
         .await
@@ -289,4 +333,28 @@ pub fn to_kafka_headers(headers: &BTreeMap<String, String>) -> OwnedHeaders {
             })
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_client_bounds_its_requests_and_producers_their_records() {
+        let config = KafkaConfig::local("127.0.0.1:1", "t-");
+        let client = client_config(&config, "test");
+        assert_eq!(client.get("socket.timeout.ms"), Some("10000"));
+        assert_eq!(
+            client.get("socket.connection.setup.timeout.ms"),
+            Some("10000")
+        );
+        assert_eq!(client.get("socket.keepalive.enable"), Some("true"));
+        let producer = producer_config(&config, "test");
+        assert_eq!(producer.get("message.timeout.ms"), Some("10000"));
+        assert_eq!(producer.get("request.timeout.ms"), Some("10000"));
+        assert!(matches!(
+            enqueue_timeout(&config),
+            rdkafka::util::Timeout::After(timeout) if timeout == config.message_timeout
+        ));
+    }
 }

@@ -107,12 +107,34 @@ impl PrivateBroker {
         );
     }
 
-    /// Kills the broker with SIGKILL (no clean shutdown) and waits until it is gone.
+    /// Kills the broker with SIGKILL (no clean shutdown, frozen or not) and waits until it is gone.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Freezes the broker (SIGSTOP): its connections stay open and nothing
+    /// answers, as in a network partition that drops packets. [`Self::thaw`]
+    /// heals it.
+    pub fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a frozen broker run again (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the broker is running");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} of the broker failed");
     }
 
     /// Starts the broker again on the same ports and data directory.

@@ -131,3 +131,26 @@ pub async fn empty_database() -> (sqlx::PgPool, TestDatabase) {
         .unwrap_or_else(|error| panic!("connect to the test database {name}: {error}"));
     (pool, TestDatabase { name, server })
 }
+
+/// A proxy in front of `pool`'s server (to cut or blackhole, see
+/// [`crate::CuttableProxy`]) and a pool of `max_connections` on the same
+/// database through it, whose connections wait at most 2 s for a free slot.
+pub async fn proxied_pool(
+    pool: &sqlx::PgPool,
+    max_connections: u32,
+) -> (crate::CuttableProxy, sqlx::PgPool) {
+    let options: sqlx::postgres::PgConnectOptions = pool.connect_options().as_ref().clone();
+    let target = tokio::net::lookup_host((options.get_host(), options.get_port()))
+        .await
+        .expect("resolve the database's address")
+        .next()
+        .expect("the database has an address");
+    let proxy = crate::CuttableProxy::start(target).await;
+    let proxied = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_with(options.host("127.0.0.1").port(proxy.address().port()))
+        .await
+        .expect("connect to the database through the proxy");
+    (proxy, proxied)
+}

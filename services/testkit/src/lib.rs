@@ -1,9 +1,9 @@
 //! What the tests of every crate share, and no service binary links (it is a
 //! dev-dependency only, and a dependency of the build-support tools): a
 //! database of each test's own, the test broker and private brokers, records
-//! read back from topics, raw produce for hostile records, a cuttable proxy, a
-//! private Jaeger, metric scrapes, bounded waits with clear failure messages,
-//! and the fuzz bodies with their fixtures.
+//! read back from topics, raw produce for hostile records, a proxy to cut or
+//! blackhole, a private Jaeger, metric scrapes, bounded waits with clear
+//! failure messages, and the fuzz bodies with their fixtures.
 
 pub mod broker;
 pub mod database;
@@ -19,7 +19,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use broker::PrivateBroker;
-pub use database::{TestDatabase, database, database_url, empty_database};
+pub use database::{TestDatabase, database, database_url, empty_database, proxied_pool};
 pub use jaeger::PrivateJaeger;
 pub use kafka::*;
 pub use metrics::{http_get, metric_value, wait_for_metric};

@@ -4,7 +4,10 @@
 /// record batch, no compression), with header names and values taken as raw
 /// bytes: the Rust, Java and Python clients only write UTF-8 header names, but
 /// the protocol (and the Go clients) allow any bytes, so hostile-record tests
-/// need this. Returns the record's offset; panics with the broker's error code.
+/// need this. The record goes to the partition's leader, found through
+/// `bootstrap` (a list, as for any client), and again to the new leader when
+/// leadership moves meanwhile (a broker killed in a cluster). Returns the
+/// record's offset; panics with the broker's error code.
 pub async fn produce_raw(
     bootstrap: &str,
     topic: &str,
@@ -61,26 +64,102 @@ pub async fn produce_raw(
     request.extend_from_slice(&(batch.len() as i32).to_be_bytes());
     request.extend_from_slice(&batch);
 
-    let mut stream = tokio::net::TcpStream::connect(bootstrap)
-        .await
-        .expect("connect to the broker");
-    stream
-        .write_all(&(request.len() as i32).to_be_bytes())
-        .await
-        .unwrap();
-    stream.write_all(&request).await.unwrap();
-    let size = stream.read_i32().await.expect("produce response") as usize;
-    let mut response = vec![0; size];
-    stream.read_exact(&mut response).await.unwrap();
-    // correlation id, topics (1), topic name, partitions (1), partition, error code, base offset
-    let name_len = i16::from_be_bytes([response[8], response[9]]) as usize;
-    let at = 10 + name_len + 4 + 4;
-    let error_code = i16::from_be_bytes([response[at], response[at + 1]]);
-    assert_eq!(
-        error_code, 0,
-        "the broker refused the raw record (Kafka error code {error_code})"
-    );
-    i64::from_be_bytes(response[at + 2..at + 10].try_into().unwrap())
+    let send = async |leader: &str| -> std::io::Result<(i16, i64)> {
+        let mut stream = tokio::net::TcpStream::connect(leader).await?;
+        stream
+            .write_all(&(request.len() as i32).to_be_bytes())
+            .await?;
+        stream.write_all(&request).await?;
+        let size = stream.read_i32().await? as usize;
+        let mut response = vec![0; size];
+        stream.read_exact(&mut response).await?;
+        // correlation id, topics (1), topic name, partitions (1), partition, error code, base offset
+        let name_len = i16::from_be_bytes([response[8], response[9]]) as usize;
+        let at = 10 + name_len + 4 + 4;
+        let error_code = i16::from_be_bytes([response[at], response[at + 1]]);
+        let offset = i64::from_be_bytes(response[at + 2..at + 10].try_into().unwrap());
+        Ok((error_code, offset))
+    };
+    // NOT_LEADER_OR_FOLLOWER, LEADER_NOT_AVAILABLE, NOT_ENOUGH_REPLICAS(_AFTER_APPEND),
+    // REQUEST_TIMED_OUT: leadership or the ISR is moving; ask again.
+    const MOVING: [i16; 5] = [6, 5, 19, 20, 7];
+    let mut last = String::new();
+    // Leaders are remembered between calls (a metadata request per record
+    // would make copying a hundred records take a minute) and asked again
+    // when a send fails.
+    /// (bootstrap, topic, partition) and its leader's `host:port`.
+    type Leaders = Vec<((String, String, i32), String)>;
+    static LEADERS: std::sync::Mutex<Leaders> = std::sync::Mutex::new(Vec::new());
+    let place = (bootstrap.to_owned(), topic.to_owned(), partition);
+    let known = |place: &(String, String, i32)| {
+        let leaders = LEADERS.lock().unwrap();
+        leaders
+            .iter()
+            .find(|(known, _)| known == place)
+            .map(|(_, leader)| leader.clone())
+    };
+    let forget = |place: &(String, String, i32)| {
+        LEADERS.lock().unwrap().retain(|(known, _)| known != place);
+    };
+    for _ in 0..20 {
+        let leader = match known(&place) {
+            Some(leader) => leader,
+            None => {
+                let leader = partition_leader(bootstrap, topic, partition).await;
+                LEADERS
+                    .lock()
+                    .unwrap()
+                    .push((place.clone(), leader.clone()));
+                leader
+            }
+        };
+        let answer = send(&leader).await;
+        if !matches!(answer, Ok((0, _))) {
+            forget(&place);
+        }
+        match answer {
+            Ok((0, offset)) => return offset,
+            Ok((code, _)) if MOVING.contains(&code) => last = format!("Kafka error code {code}"),
+            Ok((code, _)) => panic!("the broker refused the raw record (Kafka error code {code})"),
+            Err(error) => last = format!("{leader}: {error}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    panic!("the raw record could not be produced to {topic}/{partition}: {last}");
+}
+
+/// `host:port` of the leader of `topic`/`partition`, from a metadata request
+/// through `bootstrap` (the first bootstrap address when there is no leader yet).
+async fn partition_leader(bootstrap: &str, topic: &str, partition: i32) -> String {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let first = bootstrap.split(',').next().unwrap_or_default().to_owned();
+        let Ok(consumer) = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create::<BaseConsumer>()
+        else {
+            return first;
+        };
+        let Ok(metadata) =
+            consumer.fetch_metadata(Some(&topic), std::time::Duration::from_secs(10))
+        else {
+            return first;
+        };
+        let leader = metadata
+            .topics()
+            .first()
+            .and_then(|topic| topic.partitions().iter().find(|p| p.id() == partition))
+            .map(|partition| partition.leader());
+        metadata
+            .brokers()
+            .iter()
+            .find(|broker| Some(broker.id()) == leader)
+            .map(|broker| format!("{}:{}", broker.host(), broker.port()))
+            .unwrap_or(first)
+    })
+    .await
+    .expect("the metadata lookup panicked")
 }
 
 fn put_varint(out: &mut Vec<u8>, value: i64) {

@@ -55,6 +55,18 @@ impl RepositoryError {
             Self::Unavailable(sqlx::Error::Database(_)) | Self::Failed(sqlx::Error::Database(_))
         )
     }
+
+    /// True when the database ran out of time (a statement or lock timeout,
+    /// no pooled connection in time): the same work would wait again.
+    pub fn timed_out(&self) -> bool {
+        matches!(self, Self::Unavailable(error) if foodorder_runtime::db::is_timeout(error))
+    }
+
+    /// True when the connection failed mid-way (or the database did not
+    /// answer in time): whether a commit happened is not known.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, Self::Unavailable(sqlx::Error::Io(_)))
+    }
 }
 
 /// A menu item.

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::support::{order_request, spawn_app, spawn_app_on, spawn_app_with};
+use crate::support::{order_request, spawn_app, spawn_app_with};
 use foodorder_runtime::config::KafkaConfig;
 use foodorder_testkit::{self as testing, PrivateBroker};
 
@@ -95,96 +95,6 @@ async fn a_record_the_broker_refuses_for_good_is_parked_and_the_rest_go_out() {
         .await;
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].key, order.id, "the order's event went out");
-    app.stop().await;
-}
-
-/// grpc.health.v1 and `/readyz` follow PostgreSQL and the broker: NOT_SERVING
-/// (503) while either is unreachable, SERVING (200) once it is back; `/healthz`
-/// answers 200 throughout.
-#[cfg_attr(
-    not(feature = "infra-tests"),
-    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
-)]
-#[tokio::test]
-async fn readiness_follows_the_database_and_the_broker() {
-    let (pool, _database) = foodorder_testkit::database(&[&order_api::SCHEMA]).await;
-    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-    use tonic_health::pb::health_check_response::ServingStatus;
-    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-
-    let options: PgConnectOptions = pool.connect_options().as_ref().clone();
-    let target = tokio::net::lookup_host((options.get_host(), options.get_port()))
-        .await
-        .unwrap()
-        .next()
-        .expect("database address");
-    let database = testing::CuttableProxy::start(target).await;
-    let proxied = PgPoolOptions::new()
-        .max_connections(5)
-        .acquire_timeout(Duration::from_secs(2))
-        .connect_with(options.host("127.0.0.1").port(database.address().port()))
-        .await
-        .unwrap();
-    let port = testing::free_port();
-    let mut broker = PrivateBroker::start(port).await;
-    let kafka = KafkaConfig::local(&broker.bootstrap(), &testing::unique_prefix());
-    let app = spawn_app_on(proxied, |config| config.kafka = kafka).await;
-    let health = HealthClient::new(app.channel.clone());
-
-    let expect = async |ready: bool, reason: &str| {
-        let want = if ready {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        let mut health = health.clone();
-        testing::wait_for(
-            &format!("grpc health {want:?} and /readyz ({reason})"),
-            Duration::from_secs(60),
-            || {
-                let mut health = health.clone();
-                async move {
-                    let status = health
-                        .check(HealthCheckRequest {
-                            service: "foodorder.v1.OrderService".into(),
-                        })
-                        .await
-                        .ok()?
-                        .into_inner()
-                        .status();
-                    let (code, body) = testing::http_get(app.http_addr, "/readyz").await;
-                    let matches = status == want
-                        && code == if ready { 200 } else { 503 }
-                        && (ready || body.contains(reason));
-                    matches.then_some(())
-                }
-            },
-        )
-        .await;
-        let overall = health
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status();
-        assert_eq!(overall, want, "the server as a whole follows too");
-        let (code, _) = testing::http_get(app.http_addr, "/healthz").await;
-        assert_eq!(code, 200, "liveness does not depend on the dependencies");
-    };
-
-    expect(true, "everything up").await;
-    database.cut();
-    expect(false, "postgresql unreachable").await;
-    database.restore();
-    expect(true, "postgresql back").await;
-    broker.kill();
-    expect(false, "kafka unreachable").await;
-    broker.restart().await;
-    expect(true, "kafka back").await;
-    let (_, scrape) = testing::http_get(app.http_addr, "/metrics").await;
-    assert_eq!(testing::metric_value(&scrape, "foodorder_ready"), Some(1.0));
     app.stop().await;
 }
 

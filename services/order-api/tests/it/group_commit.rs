@@ -8,6 +8,7 @@ use std::time::Duration;
 use foodorder_contract::v1::{OrderPlaced, PlaceOrderRequest};
 use foodorder_runtime::metrics::Metrics;
 use foodorder_testkit as testing;
+use order_api::deadline::CallDeadline;
 use order_api::domain::{NewOrder, validate_place_order};
 use order_api::error::ApiError;
 use order_api::group_commit::{self, GroupCommit, GroupCommitConfig, Placed};
@@ -216,6 +217,7 @@ async fn a_batch_postgres_refuses_is_placed_call_by_call() {
             writers: 1,
             max_batch: 16,
             window: Duration::ZERO,
+            ..GroupCommitConfig::default()
         },
         TOPIC,
         &Metrics::new(),
@@ -232,7 +234,8 @@ async fn a_batch_postgres_refuses_is_placed_call_by_call() {
         .into_iter()
         .map(|request| {
             let placing = placing.clone();
-            tokio::spawn(async move { placing.place(request).await })
+            let deadline = CallDeadline::after(Duration::from_secs(60));
+            tokio::spawn(async move { placing.place(request, &deadline).await })
         })
         .collect();
     // All three are queued before any writer runs: they form one batch.

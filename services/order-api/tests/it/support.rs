@@ -49,7 +49,8 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     app
 }
 
-/// Starts the API over `pool` (already migrated: a proxied connection, say).
+/// Starts the API over `pool` (already migrated: a proxied connection, say)
+/// and waits until it is ready (its write probe passed).
 pub async fn spawn_app_on(pool: PgPool, adjust: impl FnOnce(&mut Config)) -> TestApp {
     foodorder_runtime::telemetry::init_for_tests();
     let mut config = Config::for_tests();
@@ -69,6 +70,10 @@ pub async fn spawn_app_on(pool: PgPool, adjust: impl FnOnce(&mut Config)) -> Tes
         .connect()
         .await
         .expect("failed to connect to the app");
+    testing::wait_for("the app to be ready", Duration::from_secs(30), || async {
+        (testing::http_get(http_addr, "/readyz").await.0 == 200).then_some(())
+    })
+    .await;
     TestApp {
         addr,
         http_addr,

@@ -1,12 +1,14 @@
 //! Database outage: the payment service keeps running, retries with back-off,
 //! and once PostgreSQL is reachable again the order is paid exactly once and
 //! reported — nothing lost, nothing doubled. The outage is a TCP proxy in front
-//! of the real PostgreSQL that the test cuts and restores.
+//! of the real PostgreSQL that the test cuts and restores. Readiness follows
+//! the database and the consumer's broker.
 
 use std::time::Duration;
 
 use crate::support::*;
-use foodorder_testkit::{self as testing, CuttableProxy};
+use foodorder_runtime::config::KafkaConfig;
+use foodorder_testkit::{self as testing, CuttableProxy, PrivateBroker};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
@@ -135,8 +137,70 @@ async fn readiness_follows_the_database() {
     };
     readyz(200, "ready").await;
     proxy.cut();
-    readyz(503, "postgresql unreachable").await;
+    readyz(
+        503,
+        "not ready: database: write probe failed: cannot connect",
+    )
+    .await;
     proxy.restore();
     readyz(200, "ready").await;
+    service.stop().await;
+}
+
+/// The consumer is ready while its group coordinator answers: an idle
+/// consumer (nothing to commit) whose broker is frozen (connections open,
+/// nothing answers, as in a partition) or killed is not ready within seconds,
+/// and ready again by itself once the broker is back; `/readyz` answers at
+/// once throughout and the process never stops.
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
+)]
+#[tokio::test]
+async fn an_idle_consumer_is_not_ready_while_its_broker_is_frozen_or_down() {
+    let (pool, _database) = foodorder_testkit::database(&[&payment_service::SCHEMA]).await;
+    let mut broker = PrivateBroker::start(testing::free_port()).await;
+    let kafka = KafkaConfig::local(&broker.bootstrap(), &testing::unique_prefix());
+    let service = spawn_service(pool, test_config(kafka, 0.0)).await;
+    let http = service.http;
+    let readyz = async |code: u16, body: &str, patience: Duration| {
+        let started = std::time::Instant::now();
+        loop {
+            let (status, text) =
+                tokio::time::timeout(Duration::from_secs(1), testing::http_get(http, "/readyz"))
+                    .await
+                    .expect("/readyz answers within 1 s, whatever the broker does");
+            if status == code && text.contains(body) {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < patience,
+                "/readyz did not answer {code} with {body:?} within {patience:?}; it answered {status}:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let consumer = "consumer ";
+    readyz(200, consumer, Duration::from_secs(60)).await;
+
+    broker.freeze();
+    let frozen = readyz(503, consumer, Duration::from_secs(30)).await;
+    let (_, body) = testing::http_get(http, "/readyz").await;
+    assert!(
+        body.contains("database: met"),
+        "the database is fine:\n{body}"
+    );
+    broker.thaw();
+    let thawed = readyz(200, "ready", Duration::from_secs(60)).await;
+
+    broker.kill();
+    let killed = readyz(503, consumer, Duration::from_secs(30)).await;
+    broker.restart().await;
+    let restarted = readyz(200, "ready", Duration::from_secs(90)).await;
+    assert!(!service.is_finished(), "the service never stops on its own");
+    eprintln!(
+        "broker frozen: not ready after {frozen:?}, thawed: ready after {thawed:?}; \
+         killed: not ready after {killed:?}, restarted: ready after {restarted:?} (once it answered)"
+    );
     service.stop().await;
 }

@@ -7,7 +7,6 @@ use std::time::Duration;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Header;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
 use tokio_util::sync::CancellationToken;
 
 use super::{ConsumerSettings, ReceivedMessage};
@@ -79,7 +78,8 @@ pub(super) async fn dead_letter(
             record = record.payload(payload.as_slice());
         }
         let delay = backoff.next_delay();
-        match dead_letters.producer.send(record, Timeout::Never).await {
+        let enqueue_timeout = kafka::enqueue_timeout(&dead_letters.kafka_config);
+        match dead_letters.producer.send(record, enqueue_timeout).await {
             Ok(_) => return true,
             Err((error, _)) => {
                 tracing::warn!(%error, dlq_topic = settings.dlq_topic, retry_in_ms = delay.as_millis() as u64, "failed to dead-letter a message, retrying");

@@ -1,8 +1,9 @@
 //! The effectively-once consumer framework shared by the consumer services:
 //! the handler API here, and one module per concern —
 //! [`progress`] (offsets and commits), [`key_order`] (same-key ordering),
-//! [`dead_letter`] (poison records), [`rebalance`] (assignment, readiness,
-//! lag), [`metrics`] and [`run_loop`] (the loop itself).
+//! [`dead_letter`] (poison records), [`rebalance`] (assignment, lag),
+//! [`health`] (the readiness condition: assigned, commits succeed, the
+//! coordinator answers), [`metrics`] and [`run_loop`] (the loop itself).
 //!
 //! * Up to `max_in_flight` messages are handled concurrently; messages with the
 //!   same key are handled one after another, in offset order.
@@ -14,6 +15,10 @@
 //!   with capped back-off, forever, until shutdown) or fatal (poison message:
 //!   the original record goes to the dead-letter topic with diagnostic
 //!   headers, and its offset is committed).
+//! * Each try of a handler is bounded (`handler_timeout`): a try that does
+//!   not finish in time (a database connection whose peer vanished silently
+//!   answers nothing, and no server-side timeout reaches it) is abandoned, as
+//!   at shutdown, and retried; handlers are idempotent, so that is harmless.
 //! * On a rebalance, finished work of revoked partitions is committed and
 //!   in-flight work is abandoned: its completion is not committed, the new
 //!   owner re-delivers it, and the handler's deduplication makes that harmless.
@@ -21,6 +26,7 @@
 //!   synchronously, flush the producer.
 
 mod dead_letter;
+mod health;
 mod key_order;
 mod metrics;
 mod progress;
@@ -36,12 +42,14 @@ use rdkafka::Message;
 use rdkafka::message::{BorrowedMessage, OwnedHeaders};
 
 use crate::config::{DatabaseConfig, KafkaConfig, env_count, env_or, env_seconds};
+use crate::health::ProbeSettings;
 use crate::record_headers::{self, RawHeader};
 
 pub use dead_letter::{
     DLQ_CONSUMER_GROUP, DLQ_ERROR, DLQ_FAILED_AT, DLQ_SOURCE_OFFSET, DLQ_SOURCE_PARTITION,
     DLQ_SOURCE_TOPIC,
 };
+pub use health::COMMIT_FAILURE_GRACE;
 pub use metrics::ConsumerMetrics;
 pub use run_loop::run;
 
@@ -169,11 +177,20 @@ pub struct ConsumerSettings {
     pub commit_interval: Duration,
     /// How long in-flight handlers may run after shutdown before they are abandoned.
     pub shutdown_grace: Duration,
-    /// Whether the service is ready only while this consumer holds its
-    /// assignment (default true; order-api's payment-outcome consumer does not
-    /// gate PlaceOrder).
+    /// Whether the service is ready only while this consumer is (see
+    /// `consumer::health`: assigned, its commits succeed, its coordinator
+    /// answers); default true. Otherwise its condition is only shown on
+    /// `/healthz` (order-api's payment-outcome consumer does not gate PlaceOrder).
     pub gates_readiness: bool,
+    /// The longest one try of the handler may take before it is abandoned
+    /// and retried (default [`DEFAULT_HANDLER_TIMEOUT`]).
+    pub handler_timeout: Duration,
 }
+
+/// How long one try of a handler may take by default: far beyond any
+/// handler's normal work (the database's own deadlines are seconds), so it
+/// only ends tries stuck on a dependency that stopped answering.
+pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl ConsumerSettings {
     /// Consuming `topic` in `group_id`, dead-lettering to `dlq_topic`, with
@@ -193,6 +210,7 @@ impl ConsumerSettings {
             commit_interval: Duration::from_millis(200),
             shutdown_grace,
             gates_readiness: true,
+            handler_timeout: DEFAULT_HANDLER_TIMEOUT,
         }
     }
 }
@@ -213,6 +231,11 @@ pub struct ConsumerConfig {
     pub health_addr: SocketAddr,
     /// `SHUTDOWN_GRACE_SECONDS` (default 10): in-flight records may finish within this.
     pub shutdown_grace: Duration,
+    /// `<PREFIX>_HANDLER_TIMEOUT_MS` (default 60000): one try of the handler
+    /// that takes longer is abandoned and retried (see [`ConsumerSettings::handler_timeout`]).
+    pub handler_timeout: Duration,
+    /// `READINESS_PROBE_INTERVAL_MS`, `READINESS_PROBE_TIMEOUT_MS`: the readiness probes.
+    pub readiness_probes: ProbeSettings,
 }
 
 impl ConsumerConfig {
@@ -236,6 +259,11 @@ impl ConsumerConfig {
                 SocketAddr::from(([0, 0, 0, 0], default_port)),
             )?,
             shutdown_grace: env_seconds("SHUTDOWN_GRACE_SECONDS", 10.0)?,
+            handler_timeout: Duration::from_millis(env_count(
+                &format!("{prefix}_HANDLER_TIMEOUT_MS"),
+                DEFAULT_HANDLER_TIMEOUT.as_millis() as u64,
+            )?),
+            readiness_probes: ProbeSettings::from_env()?,
         })
     }
 
@@ -249,18 +277,23 @@ impl ConsumerConfig {
             group_id: format!("{service}-test-{}", uuid::Uuid::new_v4()),
             health_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             shutdown_grace: Duration::from_secs(5),
+            handler_timeout: DEFAULT_HANDLER_TIMEOUT,
+            readiness_probes: ProbeSettings::default(),
         }
     }
 
     /// The consumer loop's settings for topic `topic` and dead-letter topic
     /// `dead_letter_topic` (names without the prefix, which is added here).
     pub fn settings(&self, topic: &str, dead_letter_topic: &str) -> ConsumerSettings {
-        ConsumerSettings::new(
-            &self.group_id,
-            &self.kafka.topic(topic),
-            &self.kafka.topic(dead_letter_topic),
-            self.max_in_flight,
-            self.shutdown_grace,
-        )
+        ConsumerSettings {
+            handler_timeout: self.handler_timeout,
+            ..ConsumerSettings::new(
+                &self.group_id,
+                &self.kafka.topic(topic),
+                &self.kafka.topic(dead_letter_topic),
+                self.max_in_flight,
+                self.shutdown_grace,
+            )
+        }
     }
 }

@@ -1,24 +1,24 @@
 //! The consumer's librdkafka context: commits finished work of revoked
-//! partitions, tracks assignments (readiness, pausing), and turns librdkafka's
-//! statistics into the lag gauge.
+//! partitions, tracks assignments (pausing) and reports them and the offset
+//! commits' outcomes to the consumer's readiness condition, and turns
+//! librdkafka's statistics into the lag gauge.
 
 use std::sync::Arc;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::{ClientContext, TopicPartitionList};
 
+use super::health::ConsumerHealth;
 use super::metrics::{ConsumerMetrics, LagLabels};
 use super::progress::Progress;
-use crate::health::Readiness;
 
 /// Commits finished work of revoked partitions and forgets them; counts
 /// assignments, so that the loop can pause partitions it was newly given.
 pub(super) struct RebalanceContext {
     pub(super) progress: Progress,
     pub(super) assignments: Arc<std::sync::atomic::AtomicU64>,
-    /// Ready while the consumer holds an assignment (an empty one counts: the
-    /// group has more members than partitions).
-    pub(super) readiness: Readiness,
+    /// The consumer's readiness condition: assignments and commit outcomes.
+    pub(super) health: ConsumerHealth,
     /// Where the lag from librdkafka's statistics goes.
     pub(super) metrics: ConsumerMetrics,
 }
@@ -71,7 +71,8 @@ impl ConsumerContext for RebalanceContext {
                 tracing::warn!(%error, "failed to commit offsets of revoked partitions");
             }
             self.progress.forget(partitions);
-            self.readiness.set_assigned(false);
+            self.health
+                .unassigned("partitions revoked, waiting for a new assignment");
             tracing::info!(partitions = partitions.count(), "partitions revoked");
         }
     }
@@ -81,6 +82,7 @@ impl ConsumerContext for RebalanceContext {
         result: rdkafka::error::KafkaResult<()>,
         offsets: &TopicPartitionList,
     ) {
+        self.health.committed(&result);
         if let Err(error) = result {
             tracing::warn!(%error, "offset commit failed, it will be retried");
             self.progress.uncommitted(Some(offsets));
@@ -92,7 +94,7 @@ impl ConsumerContext for RebalanceContext {
             Rebalance::Assign(partitions) => {
                 self.assignments
                     .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                self.readiness.set_assigned(true);
+                self.health.assigned(partitions.count());
                 tracing::info!(partitions = partitions.count(), "partitions assigned")
             }
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),

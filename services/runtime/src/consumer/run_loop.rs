@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::dead_letter::{DeadLetters, dead_letter};
+use super::health::ConsumerHealth;
 use super::key_order::KeyQueues;
 use super::metrics::{ConsumerMetrics, LAG_STATISTICS_INTERVAL_MS};
 use super::progress::Progress;
@@ -22,7 +23,7 @@ use super::rebalance::RebalanceContext;
 use super::{ConsumerSettings, HandleError, Handled, MessageHandler, ReceivedMessage};
 use crate::backoff::Backoff;
 use crate::config::KafkaConfig;
-use crate::health::Readiness;
+use crate::health::{Condition, ProbeSettings};
 use crate::kafka::{self, TopicSpec};
 use crate::metrics::TopicLabel;
 
@@ -34,15 +35,18 @@ const PREFETCH_KIB: &str = "4096";
 /// How long every slot may stay busy before the partitions are paused.
 const PAUSE_AFTER: Duration = Duration::from_millis(500);
 
-/// Runs the consumer loop until `shutdown`.
+/// Runs the consumer loop until `shutdown`, keeping `condition` (see
+/// `consumer::health`) with coordinator probes as often as `probes` says.
 pub async fn run<H: MessageHandler>(
     kafka_config: &KafkaConfig,
     settings: ConsumerSettings,
     handler: Arc<H>,
-    readiness: Readiness,
+    condition: Condition,
+    probes: ProbeSettings,
     metrics: ConsumerMetrics,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let health = ConsumerHealth::new(condition);
     let progress = Progress::default();
     let assignments = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let consumer: Arc<Consumer_> = Arc::new(
@@ -76,7 +80,7 @@ pub async fn run<H: MessageHandler>(
             .create_with_context(RebalanceContext {
                 progress: progress.clone(),
                 assignments: assignments.clone(),
-                readiness: readiness.clone(),
+                health: health.clone(),
                 metrics: metrics.clone(),
             })
             .context("failed to create the kafka consumer")?,
@@ -100,6 +104,12 @@ pub async fn run<H: MessageHandler>(
     consumer
         .subscribe(&[&settings.topic])
         .context("failed to subscribe")?;
+    let watch = tokio::spawn(health.clone().watch(
+        consumer.clone(),
+        settings.topic.clone(),
+        probes,
+        shutdown.clone(),
+    ));
     tracing::info!(
         topic = settings.topic,
         group = settings.group_id,
@@ -219,7 +229,8 @@ pub async fn run<H: MessageHandler>(
         });
     }
 
-    readiness.set_assigned(false);
+    health.unassigned("the consumer is stopping");
+    let _ = watch.await;
     tracing::info!(
         in_flight = tasks.len(),
         "consumer stopping, draining in-flight messages"
@@ -294,18 +305,24 @@ async fn process<H: MessageHandler>(
     let topic = message.topic.as_str();
     loop {
         // A panicking handler would leave its offset unfinished forever and
-        // stall the partition's commits: treat it as poison instead.
-        let outcome = std::panic::AssertUnwindSafe(handler.handle(message))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|panic| {
+        // stall the partition's commits: treat it as poison instead. A try
+        // stuck on a dependency that stopped answering is abandoned (as at
+        // shutdown) and retried.
+        let attempt = std::panic::AssertUnwindSafe(handler.handle(message)).catch_unwind();
+        let outcome = match tokio::time::timeout(settings.handler_timeout, attempt).await {
+            Ok(outcome) => outcome.unwrap_or_else(|panic| {
                 let text = panic
                     .downcast_ref::<&str>()
                     .map(|text| (*text).to_owned())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_default();
                 Err(HandleError::Fatal(format!("the handler panicked: {text}")))
-            });
+            }),
+            Err(_) => Err(HandleError::Retryable(anyhow::anyhow!(
+                "the handler did not finish within {:?} (a dependency did not answer); abandoned, to be retried",
+                settings.handler_timeout
+            ))),
+        };
         match outcome {
             Ok(handled) => {
                 let outcome = match handled {
@@ -392,5 +409,65 @@ impl ErrorLog {
         tracing::warn!(%error, similar_errors_not_logged = self.suppressed, "kafka consumer error");
         self.last = Some(now);
         self.suppressed = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::super::OriginalHeaders;
+    use super::*;
+
+    /// Hangs on its first try (a dependency that stopped answering), then succeeds.
+    struct HangsOnce(AtomicUsize);
+
+    impl MessageHandler for HangsOnce {
+        async fn handle(&self, _message: &ReceivedMessage) -> Result<Handled, HandleError> {
+            if self.0.fetch_add(1, Ordering::SeqCst) == 0 {
+                std::future::pending::<()>().await;
+            }
+            Ok(Handled::Processed)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_try_that_hangs_is_abandoned_and_retried() {
+        // Nothing here talks to a broker: the producer is only created.
+        let kafka_config = KafkaConfig::local("127.0.0.1:1", "t-");
+        let dead_letters = DeadLetters {
+            producer: kafka::dead_letter_producer(&kafka_config, "test").unwrap(),
+            kafka_config,
+        };
+        let settings = ConsumerSettings {
+            handler_timeout: Duration::from_millis(100),
+            ..ConsumerSettings::new("group", "topic", "topic.dlq", 1, Duration::from_secs(1))
+        };
+        let message = ReceivedMessage {
+            topic: "topic".into(),
+            partition: 0,
+            offset: 7,
+            key: None,
+            payload: None,
+            raw_headers: Vec::new(),
+            original_headers: OriginalHeaders::default(),
+        };
+        let handler = HangsOnce(AtomicUsize::new(0));
+        let metrics = ConsumerMetrics::new(&crate::metrics::Metrics::new());
+        let done = tokio::time::timeout(
+            Duration::from_secs(30),
+            process(
+                &handler,
+                &dead_letters,
+                &settings,
+                &message,
+                &metrics,
+                &CancellationToken::new(),
+            ),
+        )
+        .await
+        .expect("the hanging try is cut");
+        assert!(done, "the record is finished by the second try");
+        assert_eq!(handler.0.load(Ordering::SeqCst), 2);
     }
 }

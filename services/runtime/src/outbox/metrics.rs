@@ -1,8 +1,10 @@
 //! The relay's metrics: rows published and their latency, and the backlog
-//! (unsent rows and the age of the oldest) sampled every few seconds.
+//! (unsent rows and the age of the oldest) sampled every few seconds, which
+//! also keeps the `outbox` health condition shown on `/healthz`.
 
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -11,6 +13,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::Schema;
+use crate::health::{Condition, millis, seconds};
 use crate::metrics::{LatencyFamily, Metrics, TopicLabel};
 
 /// The relay's metrics.
@@ -52,13 +55,75 @@ impl OutboxMetrics {
 /// How often the backlog gauges are refreshed.
 const BACKLOG_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Refreshes the backlog gauges (unsent rows, age of the oldest) every
-/// [`BACKLOG_INTERVAL`] until `shutdown`. A topic with no backlog reads 0.
+/// How old the oldest unsent row may be before the `outbox` health condition
+/// is unmet (the threshold of the FoodOrderOutboxStalled alert).
+pub const OUTBOX_STALLED_AFTER: Duration = Duration::from_secs(30);
+
+/// When the broker last acknowledged one of the relay's records. Cheap to clone.
+#[derive(Clone, Default)]
+pub(super) struct LastPublished(Arc<Mutex<Option<Instant>>>);
+
+impl LastPublished {
+    /// Records an acknowledgement now.
+    pub(super) fn mark(&self) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+    }
+
+    fn describe(&self) -> String {
+        match *self.0.lock().unwrap_or_else(PoisonError::into_inner) {
+            Some(at) => format!("last publish acknowledged {} ago", millis(at.elapsed())),
+            None => "no publish acknowledged since the start".to_owned(),
+        }
+    }
+}
+
+/// The relay's health condition and what feeds it.
+pub(super) struct BacklogStatus {
+    pub(super) condition: Condition,
+    pub(super) last_published: LastPublished,
+}
+
+impl BacklogStatus {
+    /// Met while the oldest unsent row is younger than [`OUTBOX_STALLED_AFTER`].
+    fn show(&self, backlog: &Result<Vec<(String, i64, f64)>, sqlx::Error>) {
+        let published = self.last_published.describe();
+        let rows = match backlog {
+            Ok(rows) => rows,
+            Err(error) => {
+                return self.condition.unmet(format!(
+                    "the backlog could not be read ({error}); {published}"
+                ));
+            }
+        };
+        let unsent: i64 = rows.iter().map(|(_, rows, _)| rows).sum();
+        let oldest = rows.iter().map(|(_, _, age)| *age).fold(0.0_f64, f64::max);
+        let oldest = Duration::try_from_secs_f64(oldest).unwrap_or_default();
+        if unsent == 0 {
+            self.condition.met(format!("nothing unsent; {published}"));
+        } else if oldest < OUTBOX_STALLED_AFTER {
+            self.condition.met(format!(
+                "{unsent} unsent, the oldest {} old; {published}",
+                seconds(oldest)
+            ));
+        } else {
+            self.condition.unmet(format!(
+                "not draining: {unsent} unsent, the oldest {} old (over {}); {published}",
+                seconds(oldest),
+                seconds(OUTBOX_STALLED_AFTER)
+            ));
+        }
+    }
+}
+
+/// Refreshes the backlog gauges (unsent rows, age of the oldest) and the
+/// `outbox` condition every [`BACKLOG_INTERVAL`] until `shutdown`. A topic
+/// with no backlog reads 0.
 pub(super) async fn watch_backlog(
     pool: PgPool,
     schema: &'static Schema,
     topics: Vec<String>,
     metrics: OutboxMetrics,
+    status: Option<BacklogStatus>,
     shutdown: CancellationToken,
 ) {
     let mut known: std::collections::BTreeSet<String> = topics.iter().cloned().collect();
@@ -69,15 +134,27 @@ pub(super) async fn watch_backlog(
             () = shutdown.cancelled() => return,
             _ = interval.tick() => {}
         }
-        let backlog: Result<Vec<(String, i64, f64)>, sqlx::Error> = sqlx::query_as(&format!(
+        let sql = format!(
             "SELECT topic, count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0) \
              FROM {}.outbox WHERE sent_at IS NULL AND parked_at IS NULL \
              AND (cardinality($1::text[]) = 0 OR topic = ANY($1)) GROUP BY topic",
             schema.name
-        ))
-        .bind(&topics)
-        .fetch_all(&pool)
-        .await;
+        );
+        let query = sqlx::query_as(&sql).bind(&topics).fetch_all(&pool);
+        // Bounded: a connection that stopped answering must not stop the
+        // watch (nor the relay's shutdown, which waits for it).
+        let backlog: Result<Vec<(String, i64, f64)>, sqlx::Error> = tokio::select! {
+            () = shutdown.cancelled() => return,
+            read = tokio::time::timeout(BACKLOG_INTERVAL, query) => read.unwrap_or_else(|_| {
+                Err(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("postgresql did not answer within {BACKLOG_INTERVAL:?}"),
+                )))
+            }),
+        };
+        if let Some(status) = &status {
+            status.show(&backlog);
+        }
         let backlog = match backlog {
             Ok(rows) => rows,
             Err(error) => {

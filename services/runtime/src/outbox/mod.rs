@@ -112,7 +112,17 @@ pub struct RelayConfig {
     /// Topics this relay publishes; rows for other topics are left to the
     /// service that owns them (empty: every topic).
     pub topics: Vec<String>,
+    /// The longest one batch (claim, publish, mark) may take: a batch stuck
+    /// on a database or broker that stopped answering is abandoned and
+    /// retried. Records the broker acknowledged but the relay did not mark
+    /// are published again; consumers deduplicate.
+    pub batch_timeout: Duration,
 }
+
+/// How long one relay batch may take by default: the broker's acks (at most
+/// `KAFKA_MESSAGE_TIMEOUT_MS` each, waiting for queue room included) and a few
+/// statements, with room to spare.
+pub const DEFAULT_BATCH_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl RelayConfig {
     /// Reads the relay settings from the environment.
@@ -129,6 +139,7 @@ impl RelayConfig {
                 3600 * crate::config::env_or::<u64>("OUTBOX_RETENTION_HOURS", 24)?,
             ),
             topics: Vec::new(),
+            batch_timeout: DEFAULT_BATCH_TIMEOUT,
         })
     }
 }
@@ -142,9 +153,10 @@ impl Default for RelayConfig {
             max_backoff: Duration::from_secs(10),
             retention: Duration::from_secs(24 * 3600),
             topics: Vec::new(),
+            batch_timeout: DEFAULT_BATCH_TIMEOUT,
         }
     }
 }
 
-pub use metrics::OutboxMetrics;
+pub use metrics::{OUTBOX_STALLED_AFTER, OutboxMetrics};
 pub use relay::{OutboxRelay, run_relay_with_topics};

@@ -15,10 +15,11 @@ use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::metrics::watch_backlog;
+use super::metrics::{BacklogStatus, LastPublished, watch_backlog};
 use super::{OutboxMetrics, RelayConfig, notify_channel};
 use crate::backoff::Backoff;
 use crate::db::Schema;
+use crate::health::Condition;
 use crate::metrics::{Metrics, TopicLabel};
 use crate::{kafka, telemetry};
 
@@ -41,6 +42,10 @@ enum RelayError {
         claimed: usize,
         first_error: rdkafka::error::KafkaError,
     },
+    #[error(
+        "a batch did not finish within {0:?} (the database or the broker stopped answering); abandoned"
+    )]
+    TimedOut(Duration),
 }
 
 /// Makes a new producer when the current one hit a fatal error.
@@ -54,6 +59,13 @@ pub struct OutboxRelay {
     make_producer: Option<ProducerFactory>,
     config: RelayConfig,
     metrics: OutboxMetrics,
+    /// How long a record may wait for room in the producer's queue.
+    enqueue_timeout: Timeout,
+    status: Option<Condition>,
+    last_published: LastPublished,
+    /// Whether [`OutboxRelay::run`] watches the backlog itself (false when
+    /// [`run_relay_with_topics`] already does).
+    watch_backlog: bool,
 }
 
 impl OutboxRelay {
@@ -72,7 +84,33 @@ impl OutboxRelay {
             make_producer: None,
             config,
             metrics: OutboxMetrics::new(&Metrics::default()),
+            enqueue_timeout: Timeout::After(Duration::from_secs(10)),
+            status: None,
+            last_published: LastPublished::default(),
+            watch_backlog: true,
         }
+    }
+
+    /// How long a record may wait for room in the producer's local queue
+    /// (default 10 s; [`kafka::enqueue_timeout`] of the Kafka settings).
+    pub fn with_enqueue_timeout(mut self, timeout: Timeout) -> Self {
+        self.enqueue_timeout = timeout;
+        self
+    }
+
+    /// Keeps `condition` (the `outbox` health condition): met while the
+    /// oldest unsent row is younger than [`super::OUTBOX_STALLED_AFTER`],
+    /// with the backlog and the last acknowledged publish as its detail.
+    pub fn with_status(mut self, condition: Condition) -> Self {
+        self.status = Some(condition);
+        self
+    }
+
+    /// The backlog is watched by the caller, who reads `last_published`.
+    fn with_backlog_watched_by_caller(mut self, last_published: LastPublished) -> Self {
+        self.watch_backlog = false;
+        self.last_published = last_published;
+        self
     }
 
     /// Reports into `metrics` (by default the relay's metrics go nowhere).
@@ -92,20 +130,30 @@ impl OutboxRelay {
         let mut listener: Option<PgListener> = None;
         let mut backoff = Backoff::new(self.config.initial_backoff, self.config.max_backoff);
         let mut last_cleanup = tokio::time::Instant::now();
-        let backlog = tokio::spawn(watch_backlog(
-            self.pool.clone(),
-            self.schema,
-            self.config.topics.clone(),
-            self.metrics.clone(),
-            shutdown.clone(),
-        ));
+        let backlog = self.watch_backlog.then(|| {
+            tokio::spawn(watch_backlog(
+                self.pool.clone(),
+                self.schema,
+                self.config.topics.clone(),
+                self.metrics.clone(),
+                self.status.clone().map(|condition| BacklogStatus {
+                    condition,
+                    last_published: self.last_published.clone(),
+                }),
+                shutdown.clone(),
+            ))
+        });
         tracing::info!("outbox relay started");
         while !shutdown.is_cancelled() {
             // Listen before draining so that no notification falls in between.
             if listener.is_none() {
                 listener = self.listen().await;
             }
-            match self.drain().await {
+            let drained = tokio::select! {
+                () = shutdown.cancelled() => break,
+                drained = self.drain() => drained,
+            };
+            match drained {
                 Ok(published) => {
                     backoff.reset();
                     if published > 0 {
@@ -165,7 +213,9 @@ impl OutboxRelay {
         {
             tracing::warn!(%error, "failed to flush the outbox producer");
         }
-        let _ = backlog.await;
+        if let Some(backlog) = backlog {
+            let _ = backlog.await;
+        }
         tracing::info!("outbox relay stopped");
     }
 
@@ -190,7 +240,10 @@ impl OutboxRelay {
     async fn drain(&self) -> Result<usize, RelayError> {
         let mut total = 0;
         loop {
-            let (published, claimed) = self.publish_batch().await?;
+            let (published, claimed) =
+                tokio::time::timeout(self.config.batch_timeout, self.publish_batch())
+                    .await
+                    .map_err(|_| RelayError::TimedOut(self.config.batch_timeout))??;
             total += published;
             if claimed < self.config.batch_size as usize {
                 return Ok(total);
@@ -236,15 +289,17 @@ impl OutboxRelay {
             let mut headers = row.headers.0.clone();
             headers.extend(telemetry::inject_span(&span));
             let producer = self.producer();
+            let enqueue_timeout = self.enqueue_timeout;
             let record_span = span.clone();
             let metrics = &self.metrics;
+            let last_published = &self.last_published;
             async move {
                 let record = FutureRecord::to(&row.topic)
                     .key(row.message_key.as_bytes())
                     .payload(&row.payload)
                     .headers(kafka::to_kafka_headers(&headers));
                 let started = std::time::Instant::now();
-                let result = producer.send(record, Timeout::Never).await;
+                let result = producer.send(record, enqueue_timeout).await;
                 if let Ok(delivery) = &result {
                     record_span.record("messaging.kafka.destination.partition", delivery.partition);
                     record_span.record("messaging.kafka.message.offset", delivery.offset);
@@ -256,6 +311,7 @@ impl OutboxRelay {
                         .get_or_create(&topic)
                         .observe(started.elapsed().as_secs_f64());
                     metrics.published.get_or_create(&topic).inc();
+                    last_published.mark();
                 }
                 result
             }
@@ -356,27 +412,47 @@ impl OutboxRelay {
         }
     }
 
+    /// Deletes sent rows past the retention, in chunks that each stay well
+    /// within the statement timeout (after a long outage there can be
+    /// millions).
     async fn delete_old_rows(&self) {
+        const CHUNK: i64 = 10_000;
         let retention_seconds = self.config.retention.as_secs_f64();
-        let result = sqlx::query(&format!(
-            "DELETE FROM {}.outbox WHERE sent_at IS NOT NULL AND sent_at < now() - make_interval(secs => $1)",
-            self.schema.name
-        ))
-        .bind(retention_seconds)
-        .execute(&self.pool)
-        .await;
-        match result {
-            Ok(done) if done.rows_affected() > 0 => {
-                tracing::info!(deleted = done.rows_affected(), "deleted old outbox rows");
+        let mut deleted = 0;
+        loop {
+            let result = sqlx::query(&format!(
+                "DELETE FROM {schema}.outbox WHERE id IN (SELECT id FROM {schema}.outbox \
+                 WHERE sent_at IS NOT NULL AND sent_at < now() - make_interval(secs => $1) LIMIT $2)",
+                schema = self.schema.name
+            ))
+            .bind(retention_seconds)
+            .bind(CHUNK)
+            .execute(&self.pool)
+            .await;
+            match result {
+                Ok(done) => {
+                    deleted += done.rows_affected();
+                    if done.rows_affected() < CHUNK as u64 {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "failed to delete old outbox rows");
+                    break;
+                }
             }
-            Ok(_) => {}
-            Err(error) => tracing::warn!(%error, "failed to delete old outbox rows"),
+        }
+        if deleted > 0 {
+            tracing::info!(deleted, "deleted old outbox rows");
         }
     }
 }
 
 /// Creates the topics it publishes to (retrying until the broker answers), then runs
-/// the relay until `shutdown`. This is what a service spawns.
+/// the relay until `shutdown`. This is what a service spawns. The backlog
+/// (its gauges and `status`, see [`OutboxRelay::with_status`]) is watched
+/// from the start, so a broker that is down when the service starts shows too.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_relay_with_topics(
     pool: PgPool,
     schema: &'static Schema,
@@ -384,9 +460,22 @@ pub async fn run_relay_with_topics(
     relay_config: RelayConfig,
     client_id: &str,
     metrics: OutboxMetrics,
+    status: Condition,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let producer = kafka::idempotent_producer(&kafka_config, client_id)?;
+    let last_published = LastPublished::default();
+    let backlog = tokio::spawn(watch_backlog(
+        pool.clone(),
+        schema,
+        relay_config.topics.clone(),
+        metrics.clone(),
+        Some(BacklogStatus {
+            condition: status,
+            last_published: last_published.clone(),
+        }),
+        shutdown.clone(),
+    ));
     tracing::info!(topics = ?relay_config.topics, "outbox relay publishing");
     if !kafka::ensure_topics_with_retry(
         &kafka_config,
@@ -399,16 +488,21 @@ pub async fn run_relay_with_topics(
     )
     .await
     {
+        let _ = backlog.await;
         return Ok(());
     }
     let client_id = client_id.to_owned();
+    let kafka_config_for_queue = kafka_config.clone();
     OutboxRelay::new(pool, schema, producer, relay_config)
         .renewing_producer_with(Box::new(move || {
             kafka::idempotent_producer(&kafka_config, &client_id)
         }))
         .with_metrics(metrics)
+        .with_enqueue_timeout(kafka::enqueue_timeout(&kafka_config_for_queue))
+        .with_backlog_watched_by_caller(last_published)
         .run(shutdown)
         .await;
+    let _ = backlog.await;
     Ok(())
 }
 
