@@ -637,19 +637,28 @@ async fn created_topics_carry_the_configured_min_insync_replicas() {
         foodorder_runtime::kafka::client_config(&kafka, "test-admin")
             .create()
             .unwrap();
+    // A topic just created may not be known yet to the broker that answers the
+    // description: asked again until it lists the setting.
     let described = |topic: String| {
         let admin = &admin;
         async move {
-            let described = admin
-                .describe_configs(&[ResourceSpecifier::Topic(&topic)], &AdminOptions::new())
-                .await
-                .unwrap();
-            let config = described.into_iter().next().unwrap().unwrap();
-            let entry = config.get("min.insync.replicas").unwrap();
-            (
-                entry.value.clone(),
-                entry.source == ConfigSource::DynamicTopic,
+            testing::wait_for(
+                &format!("the broker to describe {topic}'s min.insync.replicas"),
+                Duration::from_secs(30),
+                || async {
+                    let described = admin
+                        .describe_configs(&[ResourceSpecifier::Topic(&topic)], &AdminOptions::new())
+                        .await
+                        .ok()?;
+                    let config = described.into_iter().next()?.ok()?;
+                    let entry = config.get("min.insync.replicas")?;
+                    Some((
+                        entry.value.clone(),
+                        entry.source == ConfigSource::DynamicTopic,
+                    ))
+                },
             )
+            .await
         }
     };
 
