@@ -48,6 +48,10 @@ enum RelayError {
     TimedOut(Duration),
 }
 
+/// How long the batch in flight when shutdown comes may take to finish (its
+/// records are acknowledged and its rows marked) before it is abandoned.
+const IN_FLIGHT_GRACE: Duration = Duration::from_secs(5);
+
 /// Makes a new producer when the current one hit a fatal error.
 type ProducerFactory = Box<dyn Fn() -> anyhow::Result<FutureProducer> + Send + Sync>;
 
@@ -125,7 +129,9 @@ impl OutboxRelay {
         self
     }
 
-    /// Runs until `shutdown` is cancelled; then finishes the batch in flight and flushes the producer.
+    /// Runs until `shutdown` is cancelled; then finishes the batch in flight
+    /// (within a grace), publishes what is left in one last bounded drain and
+    /// flushes the producer.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut listener: Option<PgListener> = None;
         let mut backoff = Backoff::new(self.config.initial_backoff, self.config.max_backoff);
@@ -149,9 +155,26 @@ impl OutboxRelay {
             if listener.is_none() {
                 listener = self.listen().await;
             }
+            // A batch is never dropped mid-publish when shutdown comes: the
+            // records librdkafka already queued would still be delivered by
+            // the flush while the rollback left their rows unsent, so the
+            // final drain would publish them a second time. The batch in
+            // flight finishes (within `IN_FLIGHT_GRACE`), no further one starts.
+            let drain = self.drain(Some(&shutdown));
+            tokio::pin!(drain);
             let drained = tokio::select! {
-                () = shutdown.cancelled() => break,
-                drained = self.drain() => drained,
+                drained = &mut drain => drained,
+                () = shutdown.cancelled() => match tokio::time::timeout(IN_FLIGHT_GRACE, drain).await {
+                    Ok(drained) => drained,
+                    Err(_) => {
+                        tracing::warn!(
+                            grace_ms = IN_FLIGHT_GRACE.as_millis() as u64,
+                            "the outbox batch in flight did not finish within the shutdown grace; \
+                             records the broker acknowledged may be published again"
+                        );
+                        break;
+                    }
+                },
             };
             match drained {
                 Ok(published) => {
@@ -159,6 +182,13 @@ impl OutboxRelay {
                     if published > 0 {
                         tracing::debug!(published, "outbox drained");
                     }
+                    if shutdown.is_cancelled() {
+                        break;
+                    }
+                }
+                Err(error) if shutdown.is_cancelled() => {
+                    tracing::warn!(%error, "the outbox batch in flight at shutdown failed");
+                    break;
                 }
                 Err(error) => {
                     let delay = backoff.next_delay();
@@ -195,7 +225,7 @@ impl OutboxRelay {
             }
         }
         // Rows committed just before shutdown (calls drained by the server) go out now, not at the next start.
-        match tokio::time::timeout(Duration::from_secs(5), self.drain()).await {
+        match tokio::time::timeout(Duration::from_secs(5), self.drain(None)).await {
             Ok(Ok(published)) if published > 0 => {
                 tracing::info!(published, "outbox drained at shutdown")
             }
@@ -236,10 +266,15 @@ impl OutboxRelay {
         }
     }
 
-    /// Publishes every unsent row, batch by batch; returns how many were published.
-    async fn drain(&self) -> Result<usize, RelayError> {
+    /// Publishes every unsent row, batch by batch; returns how many were
+    /// published. Once `shutdown` is cancelled, stops after the batch in
+    /// flight (the final drain takes the rest).
+    async fn drain(&self, shutdown: Option<&CancellationToken>) -> Result<usize, RelayError> {
         let mut total = 0;
         loop {
+            if shutdown.is_some_and(CancellationToken::is_cancelled) {
+                return Ok(total);
+            }
             let (published, claimed) =
                 tokio::time::timeout(self.config.batch_timeout, self.publish_batch())
                     .await
