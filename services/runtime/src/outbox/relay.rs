@@ -18,7 +18,7 @@ use tracing::Instrument;
 use super::metrics::{BacklogStatus, LastPublished, watch_backlog};
 use super::{OutboxMetrics, RelayConfig, notify_channel};
 use crate::backoff::Backoff;
-use crate::db::Schema;
+use crate::db::{self, Schema};
 use crate::health::Condition;
 use crate::metrics::{Metrics, TopicLabel};
 use crate::{kafka, telemetry};
@@ -153,7 +153,10 @@ impl OutboxRelay {
         while !shutdown.is_cancelled() {
             // Listen before draining so that no notification falls in between.
             if listener.is_none() {
-                listener = self.listen().await;
+                listener = tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    listener = self.listen() => listener,
+                };
             }
             // A batch is never dropped mid-publish when shutdown comes: the
             // records librdkafka already queued would still be delivered by
@@ -202,7 +205,10 @@ impl OutboxRelay {
             }
             if last_cleanup.elapsed() >= self.config.sweep_interval {
                 last_cleanup = tokio::time::Instant::now();
-                self.delete_old_rows().await;
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = self.delete_old_rows() => {}
+                }
             }
             let wait_for_notification = async {
                 match listener.as_mut() {
@@ -249,18 +255,42 @@ impl OutboxRelay {
         tracing::info!("outbox relay stopped");
     }
 
+    /// Opens the listener of the outbox channel, within
+    /// [`db::statement_wait_bound`] (a database that does not answer must not
+    /// hold the relay here; it sweeps instead and tries again next round).
     async fn listen(&self) -> Option<PgListener> {
-        let mut listener = match PgListener::connect_with(&self.pool).await {
-            Ok(listener) => listener,
-            Err(error) => {
-                tracing::warn!(%error, "failed to open the outbox listener, sweeping instead");
-                return None;
-            }
+        let bound = db::statement_wait_bound(&self.pool);
+        let listening = async {
+            let mut listener = PgListener::connect_with(&self.pool)
+                .await
+                .map_err(|error| {
+                    (
+                        error,
+                        "failed to open the outbox listener, sweeping instead",
+                    )
+                })?;
+            listener
+                .listen(&notify_channel(self.schema))
+                .await
+                .map_err(|error| {
+                    (
+                        error,
+                        "failed to listen on the outbox channel, sweeping instead",
+                    )
+                })?;
+            Ok(listener)
         };
-        match listener.listen(&notify_channel(self.schema)).await {
-            Ok(()) => Some(listener),
-            Err(error) => {
-                tracing::warn!(%error, "failed to listen on the outbox channel, sweeping instead");
+        match tokio::time::timeout(bound, listening).await {
+            Ok(Ok(listener)) => Some(listener),
+            Ok(Err((error, message))) => {
+                tracing::warn!(%error, "{message}");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(
+                    bound_ms = bound.as_millis() as u64,
+                    "the database did not answer the outbox listener in time, sweeping instead"
+                );
                 None
             }
         }
@@ -449,21 +479,30 @@ impl OutboxRelay {
 
     /// Deletes sent rows past the retention, in chunks that each stay well
     /// within the statement timeout (after a long outage there can be
-    /// millions).
+    /// millions); each chunk is also given up on the client's side after
+    /// [`db::statement_wait_bound`].
     async fn delete_old_rows(&self) {
         const CHUNK: i64 = 10_000;
         let retention_seconds = self.config.retention.as_secs_f64();
+        let bound = db::statement_wait_bound(&self.pool);
+        let delete = format!(
+            "DELETE FROM {schema}.outbox WHERE id IN (SELECT id FROM {schema}.outbox \
+             WHERE sent_at IS NOT NULL AND sent_at < now() - make_interval(secs => $1) LIMIT $2)",
+            schema = self.schema.name
+        );
         let mut deleted = 0;
         loop {
-            let result = sqlx::query(&format!(
-                "DELETE FROM {schema}.outbox WHERE id IN (SELECT id FROM {schema}.outbox \
-                 WHERE sent_at IS NOT NULL AND sent_at < now() - make_interval(secs => $1) LIMIT $2)",
-                schema = self.schema.name
-            ))
-            .bind(retention_seconds)
-            .bind(CHUNK)
-            .execute(&self.pool)
-            .await;
+            let chunk = sqlx::query(&delete)
+                .bind(retention_seconds)
+                .bind(CHUNK)
+                .execute(&self.pool);
+            let Ok(result) = tokio::time::timeout(bound, chunk).await else {
+                tracing::warn!(
+                    bound_ms = bound.as_millis() as u64,
+                    "the database did not answer the deletion of old outbox rows in time"
+                );
+                break;
+            };
             match result {
                 Ok(done) => {
                     deleted += done.rows_affected();
