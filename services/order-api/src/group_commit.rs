@@ -450,6 +450,16 @@ async fn commit(
                     "a batch of orders did not finish: whether it was committed is unknown; \
                      its callers get UNAVAILABLE, and a retry with the same idempotency key finds an order that was"
                 );
+                // One line per call, so that an order committed anyway can be
+                // traced back to its caller.
+                for request in &requests {
+                    tracing::warn!(
+                        request_id = request.context.correlation_id,
+                        idempotency_key = request.order.idempotency_key.as_deref(),
+                        "the outcome of this order is unknown (its batch did not finish); \
+                         it may have been committed"
+                    );
+                }
             }
             let error = ApiError::from(error);
             let others = replies.len().saturating_sub(1);
