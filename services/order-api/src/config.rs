@@ -120,6 +120,7 @@ impl Config {
                 window: Duration::from_micros(200),
                 queue_max: 128,
                 batch_timeout: DEFAULT_REQUEST_TIMEOUT,
+                stalled_after: crate::group_commit::STALLED_AFTER,
             },
             readiness_probes: ProbeSettings::default(),
         }
@@ -167,6 +168,7 @@ impl Config {
                 window: Duration::from_micros(env_or("ORDER_API_BATCH_WINDOW_MICROS", 200)?),
                 queue_max: env_count("ORDER_API_QUEUE_MAX", writers * max_batch)?,
                 batch_timeout: request_timeout,
+                stalled_after: crate::group_commit::STALLED_AFTER,
             },
             readiness_probes: ProbeSettings::from_env()?,
             database,

@@ -1,8 +1,9 @@
 //! Server-side deadlines of the order API's calls. PlaceOrder, GetOrder,
 //! ListMenuItems (and the opening of a WatchOrder stream) each finish within
 //! `ORDER_API_REQUEST_TIMEOUT_MS`, even when the caller sent no deadline:
-//! the effective deadline is the earlier of the caller's (`grpc-timeout`)
-//! and the server's. A call that runs out of time is answered
+//! the effective deadline is the earlier of the caller's (`grpc-timeout`,
+//! answered a few milliseconds early so that the application's answer beats
+//! tonic's own cut) and the server's. A call that runs out of time is answered
 //! DEADLINE_EXCEEDED, saying what it was waiting for (see
 //! [`crate::error::ApiError::DeadlineExceeded`]) — it never hangs on a
 //! database that does not answer.
@@ -36,13 +37,24 @@ impl CallDeadline {
     }
 
     /// The deadline of `request`: the server's `server_budget`, or the
-    /// caller's `grpc-timeout` when it is sooner.
+    /// caller's `grpc-timeout` when it is sooner. A caller's deadline expires
+    /// here [`client_margin`] early: tonic's server cuts a call at the
+    /// caller's `grpc-timeout` itself (answering CANCELLED "Timeout
+    /// expired"), so the application has to answer first for the caller to
+    /// get DEADLINE_EXCEEDED saying what the call was waiting for. The
+    /// budget reported stays the caller's.
     pub fn of<T>(request: &tonic::Request<T>, server_budget: Duration) -> Self {
         let client_budget = request
             .metadata()
             .get(GRPC_TIMEOUT_METADATA)
             .and_then(|value| parse_grpc_timeout(value.to_str().ok()?));
-        Self::after(client_budget.map_or(server_budget, |client| client.min(server_budget)))
+        match client_budget {
+            Some(client) if client <= server_budget => Self {
+                expires_at: Instant::now() + client.saturating_sub(client_margin(client)),
+                budget: client,
+            },
+            _ => Self::after(server_budget),
+        }
     }
 
     /// How long the call was given.
@@ -56,6 +68,14 @@ impl CallDeadline {
             .await
             .map_err(|_| Expired)
     }
+}
+
+/// How much earlier than the caller's deadline a call is answered: time for
+/// the answer to get out before tonic's own timer (started when the request
+/// arrived, a little before the handler reads its deadline) cuts the call.
+/// A tenth of the caller's budget, at most 50 ms.
+pub fn client_margin(client_budget: Duration) -> Duration {
+    (client_budget / 10).min(Duration::from_millis(50))
 }
 
 /// A `grpc-timeout` value (`<digits><unit>`, at most 8 digits, unit H, M, S,
@@ -108,6 +128,35 @@ mod tests {
             .metadata_mut()
             .insert(GRPC_TIMEOUT_METADATA, "60S".parse().unwrap());
         assert_eq!(CallDeadline::of(&request, server).budget(), server);
+    }
+
+    #[test]
+    fn a_callers_deadline_expires_here_a_little_earlier() {
+        let mut request = tonic::Request::new(());
+        request
+            .metadata_mut()
+            .insert(GRPC_TIMEOUT_METADATA, "500m".parse().unwrap());
+        let before = Instant::now();
+        let deadline = CallDeadline::of(&request, Duration::from_secs(5));
+        let after = Instant::now();
+        assert_eq!(
+            deadline.budget(),
+            Duration::from_millis(500),
+            "reported as given"
+        );
+        assert!(deadline.expires_at >= before + Duration::from_millis(450));
+        assert!(deadline.expires_at <= after + Duration::from_millis(450));
+        assert_eq!(
+            client_margin(Duration::from_millis(40)),
+            Duration::from_millis(4)
+        );
+
+        let before = Instant::now();
+        let servers = CallDeadline::of(&tonic::Request::new(()), Duration::from_secs(1));
+        assert!(
+            servers.expires_at >= before + Duration::from_secs(1),
+            "no margin on the server's own deadline"
+        );
     }
 
     #[tokio::test]

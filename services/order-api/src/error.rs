@@ -32,6 +32,10 @@ pub enum ApiError {
     /// passes (logged once, with the batch's first call): what the caller is told.
     #[error("the batch of this call failed: {0}")]
     BatchUnavailable(&'static str),
+    /// The order database does not answer and calls pile up waiting for it:
+    /// the text says so; the caller should back off and retry.
+    #[error("database not answering: {0}")]
+    DatabaseNotAnswering(String),
     /// The server is stopping and takes no more orders.
     #[error("shutting down")]
     ShuttingDown,
@@ -164,6 +168,7 @@ impl From<ApiError> for Status {
                 Status::unavailable(unavailable_message(&source))
             }
             ApiError::BatchUnavailable(message) => Status::unavailable(message),
+            ApiError::DatabaseNotAnswering(message) => Status::unavailable(message),
             ApiError::ShuttingDown => Status::unavailable(
                 "the order API is shutting down, retry on another instance or later",
             ),

@@ -17,7 +17,12 @@
 //! Limits and deadlines:
 //!
 //! * the queue holds at most `queue_max` calls; one more is refused at once
-//!   with RESOURCE_EXHAUSTED rather than left waiting;
+//!   rather than left waiting: RESOURCE_EXHAUSTED when the writers keep
+//!   committing (too many calls), UNAVAILABLE when the writers have been
+//!   waiting for the database for `stalled_after` without any batch coming
+//!   back (the queue is then full of calls
+//!   waiting for a database that does not answer, many of them withdrawn
+//!   already, and more calls would not help);
 //! * a call waits for its answer only until its deadline
 //!   ([`CallDeadline`]). A call still queued then is withdrawn (a writer will
 //!   not place it: nothing is written); a call a writer already took may be
@@ -30,7 +35,7 @@
 //!   no server-side timeout reaches it), so writers never hang.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use foodorder_runtime::metrics::Metrics;
@@ -68,6 +73,11 @@ pub struct GroupCommitConfig {
     /// Longest a writer waits for the database to finish one batch (the
     /// application sets it to `ORDER_API_REQUEST_TIMEOUT_MS` plus 1 s).
     pub batch_timeout: Duration,
+    /// How long the writers may wait for the database without any batch
+    /// coming back before a full queue means "the database is not answering"
+    /// (UNAVAILABLE) rather than "too many calls" (RESOURCE_EXHAUSTED).
+    /// Under load alone batches come back every few milliseconds.
+    pub stalled_after: Duration,
 }
 
 impl Default for GroupCommitConfig {
@@ -78,7 +88,50 @@ impl Default for GroupCommitConfig {
             window: Duration::from_micros(200),
             queue_max: 512,
             batch_timeout: Duration::from_secs(5),
+            stalled_after: STALLED_AFTER,
         }
+    }
+}
+
+/// The default of [`GroupCommitConfig::stalled_after`].
+pub const STALLED_AFTER: Duration = Duration::from_secs(1);
+
+/// When a writer last heard back from the database about a batch (committed
+/// or refused; a batch that ran out of time, lost its connection or was given
+/// up on does not count), or started waiting for it with no other batch in
+/// flight (so that a burst after a quiet spell is not taken for a stall).
+struct Progress {
+    stalled_after: Duration,
+    since: std::time::Instant,
+    /// Milliseconds from `since`.
+    last_answer: AtomicU64,
+}
+
+impl Progress {
+    fn new(stalled_after: Duration) -> Self {
+        Self {
+            stalled_after,
+            since: std::time::Instant::now(),
+            last_answer: AtomicU64::new(0),
+        }
+    }
+
+    fn mark(&self) {
+        self.last_answer
+            .store(self.since.elapsed().as_millis() as u64, Ordering::Release);
+    }
+
+    /// How long the writers have been waiting for the database without an answer.
+    fn silent_for(&self) -> Duration {
+        self.since.elapsed().saturating_sub(Duration::from_millis(
+            self.last_answer.load(Ordering::Acquire),
+        ))
+    }
+
+    /// Whether the writers have waited for the database too long (see
+    /// [`GroupCommitConfig::stalled_after`]).
+    fn stalled(&self) -> bool {
+        self.silent_for() >= self.stalled_after
     }
 }
 
@@ -101,6 +154,7 @@ struct Job {
 pub struct GroupCommit {
     queue: mpsc::Sender<Job>,
     closing: CancellationToken,
+    progress: Arc<Progress>,
 }
 
 /// The writers of a [`GroupCommit`], not yet started.
@@ -172,7 +226,9 @@ impl GroupCommit {
             }
         });
         let closing = CancellationToken::new();
+        let progress = Arc::new(Progress::new(config.stalled_after));
         let shared = Arc::new(Shared {
+            progress: progress.clone(),
             receiver: Mutex::new(receiver),
             closing: closing.clone(),
             busy: AtomicUsize::new(0),
@@ -184,7 +240,11 @@ impl GroupCommit {
         });
         let topic = Arc::from(topic);
         (
-            Self { queue, closing },
+            Self {
+                queue,
+                closing,
+                progress,
+            },
             Writers {
                 shared,
                 count,
@@ -206,7 +266,8 @@ impl GroupCommit {
 
     /// Places one order, committed together with whatever calls are queued
     /// beside it, waiting for the answer until `deadline`. A full queue is
-    /// refused at once (RESOURCE_EXHAUSTED).
+    /// refused at once: UNAVAILABLE while the database does not answer,
+    /// RESOURCE_EXHAUSTED otherwise.
     pub async fn place(
         &self,
         request: PlaceRequest,
@@ -225,6 +286,14 @@ impl GroupCommit {
         };
         match self.queue.try_send(job) {
             Ok(()) => {}
+            Err(TrySendError::Full(_)) if self.progress.stalled() => {
+                return Err(ApiError::DatabaseNotAnswering(format!(
+                    "the order database is not answering: no batch of orders came back from it for {:?} \
+                     and {} orders are waiting for it; retry after a back-off (with the same idempotency key)",
+                    self.progress.silent_for(),
+                    self.queue.max_capacity()
+                )));
+            }
             Err(TrySendError::Full(_)) => {
                 return Err(ApiError::Overloaded(format!(
                     "{} orders are already waiting to be written, the most this server queues; \
@@ -259,6 +328,8 @@ impl GroupCommit {
 
 struct Shared {
     receiver: Mutex<mpsc::Receiver<Job>>,
+    /// When the database last answered a batch.
+    progress: Arc<Progress>,
     /// Once cancelled, the queue takes no more calls and the writers end when it is empty.
     closing: CancellationToken,
     /// Writers committing a batch right now.
@@ -312,7 +383,10 @@ impl Shared {
                     .compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
         });
-        self.busy.fetch_add(1, Ordering::AcqRel);
+        if self.busy.fetch_add(1, Ordering::AcqRel) == 0 && !batch.is_empty() {
+            // The writers start waiting for the database now, not when it last answered.
+            self.progress.mark();
+        }
         Some((batch, Busy(self.clone())))
     }
 }
@@ -340,6 +414,7 @@ async fn writer(pool: PgPool, topic: Arc<str>, shared: Arc<Shared>) {
             busy,
             shared.batch_timeout,
             shared.counters.clone(),
+            shared.progress.clone(),
         ));
         if let Err(error) = placing.await {
             tracing::error!(%error, "placing a batch of orders panicked");
@@ -402,12 +477,25 @@ async fn commit(
     busy: Busy,
     bound: Duration,
     counters: Counters,
+    progress: Arc<Progress>,
 ) {
     let (requests, replies): (Vec<PlaceRequest>, Vec<_>) = batch
         .into_iter()
         .map(|job| (job.request, job.reply))
         .unzip();
-    let placed = bounded(bound, repository::place_batch(&pool, &topic, &requests)).await;
+    let placed = bounded(bound, async {
+        let placed = repository::place_batch(&pool, &topic, &requests).await;
+        // Ran out of time or lost its connection: the database did not answer.
+        if placed
+            .as_ref()
+            .err()
+            .is_none_or(|error| !error.timed_out() && !error.outcome_unknown())
+        {
+            progress.mark();
+        }
+        placed
+    })
+    .await;
     // Committed or failed: the next batch may gather again while these are answered.
     drop(busy);
     match placed {
@@ -450,6 +538,16 @@ async fn commit(
                     "a batch of orders did not finish: whether it was committed is unknown; \
                      its callers get UNAVAILABLE, and a retry with the same idempotency key finds an order that was"
                 );
+                // One line per call, so that an order committed anyway can be
+                // traced back to its caller.
+                for request in &requests {
+                    tracing::warn!(
+                        request_id = request.context.correlation_id,
+                        idempotency_key = request.order.idempotency_key.as_deref(),
+                        "the outcome of this order is unknown (its batch did not finish); \
+                         it may have been committed"
+                    );
+                }
             }
             let error = ApiError::from(error);
             let others = replies.len().saturating_sub(1);

@@ -110,15 +110,26 @@ impl OrderWatchHub {
     /// Listens for status changes until `shutdown`, reconnecting with back-off.
     pub async fn run_listener(self, pool: PgPool, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        // A database that does not answer must not hold the listener (nor
+        // the shutdown) in the connect or the LISTEN.
+        let bound = foodorder_runtime::db::statement_wait_bound(&pool);
         while !shutdown.is_cancelled() {
             let listener = async {
                 let mut listener = PgListener::connect_with(&pool).await?;
                 listener.listen(ORDER_STATUS_CHANNEL).await?;
                 Ok::<_, sqlx::Error>(listener)
             };
-            let mut listener = match listener.await {
-                Ok(listener) => listener,
-                Err(error) => {
+            let connected = tokio::select! {
+                () = shutdown.cancelled() => return,
+                connected = tokio::time::timeout(bound, listener) => connected,
+            };
+            let mut listener = match connected {
+                Ok(Ok(listener)) => listener,
+                failed => {
+                    let error = match failed {
+                        Ok(Err(error)) => error.to_string(),
+                        _ => format!("the database did not answer within {bound:?}"),
+                    };
                     let delay = backoff.next_delay();
                     tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "order status listener failed to connect");
                     tokio::select! {

@@ -406,6 +406,33 @@ pub fn side_pool(pool: &PgPool, max_connections: u32) -> PgPool {
     .connect_lazy_with(pool.connect_options().as_ref().clone())
 }
 
+/// How long a client waits, on its own side, for one short statement of
+/// `pool` that no other deadline bounds (a `LISTEN`, a chunk of a sweep): the
+/// pool's acquire timeout (opening a connection included), the sessions'
+/// `statement_timeout` and a second for the round trip. PostgreSQL's bound
+/// alone does not help when the packets never arrive (a partition that drops
+/// them). A pool without a statement timeout counts the default one.
+pub fn statement_wait_bound(pool: &PgPool) -> Duration {
+    let statement = pool
+        .connect_options()
+        .get_options()
+        .and_then(statement_timeout_of)
+        .filter(|timeout| !timeout.is_zero())
+        .unwrap_or(DatabaseTimeouts::default().statement);
+    pool.options().get_acquire_timeout() + statement + Duration::from_secs(1)
+}
+
+/// The last `statement_timeout` (in milliseconds, as [`bounded_options`]
+/// writes it) of a startup options string.
+fn statement_timeout_of(options: &str) -> Option<Duration> {
+    options
+        .split_whitespace()
+        .rev()
+        .find_map(|option| option.strip_prefix("statement_timeout="))
+        .and_then(|millis| millis.parse().ok())
+        .map(Duration::from_millis)
+}
+
 /// True when the error is the database's state rather than the request: it
 /// could not be reached, or it refused for a reason that passes (too many
 /// connections, a deadlock or serialization failure, a read-only standby, an
@@ -465,6 +492,24 @@ pub fn is_data_error(error: &sqlx::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_statement_timeout_is_read_back_from_the_startup_options() {
+        let options = bounded_options(
+            PgConnectOptions::new(),
+            &DatabaseTimeouts {
+                statement: Duration::from_millis(1500),
+                ..DatabaseTimeouts::default()
+            },
+        )
+        .options([("statement_timeout", "2500")]);
+        assert_eq!(
+            options.get_options().and_then(statement_timeout_of),
+            Some(Duration::from_millis(2500)),
+            "the later option wins, as in PostgreSQL"
+        );
+        assert_eq!(statement_timeout_of("-c lock_timeout=2000"), None);
+    }
 
     #[test]
     fn passing_refusals_are_transient_and_bad_requests_are_not() {

@@ -18,7 +18,7 @@ use tracing::Instrument;
 use super::metrics::{BacklogStatus, LastPublished, watch_backlog};
 use super::{OutboxMetrics, RelayConfig, notify_channel};
 use crate::backoff::Backoff;
-use crate::db::Schema;
+use crate::db::{self, Schema};
 use crate::health::Condition;
 use crate::metrics::{Metrics, TopicLabel};
 use crate::{kafka, telemetry};
@@ -47,6 +47,10 @@ enum RelayError {
     )]
     TimedOut(Duration),
 }
+
+/// How long the batch in flight when shutdown comes may take to finish (its
+/// records are acknowledged and its rows marked) before it is abandoned.
+const IN_FLIGHT_GRACE: Duration = Duration::from_secs(5);
 
 /// Makes a new producer when the current one hit a fatal error.
 type ProducerFactory = Box<dyn Fn() -> anyhow::Result<FutureProducer> + Send + Sync>;
@@ -125,7 +129,9 @@ impl OutboxRelay {
         self
     }
 
-    /// Runs until `shutdown` is cancelled; then finishes the batch in flight and flushes the producer.
+    /// Runs until `shutdown` is cancelled; then finishes the batch in flight
+    /// (within a grace), publishes what is left in one last bounded drain and
+    /// flushes the producer.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut listener: Option<PgListener> = None;
         let mut backoff = Backoff::new(self.config.initial_backoff, self.config.max_backoff);
@@ -147,11 +153,31 @@ impl OutboxRelay {
         while !shutdown.is_cancelled() {
             // Listen before draining so that no notification falls in between.
             if listener.is_none() {
-                listener = self.listen().await;
+                listener = tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    listener = self.listen() => listener,
+                };
             }
+            // A batch is never dropped mid-publish when shutdown comes: the
+            // records librdkafka already queued would still be delivered by
+            // the flush while the rollback left their rows unsent, so the
+            // final drain would publish them a second time. The batch in
+            // flight finishes (within `IN_FLIGHT_GRACE`), no further one starts.
+            let drain = self.drain(Some(&shutdown));
+            tokio::pin!(drain);
             let drained = tokio::select! {
-                () = shutdown.cancelled() => break,
-                drained = self.drain() => drained,
+                drained = &mut drain => drained,
+                () = shutdown.cancelled() => match tokio::time::timeout(IN_FLIGHT_GRACE, drain).await {
+                    Ok(drained) => drained,
+                    Err(_) => {
+                        tracing::warn!(
+                            grace_ms = IN_FLIGHT_GRACE.as_millis() as u64,
+                            "the outbox batch in flight did not finish within the shutdown grace; \
+                             records the broker acknowledged may be published again"
+                        );
+                        break;
+                    }
+                },
             };
             match drained {
                 Ok(published) => {
@@ -159,6 +185,13 @@ impl OutboxRelay {
                     if published > 0 {
                         tracing::debug!(published, "outbox drained");
                     }
+                    if shutdown.is_cancelled() {
+                        break;
+                    }
+                }
+                Err(error) if shutdown.is_cancelled() => {
+                    tracing::warn!(%error, "the outbox batch in flight at shutdown failed");
+                    break;
                 }
                 Err(error) => {
                     let delay = backoff.next_delay();
@@ -172,7 +205,10 @@ impl OutboxRelay {
             }
             if last_cleanup.elapsed() >= self.config.sweep_interval {
                 last_cleanup = tokio::time::Instant::now();
-                self.delete_old_rows().await;
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = self.delete_old_rows() => {}
+                }
             }
             let wait_for_notification = async {
                 match listener.as_mut() {
@@ -195,7 +231,7 @@ impl OutboxRelay {
             }
         }
         // Rows committed just before shutdown (calls drained by the server) go out now, not at the next start.
-        match tokio::time::timeout(Duration::from_secs(5), self.drain()).await {
+        match tokio::time::timeout(Duration::from_secs(5), self.drain(None)).await {
             Ok(Ok(published)) if published > 0 => {
                 tracing::info!(published, "outbox drained at shutdown")
             }
@@ -219,27 +255,56 @@ impl OutboxRelay {
         tracing::info!("outbox relay stopped");
     }
 
+    /// Opens the listener of the outbox channel, within
+    /// [`db::statement_wait_bound`] (a database that does not answer must not
+    /// hold the relay here; it sweeps instead and tries again next round).
     async fn listen(&self) -> Option<PgListener> {
-        let mut listener = match PgListener::connect_with(&self.pool).await {
-            Ok(listener) => listener,
-            Err(error) => {
-                tracing::warn!(%error, "failed to open the outbox listener, sweeping instead");
-                return None;
-            }
+        let bound = db::statement_wait_bound(&self.pool);
+        let listening = async {
+            let mut listener = PgListener::connect_with(&self.pool)
+                .await
+                .map_err(|error| {
+                    (
+                        error,
+                        "failed to open the outbox listener, sweeping instead",
+                    )
+                })?;
+            listener
+                .listen(&notify_channel(self.schema))
+                .await
+                .map_err(|error| {
+                    (
+                        error,
+                        "failed to listen on the outbox channel, sweeping instead",
+                    )
+                })?;
+            Ok(listener)
         };
-        match listener.listen(&notify_channel(self.schema)).await {
-            Ok(()) => Some(listener),
-            Err(error) => {
-                tracing::warn!(%error, "failed to listen on the outbox channel, sweeping instead");
+        match tokio::time::timeout(bound, listening).await {
+            Ok(Ok(listener)) => Some(listener),
+            Ok(Err((error, message))) => {
+                tracing::warn!(%error, "{message}");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(
+                    bound_ms = bound.as_millis() as u64,
+                    "the database did not answer the outbox listener in time, sweeping instead"
+                );
                 None
             }
         }
     }
 
-    /// Publishes every unsent row, batch by batch; returns how many were published.
-    async fn drain(&self) -> Result<usize, RelayError> {
+    /// Publishes every unsent row, batch by batch; returns how many were
+    /// published. Once `shutdown` is cancelled, stops after the batch in
+    /// flight (the final drain takes the rest).
+    async fn drain(&self, shutdown: Option<&CancellationToken>) -> Result<usize, RelayError> {
         let mut total = 0;
         loop {
+            if shutdown.is_some_and(CancellationToken::is_cancelled) {
+                return Ok(total);
+            }
             let (published, claimed) =
                 tokio::time::timeout(self.config.batch_timeout, self.publish_batch())
                     .await
@@ -414,21 +479,30 @@ impl OutboxRelay {
 
     /// Deletes sent rows past the retention, in chunks that each stay well
     /// within the statement timeout (after a long outage there can be
-    /// millions).
+    /// millions); each chunk is also given up on the client's side after
+    /// [`db::statement_wait_bound`].
     async fn delete_old_rows(&self) {
         const CHUNK: i64 = 10_000;
         let retention_seconds = self.config.retention.as_secs_f64();
+        let bound = db::statement_wait_bound(&self.pool);
+        let delete = format!(
+            "DELETE FROM {schema}.outbox WHERE id IN (SELECT id FROM {schema}.outbox \
+             WHERE sent_at IS NOT NULL AND sent_at < now() - make_interval(secs => $1) LIMIT $2)",
+            schema = self.schema.name
+        );
         let mut deleted = 0;
         loop {
-            let result = sqlx::query(&format!(
-                "DELETE FROM {schema}.outbox WHERE id IN (SELECT id FROM {schema}.outbox \
-                 WHERE sent_at IS NOT NULL AND sent_at < now() - make_interval(secs => $1) LIMIT $2)",
-                schema = self.schema.name
-            ))
-            .bind(retention_seconds)
-            .bind(CHUNK)
-            .execute(&self.pool)
-            .await;
+            let chunk = sqlx::query(&delete)
+                .bind(retention_seconds)
+                .bind(CHUNK)
+                .execute(&self.pool);
+            let Ok(result) = tokio::time::timeout(bound, chunk).await else {
+                tracing::warn!(
+                    bound_ms = bound.as_millis() as u64,
+                    "the database did not answer the deletion of old outbox rows in time"
+                );
+                break;
+            };
             match result {
                 Ok(done) => {
                     deleted += done.rows_affected();
