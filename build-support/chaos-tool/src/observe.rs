@@ -123,6 +123,10 @@ pub struct Window {
 pub struct Finding {
     /// The fault's row in the table.
     pub line: String,
+    /// A network fault whose instance had to turn not ready, and was not
+    /// killed or started again near its start (a process that is starting
+    /// does not answer, which proves nothing about its readiness logic).
+    pub evaluated: bool,
     /// A network fault whose instance had to turn not ready and did not.
     pub undetected: bool,
     /// A network fault whose instance was not ready again within [`RECOVERY_LIMIT`] of the heal.
@@ -168,7 +172,14 @@ pub fn findings(windows: &[Window], calls: &[Call], changes: &[Change]) -> Vec<F
                     .or_insert(change.reason.as_str());
             }
             let (mut undetected, mut unrecovered, mut note) = (false, false, String::new());
+            let mut evaluated = false;
             if let Some(instance) = window.fault.impaired() {
+                let restarted = windows.iter().any(|other| {
+                    other.target == instance
+                        && other.fault.impaired().is_none()
+                        && other.from <= window.from + DETECTION_LIMIT
+                        && other.to + Duration::from_secs(3) >= window.from
+                });
                 // Reported: not ready, answering, for the fault's reason (a
                 // restart or another fault's reason in the window proves nothing).
                 let reported = |change: &Change| {
@@ -205,7 +216,11 @@ pub fn findings(windows: &[Window], calls: &[Call], changes: &[Change]) -> Vec<F
                     .map(|change| change.at.saturating_sub(window.to));
                 let still_unready_at_heal = !ready_at(window.to);
                 if window.fault.unready_reason().is_some() {
-                    undetected = first_unready.is_none_or(|after| after > DETECTION_LIMIT);
+                    let detected = first_unready.is_some_and(|after| after <= DETECTION_LIMIT);
+                    // Seen: it counts, whatever else happened; not seen while
+                    // its process was down or starting: nothing to judge.
+                    evaluated = detected || !restarted;
+                    undetected = evaluated && !detected;
                 }
                 if still_unready_at_heal {
                     unrecovered = back.is_none_or(|after| after > RECOVERY_LIMIT);
@@ -219,6 +234,9 @@ pub fn findings(windows: &[Window], calls: &[Call], changes: &[Change]) -> Vec<F
                             window.fault.unready_reason().unwrap_or_default(),
                             after.as_secs_f64()
                         ),
+                        None if window.fault.unready_reason().is_some() && restarted => {
+                            "killed and started again into the fault (not evaluated)".to_owned()
+                        }
                         None if window.fault.unready_reason().is_some() => {
                             "NOT reported not ready for it".to_owned()
                         }
@@ -260,6 +278,7 @@ pub fn findings(windows: &[Window], calls: &[Call], changes: &[Change]) -> Vec<F
             );
             Finding {
                 line,
+                evaluated,
                 undetected,
                 unrecovered,
             }
@@ -297,4 +316,84 @@ pub fn render_changes(changes: &[Change]) -> String {
         );
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(at: f64, instance: &str, ready: bool, reason: &str) -> Change {
+        Change {
+            at: Duration::from_secs_f64(at),
+            instance: instance.to_owned(),
+            ready,
+            reason: reason.to_owned(),
+        }
+    }
+
+    fn window(fault: Fault, target: &str, from: f64, to: f64) -> Window {
+        Window {
+            fault,
+            target: target.to_owned(),
+            from: Duration::from_secs_f64(from),
+            to: Duration::from_secs_f64(to),
+        }
+    }
+
+    const PARTITION: Fault = Fault::PartitionOrderApiFromPostgres;
+
+    #[test]
+    fn a_partition_counts_as_reported_only_for_its_own_reason() {
+        let windows = [window(PARTITION, "order-api-1", 10.0, 30.0)];
+        let reported = [
+            change(0.0, "order-api-1", true, "ready"),
+            change(
+                13.5,
+                "order-api-1",
+                false,
+                "not ready: database: write probe timed out",
+            ),
+            change(31.0, "order-api-1", true, "ready"),
+        ];
+        let finding = &findings(&windows, &[], &reported)[0];
+        assert!(finding.evaluated && !finding.undetected && !finding.unrecovered);
+
+        let other_reason = [
+            change(0.0, "order-api-1", true, "ready"),
+            change(
+                13.5,
+                "order-api-1",
+                false,
+                "not ready: consumer x: partitions revoked",
+            ),
+            change(31.0, "order-api-1", true, "ready"),
+        ];
+        let finding = &findings(&windows, &[], &other_reason)[0];
+        assert!(finding.evaluated && finding.undetected);
+
+        let never = [change(0.0, "order-api-1", true, "ready")];
+        assert!(findings(&windows, &[], &never)[0].undetected);
+    }
+
+    #[test]
+    fn an_instance_started_again_into_the_fault_is_not_judged_and_must_still_recover() {
+        let windows = [
+            window(Fault::KillOrderApi, "order-api-1", 9.0, 10.0),
+            window(PARTITION, "order-api-1", 10.0, 30.0),
+        ];
+        let silent = [
+            change(0.0, "order-api-1", true, "ready"),
+            change(9.1, "order-api-1", false, "no answer within 2 s"),
+            change(31.0, "order-api-1", true, "ready"),
+        ];
+        let finding = &findings(&windows, &[], &silent)[1];
+        assert!(!finding.evaluated && !finding.undetected && !finding.unrecovered);
+
+        let stuck = [
+            change(0.0, "order-api-1", true, "ready"),
+            change(9.1, "order-api-1", false, "no answer within 2 s"),
+            change(95.0, "order-api-1", true, "ready"),
+        ];
+        assert!(findings(&windows, &[], &stuck)[1].unrecovered);
+    }
 }

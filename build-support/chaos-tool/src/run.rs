@@ -441,11 +441,7 @@ impl Chaos {
             unanswered
         ));
         if self.cluster {
-            let impairments = self
-                .windows
-                .iter()
-                .filter(|window| window.fault.unready_reason().is_some())
-                .count();
+            let impairments = findings.iter().filter(|finding| finding.evaluated).count();
             text.push_str(&format!(
                 "{:<52} {:>8} {:>10}\n",
                 "partitioned instance reported not ready", impairments, undetected
