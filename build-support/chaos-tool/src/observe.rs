@@ -57,11 +57,12 @@ impl Watcher {
             let mut ticker = tokio::time::interval(POLL);
             loop {
                 ticker.tick().await;
-                let probes = endpoints.iter().cloned().map(|(name, addr)| async move {
-                    let answer = readyz(addr).await;
-                    (name, answer)
-                });
-                for (name, answer) in futures_join_all(probes).await {
+                // All at once: a poll must not take one probe's timeout per instance.
+                let mut probes = tokio::task::JoinSet::new();
+                for (name, addr) in endpoints.iter().cloned() {
+                    probes.spawn(async move { (name, readyz(addr).await) });
+                }
+                for (name, answer) in probes.join_all().await {
                     let (ready, reason) = match answer {
                         Some((ready, body)) => (ready, body),
                         None => (false, "no answer within 2 s".to_owned()),
@@ -87,22 +88,6 @@ impl Watcher {
         self.task.abort();
         self.changes.lock().unwrap().clone()
     }
-}
-
-/// Runs the probes concurrently (a poll must not take one probe's timeout per instance).
-async fn futures_join_all<F, T>(futures: impl Iterator<Item = F>) -> Vec<T>
-where
-    F: std::future::Future<Output = T> + Send + 'static,
-    T: Send + 'static,
-{
-    let handles: Vec<_> = futures.map(tokio::spawn).collect();
-    let mut results = Vec::new();
-    for handle in handles {
-        if let Ok(result) = handle.await {
-            results.push(result);
-        }
-    }
-    results
 }
 
 /// One injected fault: what, when it began and when it ended (the restart

@@ -113,7 +113,16 @@ pub async fn produce_raw(
                 leader
             }
         };
-        let answer = send(&leader).await;
+        // A broker that stops answering (frozen, partitioned) must not hold
+        // the caller for good: the request's own timeout is 10 s.
+        let answer =
+            match tokio::time::timeout(std::time::Duration::from_secs(15), send(&leader)).await {
+                Ok(answer) => answer,
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no produce response within 15 s",
+                )),
+            };
         if !matches!(answer, Ok((0, _))) {
             forget(&place);
         }
