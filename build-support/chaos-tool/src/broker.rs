@@ -18,7 +18,7 @@ use anyhow::Context;
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, sleep};
 
-use crate::supervise::{fixed_port, free_addr, port_open, spawn, stop, tail};
+use crate::supervise::{fixed_port, port_open, spawn, stop, tail};
 
 /// How long a starting broker may take to answer.
 const READY_WITHIN: Duration = Duration::from_secs(90);
@@ -154,7 +154,9 @@ impl Brokers {
     pub async fn boot(&mut self) -> anyhow::Result<()> {
         if self.nodes.len() == 1 {
             let node = self.node(0)?;
-            node.port = free_addr().port();
+            // Below the ephemeral range, where the instances' addresses (taken
+            // from it before they bind) cannot be handed out again.
+            node.port = fixed_port();
             node.launch(false).await?;
             self.addresses = vec![node.address()];
             return Ok(());
@@ -321,7 +323,7 @@ impl Broker {
                     Some(next) if !port_open(SocketAddr::from(([127, 0, 0, 1], next))).await => {
                         next
                     }
-                    _ => free_addr().port(),
+                    _ => fixed_port(),
                 };
             }
             self.child = Some(self.spawn_node()?);
@@ -331,7 +333,7 @@ impl Broker {
             if same_port || self.membership.is_some() {
                 sleep(Duration::from_secs(3)).await;
             } else {
-                self.port = free_addr().port();
+                self.port = fixed_port();
             }
         }
         anyhow::bail!(
