@@ -31,7 +31,7 @@ RUN cargo build --release --locked --bin order-api --bin payment-service --bin n
     && cp target/release/order-api target/release/payment-service target/release/notification-service /out/
 
 FROM debian:bookworm-slim
-# curl: the compose healthchecks ask /readyz.
+# curl: the compose healthchecks ask /readyz; the Kubernetes preStop hook posts /drain.
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 foodorder
 ARG SERVICE=order-api

@@ -83,6 +83,42 @@ impl Watcher {
         Self { changes, task }
     }
 
+    /// Whether `instance` answered ready at the last poll (an instance not
+    /// polled yet is not).
+    pub fn ready_now(&self, instance: &str) -> bool {
+        self.changes
+            .lock()
+            .unwrap()
+            .iter()
+            .rfind(|change| change.instance == instance)
+            .is_some_and(|change| change.ready)
+    }
+
+    /// Keeps polling until every instance a network fault impaired is ready
+    /// again, or [`RECOVERY_LIMIT`] (and a poll) has passed since its heal:
+    /// the findings judge recovery from what was seen, so the watcher must not
+    /// stop before an instance healed late in the run had the time it is
+    /// allowed. `windows` carry their heal times (after `origin`).
+    pub async fn await_recovery(&self, windows: &[Window], origin: Instant) {
+        let waits: Vec<(&str, Duration)> = windows
+            .iter()
+            .filter_map(|window| {
+                let instance = window.fault.impaired()?;
+                Some((instance, window.to + RECOVERY_LIMIT + POLL * 2))
+            })
+            .collect();
+        loop {
+            let now = origin.elapsed();
+            let pending = waits
+                .iter()
+                .any(|(instance, until)| now < *until && !self.ready_now(instance));
+            if !pending {
+                return;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
     /// Stops polling and returns the changes seen.
     pub fn finish(self) -> Vec<Change> {
         self.task.abort();

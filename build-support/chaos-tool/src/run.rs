@@ -378,6 +378,7 @@ impl Chaos {
             .context("the load client panicked")?
             .context("the load client failed")?;
         load::write_acked(&self.log_dir.join("acked.txt"), &placed.acked)?;
+        watcher.await_recovery(&self.windows, load_started).await;
         let changes = watcher.finish();
         std::fs::write(
             self.log_dir.join("readiness.log"),

@@ -1,4 +1,4 @@
-//! `order-api` binary: reads the configuration, starts the gRPC server and the
+//! `order-api` binary: reads the configuration (or, with `--migrate-only`, migrates its schema and exits), starts the gRPC server and the
 //! outbox relay, and stops them cleanly on SIGINT/SIGTERM.
 //!
 //! `order-api --health-check [ADDR]` asks a running server for its gRPC health
@@ -16,7 +16,7 @@ async fn main() -> anyhow::Result<()> {
         let address = arguments.get(1).map_or("127.0.0.1:50051", String::as_str);
         return health_check(address).await;
     }
-    foodorder_runtime::host::main(NAME, |shutdown| async move {
+    foodorder_runtime::host::main(NAME, &order_api::SCHEMA, |shutdown| async move {
         let config = Config::from_env()?;
         match unless_stopped(&shutdown, Application::build(config)).await? {
             Some(application) => application.run_until_stopped(shutdown).await,

@@ -19,7 +19,7 @@ use foodorder_contract::v1::order_service_server::{OrderServiceServer, SERVICE_N
 use foodorder_runtime::consumer::ConsumerSettings;
 use foodorder_runtime::db;
 use foodorder_runtime::health::{DatabaseProbe, Readiness};
-use foodorder_runtime::host::ServiceHost;
+use foodorder_runtime::host::{ServiceEndpoint, ServiceHost};
 use foodorder_runtime::outbox::RelayConfig;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -52,25 +52,34 @@ pub struct Application {
 }
 
 impl Application {
-    /// Connects to PostgreSQL (creating the database, migrating the `orders`
-    /// schema) and binds both listeners.
+    /// Starts the HTTP endpoint (which answers, not ready, while the database
+    /// is reached), connects to PostgreSQL (creating the database, migrating
+    /// the `orders` schema) and binds the gRPC listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let endpoint = ServiceEndpoint::start(config.http_addr).await?;
         let pool = db::connect_and_migrate(&config.database, &SCHEMA).await?;
-        Self::build_with_pool(config, pool).await
+        Self::build_on(config, pool, endpoint).await
     }
 
     /// Binds both listeners, on the database of `pool` (already migrated for
     /// `orders`): the service opens its pools there with `pool`'s connection
     /// settings and `config.database`'s sizes and deadlines.
     pub async fn build_with_pool(config: Config, pool: PgPool) -> anyhow::Result<Self> {
+        let endpoint = ServiceEndpoint::start(config.http_addr).await?;
+        Self::build_on(config, pool, endpoint).await
+    }
+
+    async fn build_on(
+        config: Config,
+        pool: PgPool,
+        endpoint: ServiceEndpoint,
+    ) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("failed to bind {}", config.listen_addr))?;
         let local_addr = listener.local_addr()?;
         let pool = db::reopen(&pool, &config.database, config.database.max_connections);
-        let host =
-            ServiceHost::with_pool(NAME, pool, &SCHEMA, config.kafka.clone(), config.http_addr)
-                .await?;
+        let host = ServiceHost::with_endpoint(NAME, pool, &SCHEMA, config.kafka.clone(), endpoint);
         let watch_hub = OrderWatchHub::default();
         let host = assemble(config, host, listener, watch_hub.clone());
         Ok(Self {

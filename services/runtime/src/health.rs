@@ -79,6 +79,7 @@ struct Entry {
 struct Board {
     entries: Mutex<Vec<Entry>>,
     stopping: AtomicBool,
+    draining: AtomicBool,
     ready: watch::Sender<bool>,
 }
 
@@ -105,6 +106,7 @@ impl Readiness {
         Self(Arc::new(Board {
             entries: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             ready: watch::channel(true).0,
         }))
     }
@@ -148,9 +150,19 @@ impl Readiness {
         self.refresh();
     }
 
+    /// Records that the service is about to be stopped (a Kubernetes
+    /// `preStop` hook, see `POST /drain`): not ready from now on, so that
+    /// traffic is routed elsewhere, while everything keeps working until the
+    /// stop itself (SIGTERM) stops the intake.
+    pub fn set_draining(&self) {
+        self.0.draining.store(true, Ordering::SeqCst);
+        self.refresh();
+    }
+
     /// Whether the service is ready.
     pub fn is_ready(&self) -> bool {
         !self.0.stopping.load(Ordering::SeqCst)
+            && !self.0.draining.load(Ordering::SeqCst)
             && self
                 .0
                 .entries()
@@ -164,6 +176,8 @@ impl Readiness {
         let mut unmet = Vec::new();
         if self.0.stopping.load(Ordering::SeqCst) {
             unmet.push("shutting down".to_owned());
+        } else if self.0.draining.load(Ordering::SeqCst) {
+            unmet.push("draining: about to stop".to_owned());
         }
         unmet.extend(
             self.0

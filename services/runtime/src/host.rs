@@ -1,5 +1,6 @@
 //! One runtime for every service. A [`ServiceHost`] is built from a migrated
-//! pool and a bound HTTP listener, then given its stages — an outbox relay,
+//! pool and a running HTTP endpoint ([`ServiceEndpoint`], which answers from
+//! the first moment, while the database is still being reached), then given its stages — an outbox relay,
 //! consumers, a server, drains, background tasks — and run. Every task runs
 //! under one [`TaskTracker`]; the stop order is declared here, once:
 //!
@@ -61,7 +62,7 @@ pub struct ServiceHost {
     database: Condition,
     database_probe: DatabaseProbe,
     probes: ProbeSettings,
-    http_listener: TcpListener,
+    endpoint: ServiceEndpoint,
     shutdown_grace: Duration,
     intake: CancellationToken,
     relay: Option<RelayConfig>,
@@ -72,8 +73,9 @@ pub struct ServiceHost {
 }
 
 impl ServiceHost {
-    /// Connects to PostgreSQL (creating the database, migrating `schema`) and
-    /// binds the HTTP endpoint on `http_addr`.
+    /// Starts the HTTP endpoint on `http_addr`, then connects to PostgreSQL
+    /// (creating the database, migrating `schema`): `/healthz` answers and
+    /// `/readyz` says why not ready while the database is being reached.
     pub async fn connect(
         name: &'static str,
         database: &DatabaseConfig,
@@ -81,8 +83,9 @@ impl ServiceHost {
         kafka: KafkaConfig,
         http_addr: SocketAddr,
     ) -> anyhow::Result<Self> {
+        let endpoint = ServiceEndpoint::start(http_addr).await?;
         let pool = db::connect_and_migrate(database, schema).await?;
-        Self::with_pool(name, pool, schema, kafka, http_addr).await
+        Ok(Self::with_endpoint(name, pool, schema, kafka, endpoint))
     }
 
     /// A consumer service's host, from its [`ConsumerConfig`]: over `pool`
@@ -104,7 +107,7 @@ impl ServiceHost {
             .readiness_probes(config.readiness_probes))
     }
 
-    /// Uses an existing pool, already migrated for `schema`, and binds the HTTP endpoint.
+    /// Uses an existing pool, already migrated for `schema`, and starts the HTTP endpoint.
     pub async fn with_pool(
         name: &'static str,
         pool: PgPool,
@@ -112,13 +115,24 @@ impl ServiceHost {
         kafka: KafkaConfig,
         http_addr: SocketAddr,
     ) -> anyhow::Result<Self> {
-        let http_listener = crate::http::bind(http_addr).await?;
-        let metrics = Metrics::new();
+        let endpoint = ServiceEndpoint::start(http_addr).await?;
+        Ok(Self::with_endpoint(name, pool, schema, kafka, endpoint))
+    }
+
+    /// Uses an existing pool, already migrated for `schema`, and an endpoint
+    /// started before it (see [`ServiceEndpoint::start`]).
+    pub fn with_endpoint(
+        name: &'static str,
+        pool: PgPool,
+        schema: &'static Schema,
+        kafka: KafkaConfig,
+        endpoint: ServiceEndpoint,
+    ) -> Self {
+        let (metrics, readiness) = (endpoint.metrics.clone(), endpoint.readiness.clone());
         metrics.register_pool(&pool);
-        let readiness = Readiness::new();
-        readiness.register(&metrics);
-        let database = readiness.gate("database", "not checked yet");
-        Ok(Self {
+        let database = endpoint.database.clone();
+        database.unmet("connected and migrated; not checked yet");
+        Self {
             name,
             schema,
             pool,
@@ -128,7 +142,7 @@ impl ServiceHost {
             database,
             database_probe: DatabaseProbe::ping(),
             probes: ProbeSettings::default(),
-            http_listener,
+            endpoint,
             shutdown_grace: Duration::from_secs(10),
             intake: CancellationToken::new(),
             relay: None,
@@ -136,7 +150,7 @@ impl ServiceHost {
             server: None,
             drains: Vec::new(),
             background: Vec::new(),
-        })
+        }
     }
 
     /// The service's pool.
@@ -161,9 +175,7 @@ impl ServiceHost {
 
     /// Address of the HTTP endpoint (`/healthz`, `/readyz`, `/metrics`).
     pub fn http_addr(&self) -> SocketAddr {
-        self.http_listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.endpoint.addr
     }
 
     /// How long open calls may run after shutdown before they are cut (default 10 s).
@@ -274,7 +286,7 @@ impl ServiceHost {
             database,
             database_probe,
             probes,
-            http_listener,
+            endpoint,
             shutdown_grace,
             intake,
             relay,
@@ -288,16 +300,13 @@ impl ServiceHost {
         let outbox = relay
             .as_ref()
             .map(|_| readiness.inform("outbox", "not checked yet"));
-        let http_addr = http_listener.local_addr()?;
+        let http_addr = endpoint.addr;
+        // The endpoint stops with the background (step 3).
         tracker.spawn({
-            let (readiness, metrics, stop) =
-                (readiness.clone(), metrics.clone(), background.clone());
+            let stop = background.clone();
             async move {
-                if let Err(error) =
-                    crate::http::serve(http_listener, readiness, metrics, stop).await
-                {
-                    tracing::error!(%error, "http endpoint failed");
-                }
+                stop.cancelled().await;
+                endpoint.stop().await;
             }
         });
         tracker.spawn(health::watch_database(
@@ -389,6 +398,67 @@ impl ServiceHost {
             anyhow::bail!("{name} stopped because one of its stages stopped on its own");
         }
         Ok(())
+    }
+}
+
+/// A service's HTTP endpoint (`/healthz`, `/readyz`, `/metrics`, `/drain`),
+/// serving from the moment it is started, before the service has its
+/// database: a service waiting for PostgreSQL answers its liveness probe and
+/// says on `/readyz` what it waits for (`database: connecting …`), instead of
+/// looking dead. Dropped without [`ServiceEndpoint::stop`] (a start that
+/// failed), it stops serving at once.
+pub struct ServiceEndpoint {
+    addr: SocketAddr,
+    metrics: Metrics,
+    readiness: Readiness,
+    database: Condition,
+    stop: tokio_util::sync::DropGuard,
+    task: JoinHandle<()>,
+}
+
+impl ServiceEndpoint {
+    /// Binds `http_addr` and serves, with a `database` condition that is
+    /// unmet ("connecting to PostgreSQL and migrating the schema") until the
+    /// host takes it over.
+    pub async fn start(http_addr: SocketAddr) -> anyhow::Result<Self> {
+        let listener: TcpListener = crate::http::bind(http_addr).await?;
+        let addr = listener.local_addr()?;
+        let metrics = Metrics::new();
+        let readiness = Readiness::new();
+        readiness.register(&metrics);
+        let database = readiness.gate(
+            "database",
+            "connecting to PostgreSQL and migrating the schema",
+        );
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let (readiness, metrics, stop) = (readiness.clone(), metrics.clone(), stop.clone());
+            async move {
+                if let Err(error) = crate::http::serve(listener, readiness, metrics, stop).await {
+                    tracing::error!(%error, "http endpoint failed");
+                }
+            }
+        });
+        Ok(Self {
+            addr,
+            metrics,
+            readiness,
+            database,
+            stop: stop.drop_guard(),
+            task,
+        })
+    }
+
+    /// The address it serves on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops serving (open requests get a moment to finish) and waits for it.
+    async fn stop(self) {
+        let Self { stop, task, .. } = self;
+        drop(stop);
+        let _ = task.await;
     }
 }
 
@@ -511,21 +581,133 @@ fn record_failure(
 /// The whole `main` of a service: telemetry, then `start` (which reads the
 /// configuration, builds and runs the service until SIGINT/SIGTERM), then the
 /// telemetry flush.
-pub async fn main<F, Fut>(name: &'static str, start: F) -> anyhow::Result<()>
+///
+/// With the argument `--migrate-only`, the service only brings its `schema`
+/// up to date (creating the database if needed, with the `DATABASE_*`
+/// settings) and exits: what a Kubernetes init container runs before the
+/// service's new version starts, so that a migration that fails stops the
+/// rollout before any pod of the new version takes traffic.
+pub async fn main<F, Fut>(
+    name: &'static str,
+    schema: &'static Schema,
+    start: F,
+) -> anyhow::Result<()>
 where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let telemetry = crate::telemetry::init(name);
-    let result = start(crate::shutdown::token_on_signal())
-        .await
-        .inspect_err(|error| {
-            tracing::error!(
-                error = format!("{error:#}"),
-                service = name,
-                "stopped with an error"
-            )
-        });
+    let shutdown = crate::shutdown::token_on_signal();
+    let result = if std::env::args()
+        .skip(1)
+        .any(|argument| argument == "--migrate-only")
+    {
+        migrate_only(schema, shutdown).await
+    } else {
+        start(shutdown).await
+    };
+    let result = result.inspect_err(|error| {
+        tracing::error!(
+            error = format!("{error:#}"),
+            service = name,
+            "stopped with an error"
+        )
+    });
     telemetry.shutdown().await;
     result.context("the service failed")
+}
+
+/// `--migrate-only`: migrates `schema` and returns (see [`main`]).
+async fn migrate_only(schema: &'static Schema, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let config = DatabaseConfig::from_env()?;
+    let Some(pool) =
+        crate::shutdown::unless_stopped(&shutdown, db::connect_and_migrate(&config, schema))
+            .await?
+    else {
+        return Ok(());
+    };
+    pool.close().await;
+    tracing::info!(
+        schema = schema.name,
+        "schema up to date; exiting (--migrate-only)"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    static SCHEMA: Schema = Schema::new("orders", sqlx::migrate!("../../migrations/orders"));
+
+    async fn unused_address() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    }
+
+    async fn get(address: SocketAddr, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer
+    }
+
+    /// A service whose database cannot be reached answers its liveness
+    /// probe and says why it is not ready: a Kubernetes liveness probe must
+    /// not restart it in a loop while it waits.
+    #[tokio::test]
+    async fn the_endpoint_answers_while_the_database_is_unreachable() {
+        let database_address = unused_address().await;
+        let http_address = unused_address().await;
+        let mut database = DatabaseConfig::for_tests();
+        database.url =
+            crate::config::Secret::new(format!("postgres://postgres@{database_address}/foodorder"));
+        let kafka = KafkaConfig::local("127.0.0.1:1", "unused-");
+        let starting = tokio::spawn(async move {
+            ServiceHost::connect("test-service", &database, &SCHEMA, kafka, http_address)
+                .await
+                .map(|_| ())
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let healthz = loop {
+            if tokio::net::TcpStream::connect(http_address).await.is_ok() {
+                break get(http_address, "/healthz").await;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the endpoint did not answer within 10 s of the start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(healthz.starts_with("HTTP/1.1 200"), "{healthz}");
+        assert!(
+            healthz.contains("database: UNMET") && healthz.contains("connecting to PostgreSQL"),
+            "{healthz}"
+        );
+        let readyz = get(http_address, "/readyz").await;
+        assert!(readyz.starts_with("HTTP/1.1 503"), "{readyz}");
+        assert!(
+            readyz.contains("not ready: database: connecting to PostgreSQL"),
+            "{readyz}"
+        );
+        assert!(!starting.is_finished(), "still waiting for its database");
+        starting.abort();
+        let _ = starting.await;
+        // A start given up stops serving.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(http_address).await.is_ok() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the endpoint of an abandoned start still serves after 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }

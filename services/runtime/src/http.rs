@@ -11,6 +11,12 @@
 //! ever waits on a dependency.
 //! * `GET /metrics`: the service's metrics, OpenMetrics for clients that ask
 //!   for it (Prometheus does), the classic text format for the others.
+//! * `POST /drain`: the service is about to be stopped (a Kubernetes `preStop`
+//!   hook calls it): `/readyz` answers 503 `draining` from then on and the
+//!   order API's gRPC health says NOT_SERVING, so that new work goes to other
+//!   instances, while everything keeps working until SIGTERM stops the intake.
+//!   Only a client on the same host (loopback) may ask: anyone else who can
+//!   reach the port (a scraper) gets 403.
 //!
 //! Every request is bounded in time and size, only so many are served at
 //! once, and connections are bounded in number and lifetime (a client that
@@ -26,10 +32,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -67,6 +73,7 @@ pub fn router(readiness: Readiness, metrics: Metrics) -> Router {
         .route("/healthz", get(health))
         .route("/readyz", get(ready))
         .route("/metrics", get(scrape))
+        .route("/drain", post(drain))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .with_state(Endpoint { readiness, metrics })
         .layer(
@@ -78,6 +85,23 @@ pub fn router(readiness: Readiness, metrics: Metrics) -> Router {
                 ))
                 .layer(GlobalConcurrencyLimitLayer::new(MAX_CONCURRENT_REQUESTS)),
         )
+}
+
+/// Marks the service as about to stop (see the module docs); loopback only.
+async fn drain(
+    State(endpoint): State<Endpoint>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+) -> Response {
+    if !peer.ip().is_loopback() {
+        return (
+            StatusCode::FORBIDDEN,
+            "drain is accepted from the same host only\n",
+        )
+            .into_response();
+    }
+    endpoint.readiness.set_draining();
+    tracing::info!("draining: not ready from now on; intake stops at SIGTERM");
+    (StatusCode::OK, "draining\n").into_response()
 }
 
 /// `ready`, or `not ready: <why>; <why>`, then a line per gating condition.
@@ -170,11 +194,26 @@ pub async fn serve(
         inner: listener,
         slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
     };
-    let server = axum::serve(listener, router(readiness, metrics))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = axum::serve(
+        listener,
+        router(readiness, metrics).into_make_service_with_connect_info::<Peer>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     tokio::select! {
         served = std::future::IntoFuture::into_future(server) => served,
         () = async { shutdown.cancelled().await; tokio::time::sleep(SHUTDOWN_DRAIN).await } => Ok(()),
+    }
+}
+
+/// The address a request came from (what `/drain` checks).
+#[derive(Clone, Copy, Debug)]
+struct Peer(SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, BoundedListener>>
+    for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, BoundedListener>) -> Self {
+        Self(*stream.remote_addr())
     }
 }
 
@@ -382,5 +421,84 @@ mod tests {
         );
         assert_eq!(call(&router, "GET", "/nope", "*/*").await.0, 404);
         assert_eq!(call(&router, "POST", "/readyz", "*/*").await.0, 405);
+    }
+
+    async fn post_drain(router: &Router, peer: &str) -> (u16, String) {
+        let mut request = Request::builder()
+            .method("POST")
+            .uri("/drain")
+            .body(Body::empty())
+            .unwrap();
+        request
+            .extensions_mut()
+            .insert(ConnectInfo(Peer(peer.parse::<SocketAddr>().unwrap())));
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn drain_from_the_same_host_only_turns_readiness_off() {
+        let readiness = Readiness::new();
+        let database = readiness.gate("database", "not checked yet");
+        database.met("ping answered in 1 ms");
+        let router = router(readiness.clone(), Metrics::new());
+        assert_eq!(
+            post_drain(&router, "10.1.2.3:40000").await.0,
+            403,
+            "another host may not drain the service"
+        );
+        assert_eq!(call(&router, "GET", "/readyz", "*/*").await.0, 200);
+        assert_eq!(call(&router, "GET", "/drain", "*/*").await.0, 405);
+        assert_eq!(
+            post_drain(&router, "127.0.0.1:40000").await,
+            (200, "draining\n".to_owned())
+        );
+        let (status, _, body) = call(&router, "GET", "/readyz", "*/*").await;
+        assert_eq!(status, 503);
+        assert!(
+            body.starts_with("not ready: draining: about to stop\n"),
+            "{body}"
+        );
+        assert!(!*readiness.changes().borrow(), "readiness followers see it");
+        assert_eq!(
+            call(&router, "GET", "/healthz", "*/*").await.0,
+            200,
+            "still alive"
+        );
+        assert_eq!(
+            post_drain(&router, "[::1]:40000").await.0,
+            200,
+            "idempotent"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_served_endpoint_accepts_drain_over_loopback() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let readiness = Readiness::new();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            readiness.clone(),
+            Metrics::new(),
+            shutdown.clone(),
+        ));
+        let mut client = TcpStream::connect(address).await.unwrap();
+        client
+            .write_all(b"POST /drain HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(!readiness.is_ready());
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
     }
 }

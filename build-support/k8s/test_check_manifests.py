@@ -1,0 +1,214 @@
+"""Each rule of check_manifests.py catches what it is about: the rendered
+overlays pass, and every one of these breakages of them is reported.
+
+    FOODORDER_K8S_RENDERED=target/k8s python3 -m unittest build-support/k8s/test_check_manifests.py
+
+(build-support/k8s-check renders the overlays there and runs this.)
+"""
+
+import copy
+import os
+import sys
+import tempfile
+import unittest
+
+import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import check_manifests as rules  # noqa: E402
+
+RENDERED = os.environ.get("FOODORDER_K8S_RENDERED", "target/k8s")
+
+
+def find(objects, kind, name):
+    return next(o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name)
+
+
+def deployment(objects, name):
+    return find(objects, "Deployment", name)
+
+
+def main_container(objects, name):
+    return deployment(objects, name)["spec"]["template"]["spec"]["containers"][0]
+
+
+def drop(kind, name):
+    """A change that removes one object."""
+    def change(objects):
+        objects[:] = [o for o in objects if not (o["kind"] == kind and o["metadata"]["name"] == name)]
+    return change
+
+
+def config_map(objects):
+    return next(o for o in objects if o["kind"] == "ConfigMap")
+
+
+class OverlayRules(unittest.TestCase):
+    overlay = "local"
+
+    def setUp(self):
+        with open(os.path.join(RENDERED, f"{self.overlay}.yaml"), encoding="utf-8") as handle:
+            self.objects = [doc for doc in yaml.safe_load_all(handle) if doc]
+
+    def problems(self, objects, checker=rules.check_overlay):
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
+            yaml.safe_dump_all(objects, handle)
+        try:
+            return checker(handle.name)
+        finally:
+            os.unlink(handle.name)
+
+    def assert_reported(self, change, expected):
+        objects = copy.deepcopy(self.objects)
+        change(objects)
+        problems = self.problems(objects)
+        self.assertTrue(
+            any(expected in problem for problem in problems),
+            f"expected a problem containing {expected!r}, got {problems}",
+        )
+
+    def test_the_rendered_overlays_pass(self):
+        for overlay in ("local", "production"):
+            with self.subTest(overlay=overlay):
+                self.assertEqual(rules.check_overlay(os.path.join(RENDERED, f"{overlay}.yaml")), [])
+
+    def test_probes(self):
+        self.assert_reported(lambda o: main_container(o, "order-api").pop("readinessProbe"), "no readinessProbe")
+        self.assert_reported(lambda o: main_container(o, "payment-service").pop("startupProbe"), "no startupProbe")
+        self.assert_reported(
+            lambda o: main_container(o, "order-api")["readinessProbe"]["httpGet"].update(path="/healthz"),
+            "readiness pointed at liveness",
+        )
+        self.assert_reported(
+            lambda o: main_container(o, "notification-service")["livenessProbe"]["httpGet"].update(path="/readyz"),
+            "livenessProbe asks /readyz",
+        )
+        self.assert_reported(
+            lambda o: main_container(o, "order-api")["livenessProbe"].update(httpGet={"path": "/healthz", "port": 50051}),
+            "does not ask the HTTP endpoint",
+        )
+
+    def test_resources(self):
+        self.assert_reported(
+            lambda o: main_container(o, "order-api")["resources"]["limits"].pop("memory"), "has no limits.memory"
+        )
+        self.assert_reported(
+            lambda o: deployment(o, "payment-service")["spec"]["template"]["spec"]["initContainers"][0]["resources"].pop("requests"),
+            "container migrate has no requests.cpu",
+        )
+        self.assert_reported(
+            lambda o: main_container(o, "payment-service")["resources"]["limits"].update(memory="96Mi"),
+            "below twice the measured peak RSS",
+        )
+        self.assert_reported(
+            lambda o: main_container(o, "order-api")["resources"]["requests"].update(cpu="2"), "above its limit"
+        )
+
+    def test_images(self):
+        self.assert_reported(lambda o: main_container(o, "order-api").update(image="foodorder/order-api:latest"), "tag latest")
+        self.assert_reported(lambda o: main_container(o, "order-api").update(image="foodorder/order-api"), "has no tag")
+
+    def test_stopping(self):
+        self.assert_reported(lambda o: main_container(o, "order-api").pop("lifecycle"), "no preStop hook")
+        self.assert_reported(
+            lambda o: deployment(o, "payment-service")["spec"]["template"]["spec"].update(terminationGracePeriodSeconds=30),
+            "terminationGracePeriodSeconds 30 is not longer",
+        )
+        self.assert_reported(lambda o: config_map(o)["data"].update(SHUTDOWN_GRACE_SECONDS="5"), "shorter than the slowest")
+
+    def test_rollout_and_spread(self):
+        self.assert_reported(
+            lambda o: deployment(o, "order-api")["spec"]["strategy"]["rollingUpdate"].update(maxUnavailable=1),
+            "maxUnavailable must be 0",
+        )
+        self.assert_reported(
+            lambda o: deployment(o, "order-api")["spec"]["template"]["spec"].pop("topologySpreadConstraints"),
+            "no topology spread",
+        )
+        self.assert_reported(
+            lambda o: deployment(o, "notification-service")["spec"]["template"]["spec"].pop("initContainers"),
+            "no init container runs the migrations",
+        )
+
+    def test_budgets_and_autoscalers(self):
+        self.assert_reported(
+            drop("PodDisruptionBudget", "payment-service"),
+            "no PodDisruptionBudget",
+        )
+        self.assert_reported(
+            drop("HorizontalPodAutoscaler", "order-api"),
+            "no HorizontalPodAutoscaler",
+        )
+        self.assert_reported(
+            lambda o: find(o, "HorizontalPodAutoscaler", "payment-service")["spec"].update(maxReplicas=10),
+            "above KAFKA_EVENT_PARTITIONS",
+        )
+
+    def test_network_policies_and_accounts(self):
+        self.assert_reported(
+            drop("NetworkPolicy", "order-api"),
+            "no NetworkPolicy of its own",
+        )
+        self.assert_reported(
+            drop("NetworkPolicy", "default-deny"),
+            "no default-deny NetworkPolicy",
+        )
+        self.assert_reported(
+            lambda o: deployment(o, "order-api")["spec"]["template"]["spec"].update(serviceAccountName="default"),
+            "no ServiceAccount of its own",
+        )
+
+    def test_secrets(self):
+        self.assert_reported(
+            lambda o: o.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x"}, "stringData": {"DATABASE_URL": "postgres://a:b@h/d"}}),
+            "a Secret with values is committed",
+        )
+        self.assert_reported(
+            lambda o: main_container(o, "order-api")["env"].append({"name": "KAFKA_SASL_PASSWORD", "value": "hunter2"}),
+            "belongs in a Secret",
+        )
+        self.assert_reported(
+            lambda o: config_map(o)["data"].update(OTHER_URL="postgres://user:pass@db:5432/x"),
+            "looks like a secret value",
+        )
+
+    def test_security(self):
+        self.assert_reported(
+            lambda o: main_container(o, "order-api")["securityContext"].update(readOnlyRootFilesystem=False),
+            "writable root filesystem",
+        )
+        self.assert_reported(
+            lambda o: deployment(o, "order-api")["spec"]["template"]["spec"]["securityContext"].update(runAsNonRoot=False),
+            "may run as root",
+        )
+
+
+class InfraRules(unittest.TestCase):
+    def setUp(self):
+        with open(os.path.join(RENDERED, "infra.yaml"), encoding="utf-8") as handle:
+            self.objects = [doc for doc in yaml.safe_load_all(handle) if doc]
+
+    def reported(self, change):
+        objects = copy.deepcopy(self.objects)
+        change(objects)
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
+            yaml.safe_dump_all(objects, handle)
+        try:
+            return rules.check_infra(handle.name)
+        finally:
+            os.unlink(handle.name)
+
+    def test_the_example_passes(self):
+        self.assertEqual(rules.check_infra(os.path.join(RENDERED, "infra.yaml")), [])
+
+    def test_replication_is_checked(self):
+        kafka = lambda o: find(o, "Kafka", "kafka")["spec"]["kafka"]["config"]  # noqa: E731
+        self.assertTrue(self.reported(lambda o: kafka(o).update({"min.insync.replicas": 1})))
+        self.assertTrue(self.reported(lambda o: kafka(o).update({"unclean.leader.election.enable": True})))
+        self.assertTrue(self.reported(lambda o: find(o, "KafkaTopic", "order-placed")["spec"].update(replicas=1)))
+        self.assertTrue(self.reported(lambda o: find(o, "KafkaNodePool", "dual-role")["spec"].update(replicas=1)))
+        self.assertTrue(self.reported(lambda o: find(o, "Cluster", "postgres")["spec"].update(instances=1)))
+
+
+if __name__ == "__main__":
+    unittest.main()
