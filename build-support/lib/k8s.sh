@@ -82,9 +82,9 @@ k8s_prepare_source() {
   rm -rf "$copy/go.work" "$copy/go.work.sum" "$copy/vendor" "$copy/staging"
   # Each "k8s.io/x => ./staging/src/k8s.io/x" becomes "k8s.io/x => k8s.io/x $K8S_LIBS_VERSION".
   # A replace without a version on its left covers whatever version the graph selects.
-  for module in $(awk '$2 == "=>" && $3 ~ /^\.\/staging\// { print $1 }' "$copy/go.mod"); do
+  while read -r module; do
     args+=("-dropreplace=$module" "-replace=$module=$module@$K8S_LIBS_VERSION")
-  done
+  done < <(awk '$2 == "=>" && $3 ~ /^\.\/staging\// { print $1 }' "$copy/go.mod")
   ((${#args[@]} > 0)) || die "no ./staging replaces found in k8s.io/kubernetes $K8S_VERSION's go.mod"
   (cd "$copy" && go mod edit "${args[@]}") >>"$log_file" 2>&1 \
     || k8s_fail "$log_file" "rewriting the staging replaces failed"
@@ -102,7 +102,7 @@ k8s_build_kubernetes() {
   (
     k8s_go_env
     copy=$(k8s_prepare_source "$log_file")
-    cd "$copy"
+    cd "$copy" || exit 1
     # Fills go.sum for the published modules (GOFLAGS=-mod=mod lets it).
     go list -deps ./cmd/kube-apiserver ./cmd/kube-controller-manager ./cmd/kube-scheduler ./cmd/kubectl \
       >/dev/null 2>>"$log_file" || k8s_fail "$log_file" "resolving the dependencies of k8s.io/kubernetes $K8S_VERSION failed"
