@@ -2,8 +2,9 @@
 """The rules every rendered overlay of deploy/kubernetes must follow, beyond
 the Kubernetes schemas (which build-support/k8s-check validates first).
 
-    check_manifests.py OVERLAY.yaml...       one rendered overlay per file
-    check_manifests.py --infra INFRA.yaml    the operators' example
+    check_manifests.py OVERLAY.yaml...                       one rendered overlay per file
+    check_manifests.py --infra INFRA.yaml --against OVERLAY.yaml
+                                                             the operators' example, for that overlay
 
 Prints every broken rule as `file: kind/name: what` and exits 1 if there is
 one. The rules (see deploy/kubernetes/README.md for why each holds):
@@ -12,19 +13,25 @@ one. The rules (see deploy/kubernetes/README.md for why each holds):
   its HTTP endpoint, readiness (/readyz) not pointed at liveness (/healthz);
 * requests and limits for CPU and memory on every container, requests at most
   the limits, the memory limit at least twice the measured peak RSS;
-* a preStop hook that drains (/drain), and a termination grace longer than
-  what the service may take to stop after it (preStop sleep +
-  SHUTDOWN_GRACE_SECONDS + the drains and slack of the host's stop order);
+* a preStop hook that drains (/drain on the service's own port), and a
+  termination grace longer than what the service may take to stop after it
+  (the drain call's timeout and the preStop sleep + SHUTDOWN_GRACE_SECONDS +
+  the drains and slack of the host's stop order + the trace exporter's flush);
   SHUTDOWN_GRACE_SECONDS longer than the slowest in-flight work (a payment, 15 s);
 * rolling updates that never go below the running replicas (maxUnavailable 0);
 * topology spread over the service's own pods;
 * the migrations as an init container (`--migrate-only`, same image);
-* a PodDisruptionBudget and a HorizontalPodAutoscaler per service, a
-  consumer's maxReplicas at most KAFKA_EVENT_PARTITIONS;
+* a PodDisruptionBudget that lets a drain take a pod, and a
+  HorizontalPodAutoscaler with a metric per service, owning the replica count
+  (no spec.replicas on its Deployment); a consumer's maxReplicas at most
+  KAFKA_EVENT_PARTITIONS;
 * a ServiceAccount per service (no token mounted), a default-deny
-  NetworkPolicy and one per service with both directions;
+  NetworkPolicy and one per service with both directions, whose every rule
+  names its ports and every egress rule its destinations;
 * no `latest` or missing tag; no Secret object and no secret value in a
-  ConfigMap or an env value;
+  ConfigMap, an env value, an argument or an annotation;
+* the database connections every pod the autoscalers may run could open
+  (printed; for the operators' example, within its max_connections);
 * non-root, no privilege escalation, a read-only root filesystem.
 """
 
@@ -44,6 +51,10 @@ PEAK_RSS_MIB = {"order-api": 36, "payment-service": 60, "notification-service": 
 STOP_AFTER_GRACE_SECONDS = 5 + 20
 # The slowest work in flight: a payment (PAYMENT_TIMEOUT with its retries).
 SLOWEST_WORK_SECONDS = 15
+# The trace exporter's last flush at exit (the OTLP exporter's timeout).
+TELEMETRY_FLUSH_SECONDS = 10
+# Connections a pod may open beyond its pools: the readiness probe's own.
+PROBE_CONNECTIONS = 1
 SECRET_NAME = re.compile(r"(PASSWORD|SECRET|TOKEN|PRIVATE|CREDENTIAL|_KEY$|^DATABASE_URL$)")
 URL_WITH_PASSWORD = re.compile(r"://[^/@\s:]+:[^/@\s]+@")
 
@@ -67,13 +78,13 @@ class Report:
         self.problems = []
 
     def add(self, obj, message):
-        name = f"{obj.get('kind', '?')}/{obj.get('metadata', {}).get('name', '?')}" if obj else "-"
+        name = f"{obj.get('kind', '?')}/{name_of(obj) or '?'}" if obj else "-"
         self.problems.append(f"{self.source}: {name}: {message}")
 
 
 def load(path):
     with open(path, encoding="utf-8") as handle:
-        return [doc for doc in yaml.safe_load_all(handle) if doc]
+        return [doc for doc in yaml.safe_load_all(handle) if isinstance(doc, dict)]
 
 
 def by_kind(objects, kind):
@@ -81,7 +92,40 @@ def by_kind(objects, kind):
 
 
 def name_of(obj):
-    return obj.get("metadata", {}).get("name", "")
+    return (obj.get("metadata") or {}).get("name") or ""
+
+
+def number(report, config, key, default):
+    """A numeric setting of the ConfigMap; reported (and the default used) when it is not one."""
+    try:
+        return float(config.get(key, default))
+    except (TypeError, ValueError):
+        report.add(None, f"{key} is not a number: {config.get(key)!r}")
+        return float(default)
+
+
+def connections_per_pod(report, config, service):
+    """What one pod of `service` may open: its pools and the readiness probe."""
+    main = number(report, config, "DATABASE_MAX_CONNECTIONS", 10)
+    extra = {
+        "order-api": number(report, config, "ORDER_API_READ_DB_CONNECTIONS", 4)
+        + number(report, config, "ORDER_API_CONSUMER_DB_CONNECTIONS", 4),
+        "payment-service": number(report, config, "PAYMENT_GATEWAY_DB_CONNECTIONS", 16),
+        "notification-service": 0,
+    }[service]
+    return int(main + extra + PROBE_CONNECTIONS)
+
+
+def worst_case_connections(report, objects):
+    """The connections of every pod the autoscalers may run, a surge pod each."""
+    config = config_of(objects)
+    total = 0
+    for service in SERVICES:
+        hpa = next((h for h in by_kind(objects, "HorizontalPodAutoscaler")
+                    if ((h.get("spec") or {}).get("scaleTargetRef") or {}).get("name") == service), None)
+        pods = ((hpa or {}).get("spec") or {}).get("maxReplicas", 1) + 1
+        total += pods * connections_per_pod(report, config, service)
+    return total
 
 
 def selects(selector, labels):
@@ -107,6 +151,10 @@ def image_tag_problem(image):
     return None
 
 
+def secret_like(text):
+    return bool(URL_WITH_PASSWORD.search(str(text)))
+
+
 def check_container(report, deployment, container, service):
     resources = container.get("resources") or {}
     for part in ("requests", "limits"):
@@ -130,10 +178,11 @@ def check_container(report, deployment, container, service):
     if security.get("readOnlyRootFilesystem") is not True:
         report.add(deployment, f"container {container['name']} has a writable root filesystem")
     for variable in container.get("env") or []:
-        if "value" in variable and (
-            SECRET_NAME.search(variable["name"]) or URL_WITH_PASSWORD.search(str(variable["value"]))
-        ):
-            report.add(deployment, f"env {variable['name']} carries a value that belongs in a Secret")
+        if "value" in variable and (SECRET_NAME.search(str(variable.get("name"))) or secret_like(variable["value"])):
+            report.add(deployment, f"env {variable.get('name')} carries a value that belongs in a Secret")
+    for argument in (container.get("args") or []) + (container.get("command") or []):
+        if secret_like(argument) or re.search(r"(?i)password=\S", str(argument)):
+            report.add(deployment, f"container {container['name']} has a secret value in its command line")
 
 
 def check_deployment(report, deployment, objects, config):
@@ -189,15 +238,21 @@ def check_deployment(report, deployment, objects, config):
             report.add(deployment, f"init container {init.get('name')} runs {init.get('image')}, not the service's image {main.get('image')}")
 
     pre_stop = ((main.get("lifecycle") or {}).get("preStop")) or {}
-    command = " ".join((pre_stop.get("exec") or {}).get("command") or [])
-    if "/drain" not in command and (pre_stop.get("httpGet") or {}).get("path") != "/drain":
-        report.add(deployment, "no preStop hook that drains (/drain) before SIGTERM")
+    command = " ".join(str(part) for part in (pre_stop.get("exec") or {}).get("command") or [])
+    if f"127.0.0.1:{port}/drain" not in command and not (
+        (pre_stop.get("httpGet") or {}).get("path") == "/drain"
+        and port_names.get((pre_stop.get("httpGet") or {}).get("port"), (pre_stop.get("httpGet") or {}).get("port")) == port
+    ):
+        report.add(deployment, f"no preStop hook that drains the service (POST 127.0.0.1:{port}/drain) before SIGTERM")
     sleep = re.search(r"sleep (\d+)", command)
-    pre_stop_seconds = int(sleep.group(1)) if sleep else int((pre_stop.get("sleep") or {}).get("seconds", 0))
-    shutdown_grace = float(config.get("SHUTDOWN_GRACE_SECONDS", 10))
+    call = re.search(r"(?:-m|--max-time) (\d+)", command)
+    pre_stop_seconds = (int(sleep.group(1)) if sleep else int((pre_stop.get("sleep") or {}).get("seconds", 0))) + (
+        int(call.group(1)) if call else 0
+    )
+    shutdown_grace = number(report, config, "SHUTDOWN_GRACE_SECONDS", 10)
     if shutdown_grace < SLOWEST_WORK_SECONDS:
         report.add(deployment, f"SHUTDOWN_GRACE_SECONDS {shutdown_grace:g} is shorter than the slowest in-flight work ({SLOWEST_WORK_SECONDS} s)")
-    needed = pre_stop_seconds + shutdown_grace + STOP_AFTER_GRACE_SECONDS
+    needed = pre_stop_seconds + shutdown_grace + STOP_AFTER_GRACE_SECONDS + TELEMETRY_FLUSH_SECONDS
     grace = template.get("terminationGracePeriodSeconds", 30)
     if grace <= needed:
         report.add(deployment, f"terminationGracePeriodSeconds {grace} is not longer than the stop may take ({needed:g} s)")
@@ -216,24 +271,52 @@ def check_deployment(report, deployment, objects, config):
     accounts = [a for a in by_kind(objects, "ServiceAccount") if name_of(a) == account]
     if not account or account == "default" or not accounts:
         report.add(deployment, "no ServiceAccount of its own")
-    elif accounts[0].get("automountServiceAccountToken") is not False and template.get("automountServiceAccountToken") is not False:
-        report.add(deployment, f"ServiceAccount {account} token mounted although the service calls no Kubernetes API")
+    else:
+        # The pod's setting wins over its account's.
+        mounted = template.get("automountServiceAccountToken", accounts[0].get("automountServiceAccountToken", True))
+        if mounted is not False:
+            report.add(deployment, f"ServiceAccount {account} token mounted although the service calls no Kubernetes API")
 
-    if not any(selects((p.get("spec") or {}).get("selector"), labels) for p in by_kind(objects, "PodDisruptionBudget")):
-        report.add(deployment, "no PodDisruptionBudget selects its pods")
     hpas = [h for h in by_kind(objects, "HorizontalPodAutoscaler")
             if ((h.get("spec") or {}).get("scaleTargetRef") or {}).get("name") == service]
+    minimum = ((hpas[0].get("spec") or {}).get("minReplicas", 1)) if hpas else spec.get("replicas", 1)
+    budgets = [p for p in by_kind(objects, "PodDisruptionBudget") if selects((p.get("spec") or {}).get("selector"), labels)]
+    if not budgets:
+        report.add(deployment, "no PodDisruptionBudget selects its pods")
+    for budget in budgets:
+        budget_spec = budget.get("spec") or {}
+        unavailable, available = budget_spec.get("maxUnavailable"), budget_spec.get("minAvailable")
+        blocks = (
+            (unavailable is not None and str(unavailable) in ("0", "0%"))
+            or (available is not None and (str(available) == "100%" or (isinstance(available, int) and available >= minimum)))
+        )
+        if blocks:
+            report.add(budget, f"allows no voluntary disruption at {minimum} replica(s): a node drain would wait forever")
     if not hpas:
         report.add(deployment, "no HorizontalPodAutoscaler")
-    elif service in CONSUMERS:
-        partitions = int(config.get("KAFKA_EVENT_PARTITIONS", 6))
-        maximum = (hpas[0].get("spec") or {}).get("maxReplicas", 0)
-        if maximum > partitions:
-            report.add(hpas[0], f"maxReplicas {maximum} above KAFKA_EVENT_PARTITIONS {partitions}: the extra consumers would sit idle")
+    else:
+        hpa_spec = hpas[0].get("spec") or {}
+        if not hpa_spec.get("metrics"):
+            report.add(hpas[0], "no metric to scale on")
+        if "replicas" in spec:
+            report.add(deployment, "sets spec.replicas although an autoscaler owns the count (an apply would undo a scale-out)")
+        if service in CONSUMERS:
+            partitions = int(number(report, config, "KAFKA_EVENT_PARTITIONS", 6))
+            maximum = hpa_spec.get("maxReplicas", 0)
+            if maximum > partitions:
+                report.add(hpas[0], f"maxReplicas {maximum} above KAFKA_EVENT_PARTITIONS {partitions}: the extra consumers would sit idle")
     policies = [p for p in by_kind(objects, "NetworkPolicy")
                 if selects((p.get("spec") or {}).get("podSelector"), labels)]
     if not any({"Ingress", "Egress"} <= set((p.get("spec") or {}).get("policyTypes") or []) for p in policies):
         report.add(deployment, "no NetworkPolicy of its own for both directions")
+    for policy in policies:
+        policy_spec = policy.get("spec") or {}
+        for rule in policy_spec.get("ingress") or []:
+            if not (rule or {}).get("ports"):
+                report.add(policy, "an ingress rule open on every port")
+        for rule in policy_spec.get("egress") or []:
+            if not (rule or {}).get("ports") or not (rule or {}).get("to"):
+                report.add(policy, "an egress rule open to every destination or port")
 
 
 def check_overlay(path):
@@ -258,15 +341,28 @@ def check_overlay(path):
             report.add(secret, "a Secret with values is committed (create it out of band)")
     for config_map in by_kind(objects, "ConfigMap"):
         for key, value in (config_map.get("data") or {}).items():
-            if SECRET_NAME.search(key) or URL_WITH_PASSWORD.search(str(value)):
+            if SECRET_NAME.search(key) or secret_like(value):
                 report.add(config_map, f"{key} looks like a secret value in a ConfigMap")
+        if config_map.get("binaryData"):
+            report.add(config_map, "binaryData in a ConfigMap (a secret belongs in a Secret)")
+    for obj in objects:
+        annotated = [(obj.get("metadata") or {}).get("annotations") or {}]
+        template = ((obj.get("spec") or {}).get("template") or {}) if isinstance(obj.get("spec"), dict) else {}
+        annotated.append((template.get("metadata") or {}).get("annotations") or {})
+        for annotations in annotated:
+            for key, value in annotations.items():
+                if secret_like(value) or (SECRET_NAME.search(str(key).upper()) and "/" not in str(key)):
+                    report.add(obj, f"annotation {key} looks like a secret value")
     return report.problems
 
 
-def check_infra(path):
-    """The operators' example: the replication of the cluster mode."""
+def check_infra(path, against=None):
+    """The operators' example: the replication of the cluster mode, the
+    event topics' partitions and the connections of the overlay `against`."""
     report = Report(path)
     objects = load(path)
+    overlay = load(against) if against else []
+    overlay_config = config_of(overlay)
     kafkas = by_kind(objects, "Kafka")
     if not kafkas:
         report.add(None, "no Strimzi Kafka")
@@ -293,6 +389,10 @@ def check_infra(path):
         spec = topic.get("spec") or {}
         if spec.get("replicas") != 3 or str((spec.get("config") or {}).get("min.insync.replicas")) != "2":
             report.add(topic, "not RF 3 with min.insync.replicas 2")
+        if overlay and name in ("order.placed", "payment.completed"):
+            partitions = int(number(report, overlay_config, "KAFKA_EVENT_PARTITIONS", 6))
+            if spec.get("partitions") != partitions:
+                report.add(topic, f"{spec.get('partitions')} partitions, not the {partitions} of KAFKA_EVENT_PARTITIONS the autoscalers count on")
     clusters = by_kind(objects, "Cluster")
     if not clusters:
         report.add(None, "no CloudNativePG Cluster")
@@ -301,18 +401,35 @@ def check_infra(path):
         synchronous = ((spec.get("postgresql") or {}).get("synchronous") or {}).get("number", 0)
         if spec.get("instances", 1) < 3 or synchronous < 1:
             report.add(cluster, "fewer than 3 instances or no synchronous standby")
+        if overlay:
+            needed = worst_case_connections(report, overlay)
+            allowed = int(((spec.get("postgresql") or {}).get("parameters") or {}).get("max_connections", 100))
+            # PostgreSQL keeps 3 for superusers by default.
+            if allowed - 3 < needed:
+                report.add(cluster, f"max_connections {allowed} is below the {needed} connections the overlay's pods could open")
     return report.problems
 
 
 def main(arguments):
     infra = "--infra" in arguments
+    against = None
+    if "--against" in arguments:
+        index = arguments.index("--against")
+        if index + 1 >= len(arguments):
+            print(__doc__, file=sys.stderr)
+            return 2
+        against = arguments[index + 1]
+        arguments = arguments[:index] + arguments[index + 2:]
     paths = [a for a in arguments if a != "--infra"]
     if not paths:
         print(__doc__, file=sys.stderr)
         return 2
     problems = []
     for path in paths:
-        problems += check_infra(path) if infra else check_overlay(path)
+        problems += check_infra(path, against) if infra else check_overlay(path)
+        if not infra:
+            connections = worst_case_connections(Report(path), load(path))
+            print(f"{path}: the pods the autoscalers may run (a surge pod each) could open {connections} database connections")
     for problem in problems:
         print(problem)
     if not problems:

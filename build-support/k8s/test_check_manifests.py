@@ -111,6 +111,17 @@ class OverlayRules(unittest.TestCase):
     def test_stopping(self):
         self.assert_reported(lambda o: main_container(o, "order-api").pop("lifecycle"), "no preStop hook")
         self.assert_reported(
+            lambda o: main_container(o, "notification-service")["lifecycle"]["preStop"]["exec"].update(
+                command=["sh", "-c", "curl -fsS -m 3 -X POST http://127.0.0.1:9102/drain || true"]
+            ),
+            "no preStop hook that drains the service (POST 127.0.0.1:9103/drain)",
+        )
+        # The drain call's timeout counts: 62 s would do without it, not with it.
+        self.assert_reported(
+            lambda o: deployment(o, "order-api")["spec"]["template"]["spec"].update(terminationGracePeriodSeconds=62),
+            "terminationGracePeriodSeconds 62 is not longer than the stop may take (63 s)",
+        )
+        self.assert_reported(
             lambda o: deployment(o, "payment-service")["spec"]["template"]["spec"].update(terminationGracePeriodSeconds=30),
             "terminationGracePeriodSeconds 30 is not longer",
         )
@@ -143,6 +154,24 @@ class OverlayRules(unittest.TestCase):
             lambda o: find(o, "HorizontalPodAutoscaler", "payment-service")["spec"].update(maxReplicas=10),
             "above KAFKA_EVENT_PARTITIONS",
         )
+        self.assert_reported(
+            lambda o: find(o, "HorizontalPodAutoscaler", "order-api")["spec"].pop("metrics"), "no metric to scale on"
+        )
+        self.assert_reported(
+            lambda o: deployment(o, "order-api")["spec"].update(replicas=3), "sets spec.replicas although an autoscaler"
+        )
+        self.assert_reported(
+            lambda o: find(o, "PodDisruptionBudget", "order-api")["spec"].update(maxUnavailable=0),
+            "allows no voluntary disruption",
+        )
+
+        def min_available_all(objects):
+            budget = find(objects, "PodDisruptionBudget", "payment-service")["spec"]
+            budget.pop("maxUnavailable")
+            budget["minAvailable"] = "100%"
+
+        self.assert_reported(min_available_all, "allows no voluntary disruption")
+        self.assert_reported(lambda o: config_map(o)["data"].update(KAFKA_EVENT_PARTITIONS="six"), "is not a number")
 
     def test_network_policies_and_accounts(self):
         self.assert_reported(
@@ -156,6 +185,18 @@ class OverlayRules(unittest.TestCase):
         self.assert_reported(
             lambda o: deployment(o, "order-api")["spec"]["template"]["spec"].update(serviceAccountName="default"),
             "no ServiceAccount of its own",
+        )
+        self.assert_reported(
+            lambda o: deployment(o, "order-api")["spec"]["template"]["spec"].update(automountServiceAccountToken=True),
+            "token mounted",
+        )
+        self.assert_reported(
+            lambda o: find(o, "NetworkPolicy", "payment-service")["spec"]["egress"].append({}),
+            "an egress rule open to every destination or port",
+        )
+        self.assert_reported(
+            lambda o: find(o, "NetworkPolicy", "order-api")["spec"]["ingress"].append({"from": [{"podSelector": {}}]}),
+            "an ingress rule open on every port",
         )
 
     def test_secrets(self):
@@ -171,6 +212,19 @@ class OverlayRules(unittest.TestCase):
             lambda o: config_map(o)["data"].update(OTHER_URL="postgres://user:pass@db:5432/x"),
             "looks like a secret value",
         )
+        self.assert_reported(
+            lambda o: main_container(o, "payment-service").update(args=["--database", "postgres://u:hunter2@db/x"]),
+            "secret value in its command line",
+        )
+        self.assert_reported(
+            lambda o: deployment(o, "order-api")["spec"]["template"]["metadata"]["annotations"].update(
+                dsn="postgres://u:hunter2@db/x"
+            ),
+            "annotation dsn looks like a secret value",
+        )
+
+    def test_odd_input_is_reported_not_a_crash(self):
+        self.assert_reported(lambda o: o.append({"kind": "ConfigMap", "metadata": None, "data": {"PASSWORD": "x"}}), "PASSWORD")
 
     def test_security(self):
         self.assert_reported(
@@ -194,12 +248,22 @@ class InfraRules(unittest.TestCase):
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
             yaml.safe_dump_all(objects, handle)
         try:
-            return rules.check_infra(handle.name)
+            return rules.check_infra(handle.name, os.path.join(RENDERED, "local.yaml"))
         finally:
             os.unlink(handle.name)
 
     def test_the_example_passes(self):
-        self.assertEqual(rules.check_infra(os.path.join(RENDERED, "infra.yaml")), [])
+        self.assertEqual(
+            rules.check_infra(os.path.join(RENDERED, "infra.yaml"), os.path.join(RENDERED, "local.yaml")), []
+        )
+
+    def test_partitions_and_connections_follow_the_overlay(self):
+        problems = self.reported(lambda o: find(o, "KafkaTopic", "payment-completed")["spec"].update(partitions=3))
+        self.assertTrue(any("not the 6 of KAFKA_EVENT_PARTITIONS" in p for p in problems), problems)
+        problems = self.reported(
+            lambda o: find(o, "Cluster", "postgres")["spec"]["postgresql"]["parameters"].update(max_connections="100")
+        )
+        self.assertTrue(any("max_connections 100 is below" in p for p in problems), problems)
 
     def test_replication_is_checked(self):
         kafka = lambda o: find(o, "Kafka", "kafka")["spec"]["kafka"]["config"]  # noqa: E731

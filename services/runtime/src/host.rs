@@ -596,12 +596,18 @@ where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    let arguments: Vec<String> = std::env::args().skip(1).collect();
+    let migrate = match arguments.as_slice() {
+        [] => false,
+        [only] if only == "--migrate-only" => true,
+        // A typo in an init container must fail it, not start the service.
+        _ => anyhow::bail!(
+            "{name}: unknown arguments {arguments:?} (the service takes none, or --migrate-only)"
+        ),
+    };
     let telemetry = crate::telemetry::init(name);
     let shutdown = crate::shutdown::token_on_signal();
-    let result = if std::env::args()
-        .skip(1)
-        .any(|argument| argument == "--migrate-only")
-    {
+    let result = if migrate {
         migrate_only(schema, shutdown).await
     } else {
         start(shutdown).await

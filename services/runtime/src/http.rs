@@ -92,7 +92,8 @@ async fn drain(
     State(endpoint): State<Endpoint>,
     ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
 ) -> Response {
-    if !peer.ip().is_loopback() {
+    // An IPv4 client of a dual-stack listener arrives as ::ffff:127.0.0.1.
+    if !peer.ip().to_canonical().is_loopback() {
         return (
             StatusCode::FORBIDDEN,
             "drain is accepted from the same host only\n",
@@ -474,6 +475,12 @@ mod tests {
             200,
             "idempotent"
         );
+        assert_eq!(
+            post_drain(&router, "[::ffff:127.0.0.1]:40000").await.0,
+            200,
+            "IPv4 loopback through a dual-stack listener"
+        );
+        assert_eq!(post_drain(&router, "[::ffff:10.1.2.3]:40000").await.0, 403);
     }
 
     #[tokio::test]

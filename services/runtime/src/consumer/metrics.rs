@@ -8,6 +8,9 @@ pub(super) const LAG_STATISTICS_INTERVAL_MS: &str = "5000";
 /// Labels of the lag gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 pub(super) struct LagLabels {
+    /// The consumer group: a topic read by several groups (order-api and
+    /// notification-service both read payment.completed) has a lag per group.
+    pub(super) group: String,
     pub(super) topic: String,
     pub(super) partition: String,
 }
@@ -55,7 +58,7 @@ impl ConsumerMetrics {
             ),
             lag: metrics.gauge_family(
                 "foodorder_consumer_lag_records",
-                "Records between each assigned partition's high watermark and the group's committed offset",
+                "Records between each assigned partition's high watermark and the group's committed offset, by group, topic and partition",
             ),
         }
     }

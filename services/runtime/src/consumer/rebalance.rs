@@ -21,6 +21,8 @@ pub(super) struct RebalanceContext {
     pub(super) health: ConsumerHealth,
     /// Where the lag from librdkafka's statistics goes.
     pub(super) metrics: ConsumerMetrics,
+    /// The consumer group, a label of the lag.
+    pub(super) group: String,
 }
 
 impl ClientContext for RebalanceContext {
@@ -55,7 +57,11 @@ impl ClientContext for RebalanceContext {
         for (topic, partition, lag) in lags {
             self.metrics
                 .lag
-                .get_or_create(&LagLabels { topic, partition })
+                .get_or_create(&LagLabels {
+                    group: self.group.clone(),
+                    topic,
+                    partition,
+                })
                 .set(lag);
         }
     }

@@ -82,6 +82,7 @@ pub async fn run<H: MessageHandler>(
                 assignments: assignments.clone(),
                 health: health.clone(),
                 metrics: metrics.clone(),
+                group: settings.group_id.clone(),
             })
             .context("failed to create the kafka consumer")?,
     );
