@@ -1,9 +1,32 @@
-//! A circuit breaker (closed → open → half-open → closed) guarding the payment
-//! gateway: N consecutive failures open it; while open every call fails fast;
-//! after the recovery timeout one trial call is let through (half-open); its
-//! success closes the breaker, its failure opens it again. State changes are
-//! logged with the state name, so they can be followed in the logs.
+//! A circuit breaker guarding the payment gateway, made for thousands of
+//! payments in flight at once (the same model as resilience4j's):
+//!
+//! * **Closed**: every call goes through; the outcomes of the most recent
+//!   calls are kept in a sliding window (`CIRCUIT_BREAKER_WINDOW` calls). The
+//!   breaker opens when, in that window, there are at least
+//!   `CIRCUIT_BREAKER_MINIMUM_CALLS` outcomes, at least
+//!   `CIRCUIT_BREAKER_FAILURE_THRESHOLD` failures *and* a failure share of at
+//!   least `CIRCUIT_BREAKER_FAILURE_RATE`: a few unlucky timeouts among many
+//!   answers do not open it, a gateway that stopped answering does, within a
+//!   window's worth of calls.
+//! * **Open**: every call fails fast for `CIRCUIT_BREAKER_RECOVERY_TIMEOUT`.
+//! * **Half-open**: at most `CIRCUIT_BREAKER_HALF_OPEN_CALLS` trial calls go
+//!   through; once they have all answered, the breaker closes (with an empty
+//!   window) if their failure share is below the rate, and opens again
+//!   otherwise (at once, as soon as enough trials failed to decide it).
+//!
+//! Only a timeout or a gateway error is a failure: a decline is an answer
+//! from a gateway that works (the card was refused). A call whose outcome says
+//! nothing about the gateway (our own database failed, the order was voided by
+//! someone else) releases its half-open slot and counts for nothing.
+//!
+//! Every call carries a [`Permit`] from the state it started in: the outcome
+//! of a call that started before the last state change does not move the
+//! state (a slow success from before the breaker opened does not close it; a
+//! late timeout from before it closed does not count against the new window).
+//! State changes are logged with the state's name and counted.
 
+use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use foodorder_runtime::metrics::Metrics;
@@ -22,21 +45,57 @@ pub enum BreakerState {
     Closed,
     /// Calls fail fast.
     Open,
-    /// One trial call is allowed.
+    /// A bounded number of trial calls is allowed.
     HalfOpen,
+}
+
+/// What a call told about the gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallOutcome {
+    /// The gateway answered: approved or declined.
+    Answered,
+    /// The gateway timed out or failed.
+    Failed,
+    /// Nothing about the gateway (our own database failed, a void).
+    Inconclusive,
+}
+
+/// The right to make one gateway call, from the state it was given in; hand
+/// it back with the call's outcome to [`CircuitBreaker::record`].
+#[derive(Debug)]
+#[must_use = "a permit's outcome must be recorded"]
+pub struct Permit {
+    generation: u64,
 }
 
 #[derive(Debug)]
 enum State {
-    Closed { consecutive_failures: u32 },
-    Open { until: Instant },
-    HalfOpen { trial_in_flight: bool },
+    Closed,
+    Open {
+        until: Instant,
+    },
+    HalfOpen {
+        admitted: u32,
+        answered: u32,
+        failed: u32,
+    },
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: State,
+    /// Incremented at every state change: permits of an older generation
+    /// are stale.
+    generation: u64,
+    /// The most recent outcomes while closed (`true` is a failure).
+    window: VecDeque<bool>,
+    failures: u32,
 }
 
 /// Thread-safe circuit breaker.
 pub struct CircuitBreaker {
     settings: BreakerSettings,
-    state: Mutex<State>,
+    inner: Mutex<Inner>,
     transitions: Family<TransitionLabel, Counter>,
 }
 
@@ -59,10 +118,13 @@ impl CircuitBreaker {
     /// A closed breaker.
     pub fn new(settings: BreakerSettings) -> Self {
         Self {
-            settings,
-            state: Mutex::new(State::Closed {
-                consecutive_failures: 0,
+            inner: Mutex::new(Inner {
+                state: State::Closed,
+                generation: 0,
+                window: VecDeque::with_capacity(settings.window as usize),
+                failures: 0,
             }),
+            settings,
             transitions: Family::default(),
         }
     }
@@ -94,186 +156,153 @@ impl CircuitBreaker {
         });
     }
 
-    fn entered(&self, to: &'static str) {
-        self.transitions
-            .get_or_create(&TransitionLabel { to })
-            .inc();
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The current state (an expired open state reads as half-open).
     pub fn state(&self) -> BreakerState {
-        match *self.lock() {
-            State::Closed { .. } => BreakerState::Closed,
+        match self.lock().state {
+            State::Closed => BreakerState::Closed,
             State::Open { until } if Instant::now() >= until => BreakerState::HalfOpen,
             State::Open { .. } => BreakerState::Open,
             State::HalfOpen { .. } => BreakerState::HalfOpen,
         }
     }
 
-    /// Whether a call may go to the gateway now. A `true` in half-open state
-    /// makes the caller the trial; it must report its outcome.
-    pub fn try_acquire(&self) -> bool {
-        let mut state = self.lock();
-        match *state {
-            State::Closed { .. } => true,
+    /// A permit to call the gateway now, or `None` to fail fast.
+    pub fn try_acquire(&self) -> Option<Permit> {
+        let mut inner = self.lock();
+        match inner.state {
+            State::Closed => {}
             State::Open { until } if Instant::now() >= until => {
-                *state = State::HalfOpen {
-                    trial_in_flight: true,
-                };
-                tracing::info!(
-                    state = "half_open",
-                    "circuit breaker half-open, letting a trial call through"
+                self.enter(
+                    &mut inner,
+                    State::HalfOpen {
+                        admitted: 1,
+                        answered: 0,
+                        failed: 0,
+                    },
                 );
-                self.entered("half_open");
-                true
             }
-            State::Open { .. } => false,
+            State::Open { .. } => return None,
             State::HalfOpen {
-                ref mut trial_in_flight,
+                ref mut admitted, ..
             } => {
-                if *trial_in_flight {
-                    false
-                } else {
-                    *trial_in_flight = true;
-                    true
+                if *admitted >= self.settings.half_open_calls {
+                    return None;
+                }
+                *admitted += 1;
+            }
+        }
+        Some(Permit {
+            generation: inner.generation,
+        })
+    }
+
+    /// Records what the call made with `permit` told about the gateway. The
+    /// outcome of a call that started before the last state change is ignored.
+    pub fn record(&self, permit: Permit, outcome: CallOutcome) {
+        let mut inner = self.lock();
+        if permit.generation != inner.generation {
+            return;
+        }
+        let settings = &self.settings;
+        match inner.state {
+            State::Closed => {
+                let failed = match outcome {
+                    CallOutcome::Answered => false,
+                    CallOutcome::Failed => true,
+                    CallOutcome::Inconclusive => return,
+                };
+                if inner.window.len() >= settings.window as usize
+                    && inner.window.pop_front() == Some(true)
+                {
+                    inner.failures -= 1;
+                }
+                inner.window.push_back(failed);
+                inner.failures += u32::from(failed);
+                let calls = inner.window.len() as u32;
+                if calls >= settings.minimum_calls
+                    && inner.failures >= settings.failure_threshold
+                    && f64::from(inner.failures) >= settings.failure_rate * f64::from(calls)
+                {
+                    let failures = inner.failures;
+                    self.open(
+                        &mut inner,
+                        format!("{failures} of the last {calls} calls failed"),
+                    );
                 }
             }
-        }
-    }
-
-    /// The gateway call succeeded.
-    pub fn record_success(&self) {
-        let mut state = self.lock();
-        if !matches!(
-            *state,
-            State::Closed {
-                consecutive_failures: 0
-            }
-        ) {
-            if !matches!(*state, State::Closed { .. }) {
-                tracing::info!(state = "closed", "circuit breaker closed");
-                self.entered("closed");
-            }
-            *state = State::Closed {
-                consecutive_failures: 0,
-            };
-        }
-    }
-
-    /// The gateway call failed (decline or timeout).
-    pub fn record_failure(&self) {
-        let mut state = self.lock();
-        let open = match *state {
-            State::Closed {
-                ref mut consecutive_failures,
+            State::HalfOpen {
+                ref mut admitted,
+                ref mut answered,
+                ref mut failed,
             } => {
-                *consecutive_failures += 1;
-                *consecutive_failures >= self.settings.failure_threshold
+                match outcome {
+                    CallOutcome::Answered => *answered += 1,
+                    CallOutcome::Failed => *failed += 1,
+                    // The slot goes to another trial.
+                    CallOutcome::Inconclusive => {
+                        *admitted -= 1;
+                        return;
+                    }
+                }
+                let trials = f64::from(settings.half_open_calls);
+                let (answered, failed) = (*answered, *failed);
+                if f64::from(failed) >= settings.failure_rate * trials {
+                    self.open(
+                        &mut inner,
+                        format!(
+                            "{failed} of {} trial calls failed",
+                            settings.half_open_calls
+                        ),
+                    );
+                } else if answered + failed >= settings.half_open_calls {
+                    self.enter(&mut inner, State::Closed);
+                }
             }
-            State::HalfOpen { .. } => true,
-            State::Open { .. } => false,
-        };
-        if open {
-            *state = State::Open {
-                until: Instant::now() + self.settings.recovery_timeout,
-            };
-            tracing::warn!(
-                state = "open",
-                failure_threshold = self.settings.failure_threshold,
-                recovery_timeout_ms = self.settings.recovery_timeout.as_millis() as u64,
-                "circuit breaker opened"
-            );
-            self.entered("open");
+            // No permit is handed out while open.
+            State::Open { .. } => {}
         }
     }
 
-    /// The call ended without a verdict on the gateway (e.g. our own database
-    /// failed): a half-open trial slot is released, counters are unchanged.
-    pub fn record_inconclusive(&self) {
-        if let State::HalfOpen {
-            ref mut trial_in_flight,
-        } = *self.lock()
-        {
-            *trial_in_flight = false;
+    fn open(&self, inner: &mut Inner, why: String) {
+        let until = Instant::now() + self.settings.recovery_timeout;
+        tracing::warn!(
+            state = "open",
+            why,
+            recovery_timeout_ms = self.settings.recovery_timeout.as_millis() as u64,
+            "circuit breaker opened"
+        );
+        self.enter(inner, State::Open { until });
+    }
+
+    /// A state change: a new generation, an empty window.
+    fn enter(&self, inner: &mut Inner, state: State) {
+        let to = match state {
+            State::Closed => "closed",
+            State::Open { .. } => "open",
+            State::HalfOpen { .. } => "half_open",
+        };
+        match to {
+            "closed" => tracing::info!(state = to, "circuit breaker closed"),
+            "half_open" => tracing::info!(
+                state = to,
+                trial_calls = self.settings.half_open_calls,
+                "circuit breaker half-open, letting trial calls through"
+            ),
+            _ => {}
         }
+        inner.state = state;
+        inner.generation += 1;
+        inner.window.clear();
+        inner.failures = 0;
+        self.transitions
+            .get_or_create(&TransitionLabel { to })
+            .inc();
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-
-    fn breaker() -> CircuitBreaker {
-        CircuitBreaker::new(BreakerSettings {
-            failure_threshold: 3,
-            recovery_timeout: Duration::from_secs(30),
-        })
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn opens_after_consecutive_failures_and_recovers() {
-        let breaker = breaker();
-        for _ in 0..2 {
-            assert!(breaker.try_acquire());
-            breaker.record_failure();
-        }
-        assert_eq!(breaker.state(), BreakerState::Closed);
-        assert!(breaker.try_acquire());
-        breaker.record_failure();
-        assert_eq!(breaker.state(), BreakerState::Open);
-        assert!(!breaker.try_acquire(), "fails fast while open");
-
-        tokio::time::advance(Duration::from_secs(29)).await;
-        assert!(!breaker.try_acquire());
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(breaker.try_acquire(), "trial after the recovery timeout");
-        assert_eq!(breaker.state(), BreakerState::HalfOpen);
-        assert!(!breaker.try_acquire(), "only one trial at a time");
-        breaker.record_success();
-        assert_eq!(breaker.state(), BreakerState::Closed);
-        assert!(breaker.try_acquire());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn failed_trial_opens_again() {
-        let breaker = breaker();
-        for _ in 0..3 {
-            breaker.record_failure();
-        }
-        tokio::time::advance(Duration::from_secs(30)).await;
-        assert!(breaker.try_acquire());
-        breaker.record_failure();
-        assert_eq!(breaker.state(), BreakerState::Open);
-        tokio::time::advance(Duration::from_secs(10)).await;
-        assert!(!breaker.try_acquire());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn success_resets_the_count() {
-        let breaker = breaker();
-        breaker.record_failure();
-        breaker.record_failure();
-        breaker.record_success();
-        breaker.record_failure();
-        breaker.record_failure();
-        assert_eq!(breaker.state(), BreakerState::Closed);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn inconclusive_trial_frees_the_slot() {
-        let breaker = breaker();
-        for _ in 0..3 {
-            breaker.record_failure();
-        }
-        tokio::time::advance(Duration::from_secs(30)).await;
-        assert!(breaker.try_acquire());
-        breaker.record_inconclusive();
-        assert!(breaker.try_acquire(), "another trial may go");
-    }
-}
+mod tests;

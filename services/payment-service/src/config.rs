@@ -57,13 +57,55 @@ impl PaymentSettings {
 /// Room a handler's try has beyond its gateway calls (database work, waits for a connection).
 const HANDLER_SLACK: Duration = Duration::from_secs(30);
 
+/// Room the shutdown grace has beyond the slowest payment (its commit and event).
+const SHUTDOWN_SLACK: Duration = Duration::from_secs(2);
+
+/// The shutdown grace: as set, or, when not set, at least the slowest payment
+/// and its commit.
+fn fit_shutdown_grace(grace: Duration, set: bool, payment: &PaymentSettings) -> Duration {
+    if set {
+        grace
+    } else {
+        grace.max(payment.longest_payment() + SHUTDOWN_SLACK)
+    }
+}
+
 /// The circuit breaker's thresholds.
 #[derive(Clone, Debug)]
 pub struct BreakerSettings {
-    /// `CIRCUIT_BREAKER_FAILURE_THRESHOLD` (default 5) consecutive failures open it.
+    /// `CIRCUIT_BREAKER_FAILURE_THRESHOLD` (default 5): failures (timeouts,
+    /// gateway errors; a decline is an answer) in the window that, with the
+    /// failure rate, open it.
     pub failure_threshold: u32,
-    /// `CIRCUIT_BREAKER_RECOVERY_TIMEOUT` (default 30 s) before a half-open trial.
+    /// `CIRCUIT_BREAKER_RECOVERY_TIMEOUT` (default 30 s) open before half-open trials.
     pub recovery_timeout: Duration,
+    /// `CIRCUIT_BREAKER_FAILURE_RATE` (default 0.5): the share of the window's
+    /// outcomes that must be failures, as well as the threshold, to open it;
+    /// and the share of failed trials that opens it again.
+    pub failure_rate: f64,
+    /// `CIRCUIT_BREAKER_WINDOW` (default 100): the most recent calls counted.
+    pub window: u32,
+    /// `CIRCUIT_BREAKER_MINIMUM_CALLS` (default 20): outcomes needed in the
+    /// window before it may open.
+    pub minimum_calls: u32,
+    /// `CIRCUIT_BREAKER_HALF_OPEN_CALLS` (default 5): trial calls let through
+    /// after the recovery timeout.
+    pub half_open_calls: u32,
+}
+
+impl Default for BreakerSettings {
+    /// The seed's threshold (5) and recovery timeout (30 s), in a window of
+    /// the last 100 calls with at least 20 and half of them failing; 5 trials.
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            recovery_timeout: Duration::from_secs(30),
+            failure_rate: 0.5,
+            window: 100,
+            minimum_calls: 20,
+            half_open_calls: 5,
+        }
+    }
 }
 
 /// Everything the payment service needs to start.
@@ -113,7 +155,9 @@ impl Config {
             },
             breaker: BreakerSettings {
                 failure_threshold: 1000,
-                recovery_timeout: Duration::from_secs(30),
+                window: 1000,
+                minimum_calls: 1000,
+                ..BreakerSettings::default()
             },
             crash_after_charge: false,
             poison_settle_after: Duration::from_secs(2),
@@ -147,9 +191,28 @@ impl Config {
                 max_attempts: env_count("PAYMENT_MAX_RETRIES", 3)?,
                 retry_base_delay: env_seconds("PAYMENT_RETRY_BASE_DELAY", 1.0)?,
             },
-            breaker: BreakerSettings {
-                failure_threshold: env_count("CIRCUIT_BREAKER_FAILURE_THRESHOLD", 5)?,
-                recovery_timeout: env_seconds("CIRCUIT_BREAKER_RECOVERY_TIMEOUT", 30.0)?,
+            breaker: {
+                let defaults = BreakerSettings::default();
+                BreakerSettings {
+                    failure_threshold: env_count(
+                        "CIRCUIT_BREAKER_FAILURE_THRESHOLD",
+                        defaults.failure_threshold,
+                    )?,
+                    recovery_timeout: env_seconds(
+                        "CIRCUIT_BREAKER_RECOVERY_TIMEOUT",
+                        defaults.recovery_timeout.as_secs_f64(),
+                    )?,
+                    failure_rate: env_or("CIRCUIT_BREAKER_FAILURE_RATE", defaults.failure_rate)?,
+                    window: env_count("CIRCUIT_BREAKER_WINDOW", defaults.window)?,
+                    minimum_calls: env_count(
+                        "CIRCUIT_BREAKER_MINIMUM_CALLS",
+                        defaults.minimum_calls,
+                    )?,
+                    half_open_calls: env_count(
+                        "CIRCUIT_BREAKER_HALF_OPEN_CALLS",
+                        defaults.half_open_calls,
+                    )?,
+                }
             },
             crash_after_charge: env_or("PAYMENT_FAULT_CRASH_AFTER_CHARGE", 0_u8)? == 1,
             poison_settle_after: env_seconds("PAYMENT_POISON_SETTLE_SECONDS", 60.0)?,
@@ -161,6 +224,21 @@ impl Config {
                 .consumer
                 .handler_timeout
                 .max(config.payment.longest_payment() + HANDLER_SLACK);
+        }
+        // In-flight payments finish within the shutdown grace: unless set, it
+        // covers the slowest payment (every attempt timing out, with its
+        // back-offs) and the commit after it, so that a deploy does not cut
+        // payments short and send their records to another instance to start
+        // over.
+        let grace_set = !env_or("SHUTDOWN_GRACE_SECONDS", String::new())?.is_empty();
+        config.consumer.shutdown_grace =
+            fit_shutdown_grace(config.consumer.shutdown_grace, grace_set, &config.payment);
+        if grace_set && config.consumer.shutdown_grace < config.payment.longest_payment() {
+            tracing::warn!(
+                shutdown_grace_ms = config.consumer.shutdown_grace.as_millis() as u64,
+                longest_payment_ms = config.payment.longest_payment().as_millis() as u64,
+                "SHUTDOWN_GRACE_SECONDS is shorter than the slowest payment: a stop may cut payments short"
+            );
         }
         config.validate()?;
         Ok(config)
@@ -179,9 +257,32 @@ impl Config {
             self.payment.max_attempts >= 1,
             "PAYMENT_MAX_RETRIES must be at least 1"
         );
+        let breaker = &self.breaker;
         anyhow::ensure!(
-            self.breaker.failure_threshold >= 1,
+            breaker.failure_threshold >= 1,
             "CIRCUIT_BREAKER_FAILURE_THRESHOLD must be at least 1"
+        );
+        anyhow::ensure!(
+            breaker.failure_rate > 0.0 && breaker.failure_rate <= 1.0,
+            "CIRCUIT_BREAKER_FAILURE_RATE must be within (0, 1]"
+        );
+        // A breaker that can never open is a misconfiguration, not a choice.
+        anyhow::ensure!(
+            breaker.minimum_calls >= 1 && breaker.minimum_calls <= breaker.window,
+            "CIRCUIT_BREAKER_MINIMUM_CALLS ({}) must be within 1..=CIRCUIT_BREAKER_WINDOW ({})",
+            breaker.minimum_calls,
+            breaker.window
+        );
+        anyhow::ensure!(
+            breaker.failure_threshold <= breaker.window,
+            "CIRCUIT_BREAKER_FAILURE_THRESHOLD ({}) must not exceed CIRCUIT_BREAKER_WINDOW ({}): \
+             the breaker could never open",
+            breaker.failure_threshold,
+            breaker.window
+        );
+        anyhow::ensure!(
+            breaker.half_open_calls >= 1,
+            "CIRCUIT_BREAKER_HALF_OPEN_CALLS must be at least 1"
         );
         anyhow::ensure!(
             self.consumer.max_in_flight >= 1,
@@ -216,5 +317,38 @@ mod tests {
         config.payment.timeout = Duration::from_secs(30);
         let refused = config.validate().unwrap_err().to_string();
         assert!(refused.contains("PAYMENT_HANDLER_TIMEOUT_MS"), "{refused}");
+    }
+
+    #[test]
+    fn the_shutdown_grace_covers_the_slowest_payment_unless_set() {
+        let payment = PaymentSettings {
+            timeout: Duration::from_secs(4),
+            max_attempts: 3,
+            retry_base_delay: Duration::from_secs(1),
+        };
+        let ten = Duration::from_secs(10);
+        assert_eq!(
+            fit_shutdown_grace(ten, false, &payment),
+            Duration::from_secs(17)
+        );
+        assert_eq!(fit_shutdown_grace(ten, true, &payment), ten, "as set");
+        let long = Duration::from_secs(60);
+        assert_eq!(fit_shutdown_grace(long, false, &payment), long);
+    }
+
+    #[test]
+    fn a_breaker_that_could_never_open_is_refused() {
+        let refused = |change: fn(&mut BreakerSettings)| {
+            let mut config = Config::for_tests();
+            config.breaker = BreakerSettings::default();
+            assert!(config.validate().is_ok());
+            change(&mut config.breaker);
+            config.validate().unwrap_err().to_string()
+        };
+        assert!(refused(|b| b.minimum_calls = 101).contains("CIRCUIT_BREAKER_MINIMUM_CALLS"));
+        assert!(refused(|b| b.failure_threshold = 101).contains("could never open"));
+        assert!(refused(|b| b.failure_rate = 0.0).contains("CIRCUIT_BREAKER_FAILURE_RATE"));
+        assert!(refused(|b| b.failure_rate = 1.5).contains("CIRCUIT_BREAKER_FAILURE_RATE"));
+        assert!(refused(|b| b.half_open_calls = 0).contains("CIRCUIT_BREAKER_HALF_OPEN_CALLS"));
     }
 }

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::breaker::CircuitBreaker;
+use crate::breaker::{CallOutcome, CircuitBreaker};
 use crate::config::PaymentSettings;
 use crate::gateway::{ChargeOutcome, ChargeRequest, GatewayUnavailable, PaymentGateway};
 
@@ -206,7 +206,7 @@ impl<G: PaymentGateway> PaymentProcessor<G> {
         // Before retry n: PAYMENT_RETRY_BASE_DELAY × 2^(n-1); the attempt cap bounds it.
         let mut backoff = Backoff::new(self.settings.retry_base_delay, Duration::from_secs(3600));
         loop {
-            if !self.breaker.try_acquire() {
+            let Some(permit) = self.breaker.try_acquire() else {
                 tracing::warn!(
                     order_id = request.idempotency_key,
                     attempts,
@@ -220,7 +220,7 @@ impl<G: PaymentGateway> PaymentProcessor<G> {
                     PaymentOutcome::BreakerOpen,
                 ))
                 .await;
-            }
+            };
             attempts += 1;
             let span = tracing::info_span!(
                 "payment.gateway.attempt",
@@ -261,20 +261,25 @@ impl<G: PaymentGateway> PaymentProcessor<G> {
             );
             match outcome {
                 Ok(Ok(decided)) => {
-                    match decided {
-                        ChargeOutcome::Approved { .. } => self.breaker.record_success(),
-                        ChargeOutcome::Declined { .. } => self.breaker.record_failure(),
-                        // Someone else gave up on this order: no verdict on the gateway.
-                        ChargeOutcome::Voided { .. } => self.breaker.record_inconclusive(),
-                    }
+                    self.breaker.record(
+                        permit,
+                        match decided {
+                            // A decline is an answer from a working gateway.
+                            ChargeOutcome::Approved { .. } | ChargeOutcome::Declined { .. } => {
+                                CallOutcome::Answered
+                            }
+                            // Someone else gave up on this order: no verdict on the gateway.
+                            ChargeOutcome::Voided { .. } => CallOutcome::Inconclusive,
+                        },
+                    );
                     return Ok(self.result(decided, attempts, started, PaymentOutcome::Failed));
                 }
                 Ok(Err(unavailable)) => {
-                    self.breaker.record_inconclusive();
+                    self.breaker.record(permit, CallOutcome::Inconclusive);
                     return Err(unavailable);
                 }
                 Err(_elapsed) => {
-                    self.breaker.record_failure();
+                    self.breaker.record(permit, CallOutcome::Failed);
                     if attempts >= self.settings.max_attempts {
                         let reason = format!("Payment gateway timeout after {attempts} attempts");
                         return Box::pin(self.give_up(

@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use super::*;
+use crate::breaker::BreakerState;
 use crate::config::BreakerSettings;
 
 /// A scripted gateway: each call takes the given time and returns the given outcome.
@@ -93,7 +94,8 @@ fn processor(
         ScriptedGateway::new(script),
         CircuitBreaker::new(BreakerSettings {
             failure_threshold: threshold,
-            recovery_timeout: Duration::from_secs(30),
+            minimum_calls: threshold,
+            ..BreakerSettings::default()
         }),
         PaymentSettings {
             timeout: Duration::from_secs(4),
@@ -157,7 +159,8 @@ async fn a_charge_that_lands_after_the_timeout_wins_over_giving_up() {
         gateway,
         CircuitBreaker::new(BreakerSettings {
             failure_threshold: 10,
-            recovery_timeout: Duration::from_secs(30),
+            minimum_calls: 10,
+            ..BreakerSettings::default()
         }),
         PaymentSettings {
             timeout: Duration::from_secs(4),
@@ -228,6 +231,25 @@ async fn declines_are_not_retried() {
 
 #[tokio::test(start_paused = true)]
 async fn open_breaker_fails_fast_with_zero_attempts() {
+    // Two timeouts open a breaker with threshold 2.
+    let processor = processor(vec![(5000, approved()), (5000, approved())], 2);
+    let order = |key: &str| ChargeRequest {
+        idempotency_key: key.into(),
+        ..request()
+    };
+    processor.pay(&order("order-1")).await.unwrap();
+    let result = processor.pay(&order("order-2")).await.unwrap();
+    assert_eq!(result.attempt_count, 0);
+    assert_eq!(result.error_message.as_deref(), Some(BREAKER_OPEN_MESSAGE));
+    assert_eq!(
+        processor.gateway.calls.lock().unwrap().len(),
+        2,
+        "the gateway was not called"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn declines_do_not_trip_the_breaker() {
     let declined = || {
         (
             10,
@@ -236,21 +258,16 @@ async fn open_breaker_fails_fast_with_zero_attempts() {
             },
         )
     };
-    let processor = processor(vec![declined(), declined()], 2);
-    let order = |key: &str| ChargeRequest {
-        idempotency_key: key.into(),
-        ..request()
-    };
-    processor.pay(&order("order-1")).await.unwrap();
-    processor.pay(&order("order-2")).await.unwrap();
-    let result = processor.pay(&order("order-3")).await.unwrap();
-    assert_eq!(result.attempt_count, 0);
-    assert_eq!(result.error_message.as_deref(), Some(BREAKER_OPEN_MESSAGE));
-    assert_eq!(
-        processor.gateway.calls.lock().unwrap().len(),
-        2,
-        "the gateway was not called"
-    );
+    let processor = processor((0..5).map(|_| declined()).collect(), 2);
+    for index in 0..5 {
+        let order = ChargeRequest {
+            idempotency_key: format!("order-{index}"),
+            ..request()
+        };
+        let result = processor.pay(&order).await.unwrap();
+        assert_eq!((result.success, result.attempt_count), (false, 1));
+    }
+    assert_eq!(processor.breaker().state(), BreakerState::Closed);
 }
 
 #[tokio::test(start_paused = true)]
