@@ -1,14 +1,16 @@
 //! A circuit breaker guarding the payment gateway, made for thousands of
 //! payments in flight at once (the same model as resilience4j's):
 //!
-//! * **Closed**: every call goes through; the outcomes of the most recent
-//!   calls are kept in a sliding window (`CIRCUIT_BREAKER_WINDOW` calls). The
-//!   breaker opens when, in that window, there are at least
-//!   `CIRCUIT_BREAKER_MINIMUM_CALLS` outcomes, at least
-//!   `CIRCUIT_BREAKER_FAILURE_THRESHOLD` failures *and* a failure share of at
-//!   least `CIRCUIT_BREAKER_FAILURE_RATE`: a few unlucky timeouts among many
-//!   answers do not open it, a gateway that stopped answering does, within a
-//!   window's worth of calls.
+//! * **Closed**: every call goes through; the outcomes of the last
+//!   `CIRCUIT_BREAKER_WINDOW_SECONDS` are kept in a sliding window (one bucket
+//!   per second, as resilience4j's time-based window). The breaker opens when,
+//!   in that window, there are at least `CIRCUIT_BREAKER_MINIMUM_CALLS`
+//!   outcomes, at least `CIRCUIT_BREAKER_FAILURE_THRESHOLD` failures *and* a
+//!   failure share of at least `CIRCUIT_BREAKER_FAILURE_RATE`. A window in
+//!   time, not in calls: with hundreds of payments completing a second, the
+//!   last hundred calls are a fraction of a second, and a moment's stall (a
+//!   checkpoint, a burst of slow answers) would open it; a gateway that
+//!   stopped answering still opens it within seconds.
 //! * **Open**: every call fails fast for `CIRCUIT_BREAKER_RECOVERY_TIMEOUT`.
 //! * **Half-open**: at most `CIRCUIT_BREAKER_HALF_OPEN_CALLS` trial calls go
 //!   through; once they have all answered, the breaker closes (with an empty
@@ -26,7 +28,6 @@
 //! late timeout from before it closed does not count against the new window).
 //! State changes are logged with the state's name and counted.
 
-use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use foodorder_runtime::metrics::Metrics;
@@ -87,14 +88,24 @@ struct Inner {
     /// Incremented at every state change: permits of an older generation
     /// are stale.
     generation: u64,
-    /// The most recent outcomes while closed (`true` is a failure).
-    window: VecDeque<bool>,
+    /// The outcomes while closed, one bucket per second of the window.
+    buckets: Vec<Bucket>,
+}
+
+/// The outcomes recorded in one second.
+#[derive(Clone, Copy, Debug, Default)]
+struct Bucket {
+    /// Seconds since the breaker's epoch this bucket counts (buckets are reused).
+    second: u64,
+    calls: u32,
     failures: u32,
 }
 
 /// Thread-safe circuit breaker.
 pub struct CircuitBreaker {
     settings: BreakerSettings,
+    /// Where the window's seconds are counted from.
+    epoch: Instant,
     inner: Mutex<Inner>,
     transitions: Family<TransitionLabel, Counter>,
 }
@@ -117,13 +128,14 @@ struct TransitionLabel {
 impl CircuitBreaker {
     /// A closed breaker.
     pub fn new(settings: BreakerSettings) -> Self {
+        let seconds = settings.window.as_secs().max(1) as usize;
         Self {
             inner: Mutex::new(Inner {
                 state: State::Closed,
                 generation: 0,
-                window: VecDeque::with_capacity(settings.window as usize),
-                failures: 0,
+                buckets: vec![Bucket::default(); seconds],
             }),
+            epoch: Instant::now(),
             settings,
             transitions: Family::default(),
         }
@@ -215,22 +227,33 @@ impl CircuitBreaker {
                     CallOutcome::Failed => true,
                     CallOutcome::Inconclusive => return,
                 };
-                if inner.window.len() >= settings.window as usize
-                    && inner.window.pop_front() == Some(true)
-                {
-                    inner.failures -= 1;
+                let now = Instant::now()
+                    .saturating_duration_since(self.epoch)
+                    .as_secs();
+                let size = inner.buckets.len() as u64;
+                let bucket = &mut inner.buckets[(now % size) as usize];
+                if bucket.second != now {
+                    *bucket = Bucket {
+                        second: now,
+                        ..Bucket::default()
+                    };
                 }
-                inner.window.push_back(failed);
-                inner.failures += u32::from(failed);
-                let calls = inner.window.len() as u32;
+                bucket.calls += 1;
+                bucket.failures += u32::from(failed);
+                let (calls, failures) = inner
+                    .buckets
+                    .iter()
+                    .filter(|bucket| bucket.second + size > now)
+                    .fold((0_u32, 0_u32), |(calls, failures), bucket| {
+                        (calls + bucket.calls, failures + bucket.failures)
+                    });
                 if calls >= settings.minimum_calls
-                    && inner.failures >= settings.failure_threshold
-                    && f64::from(inner.failures) >= settings.failure_rate * f64::from(calls)
+                    && failures >= settings.failure_threshold
+                    && f64::from(failures) >= settings.failure_rate * f64::from(calls)
                 {
-                    let failures = inner.failures;
                     self.open(
                         &mut inner,
-                        format!("{failures} of the last {calls} calls failed"),
+                        format!("{failures} of {calls} calls failed in the last {size} s"),
                     );
                 }
             }
@@ -296,8 +319,7 @@ impl CircuitBreaker {
         }
         inner.state = state;
         inner.generation += 1;
-        inner.window.clear();
-        inner.failures = 0;
+        inner.buckets.fill(Bucket::default());
         self.transitions
             .get_or_create(&TransitionLabel { to })
             .inc();

@@ -83,8 +83,8 @@ pub struct BreakerSettings {
     /// outcomes that must be failures, as well as the threshold, to open it;
     /// and the share of failed trials that opens it again.
     pub failure_rate: f64,
-    /// `CIRCUIT_BREAKER_WINDOW` (default 100): the most recent calls counted.
-    pub window: u32,
+    /// `CIRCUIT_BREAKER_WINDOW_SECONDS` (default 10): how far back outcomes count.
+    pub window: Duration,
     /// `CIRCUIT_BREAKER_MINIMUM_CALLS` (default 20): outcomes needed in the
     /// window before it may open.
     pub minimum_calls: u32,
@@ -95,13 +95,13 @@ pub struct BreakerSettings {
 
 impl Default for BreakerSettings {
     /// The seed's threshold (5) and recovery timeout (30 s), in a window of
-    /// the last 100 calls with at least 20 and half of them failing; 5 trials.
+    /// the last 10 s with at least 20 calls and half of them failing; 5 trials.
     fn default() -> Self {
         Self {
             failure_threshold: 5,
             recovery_timeout: Duration::from_secs(30),
             failure_rate: 0.5,
-            window: 100,
+            window: Duration::from_secs(10),
             minimum_calls: 20,
             half_open_calls: 5,
         }
@@ -155,7 +155,6 @@ impl Config {
             },
             breaker: BreakerSettings {
                 failure_threshold: 1000,
-                window: 1000,
                 minimum_calls: 1000,
                 ..BreakerSettings::default()
             },
@@ -203,7 +202,10 @@ impl Config {
                         defaults.recovery_timeout.as_secs_f64(),
                     )?,
                     failure_rate: env_or("CIRCUIT_BREAKER_FAILURE_RATE", defaults.failure_rate)?,
-                    window: env_count("CIRCUIT_BREAKER_WINDOW", defaults.window)?,
+                    window: env_seconds(
+                        "CIRCUIT_BREAKER_WINDOW_SECONDS",
+                        defaults.window.as_secs_f64(),
+                    )?,
                     minimum_calls: env_count(
                         "CIRCUIT_BREAKER_MINIMUM_CALLS",
                         defaults.minimum_calls,
@@ -268,17 +270,15 @@ impl Config {
         );
         // A breaker that can never open is a misconfiguration, not a choice.
         anyhow::ensure!(
-            breaker.minimum_calls >= 1 && breaker.minimum_calls <= breaker.window,
-            "CIRCUIT_BREAKER_MINIMUM_CALLS ({}) must be within 1..=CIRCUIT_BREAKER_WINDOW ({})",
-            breaker.minimum_calls,
-            breaker.window
+            breaker.minimum_calls >= 1,
+            "CIRCUIT_BREAKER_MINIMUM_CALLS must be at least 1"
         );
+        // Whole seconds: the window counts outcomes per second.
         anyhow::ensure!(
-            breaker.failure_threshold <= breaker.window,
-            "CIRCUIT_BREAKER_FAILURE_THRESHOLD ({}) must not exceed CIRCUIT_BREAKER_WINDOW ({}): \
-             the breaker could never open",
-            breaker.failure_threshold,
-            breaker.window
+            breaker.window >= Duration::from_secs(1)
+                && breaker.window.subsec_nanos() == 0
+                && breaker.window <= Duration::from_secs(3600),
+            "CIRCUIT_BREAKER_WINDOW_SECONDS must be a whole number of seconds within 1..=3600"
         );
         anyhow::ensure!(
             breaker.half_open_calls >= 1,
@@ -345,8 +345,9 @@ mod tests {
             change(&mut config.breaker);
             config.validate().unwrap_err().to_string()
         };
-        assert!(refused(|b| b.minimum_calls = 101).contains("CIRCUIT_BREAKER_MINIMUM_CALLS"));
-        assert!(refused(|b| b.failure_threshold = 101).contains("could never open"));
+        assert!(refused(|b| b.minimum_calls = 0).contains("CIRCUIT_BREAKER_MINIMUM_CALLS"));
+        assert!(refused(|b| b.window = Duration::from_millis(1500)).contains("WINDOW_SECONDS"));
+        assert!(refused(|b| b.window = Duration::ZERO).contains("WINDOW_SECONDS"));
         assert!(refused(|b| b.failure_rate = 0.0).contains("CIRCUIT_BREAKER_FAILURE_RATE"));
         assert!(refused(|b| b.failure_rate = 1.5).contains("CIRCUIT_BREAKER_FAILURE_RATE"));
         assert!(refused(|b| b.half_open_calls = 0).contains("CIRCUIT_BREAKER_HALF_OPEN_CALLS"));

@@ -1,14 +1,15 @@
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use super::*;
 
-/// Threshold 5, rate 50 %, window 20, at least 10 calls, 3 trials, 30 s open.
+/// Threshold 5, rate 50 %, window 10 s, at least 10 calls, 3 trials, 30 s open.
 fn settings() -> BreakerSettings {
     BreakerSettings {
         failure_threshold: 5,
         recovery_timeout: Duration::from_secs(30),
         failure_rate: 0.5,
-        window: 20,
+        window: Duration::from_secs(10),
         minimum_calls: 10,
         half_open_calls: 3,
     }
@@ -90,21 +91,34 @@ async fn a_high_share_of_few_failures_does_not_open_it() {
 #[tokio::test(start_paused = true)]
 async fn the_window_slides() {
     let breaker = CircuitBreaker::new(settings());
-    // Failures long ago (too few to open it), then a window full of
-    // answers: they have slid out, or the next 9 failures would open it.
+    // Failures 11 s ago (too few to open it then) have left the 10 s
+    // window: counted, they would open it with the 9 below.
     for _ in 0..4 {
         call(&breaker, CallOutcome::Failed);
     }
-    for _ in 0..36 {
+    tokio::time::advance(Duration::from_secs(6)).await;
+    for _ in 0..6 {
         call(&breaker, CallOutcome::Answered);
     }
-    assert_eq!(breaker.state(), BreakerState::Closed);
+    assert_eq!(breaker.state(), BreakerState::Closed, "4 failures < 5");
+    tokio::time::advance(Duration::from_secs(5)).await;
+    for _ in 0..4 {
+        call(&breaker, CallOutcome::Answered);
+    }
     for _ in 0..9 {
         call(&breaker, CallOutcome::Failed);
     }
-    assert_eq!(breaker.state(), BreakerState::Closed, "9 of the last 20");
+    assert_eq!(
+        breaker.state(),
+        BreakerState::Closed,
+        "9 of 19 in the last 10 s"
+    );
     call(&breaker, CallOutcome::Failed);
-    assert_eq!(breaker.state(), BreakerState::Open, "10 of the last 20");
+    assert_eq!(
+        breaker.state(),
+        BreakerState::Open,
+        "10 of 20 in the last 10 s"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -219,7 +233,7 @@ fn fails(index: u64, failed_per_mille: u64) -> bool {
 }
 
 /// The seed's defaults with thousands of payments in flight: permits taken by
-/// 1,792 calls at once, outcomes coming back in another order.
+/// 1,792 calls at once, outcomes coming back 500 a second.
 #[tokio::test(start_paused = true)]
 async fn under_concurrency_it_trips_on_a_failing_gateway_only() {
     let breaker = CircuitBreaker::new(BreakerSettings::default());
@@ -237,6 +251,7 @@ async fn under_concurrency_it_trips_on_a_failing_gateway_only() {
             in_flight.push_back(breaker.try_acquire().expect("closed"));
         }
         let permit = in_flight.pop_front().unwrap();
+        tokio::time::advance(Duration::from_millis(2)).await;
         index += 1;
         let outcome = if fails(index, 50) {
             CallOutcome::Failed
@@ -251,8 +266,8 @@ async fn under_concurrency_it_trips_on_a_failing_gateway_only() {
         "no trip with the default gateway"
     );
 
-    // The gateway times out 90 % of the time: it opens within a window.
-    let mut calls_until_open = 0;
+    // The gateway times out 90 % of the time: it opens within seconds.
+    let failing_since = Instant::now();
     while breaker.state() == BreakerState::Closed {
         while in_flight.len() < 1_792 {
             match breaker.try_acquire() {
@@ -261,8 +276,8 @@ async fn under_concurrency_it_trips_on_a_failing_gateway_only() {
             }
         }
         let permit = in_flight.pop_front().unwrap();
+        tokio::time::advance(Duration::from_millis(2)).await;
         index += 1;
-        calls_until_open += 1;
         let outcome = if fails(index, 900) {
             CallOutcome::Failed
         } else {
@@ -271,9 +286,10 @@ async fn under_concurrency_it_trips_on_a_failing_gateway_only() {
         breaker.record(permit, outcome);
     }
     assert_eq!(breaker.state(), BreakerState::Open);
+    let took = failing_since.elapsed();
     assert!(
-        calls_until_open <= 100,
-        "opened after {calls_until_open} calls of a failing gateway"
+        took <= Duration::from_secs(5),
+        "opened {took:?} after the gateway started failing"
     );
     // The calls still in flight answer late: no effect on the open breaker.
     for permit in in_flight.drain(..) {
