@@ -632,7 +632,8 @@ async fn migrate_only(schema: &'static Schema, shutdown: CancellationToken) -> a
     else {
         return Ok(());
     };
-    pool.close().await;
+    // Nothing is in use; still, a connection whose peer vanished is not waited on.
+    let _ = tokio::time::timeout(POOL_CLOSE_GRACE, pool.close()).await;
     tracing::info!(
         schema = schema.name,
         "schema up to date; exiting (--migrate-only)"
