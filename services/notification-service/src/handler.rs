@@ -2,13 +2,20 @@
 //! needs (recipient, name, amount, outcome): decode, then — in one transaction —
 //! claim the order's notification slot (`notifications.order_id` is unique),
 //! send, and commit. A duplicate or replayed record finds the slot taken and
-//! sends nothing. If sending fails the transaction rolls back and the message
-//! is retried; a crash after sending but before the commit can repeat a send,
-//! which is the best any sender without its own idempotency can do.
+//! sends nothing. If sending fails the claim is withdrawn in the same
+//! transaction and the message is retried; a crash after sending but before
+//! the commit can repeat a send, which is the best any sender without its own
+//! idempotency can do.
+//!
+//! The records in flight are claimed, sent and committed together (see
+//! [`foodorder_runtime::batch`]): one multi-row claim, the sends at once, one
+//! commit; a send that fails withdraws only its own claim.
 
-use std::sync::{Mutex, PoisonError};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use foodorder_contract::events;
+use foodorder_runtime::batch::{BatchMetrics, BatchSettings, BatchWork, Batcher};
 use foodorder_runtime::consumer::{HandleError, Handled, MessageHandler, ReceivedMessage};
 use foodorder_runtime::metrics::Metrics;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -19,7 +26,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::config::Incidents;
-use crate::notifier::{Notification, NotificationKind, Notifier};
+use crate::notifier::{Notification, NotificationKind, Notifier, NotifyError};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
@@ -27,13 +34,130 @@ struct KindLabel {
 }
 
 /// The `payment.completed` handler.
-pub struct NotificationHandler<N> {
+pub struct NotificationHandler<N: Notifier> {
     pool: PgPool,
-    notifier: N,
+    notifier: Arc<N>,
     sent: Family<KindLabel, Counter>,
     incidents: Incidents,
     /// What the leak incident keeps.
     leaked: Mutex<Vec<Vec<u8>>>,
+    batch_metrics: BatchMetrics,
+    /// Started on the first record, with the handler's final settings.
+    batcher: OnceLock<Batcher<SendNotifications<N>>>,
+}
+
+/// One notification to claim and send.
+struct Pending {
+    order_id: Uuid,
+    notification: Notification,
+    payload: serde_json::Value,
+    /// The record's span: the send's parent.
+    span: tracing::Span,
+}
+
+/// What became of one notification.
+enum Sent {
+    /// Claimed, sent and committed.
+    Sent,
+    /// The order's notification was sent already.
+    Duplicate,
+    /// Sending failed; the claim was withdrawn.
+    Failed(NotifyError),
+}
+
+/// Claims, sends and commits many notifications in one transaction.
+struct SendNotifications<N> {
+    pool: PgPool,
+    notifier: Arc<N>,
+    send_delay: std::time::Duration,
+}
+
+impl<N: Notifier> SendNotifications<N> {
+    async fn send(&self, pending: &Pending) -> Result<(), NotifyError> {
+        let notification = &pending.notification;
+        let send_span = tracing::info_span!(
+            parent: &pending.span,
+            "notification.send",
+            otel.name = "notification send",
+            notification.channel = self.notifier.channel(),
+            notification.kind = notification.kind.as_str(),
+            order_id = notification.order_id.as_str(),
+        );
+        async {
+            if self.send_delay > std::time::Duration::ZERO {
+                tokio::time::sleep(self.send_delay).await;
+            }
+            self.notifier.send(notification).await
+        }
+        .instrument(send_span)
+        .await
+    }
+}
+
+impl<N: Notifier> BatchWork for SendNotifications<N> {
+    type Job = Pending;
+    type Output = Sent;
+    type Error = sqlx::Error;
+
+    async fn run(&self, jobs: &[Pending]) -> Result<Vec<Sent>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let claimed: HashSet<Uuid> = sqlx::query_as::<_, (Uuid,)>(
+            "INSERT INTO notifications.notifications (id, order_id, event_id, kind, channel, recipient, payload) \
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::jsonb[]) \
+             ORDER BY 2 ON CONFLICT (order_id) DO NOTHING RETURNING order_id",
+        )
+        .bind(jobs.iter().map(|_| Uuid::now_v7()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|job| job.order_id).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|job| job.notification.event_id.as_str()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|job| job.notification.kind.as_str()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|_| self.notifier.channel()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|job| job.notification.recipient.as_str()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|job| &job.payload).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|(id,)| id)
+        .collect();
+        // An order twice in one batch: the first of them sends.
+        let mut sending = HashSet::new();
+        let to_send: Vec<bool> = jobs
+            .iter()
+            .map(|job| claimed.contains(&job.order_id) && sending.insert(job.order_id))
+            .collect();
+        let sends = jobs.iter().zip(&to_send).map(|(job, send)| async move {
+            if *send {
+                Some(self.send(job).await)
+            } else {
+                None
+            }
+        });
+        let results = futures::future::join_all(sends).await;
+        let failed: Vec<Uuid> = jobs
+            .iter()
+            .zip(&results)
+            .filter(|(_, result)| matches!(result, Some(Err(_))))
+            .map(|(job, _)| job.order_id)
+            .collect();
+        if !failed.is_empty() {
+            sqlx::query("DELETE FROM notifications.notifications WHERE order_id = ANY($1)")
+                .bind(&failed)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(results
+            .into_iter()
+            .map(|result| match result {
+                None => Sent::Duplicate,
+                Some(Ok(())) => Sent::Sent,
+                Some(Err(error)) => Sent::Failed(error),
+            })
+            .collect())
+    }
+
+    fn retry_alone(error: &sqlx::Error) -> bool {
+        foodorder_runtime::db::is_data_error(error)
+    }
 }
 
 impl<N: Notifier> NotificationHandler<N> {
@@ -41,15 +165,18 @@ impl<N: Notifier> NotificationHandler<N> {
     pub fn new(pool: PgPool, notifier: N) -> Self {
         Self {
             pool,
-            notifier,
+            notifier: Arc::new(notifier),
             sent: Family::default(),
             incidents: Incidents::default(),
             leaked: Mutex::new(Vec::new()),
+            batch_metrics: BatchMetrics::default(),
+            batcher: OnceLock::new(),
         }
     }
 
-    /// Registers `foodorder_notifications_sent_total{kind}` in `metrics`.
-    pub fn with_metrics(self, metrics: &Metrics) -> Self {
+    /// Registers `foodorder_notifications_sent_total{kind}` and the batch
+    /// sizes in `metrics`.
+    pub fn with_metrics(mut self, metrics: &Metrics) -> Self {
         metrics.register(
             "foodorder_notifications_sent",
             "Notifications sent, by kind (order_confirmed, payment_failed)",
@@ -58,6 +185,7 @@ impl<N: Notifier> NotificationHandler<N> {
         for kind in ["order_confirmed", "payment_failed"] {
             drop(self.sent.get_or_create(&KindLabel { kind }));
         }
+        self.batch_metrics = BatchMetrics::new(metrics);
         self
     }
 
@@ -88,6 +216,21 @@ impl<N: Notifier> NotificationHandler<N> {
                 .unwrap_or_else(PoisonError::into_inner)
                 .push(kept);
         }
+    }
+
+    fn batcher(&self) -> &Batcher<SendNotifications<N>> {
+        self.batcher.get_or_init(|| {
+            Batcher::new(
+                "notifications",
+                Arc::new(SendNotifications {
+                    pool: self.pool.clone(),
+                    notifier: self.notifier.clone(),
+                    send_delay: self.incidents.send_delay,
+                }),
+                BatchSettings::default(),
+                &self.batch_metrics,
+            )
+        })
     }
 }
 
@@ -125,44 +268,22 @@ impl<N: Notifier> MessageHandler for NotificationHandler<N> {
         let (order_id, notification) = decode(message).map_err(HandleError::Fatal)?;
         let payload = serde_json::to_value(&notification)
             .map_err(|error| HandleError::Fatal(error.to_string()))?;
-        let mut tx = self.pool.begin().await?;
-        let claimed: Option<(Uuid,)> = sqlx::query_as(
-            "INSERT INTO notifications.notifications (id, order_id, event_id, kind, channel, recipient, payload) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (order_id) DO NOTHING RETURNING id",
-        )
-        .bind(Uuid::now_v7())
-        .bind(order_id)
-        .bind(&notification.event_id)
-        .bind(notification.kind)
-        .bind(self.notifier.channel())
-        .bind(&notification.recipient)
-        .bind(payload)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if claimed.is_none() {
-            tx.rollback().await?;
-            tracing::info!(%order_id, "notification already sent, skipping duplicate delivery");
-            return Ok(Handled::Duplicate);
+        let kind = notification.kind;
+        let pending = Pending {
+            order_id,
+            notification,
+            payload,
+            span: tracing::Span::current(),
+        };
+        match self.batcher().submit(pending).await? {
+            Sent::Sent => {}
+            Sent::Duplicate => {
+                tracing::info!(%order_id, "notification already sent, skipping duplicate delivery");
+                return Ok(Handled::Duplicate);
+            }
+            Sent::Failed(error) => return Err(HandleError::Retryable(error.into())),
         }
-        let send_span = tracing::info_span!(
-            "notification.send",
-            otel.name = "notification send",
-            notification.channel = self.notifier.channel(),
-            notification.kind = notification.kind.as_str(),
-            order_id = notification.order_id.as_str(),
-        );
-        if self.incidents.send_delay > std::time::Duration::ZERO {
-            tokio::time::sleep(self.incidents.send_delay)
-                .instrument(send_span.clone())
-                .await;
-        }
-        self.notifier
-            .send(&notification)
-            .instrument(send_span)
-            .await
-            .map_err(|error| HandleError::Retryable(error.into()))?;
-        tx.commit().await?;
-        let kind = match notification.kind {
+        let kind = match kind {
             NotificationKind::OrderConfirmed => "order_confirmed",
             NotificationKind::PaymentFailed => "payment_failed",
         };

@@ -6,9 +6,12 @@
 //! nothing; a record about an order this API never stored, or a successful
 //! payment of another amount than the order's total, is dead-lettered.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use foodorder_contract::events;
 use foodorder_contract::states::PaymentState;
+use foodorder_runtime::batch::{BatchMetrics, BatchSettings, BatchWork, Batcher};
 use foodorder_runtime::consumer::{HandleError, Handled, MessageHandler, ReceivedMessage};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -24,16 +27,41 @@ struct StatusLabel {
     status: &'static str,
 }
 
-/// The `payment.completed` handler.
+/// The `payment.completed` handler. Outcomes of the records in flight are
+/// recorded together (see [`foodorder_runtime::batch`]).
 pub struct PaymentOutcomeHandler {
-    pool: PgPool,
+    outcomes: Batcher<RecordOutcomes>,
     finished: Family<StatusLabel, Counter>,
+}
+
+/// Records outcomes, many orders in one transaction ([`repository::record_payments`]).
+struct RecordOutcomes {
+    pool: PgPool,
+}
+
+impl BatchWork for RecordOutcomes {
+    type Job = (Uuid, PaymentOutcome);
+    type Output = Recorded;
+    type Error = sqlx::Error;
+
+    async fn run(&self, jobs: &[(Uuid, PaymentOutcome)]) -> Result<Vec<Recorded>, sqlx::Error> {
+        repository::record_payments(&self.pool, jobs, ORDER_STATUS_CHANNEL).await
+    }
+
+    fn retry_alone(error: &sqlx::Error) -> bool {
+        foodorder_runtime::db::is_data_error(error)
+    }
 }
 
 impl PaymentOutcomeHandler {
     /// A handler recording in `pool`; registers
-    /// `foodorder_orders_finished_total{status}` in `metrics`.
-    pub fn new(pool: PgPool, metrics: &foodorder_runtime::metrics::Metrics) -> Self {
+    /// `foodorder_orders_finished_total{status}` in `metrics` and reports its
+    /// batch sizes to `batches`. Needs a Tokio runtime.
+    pub fn new(
+        pool: PgPool,
+        metrics: &foodorder_runtime::metrics::Metrics,
+        batches: &BatchMetrics,
+    ) -> Self {
         let finished = Family::<StatusLabel, Counter>::default();
         metrics.register(
             "foodorder_orders_finished",
@@ -43,7 +71,15 @@ impl PaymentOutcomeHandler {
         for status in ["completed", "failed"] {
             drop(finished.get_or_create(&StatusLabel { status }));
         }
-        Self { pool, finished }
+        Self {
+            outcomes: Batcher::new(
+                "order_payment_outcomes",
+                Arc::new(RecordOutcomes { pool }),
+                BatchSettings::default(),
+                batches,
+            ),
+            finished,
+        }
     }
 }
 
@@ -83,11 +119,11 @@ impl MessageHandler for PaymentOutcomeHandler {
                 "record key does not match the order id".to_owned(),
             ));
         }
-        match repository::record_payment(&self.pool, order_id, &outcome, ORDER_STATUS_CHANNEL)
-            .await?
-        {
+        let status = outcome.status;
+        let amount = outcome.amount;
+        match self.outcomes.submit((order_id, outcome)).await? {
             Recorded::Applied => {
-                let status = match outcome.status {
+                let status = match status {
                     PaymentState::Succeeded => "completed",
                     PaymentState::Failed => "failed",
                 };
@@ -104,7 +140,7 @@ impl MessageHandler for PaymentOutcomeHandler {
             ))),
             Recorded::WrongAmount { total } => Err(HandleError::Fatal(format!(
                 "a payment of {} does not pay order {order_id}, whose total is {}",
-                foodorder_contract::money::format_money(outcome.amount),
+                foodorder_contract::money::format_money(amount),
                 foodorder_contract::money::format_money(total)
             ))),
         }

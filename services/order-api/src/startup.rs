@@ -157,6 +157,7 @@ fn assemble(
     let outcome_handler = PaymentOutcomeHandler::new(
         db::side_pool(&pool, config.consumer_db_connections),
         &metrics,
+        &foodorder_runtime::batch::BatchMetrics::new(&metrics),
     );
 
     host.shutdown_grace(config.shutdown_grace)

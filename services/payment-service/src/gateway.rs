@@ -11,9 +11,12 @@
 //! lock: a charge still in flight cannot land after it, and a charge that landed
 //! first stands — so the ledger is the one truth about whether money moved.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use foodorder_runtime::batch::{BatchMetrics, BatchSettings, BatchWork, Batcher};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -104,22 +107,39 @@ pub struct Draw {
     pub decline: bool,
 }
 
-/// The mock gateway with its ledger in PostgreSQL.
+/// The mock gateway with its ledger in PostgreSQL. Its ledger reads and
+/// decisions are batched (see [`foodorder_runtime::batch`]): concurrent
+/// calls share statements and commits, each keeping its own answer.
 pub struct MockGateway {
-    pool: PgPool,
     settings: GatewaySettings,
     rng: Mutex<StdRng>,
+    reads: Batcher<LedgerReads>,
+    decisions: Batcher<LedgerDecisions>,
 }
 
 impl MockGateway {
-    /// A mock over `pool`, seeded from `settings.rng_seed` when set.
-    pub fn new(pool: PgPool, settings: GatewaySettings) -> Self {
+    /// A mock over `pool`, seeded from `settings.rng_seed` when set; its
+    /// batch sizes go to `metrics`. Needs a Tokio runtime (it starts the
+    /// batches' writers).
+    pub fn new(pool: PgPool, settings: GatewaySettings, metrics: &BatchMetrics) -> Self {
         let rng = match settings.rng_seed {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
+        let batching = BatchSettings::default();
         Self {
-            pool,
+            reads: Batcher::new(
+                "gateway_ledger_read",
+                Arc::new(LedgerReads { pool: pool.clone() }),
+                batching.clone(),
+                metrics,
+            ),
+            decisions: Batcher::new(
+                "gateway_ledger_decide",
+                Arc::new(LedgerDecisions { pool }),
+                batching,
+                metrics,
+            ),
             settings,
             rng: Mutex::new(rng),
         }
@@ -146,26 +166,12 @@ impl MockGateway {
         }
     }
 
-    async fn recorded(
-        executor: impl sqlx::PgExecutor<'_>,
-        key: &str,
-    ) -> Result<Option<ChargeOutcome>, sqlx::Error> {
-        let row: Option<(Uuid, Decision, Option<String>)> = sqlx::query_as(
-            "SELECT charge_id, outcome, decline_reason FROM payments.gateway_ledger \
-             WHERE idempotency_key = $1 ORDER BY created_at LIMIT 1",
-        )
-        .bind(key)
-        .fetch_optional(executor)
-        .await?;
-        Ok(row.map(|(charge_id, outcome, reason)| match outcome {
-            Decision::Approved => ChargeOutcome::Approved { charge_id },
-            Decision::Voided => ChargeOutcome::Voided {
-                reason: reason.unwrap_or_default(),
-            },
-            Decision::Declined => ChargeOutcome::Declined {
-                reason: reason.unwrap_or_else(|| DECLINE_REASON.to_owned()),
-            },
-        }))
+    /// The decision recorded for `key`, if any.
+    async fn recorded(&self, key: &str) -> Result<Option<ChargeOutcome>, GatewayUnavailable> {
+        self.reads
+            .submit(key.to_owned())
+            .await
+            .map_err(|error| GatewayUnavailable(anyhow::Error::new(error)))
     }
 
     /// Records `wanted` for the request's key unless a decision exists; returns the one that stands.
@@ -173,50 +179,169 @@ impl MockGateway {
         &self,
         request: &ChargeRequest,
         wanted: ChargeOutcome,
-    ) -> Result<ChargeOutcome, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(&request.idempotency_key)
-            .execute(&mut *tx)
-            .await?;
-        if let Some(outcome) = Self::recorded(&mut *tx, &request.idempotency_key).await? {
-            tx.commit().await?;
-            return Ok(outcome);
+    ) -> Result<ChargeOutcome, GatewayUnavailable> {
+        self.decisions
+            .submit(Decide {
+                key: request.idempotency_key.clone(),
+                amount: request.amount,
+                wanted,
+            })
+            .await
+            .map_err(|error| GatewayUnavailable(anyhow::Error::new(error)))
+    }
+}
+
+/// A ledger row as read.
+#[derive(sqlx::FromRow)]
+struct LedgerRow {
+    idempotency_key: String,
+    charge_id: Uuid,
+    outcome: Decision,
+    decline_reason: Option<String>,
+}
+
+impl LedgerRow {
+    fn outcome(self) -> ChargeOutcome {
+        match self.outcome {
+            Decision::Approved => ChargeOutcome::Approved {
+                charge_id: self.charge_id,
+            },
+            Decision::Voided => ChargeOutcome::Voided {
+                reason: self.decline_reason.unwrap_or_default(),
+            },
+            Decision::Declined => ChargeOutcome::Declined {
+                reason: self
+                    .decline_reason
+                    .unwrap_or_else(|| DECLINE_REASON.to_owned()),
+            },
         }
-        let (charge_id, label, reason) = match &wanted {
-            ChargeOutcome::Approved { charge_id } => (*charge_id, Decision::Approved, None),
-            ChargeOutcome::Declined { reason } => {
-                (Uuid::now_v7(), Decision::Declined, Some(reason.as_str()))
-            }
-            ChargeOutcome::Voided { reason } => {
-                (Uuid::now_v7(), Decision::Voided, Some(reason.as_str()))
-            }
-        };
+    }
+}
+
+/// The first decision of each of `keys` (a key has one decision: the
+/// advisory lock serialises deciding, and the first stands).
+async fn first_decisions(
+    executor: impl sqlx::PgExecutor<'_>,
+    keys: &[&str],
+) -> Result<HashMap<String, ChargeOutcome>, sqlx::Error> {
+    let rows: Vec<LedgerRow> = sqlx::query_as(
+        "SELECT DISTINCT ON (idempotency_key) idempotency_key, charge_id, outcome, decline_reason \
+         FROM payments.gateway_ledger WHERE idempotency_key = ANY($1) \
+         ORDER BY idempotency_key, created_at",
+    )
+    .bind(keys)
+    .fetch_all(executor)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.idempotency_key.clone(), row.outcome()))
+        .collect())
+}
+
+/// Reads of the ledger, many keys in one statement.
+struct LedgerReads {
+    pool: PgPool,
+}
+
+impl BatchWork for LedgerReads {
+    type Job = String;
+    type Output = Option<ChargeOutcome>;
+    type Error = sqlx::Error;
+
+    async fn run(&self, keys: &[String]) -> Result<Vec<Option<ChargeOutcome>>, sqlx::Error> {
+        let wanted: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let found = first_decisions(&self.pool, &wanted).await?;
+        Ok(keys.iter().map(|key| found.get(key).cloned()).collect())
+    }
+
+    fn retry_alone(error: &sqlx::Error) -> bool {
+        foodorder_runtime::db::is_data_error(error)
+    }
+}
+
+/// One decision to record.
+struct Decide {
+    key: String,
+    amount: Decimal,
+    wanted: ChargeOutcome,
+}
+
+/// Decisions, many keys in one transaction: each key's advisory lock (taken
+/// in one order, so batches never deadlock), the decisions already made, and
+/// one insert for the rest. A key twice in a batch gets the first's decision.
+struct LedgerDecisions {
+    pool: PgPool,
+}
+
+impl BatchWork for LedgerDecisions {
+    type Job = Decide;
+    type Output = ChargeOutcome;
+    type Error = sqlx::Error;
+
+    async fn run(&self, jobs: &[Decide]) -> Result<Vec<ChargeOutcome>, sqlx::Error> {
+        let keys: Vec<&str> = jobs.iter().map(|job| job.key.as_str()).collect();
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO payments.gateway_ledger (charge_id, idempotency_key, amount, outcome, decline_reason) \
-             VALUES ($1, $2, $3, $4, $5)",
+            "SELECT pg_advisory_xact_lock(lock_key) FROM \
+             (SELECT DISTINCT hashtextextended(key, 0) AS lock_key FROM unnest($1::text[]) AS key \
+              ORDER BY lock_key) AS locks",
         )
-        .bind(charge_id)
-        .bind(&request.idempotency_key)
-        .bind(request.amount)
-        .bind(label)
-        .bind(reason)
+        .bind(&keys)
         .execute(&mut *tx)
         .await?;
+        let mut standing = first_decisions(&mut *tx, &keys).await?;
+        let mut new_rows: Vec<(Uuid, &str, Decimal, Decision, Option<&str>)> = Vec::new();
+        let mut outputs = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            if let Some(outcome) = standing.get(&job.key) {
+                outputs.push(outcome.clone());
+                continue;
+            }
+            let (charge_id, label, reason) = match &job.wanted {
+                ChargeOutcome::Approved { charge_id } => (*charge_id, Decision::Approved, None),
+                ChargeOutcome::Declined { reason } => {
+                    (Uuid::now_v7(), Decision::Declined, Some(reason.as_str()))
+                }
+                ChargeOutcome::Voided { reason } => {
+                    (Uuid::now_v7(), Decision::Voided, Some(reason.as_str()))
+                }
+            };
+            new_rows.push((charge_id, job.key.as_str(), job.amount, label, reason));
+            standing.insert(job.key.clone(), job.wanted.clone());
+            outputs.push(job.wanted.clone());
+        }
+        if !new_rows.is_empty() {
+            let charge_ids: Vec<Uuid> = new_rows.iter().map(|row| row.0).collect();
+            let row_keys: Vec<&str> = new_rows.iter().map(|row| row.1).collect();
+            let amounts: Vec<Decimal> = new_rows.iter().map(|row| row.2).collect();
+            let outcomes: Vec<&str> = new_rows.iter().map(|row| row.3.as_str()).collect();
+            let reasons: Vec<Option<&str>> = new_rows.iter().map(|row| row.4).collect();
+            sqlx::query(
+                "INSERT INTO payments.gateway_ledger (charge_id, idempotency_key, amount, outcome, decline_reason) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::numeric[], $4::text[], $5::text[])",
+            )
+            .bind(&charge_ids)
+            .bind(&row_keys)
+            .bind(&amounts)
+            .bind(&outcomes)
+            .bind(&reasons)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
-        Ok(wanted)
+        Ok(outputs)
+    }
+
+    fn retry_alone(error: &sqlx::Error) -> bool {
+        foodorder_runtime::db::is_data_error(error)
     }
 }
 
 impl PaymentGateway for MockGateway {
     async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, GatewayUnavailable> {
-        let unavailable = |error: sqlx::Error| GatewayUnavailable(anyhow::Error::new(error));
         // A key the gateway already decided on answers at once, without a new charge.
         // Database steps boxed: a call waiting out its latency holds little.
-        if let Some(outcome) = Box::pin(Self::recorded(&self.pool, &request.idempotency_key))
-            .await
-            .map_err(unavailable)?
-        {
+        if let Some(outcome) = Box::pin(self.recorded(&request.idempotency_key)).await? {
             tracing::info!(
                 idempotency_key = request.idempotency_key,
                 "gateway returned a recorded decision"
@@ -234,18 +359,14 @@ impl PaymentGateway for MockGateway {
                 charge_id: Uuid::now_v7(),
             }
         };
-        Box::pin(self.decide(request, wanted))
-            .await
-            .map_err(unavailable)
+        Box::pin(self.decide(request, wanted)).await
     }
 
     async fn decision(
         &self,
         idempotency_key: &str,
     ) -> Result<Option<ChargeOutcome>, GatewayUnavailable> {
-        Self::recorded(&self.pool, idempotency_key)
-            .await
-            .map_err(|error| GatewayUnavailable(anyhow::Error::new(error)))
+        self.recorded(idempotency_key).await
     }
 
     async fn void(
@@ -256,9 +377,7 @@ impl PaymentGateway for MockGateway {
         let wanted = ChargeOutcome::Voided {
             reason: reason.to_owned(),
         };
-        self.decide(request, wanted)
-            .await
-            .map_err(|error| GatewayUnavailable(anyhow::Error::new(error)))
+        self.decide(request, wanted).await
     }
 }
 
@@ -279,6 +398,7 @@ mod tests {
                 rng_seed: Some(seed),
                 db_connections: 1,
             },
+            &BatchMetrics::default(),
         )
     }
 

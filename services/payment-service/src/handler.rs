@@ -6,6 +6,7 @@
 //! Replays and duplicates change nothing; the gateway is not called for a
 //! finished order.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::SCHEMA;
@@ -14,6 +15,7 @@ use foodorder_contract::events;
 use foodorder_contract::money::format_money;
 use foodorder_contract::states::PaymentState;
 use foodorder_contract::v1::{OrderStatus, PaymentCompleted};
+use foodorder_runtime::batch::{BatchMetrics, BatchSettings, BatchWork, Batcher};
 use foodorder_runtime::consumer::{HandleError, Handled, MessageHandler, ReceivedMessage};
 use foodorder_runtime::outbox::{self, OutboxMessage};
 use foodorder_runtime::telemetry;
@@ -29,7 +31,7 @@ use crate::processor::{PaymentProcessor, PaymentResult};
 pub const PRODUCER: &str = "payment-service";
 
 /// What an `order.placed` record asked for, as stored in `payments.payment_requests`.
-#[derive(sqlx::FromRow, PartialEq)]
+#[derive(Clone, sqlx::FromRow, PartialEq)]
 struct PaymentRequest {
     amount: Decimal,
     customer_name: String,
@@ -37,31 +39,190 @@ struct PaymentRequest {
     correlation_id: String,
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(Clone, sqlx::FromRow)]
 struct KnownRequest {
     #[sqlx(flatten)]
     request: PaymentRequest,
     paid: bool,
 }
 
-/// The `order.placed` handler.
+/// The `order.placed` handler. Its database steps — remembering requests and
+/// recording outcomes with their events — are batched across the records in
+/// flight (see [`foodorder_runtime::batch`]).
 pub struct PaymentHandler<G> {
     pool: PgPool,
     processor: Arc<PaymentProcessor<G>>,
     payment_completed_topic: String,
     crash_after_charge: bool,
     poison_settle_after: std::time::Duration,
+    requests: Batcher<RememberRequests>,
+    outcomes: Batcher<RecordOutcomes>,
+}
+
+/// Stores requests (the first delivery's wins) and reads back the stored
+/// ones with whether each is paid, many orders in one transaction.
+struct RememberRequests {
+    pool: PgPool,
+}
+
+#[derive(sqlx::FromRow)]
+struct StoredRequest {
+    order_id: Uuid,
+    #[sqlx(flatten)]
+    known: KnownRequest,
+}
+
+impl BatchWork for RememberRequests {
+    type Job = (Uuid, PaymentRequest);
+    type Output = KnownRequest;
+    type Error = sqlx::Error;
+
+    async fn run(&self, jobs: &[(Uuid, PaymentRequest)]) -> Result<Vec<KnownRequest>, sqlx::Error> {
+        let ids: Vec<Uuid> = jobs.iter().map(|(id, _)| *id).collect();
+        let amounts: Vec<Decimal> = jobs.iter().map(|(_, request)| request.amount).collect();
+        let names: Vec<&str> = jobs.iter().map(|(_, r)| r.customer_name.as_str()).collect();
+        let emails: Vec<&str> = jobs
+            .iter()
+            .map(|(_, r)| r.customer_email.as_str())
+            .collect();
+        let correlation: Vec<&str> = jobs
+            .iter()
+            .map(|(_, r)| r.correlation_id.as_str())
+            .collect();
+        let mut tx = self.pool.begin().await?;
+        // In key order, so that two batches never wait on each other crosswise.
+        sqlx::query(
+            "INSERT INTO payments.payment_requests \
+             (order_id, amount, customer_name, customer_email, correlation_id) \
+             SELECT * FROM UNNEST($1::uuid[], $2::numeric[], $3::text[], $4::text[], $5::text[]) \
+             ORDER BY 1 ON CONFLICT (order_id) DO NOTHING",
+        )
+        .bind(&ids)
+        .bind(&amounts)
+        .bind(&names)
+        .bind(&emails)
+        .bind(&correlation)
+        .execute(&mut *tx)
+        .await?;
+        let stored: Vec<StoredRequest> = sqlx::query_as(
+            "SELECT r.order_id, r.amount, r.customer_name, r.customer_email, r.correlation_id, \
+             EXISTS (SELECT 1 FROM payments.payment_attempts p WHERE p.order_id = r.order_id) AS paid \
+             FROM payments.payment_requests r WHERE r.order_id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let stored: HashMap<Uuid, KnownRequest> = stored
+            .into_iter()
+            .map(|row| (row.order_id, row.known))
+            .collect();
+        ids.iter()
+            .map(|id| stored.get(id).cloned().ok_or(sqlx::Error::RowNotFound))
+            .collect()
+    }
+
+    fn retry_alone(error: &sqlx::Error) -> bool {
+        foodorder_runtime::db::is_data_error(error)
+    }
+}
+
+/// One payment's outcome to record, with its event ready.
+struct Outcome {
+    payment_id: Uuid,
+    order_id: Uuid,
+    success: bool,
+    amount: Decimal,
+    attempt_count: i32,
+    error_message: Option<String>,
+    processing_time_ms: i64,
+    event: OutboxMessage,
+}
+
+/// Records attempts and their `payment.completed` events, many orders in one
+/// transaction: an order whose outcome is recorded already (another delivery
+/// got there first) gets `false` and no event.
+struct RecordOutcomes {
+    pool: PgPool,
+}
+
+impl BatchWork for RecordOutcomes {
+    type Job = Outcome;
+    type Output = bool;
+    type Error = sqlx::Error;
+
+    async fn run(&self, jobs: &[Outcome]) -> Result<Vec<bool>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let inserted: Vec<(Uuid,)> = sqlx::query_as(
+            "INSERT INTO payments.payment_attempts \
+             (id, order_id, status, amount, attempt_count, error_message, processing_time_ms) \
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::numeric[], $5::int4[], $6::text[], $7::int8[]) \
+             ORDER BY 2 ON CONFLICT (order_id) DO NOTHING RETURNING order_id",
+        )
+        .bind(jobs.iter().map(|job| job.payment_id).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|job| job.order_id).collect::<Vec<_>>())
+        .bind(
+            jobs.iter()
+                .map(|job| PaymentState::of(job.success).as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(jobs.iter().map(|job| job.amount).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|job| job.attempt_count).collect::<Vec<_>>())
+        .bind(
+            jobs.iter()
+                .map(|job| job.error_message.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(jobs.iter().map(|job| job.processing_time_ms).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+        let inserted: HashSet<Uuid> = inserted.into_iter().map(|(id,)| id).collect();
+        // A key twice in one batch: only the first of them is recorded.
+        let mut recorded = HashSet::new();
+        let outputs: Vec<bool> = jobs
+            .iter()
+            .map(|job| inserted.contains(&job.order_id) && recorded.insert(job.order_id))
+            .collect();
+        let events: Vec<OutboxMessage> = jobs
+            .iter()
+            .zip(&outputs)
+            .filter(|(_, recorded)| **recorded)
+            .map(|(job, _)| job.event.clone())
+            .collect();
+        outbox::enqueue_all(&mut tx, &SCHEMA, &events).await?;
+        tx.commit().await?;
+        Ok(outputs)
+    }
+
+    fn retry_alone(error: &sqlx::Error) -> bool {
+        foodorder_runtime::db::is_data_error(error)
+    }
 }
 
 impl<G: PaymentGateway> PaymentHandler<G> {
-    /// A handler writing to `pool` and publishing to `payment_completed_topic`.
+    /// A handler writing to `pool` and publishing to `payment_completed_topic`;
+    /// its batch sizes go to `metrics`. Needs a Tokio runtime (it starts the
+    /// batches' writers).
     pub fn new(
         pool: PgPool,
         processor: Arc<PaymentProcessor<G>>,
         payment_completed_topic: String,
         crash_after_charge: bool,
+        metrics: &BatchMetrics,
     ) -> Self {
         Self {
+            requests: Batcher::new(
+                "payment_requests",
+                Arc::new(RememberRequests { pool: pool.clone() }),
+                BatchSettings::default(),
+                metrics,
+            ),
+            outcomes: Batcher::new(
+                "payment_outcomes",
+                Arc::new(RecordOutcomes { pool: pool.clone() }),
+                BatchSettings::default(),
+                metrics,
+            ),
             pool,
             processor,
             payment_completed_topic,
@@ -82,23 +243,9 @@ impl<G: PaymentGateway> PaymentHandler<G> {
     async fn remember(
         &self,
         order_id: Uuid,
-        request: &PaymentRequest,
-    ) -> Result<KnownRequest, sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO payments.payment_requests \
-             (order_id, amount, customer_name, customer_email, correlation_id) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (order_id) DO NOTHING",
-        )
-        .bind(order_id)
-        .bind(request.amount)
-        .bind(&request.customer_name)
-        .bind(&request.customer_email)
-        .bind(&request.correlation_id)
-        .execute(&self.pool)
-        .await?;
-        self.known_request(order_id)
-            .await?
-            .ok_or(sqlx::Error::RowNotFound)
+        request: PaymentRequest,
+    ) -> Result<KnownRequest, HandleError> {
+        Ok(self.requests.submit((order_id, request)).await?)
     }
 
     /// The stored request of an order this service was asked to pay, if any.
@@ -131,7 +278,7 @@ impl<G: PaymentGateway> PaymentHandler<G> {
         order_id: Uuid,
         request: &PaymentRequest,
         result: &PaymentResult,
-    ) -> Result<bool, sqlx::Error> {
+    ) -> Result<bool, HandleError> {
         let correlation_id = request.correlation_id.as_str();
         let payment_id = Uuid::now_v7();
         let final_status = if result.success {
@@ -140,24 +287,6 @@ impl<G: PaymentGateway> PaymentHandler<G> {
             OrderStatus::Failed
         };
         let processing_time_ms = result.processing_time.as_millis() as i64;
-        let mut tx = self.pool.begin().await?;
-        let inserted: Option<(Uuid,)> = sqlx::query_as(
-            "INSERT INTO payments.payment_attempts (id, order_id, status, amount, attempt_count, error_message, processing_time_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (order_id) DO NOTHING RETURNING id",
-        )
-        .bind(payment_id)
-        .bind(order_id)
-        .bind(PaymentState::of(result.success))
-        .bind(request.amount)
-        .bind(result.attempt_count)
-        .bind(&result.error_message)
-        .bind(processing_time_ms)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if inserted.is_none() {
-            tx.rollback().await?;
-            return Ok(false);
-        }
         let event = PaymentCompleted {
             metadata: Some(events::metadata(correlation_id, PRODUCER, Utc::now())),
             order_id: order_id.to_string(),
@@ -171,7 +300,7 @@ impl<G: PaymentGateway> PaymentHandler<G> {
             customer_name: request.customer_name.clone(),
             payment_id: payment_id.to_string(),
         };
-        let message = OutboxMessage {
+        let event = OutboxMessage {
             topic: self.payment_completed_topic.clone(),
             key: order_id.to_string(),
             payload: event.encode_to_vec(),
@@ -180,9 +309,19 @@ impl<G: PaymentGateway> PaymentHandler<G> {
                 &telemetry::inject_span(&tracing::Span::current()),
             ),
         };
-        outbox::enqueue(&mut tx, &SCHEMA, &message).await?;
-        tx.commit().await?;
-        Ok(true)
+        Ok(self
+            .outcomes
+            .submit(Outcome {
+                payment_id,
+                order_id,
+                success: result.success,
+                amount: request.amount,
+                attempt_count: result.attempt_count,
+                error_message: result.error_message.clone(),
+                processing_time_ms,
+                event,
+            })
+            .await?)
     }
 
     /// Before dead-lettering a record keyed by an order id, so that no one
@@ -307,7 +446,7 @@ impl<G: PaymentGateway> MessageHandler for PaymentHandler<G> {
         // The database steps are boxed: they are short, and an in-flight
         // payment then holds only the gateway call's state while it waits
         // (thousands wait at once at the gateway's latency).
-        let stored = Box::pin(self.remember(order_id, &request)).await?;
+        let stored = Box::pin(self.remember(order_id, request.clone())).await?;
         if stored.paid {
             tracing::info!(%order_id, "order already paid, skipping duplicate delivery");
             return Ok(Handled::Duplicate);

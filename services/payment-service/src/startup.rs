@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use foodorder_contract::topics::{ORDER_PLACED, PAYMENT_COMPLETED};
+use foodorder_runtime::batch::BatchMetrics;
 use foodorder_runtime::db;
 use foodorder_runtime::health::DatabaseProbe;
 use foodorder_runtime::host::ServiceHost;
@@ -32,9 +33,10 @@ pub async fn build(config: Config, pool: Option<PgPool>) -> anyhow::Result<Servi
     // remote gateway would: consumers holding every service connection
     // must not make the gateway look slow (and trip the breaker).
     let gateway_pool = db::side_pool(host.pool(), config.gateway.db_connections);
+    let batches = BatchMetrics::new(host.metrics());
     let processor = Arc::new(
         PaymentProcessor::new(
-            MockGateway::new(gateway_pool, config.gateway.clone()),
+            MockGateway::new(gateway_pool, config.gateway.clone(), &batches),
             CircuitBreaker::new(config.breaker.clone()),
             config.payment.clone(),
         )
@@ -46,6 +48,7 @@ pub async fn build(config: Config, pool: Option<PgPool>) -> anyhow::Result<Servi
         processor,
         payment_completed.clone(),
         config.crash_after_charge,
+        &batches,
     )
     .settling_poison_after(config.poison_settle_after);
     let settings = config.consumer.settings(ORDER_PLACED, DEAD_LETTER_TOPIC);

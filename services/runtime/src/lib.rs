@@ -6,6 +6,7 @@
 //! starts and stops all of them in one declared order.
 
 pub mod backoff;
+pub mod batch;
 pub mod config;
 pub mod consumer;
 pub mod db;

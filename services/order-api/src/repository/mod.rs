@@ -16,7 +16,7 @@ use rust_decimal::Decimal;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-pub use payments::{PaymentOutcome, Recorded, record_payment};
+pub use payments::{PaymentOutcome, Recorded, record_payment, record_payments};
 pub use place::{BatchOutcome, PlaceContext, PlaceRequest, StoredOrder, place_batch, stored_order};
 
 /// What can go wrong talking to PostgreSQL.

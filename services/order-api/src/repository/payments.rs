@@ -1,6 +1,8 @@
 //! Recording a payment's outcome, as `payment.completed` reports it: the
 //! payment summary and the order's final status in one transaction.
 
+use std::collections::{HashMap, HashSet};
+
 use chrono::{DateTime, Utc};
 use foodorder_contract::states::PaymentState;
 use rust_decimal::Decimal;
@@ -8,6 +10,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 /// A payment's outcome as `payment.completed` reported it.
+#[derive(Clone, Debug)]
 pub struct PaymentOutcome {
     /// The payment attempt's id.
     pub payment_id: Uuid,
@@ -42,60 +45,150 @@ pub enum Recorded {
 }
 
 /// Stores the payment summary of `order_id` and moves the order to the
-/// outcome's final status, in one transaction that also wakes the order's
-/// WatchOrder streams (`NOTIFY`, delivered at commit). The summary's primary
-/// key makes a replay change nothing.
+/// outcome's final status (see [`record_payments`]).
 pub async fn record_payment(
     pool: &PgPool,
     order_id: Uuid,
     outcome: &PaymentOutcome,
     notify_channel: &str,
 ) -> Result<Recorded, sqlx::Error> {
+    let mut recorded =
+        record_payments(pool, &[(order_id, outcome.clone())], notify_channel).await?;
+    Ok(recorded.remove(0))
+}
+
+/// Stores the payment summaries of many orders and moves each order to its
+/// outcome's final status, in one transaction that also wakes the orders'
+/// WatchOrder streams (`NOTIFY`, delivered at commit). Returns what happened
+/// to each, in order. The summary's primary key makes a replay change
+/// nothing; of one order's outcomes in the same call, the first applicable
+/// one is recorded. Rows are locked in id order, so concurrent calls never
+/// wait on each other crosswise.
+pub async fn record_payments(
+    pool: &PgPool,
+    outcomes: &[(Uuid, PaymentOutcome)],
+    notify_channel: &str,
+) -> Result<Vec<Recorded>, sqlx::Error> {
+    let ids: Vec<Uuid> = outcomes.iter().map(|(id, _)| *id).collect();
     let mut tx = pool.begin().await?;
-    let known: Option<(Decimal,)> =
-        sqlx::query_as("SELECT total_amount FROM orders.orders WHERE id = $1 FOR UPDATE")
-            .bind(order_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some((total,)) = known else {
-        tx.rollback().await?;
-        return Ok(Recorded::UnknownOrder);
-    };
-    if outcome.status == PaymentState::Succeeded && outcome.amount != total {
-        tx.rollback().await?;
-        return Ok(Recorded::WrongAmount { total });
+    let totals: HashMap<Uuid, Decimal> = sqlx::query_as::<_, (Uuid, Decimal)>(
+        "SELECT id, total_amount FROM orders.orders WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    let mut results = Vec::with_capacity(outcomes.len());
+    let mut candidates: Vec<usize> = Vec::new();
+    let mut claimed = HashSet::new();
+    for (position, (order_id, outcome)) in outcomes.iter().enumerate() {
+        results.push(match totals.get(order_id) {
+            None => Recorded::UnknownOrder,
+            Some(total)
+                if outcome.status == PaymentState::Succeeded && outcome.amount != *total =>
+            {
+                Recorded::WrongAmount { total: *total }
+            }
+            Some(_) if !claimed.insert(*order_id) => Recorded::AlreadyRecorded,
+            Some(_) => {
+                candidates.push(position);
+                // Until the insert says otherwise.
+                Recorded::AlreadyRecorded
+            }
+        });
     }
-    let inserted = sqlx::query(
+    if candidates.is_empty() {
+        tx.rollback().await?;
+        return Ok(results);
+    }
+    let pick = |position: &usize| &outcomes[*position];
+    let inserted: HashSet<Uuid> = sqlx::query_as::<_, (Uuid,)>(
         "INSERT INTO orders.order_payments (order_id, payment_id, status, amount, attempt_count, \
-         error_message, processing_time_ms, completed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-         ON CONFLICT (order_id) DO NOTHING",
+         error_message, processing_time_ms, completed_at) \
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::numeric[], $5::int4[], \
+         $6::text[], $7::int8[], $8::timestamptz[]) ORDER BY 1 \
+         ON CONFLICT (order_id) DO NOTHING RETURNING order_id",
     )
-    .bind(order_id)
-    .bind(outcome.payment_id)
-    .bind(outcome.status)
-    .bind(outcome.amount)
-    .bind(outcome.attempt_count)
-    .bind(&outcome.error_message)
-    .bind(outcome.processing_time_ms)
-    .bind(outcome.completed_at)
-    .execute(&mut *tx)
-    .await?;
-    if inserted.rows_affected() == 0 {
+    .bind(candidates.iter().map(|p| pick(p).0).collect::<Vec<_>>())
+    .bind(
+        candidates
+            .iter()
+            .map(|p| pick(p).1.payment_id)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        candidates
+            .iter()
+            .map(|p| pick(p).1.status.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        candidates
+            .iter()
+            .map(|p| pick(p).1.amount)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        candidates
+            .iter()
+            .map(|p| pick(p).1.attempt_count)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        candidates
+            .iter()
+            .map(|p| pick(p).1.error_message.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        candidates
+            .iter()
+            .map(|p| pick(p).1.processing_time_ms)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        candidates
+            .iter()
+            .map(|p| pick(p).1.completed_at)
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|(id,)| id)
+    .collect();
+    if inserted.is_empty() {
         tx.rollback().await?;
-        return Ok(Recorded::AlreadyRecorded);
+        return Ok(results);
     }
+    let applied: Vec<usize> = candidates
+        .into_iter()
+        .filter(|position| inserted.contains(&outcomes[*position].0))
+        .collect();
+    let applied_ids: Vec<Uuid> = applied.iter().map(|p| pick(p).0).collect();
     sqlx::query(
-        "UPDATE orders.orders SET status = $2, updated_at = now() WHERE id = $1 AND status <> $2",
+        "UPDATE orders.orders o SET status = v.status, updated_at = now() \
+         FROM UNNEST($1::uuid[], $2::text[]) AS v (id, status) \
+         WHERE o.id = v.id AND o.status <> v.status",
     )
-    .bind(order_id)
-    .bind(outcome.status.order_state())
+    .bind(&applied_ids)
+    .bind(
+        applied
+            .iter()
+            .map(|p| pick(p).1.status.order_state().as_str())
+            .collect::<Vec<_>>(),
+    )
     .execute(&mut *tx)
     .await?;
-    sqlx::query("SELECT pg_notify($1, $2)")
+    sqlx::query("SELECT pg_notify($1, id::text) FROM unnest($2::uuid[]) AS id")
         .bind(notify_channel)
-        .bind(order_id.to_string())
+        .bind(&applied_ids)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(Recorded::Applied)
+    for position in applied {
+        results[position] = Recorded::Applied;
+    }
+    Ok(results)
 }
