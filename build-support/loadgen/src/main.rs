@@ -13,6 +13,11 @@
 //!
 //! By count (`--orders`) or by time (`--duration`). `--json` prints one JSON
 //! line with every figure after the human-readable summary.
+//!
+//! RESOURCE_EXHAUSTED answers (backpressure, rate limit, the server's
+//! concurrency and queue limits) are counted as `rejected`, apart from the
+//! `errors`; `place_order` is the latency of accepted calls only, `answered`
+//! that of every call that got an answer, whatever its code.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +35,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::json;
 use tokio::sync::Semaphore;
+use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Channel;
 
 /// Places orders against the order API and measures what happens to them.
@@ -81,6 +87,10 @@ struct Options {
     /// A label copied into the JSON line.
     #[arg(long, default_value = "")]
     label: String,
+    /// Send this `x-api-key` metadata entry with every call (the order API's
+    /// per-client rate limit keys on it).
+    #[arg(long)]
+    api_key: Option<String>,
 }
 
 /// Latencies in microseconds, 1 µs to 10 min, 3 significant digits.
@@ -205,7 +215,10 @@ enum Outcome {
         latency: Duration,
         terminal: Option<(Result<OrderStatus, tonic::Code>, Duration)>,
     },
-    Failed(tonic::Code),
+    Failed {
+        code: tonic::Code,
+        latency: Duration,
+    },
     Dropped,
 }
 
@@ -216,8 +229,13 @@ async fn place(
     index: u64,
     intended: Instant,
     watch: bool,
+    api_key: Option<AsciiMetadataValue>,
 ) -> Outcome {
-    match client.place_order(request(index)).await {
+    let mut call = tonic::Request::new(request(index));
+    if let Some(key) = api_key {
+        call.metadata_mut().insert("x-api-key", key);
+    }
+    match client.place_order(call).await {
         Ok(response) => {
             let answered_at = Instant::now();
             let order_id = response
@@ -240,7 +258,10 @@ async fn place(
                 terminal,
             }
         }
-        Err(status) => Outcome::Failed(status.code()),
+        Err(status) => Outcome::Failed {
+            code: status.code(),
+            latency: intended.elapsed(),
+        },
     }
 }
 
@@ -273,6 +294,12 @@ async fn main() -> anyhow::Result<()> {
     if let Some(rate) = options.rate {
         anyhow::ensure!(rate > 0.0, "--rate must be positive");
     }
+    let api_key: Option<AsciiMetadataValue> = options
+        .api_key
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .context("--api-key must be printable ASCII")?;
     let mut clients = Vec::new();
     for _ in 0..options.connections {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", options.addr))?
@@ -303,10 +330,17 @@ async fn main() -> anyhow::Result<()> {
 
     for index in 0..options.warmup {
         let mut client = client_for(index);
-        client
-            .place_order(request(u64::MAX - index))
-            .await
-            .context("warm-up call failed")?;
+        let mut call = tonic::Request::new(request(u64::MAX - index));
+        if let Some(key) = &api_key {
+            call.metadata_mut().insert("x-api-key", key.clone());
+        }
+        match client.place_order(call).await {
+            // Refused (a rate limit, backpressure): nothing to warm, but no failure either.
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {}
+            other => {
+                other.context("warm-up call failed")?;
+            }
+        }
     }
 
     let bar = progress_bar(&options);
@@ -331,6 +365,7 @@ async fn main() -> anyhow::Result<()> {
                 let (next, bar) = (next.clone(), bar.clone());
                 let clients = clients.clone();
                 let (watch, orders) = (options.watch, options.orders);
+                let api_key = api_key.clone();
                 workers.spawn(async move {
                     let mut mine = Vec::new();
                     loop {
@@ -343,7 +378,9 @@ async fn main() -> anyhow::Result<()> {
                             return mine;
                         }
                         let client = clients[index as usize % clients.len()].clone();
-                        mine.push(place(client, index, Instant::now(), watch).await);
+                        mine.push(
+                            place(client, index, Instant::now(), watch, api_key.clone()).await,
+                        );
                         match deadline {
                             Some(_) => bar.set_position(started.elapsed().as_secs()),
                             None => bar.inc(1),
@@ -366,9 +403,9 @@ async fn main() -> anyhow::Result<()> {
                 match outstanding.clone().try_acquire_owned() {
                     Ok(permit) => {
                         let client = client_for(index);
-                        let watch = options.watch;
+                        let (watch, api_key) = (options.watch, api_key.clone());
                         calls.spawn(async move {
-                            let outcome = place(client, index, intended, watch).await;
+                            let outcome = place(client, index, intended, watch, api_key).await;
                             drop(permit);
                             outcome
                         });
@@ -390,6 +427,8 @@ async fn main() -> anyhow::Result<()> {
     bar.finish_and_clear();
 
     let mut latency = histogram();
+    let mut answered = histogram();
+    let mut rejected = 0_u64;
     let mut terminal_latency = histogram();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut statuses: BTreeMap<String, u64> = BTreeMap::new();
@@ -404,6 +443,7 @@ async fn main() -> anyhow::Result<()> {
                 terminal,
             } => {
                 record(&mut latency, took);
+                record(&mut answered, took);
                 placed.push((order_id, answered_at));
                 match terminal {
                     Some((Ok(status), took)) => {
@@ -416,22 +456,35 @@ async fn main() -> anyhow::Result<()> {
                     None => {}
                 }
             }
-            Outcome::Failed(code) => *errors.entry(format!("{code:?}")).or_default() += 1,
+            Outcome::Failed {
+                code,
+                latency: took,
+            } => {
+                record(&mut answered, took);
+                if code == tonic::Code::ResourceExhausted {
+                    rejected += 1;
+                } else {
+                    *errors.entry(format!("{code:?}")).or_default() += 1;
+                }
+            }
             Outcome::Dropped => dropped += 1,
         }
     }
-    let attempted = placed.len() as u64 + errors.values().sum::<u64>() + dropped;
+    let attempted = placed.len() as u64 + rejected + errors.values().sum::<u64>() + dropped;
     let throughput = placed.len() as f64 / elapsed.as_secs_f64();
     let mode = match options.rate {
         Some(rate) => format!("open loop at {rate}/s"),
         None => format!("closed loop, {} concurrent", options.concurrency),
     };
     println!(
-        "{mode}: {} placed of {attempted} in {:.2}s = {throughput:.1} orders/s; errors {errors:?}; dropped {dropped}",
+        "{mode}: {} placed of {attempted} in {:.2}s = {throughput:.1} orders/s; rejected {rejected}; errors {errors:?}; dropped {dropped}",
         placed.len(),
         elapsed.as_secs_f64()
     );
     print_latency("PlaceOrder latency", &latency);
+    if rejected > 0 || !errors.is_empty() {
+        print_latency("answered (accepted or refused) latency", &answered);
+    }
     if options.watch {
         println!("terminal statuses: {statuses:?}");
         print_latency("place → terminal latency", &terminal_latency);
@@ -483,10 +536,12 @@ async fn main() -> anyhow::Result<()> {
             "placed": placed.len(),
             "attempted": attempted,
             "dropped": dropped,
+            "rejected": rejected,
             "errors": errors,
             "seconds": elapsed.as_secs_f64(),
             "throughput_per_s": throughput,
             "place_order": summary(&latency),
+            "answered": summary(&answered),
             "publish_delay": summary(&publish),
             "terminal": summary(&terminal_latency),
             "terminal_statuses": statuses,

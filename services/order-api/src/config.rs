@@ -7,7 +7,9 @@ use foodorder_runtime::config::{DatabaseConfig, KafkaConfig, env_count, env_or, 
 use foodorder_runtime::health::ProbeSettings;
 use foodorder_runtime::outbox::RelayConfig;
 
+use crate::backpressure::BackpressureConfig;
 use crate::group_commit::GroupCommitConfig;
+use crate::rate_limit::RateLimitConfig;
 
 /// The server's deadline of a call when `ORDER_API_REQUEST_TIMEOUT_MS` is unset.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -84,6 +86,17 @@ pub struct Config {
     /// `READINESS_PROBE_TIMEOUT_MS` (default 1500): how often the write probe
     /// (and the other readiness probes) run, and how long one may take.
     pub readiness_probes: ProbeSettings,
+    /// Backpressure: `ORDER_API_MAX_PENDING_ORDERS` (default 20000; 0 = off)
+    /// orders awaiting their payment outcome, past which PlaceOrder answers
+    /// RESOURCE_EXHAUSTED with a RetryInfo until fewer than 90 % of it are
+    /// left; counted every `ORDER_API_BACKLOG_CHECK_INTERVAL_MS` (default 250,
+    /// 10 to 10000).
+    pub backpressure: BackpressureConfig,
+    /// Per-client rate limit: `ORDER_API_RATE_LIMIT_PER_SECOND` (default 0 =
+    /// off) calls a second per client (`x-api-key`, else the peer address),
+    /// bursts of `ORDER_API_RATE_LIMIT_BURST` (default: the rate), at most
+    /// `ORDER_API_RATE_LIMIT_MAX_CLIENTS` (default 100000) clients tracked.
+    pub rate_limit: RateLimitConfig,
 }
 
 impl Config {
@@ -123,6 +136,15 @@ impl Config {
                 stalled_after: crate::group_commit::STALLED_AFTER,
             },
             readiness_probes: ProbeSettings::default(),
+            backpressure: BackpressureConfig {
+                max_pending: 0,
+                check_interval: Duration::from_millis(50),
+            },
+            rate_limit: RateLimitConfig {
+                per_second: 0,
+                burst: 0,
+                max_clients: DEFAULT_RATE_LIMIT_MAX_CLIENTS,
+            },
         }
     }
 
@@ -171,7 +193,165 @@ impl Config {
                 stalled_after: crate::group_commit::STALLED_AFTER,
             },
             readiness_probes: ProbeSettings::from_env()?,
+            backpressure: backpressure_from(
+                std::env::var("ORDER_API_MAX_PENDING_ORDERS")
+                    .ok()
+                    .as_deref(),
+                std::env::var("ORDER_API_BACKLOG_CHECK_INTERVAL_MS")
+                    .ok()
+                    .as_deref(),
+            )?,
+            rate_limit: rate_limit_from(
+                std::env::var("ORDER_API_RATE_LIMIT_PER_SECOND")
+                    .ok()
+                    .as_deref(),
+                std::env::var("ORDER_API_RATE_LIMIT_BURST").ok().as_deref(),
+                std::env::var("ORDER_API_RATE_LIMIT_MAX_CLIENTS")
+                    .ok()
+                    .as_deref(),
+            )?,
             database,
         })
+    }
+}
+
+/// `ORDER_API_MAX_PENDING_ORDERS` when unset.
+pub const DEFAULT_MAX_PENDING_ORDERS: u64 = 20_000;
+/// `ORDER_API_BACKLOG_CHECK_INTERVAL_MS` when unset.
+pub const DEFAULT_BACKLOG_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+/// `ORDER_API_RATE_LIMIT_MAX_CLIENTS` when unset.
+pub const DEFAULT_RATE_LIMIT_MAX_CLIENTS: usize = 100_000;
+
+/// An unsigned integer setting: `default` when unset or empty.
+fn parse_setting<T: std::str::FromStr>(
+    name: &str,
+    raw: Option<&str>,
+    default: T,
+) -> anyhow::Result<T> {
+    match raw.map(str::trim) {
+        Some(value) if !value.is_empty() => value.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "invalid value {value:?} for {name}: expected a whole number of at least 0"
+            )
+        }),
+        _ => Ok(default),
+    }
+}
+
+/// The backpressure settings from their raw values.
+fn backpressure_from(
+    max_pending: Option<&str>,
+    interval_ms: Option<&str>,
+) -> anyhow::Result<BackpressureConfig> {
+    let max_pending = parse_setting(
+        "ORDER_API_MAX_PENDING_ORDERS",
+        max_pending,
+        DEFAULT_MAX_PENDING_ORDERS,
+    )?;
+    anyhow::ensure!(
+        max_pending < i64::MAX as u64,
+        "ORDER_API_MAX_PENDING_ORDERS is too large ({max_pending}); 0 turns backpressure off"
+    );
+    let interval_ms: u64 = parse_setting(
+        "ORDER_API_BACKLOG_CHECK_INTERVAL_MS",
+        interval_ms,
+        DEFAULT_BACKLOG_CHECK_INTERVAL.as_millis() as u64,
+    )?;
+    anyhow::ensure!(
+        (10..=10_000).contains(&interval_ms),
+        "ORDER_API_BACKLOG_CHECK_INTERVAL_MS must be between 10 and 10000, got {interval_ms}"
+    );
+    Ok(BackpressureConfig {
+        max_pending,
+        check_interval: Duration::from_millis(interval_ms),
+    })
+}
+
+/// The rate-limit settings from their raw values.
+fn rate_limit_from(
+    per_second: Option<&str>,
+    burst: Option<&str>,
+    max_clients: Option<&str>,
+) -> anyhow::Result<RateLimitConfig> {
+    let per_second: u32 = parse_setting("ORDER_API_RATE_LIMIT_PER_SECOND", per_second, 0)?;
+    let burst_set = burst.is_some_and(|value| !value.trim().is_empty());
+    let burst: u32 = parse_setting("ORDER_API_RATE_LIMIT_BURST", burst, per_second)?;
+    let max_clients: usize = parse_setting(
+        "ORDER_API_RATE_LIMIT_MAX_CLIENTS",
+        max_clients,
+        DEFAULT_RATE_LIMIT_MAX_CLIENTS,
+    )?;
+    if per_second == 0 {
+        anyhow::ensure!(
+            !burst_set,
+            "ORDER_API_RATE_LIMIT_BURST is set but ORDER_API_RATE_LIMIT_PER_SECOND is 0 (no rate limit): \
+             set the rate too, or unset the burst"
+        );
+    } else {
+        anyhow::ensure!(
+            burst >= 1,
+            "ORDER_API_RATE_LIMIT_BURST must be at least 1 when ORDER_API_RATE_LIMIT_PER_SECOND is set, got {burst}"
+        );
+    }
+    anyhow::ensure!(
+        max_clients >= 1,
+        "ORDER_API_RATE_LIMIT_MAX_CLIENTS must be at least 1, got {max_clients}"
+    );
+    Ok(RateLimitConfig {
+        per_second,
+        burst,
+        max_clients,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backpressure_settings() {
+        let config = backpressure_from(None, None).unwrap();
+        assert_eq!(config.max_pending, 20_000);
+        assert_eq!(config.check_interval, Duration::from_millis(250));
+        assert_eq!(
+            backpressure_from(Some("0"), Some("1000"))
+                .unwrap()
+                .max_pending,
+            0
+        );
+        for (max, interval) in [
+            (Some("-1"), None),
+            (Some("lots"), None),
+            (None, Some("5")),
+            (None, Some("60000")),
+        ] {
+            let error = backpressure_from(max, interval).unwrap_err().to_string();
+            assert!(error.contains("ORDER_API_"), "{error}");
+        }
+    }
+
+    #[test]
+    fn rate_limit_settings() {
+        let off = rate_limit_from(None, None, None).unwrap();
+        assert_eq!(
+            (off.per_second, off.burst, off.max_clients),
+            (0, 0, 100_000)
+        );
+        let on = rate_limit_from(Some("50"), None, None).unwrap();
+        assert_eq!((on.per_second, on.burst), (50, 50));
+        let on = rate_limit_from(Some("50"), Some("200"), Some("10")).unwrap();
+        assert_eq!((on.burst, on.max_clients), (200, 10));
+        for (rate, burst, clients) in [
+            (Some("-5"), None, None),
+            (Some("5"), Some("0"), None),
+            (None, Some("10"), None),
+            (Some("5"), None, Some("0")),
+            (Some("2.5"), None, None),
+        ] {
+            assert!(
+                rate_limit_from(rate, burst, clients).is_err(),
+                "{rate:?} {burst:?} {clients:?}"
+            );
+        }
     }
 }

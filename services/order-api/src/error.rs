@@ -43,6 +43,27 @@ pub enum ApiError {
     /// the text says which; the caller should back off and retry.
     #[error("overloaded: {0}")]
     Overloaded(String),
+    /// Too many orders await their payment outcome (`ORDER_API_MAX_PENDING_ORDERS`):
+    /// nothing was written; retry after `retry_after`.
+    #[error("backpressure: {pending} orders await payment (limit {limit})")]
+    Backpressure {
+        /// Orders awaiting payment, as last counted.
+        pending: u64,
+        /// The limit.
+        limit: u64,
+        /// The advised retry delay.
+        retry_after: Duration,
+    },
+    /// The caller's rate limit (`ORDER_API_RATE_LIMIT_PER_SECOND`) is reached.
+    #[error("rate limited")]
+    RateLimited {
+        /// Calls a second allowed to one client.
+        per_second: u32,
+        /// Calls one client may make at once after a pause.
+        burst: u32,
+        /// When the next call would be allowed.
+        retry_after: Duration,
+    },
     /// The call's deadline passed before it finished.
     #[error("{call} exceeded its deadline of {budget:?}")]
     DeadlineExceeded {
@@ -173,6 +194,33 @@ impl From<ApiError> for Status {
                 "the order API is shutting down, retry on another instance or later",
             ),
             ApiError::Overloaded(reason) => Status::resource_exhausted(reason),
+            ApiError::Backpressure {
+                pending,
+                limit,
+                retry_after,
+            } => Status::with_error_details(
+                Code::ResourceExhausted,
+                format!(
+                    "the platform is behind: {pending} orders await payment (limit {limit}); \
+                     retry later (in about {:.0} s); nothing was written",
+                    retry_after.as_secs_f64().ceil()
+                ),
+                ErrorDetails::with_retry_info(Some(retry_after)),
+            ),
+            ApiError::RateLimited {
+                per_second,
+                burst,
+                retry_after,
+            } => Status::with_error_details(
+                Code::ResourceExhausted,
+                format!(
+                    "rate limit reached: {per_second} calls per second for this client \
+                     (x-api-key, or the peer address without one), bursts of {burst}; \
+                     retry in {} ms",
+                    retry_after.as_millis().max(1)
+                ),
+                ErrorDetails::with_retry_info(Some(retry_after)),
+            ),
             ApiError::DeadlineExceeded {
                 call,
                 budget,
@@ -296,6 +344,33 @@ mod tests {
         let details = status.get_error_details();
         let description = &details.bad_request().unwrap().field_violations[0].description;
         assert!(description.ends_with('…') && description.chars().count() == 201);
+    }
+
+    #[test]
+    fn refusals_carry_retry_info() {
+        let status = Status::from(ApiError::Backpressure {
+            pending: 21,
+            limit: 20,
+            retry_after: Duration::from_millis(2500),
+        });
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(
+            status
+                .message()
+                .starts_with("the platform is behind: 21 orders await payment (limit 20)"),
+            "{}",
+            status.message()
+        );
+        let retry = status.get_error_details().retry_info().cloned().unwrap();
+        assert_eq!(retry.retry_delay, Some(Duration::from_millis(2500)));
+        let status = Status::from(ApiError::RateLimited {
+            per_second: 2,
+            burst: 2,
+            retry_after: Duration::from_millis(400),
+        });
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let retry = status.get_error_details().retry_info().cloned().unwrap();
+        assert_eq!(retry.retry_delay, Some(Duration::from_millis(400)));
     }
 
     #[test]

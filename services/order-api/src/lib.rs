@@ -3,6 +3,7 @@
 //! `OrderPlaced` events through the transactional outbox and recording payment
 //! outcomes from `PaymentCompleted` events. It owns the `orders` schema.
 
+pub mod backpressure;
 pub mod config;
 pub mod deadline;
 pub mod domain;
@@ -11,6 +12,7 @@ pub mod group_commit;
 pub mod grpc_telemetry;
 pub mod limits;
 pub mod payment_outcomes;
+pub mod rate_limit;
 pub mod repository;
 pub mod request_context;
 pub mod service;

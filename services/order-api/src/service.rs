@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use crate::backpressure::Backpressure;
 use crate::deadline::CallDeadline;
 use crate::domain::validate_place_order;
 use crate::error::{ApiError, Waiting};
@@ -54,6 +55,8 @@ pub struct OrderServiceImpl {
     shutdown: CancellationToken,
     /// The server's deadline of a call (`ORDER_API_REQUEST_TIMEOUT_MS`).
     request_timeout: Duration,
+    /// Whether new orders are taken (`ORDER_API_MAX_PENDING_ORDERS`).
+    backpressure: Backpressure,
 }
 
 /// Bounds on what WatchOrder streams may hold: the streams open at once, and
@@ -110,7 +113,14 @@ impl OrderServiceImpl {
             watch_limits,
             shutdown,
             request_timeout,
+            backpressure: Backpressure::off(),
         }
+    }
+
+    /// The same service, refusing new orders while `backpressure` says so.
+    pub fn with_backpressure(mut self, backpressure: Backpressure) -> Self {
+        self.backpressure = backpressure;
+        self
     }
 
     /// The deadline of `request`.
@@ -169,6 +179,8 @@ impl OrderService for OrderServiceImpl {
         };
         let new_order = validate_place_order(request.get_ref(), metadata_key.as_deref())
             .map_err(ApiError::InvalidArgument)?;
+        // Before anything is written: a few atomics the backlog poller keeps.
+        self.backpressure.admit()?;
         let placed = self
             .placing
             .place(

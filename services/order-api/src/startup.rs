@@ -29,11 +29,13 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
+use crate::backpressure::{self, Backpressure};
 use crate::config::Config;
 use crate::group_commit::{GroupCommit, GroupCommitConfig};
 use crate::grpc_telemetry::{GrpcMetrics, GrpcTelemetryLayer};
 use crate::limits::CallLimitLayer;
 use crate::payment_outcomes::PaymentOutcomeHandler;
+use crate::rate_limit::{ClientRateLimit, RateLimitLayer};
 use crate::service::{OrderServiceImpl, WatchLimits};
 use crate::watch::OrderWatchHub;
 use crate::{DEAD_LETTER_TOPIC, SCHEMA};
@@ -141,6 +143,15 @@ fn assemble(
     let writers = writers.start(pool.clone());
     let closer = placing.clone();
 
+    // Admission: backpressure on the orders awaiting payment, and the
+    // per-client rate limit; their refusals are counted together.
+    let rejected = backpressure::rejected_calls(&metrics);
+    let backpressure = Backpressure::new(&config.backpressure, &rejected);
+    let rate_limit = ClientRateLimit::new(&config.rate_limit, &rejected);
+    if let Some(rate_limit) = &rate_limit {
+        rate_limit.register(&metrics);
+    }
+
     // Payment outcomes move orders to their final status. Their own
     // connections: a backlog of outcomes never takes PlaceOrder's.
     let mut outcomes = ConsumerSettings::new(
@@ -159,6 +170,23 @@ fn assemble(
         &metrics,
         &foodorder_runtime::batch::BatchMetrics::new(&metrics),
     );
+
+    let mut host = host;
+    if backpressure.enabled() {
+        // Shown on /healthz; never gates readiness: GetOrder and WatchOrder
+        // still work, and the other instances see the same backlog anyway.
+        let condition = host.readiness().inform("backpressure", "not counted yet");
+        let (backpressure, metrics) = (backpressure.clone(), metrics.clone());
+        // A connection of its own: writers busy with a burst never delay the count.
+        let count_pool = db::side_pool(&pool, 1);
+        let (interval, timeout) = (config.backpressure.check_interval, config.request_timeout);
+        host = host.background(move |stop| {
+            backpressure.run(count_pool, interval, timeout, condition, metrics, stop)
+        });
+    }
+    if let Some(rate_limit) = rate_limit.clone() {
+        host = host.background(move |stop| rate_limit.run_housekeeping(stop));
+    }
 
     host.shutdown_grace(config.shutdown_grace)
         .readiness_probes(config.readiness_probes)
@@ -180,8 +208,11 @@ fn assemble(
                 watch_limits,
                 intake.clone(),
                 config.request_timeout,
-            );
-            serve(config, listener, service, metrics, readiness, intake)
+            )
+            .with_backpressure(backpressure);
+            serve(
+                config, listener, service, rate_limit, metrics, readiness, intake,
+            )
         })
         .drain(async move {
             // The server has stopped: what it queued is placed, then the writers end.
@@ -207,6 +238,7 @@ async fn serve(
     config: Config,
     listener: TcpListener,
     service: OrderServiceImpl,
+    rate_limit: Option<ClientRateLimit>,
     metrics: foodorder_runtime::metrics::Metrics,
     readiness: Readiness,
     intake: CancellationToken,
@@ -236,7 +268,10 @@ async fn serve(
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(GrpcTelemetryLayer::new(GrpcMetrics::new(&metrics)))
-        // Inside the telemetry layer: a shed call is counted and traced.
+        // Inside the telemetry layer: a refused or shed call is counted and
+        // traced. The rate limit first: a client over its rate never takes
+        // one of the places of the calls in progress.
+        .layer(RateLimitLayer::new(rate_limit))
         .layer(CallLimitLayer::new(config.max_concurrent_calls, &metrics))
         .add_service(health_service)
         .add_service(reflection_v1)
