@@ -339,15 +339,9 @@ impl BatchWork for LedgerDecisions {
 
 impl PaymentGateway for MockGateway {
     async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, GatewayUnavailable> {
-        // A key the gateway already decided on answers at once, without a new charge.
-        // Database steps boxed: a call waiting out its latency holds little.
-        if let Some(outcome) = Box::pin(self.recorded(&request.idempotency_key)).await? {
-            tracing::info!(
-                idempotency_key = request.idempotency_key,
-                "gateway returned a recorded decision"
-            );
-            return Ok(outcome);
-        }
+        // A key the gateway already decided on gets that decision back from
+        // `decide` (callers ask `decision` first, so the call is not made
+        // for a decided key; no read of the ledger is spent on it here).
         let draw = self.draw();
         tokio::time::sleep(draw.latency).await;
         let wanted = if draw.decline {
@@ -359,6 +353,7 @@ impl PaymentGateway for MockGateway {
                 charge_id: Uuid::now_v7(),
             }
         };
+        // Database step boxed: a call waiting out its latency holds little.
         Box::pin(self.decide(request, wanted)).await
     }
 

@@ -90,6 +90,14 @@ impl BatchWork for RememberRequests {
             .map(|(_, r)| r.correlation_id.as_str())
             .collect();
         let mut tx = self.pool.begin().await?;
+        // No wait for the disk here: no charge is made before a later commit
+        // of this service (the gateway's decision, the attempt) and that
+        // commit flushes the log up to it, this one included. Lost in a crash
+        // before that, nothing happened yet and the record is redelivered
+        // (its offset is committed only once it is finished).
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
         // In key order, so that two batches never wait on each other crosswise.
         sqlx::query(
             "INSERT INTO payments.payment_requests \

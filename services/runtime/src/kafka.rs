@@ -57,6 +57,9 @@ pub fn client_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
         .set("socket.timeout.ms", &request_timeout)
         .set("socket.connection.setup.timeout.ms", &request_timeout)
         .set("socket.keepalive.enable", "true")
+        // Small requests go out at once: with Nagle's algorithm a request
+        // written while another is unacknowledged waits for that ACK.
+        .set("socket.nagle.disable", "true")
         .set("log_level", "4");
     client
 }
