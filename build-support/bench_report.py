@@ -93,7 +93,8 @@ def main():
             f"{sustained['rate']:g}/s" if best else "none passed",
             f"{best['p50_ms'] or 0:.1f} ms" if best else "",
             f"{best['p99_ms'] or 0:.1f} ms" if best else "",
-            (f"{ratio(sustained['rate'], limit.get(32))} of pgbench at 32; " if best else "") + f"steps: {tried}",
+            (f"{ratio(sustained['rate'], limit.get(32))} of pgbench at 32; " if best and limit.get(32) else "")
+            + f"steps: {tried}",
         )
     seed = e2e.get("seed-open")
     seed_load = loads.get("seed-open")

@@ -87,24 +87,25 @@ record_rss() {
 
 now_db() { psql "$base_url/$1" -tAc "SELECT clock_timestamp()"; }
 
-# wait_notified DB SINCE SECONDS: waits until every order created since SINCE
-# is notified; false when some are not within SECONDS.
-wait_notified() {
+# wait_settled DB SINCE SECONDS: waits until every order created since SINCE
+# is terminal (order-api recorded its outcome) and notified; false when some
+# are not within SECONDS.
+wait_settled() {
   local deadline=$((SECONDS + $3))
-  until [[ $(psql "$base_url/$1" -tAc "SELECT count(*) FROM orders.orders o WHERE o.created_at >= '$2' AND NOT EXISTS (SELECT 1 FROM notifications.notifications n WHERE n.order_id = o.id)") == 0 ]]; do
+  until [[ $(psql "$base_url/$1" -tAc "SELECT count(*) FROM orders.orders o WHERE o.created_at >= '$2' AND (o.status NOT IN ('COMPLETED', 'FAILED') OR NOT EXISTS (SELECT 1 FROM notifications.notifications n WHERE n.order_id = o.id))") == 0 ]]; do
     ((SECONDS < deadline)) || return 1
     sleep 1
   done
 }
 
 # settle DATABASE SINCE LIMIT LABEL [WARMUP]: waits (bounded) until every order
-# created since SINCE is notified, then emits the end-to-end figures of those
+# created since SINCE is terminal and notified, then emits the end-to-end figures of those
 # orders. With WARMUP seconds (the longest one payment can take), it also emits
 # the sustained rate: outcomes recorded per second between the first order
 # plus WARMUP (the pipeline full) and the last order (before the drain).
 settle() {
   local database=$1 since=$2 limit=$3 url="$base_url/$1" warmup=${5:-0}
-  wait_notified "$database" "$since" "$limit" || log "not every order was notified within ${limit} s; figures cover what finished"
+  wait_settled "$database" "$since" "$limit" || log "not every order was terminal and notified within ${limit} s; figures cover what finished"
   psql "$url" -tAc "
     WITH placed AS (SELECT id, status, created_at FROM orders.orders WHERE created_at >= '$since'),
       steady AS (SELECT min(created_at) + make_interval(secs => $warmup) AS from_at, max(created_at) AS to_at FROM placed)
@@ -141,16 +142,16 @@ sustained_search() {
     since=$(now_db "$database")
     loadgen "$label" --rate "$rate" --duration "$seconds" --no-progress
     settle "$database" "$since" 10 "$label"
-    why=$(jq -s -r --arg label "$label" '
-      (map(select(.kind == "load" and .label == $label)) | last) as $l
-      | (map(select(.kind == "end_to_end" and .label == $label)) | last) as $e
+    why=$(jq -s -r --arg want "$label" '
+      (map(select(.kind == "load" and .label == $want)) | last) as $l
+      | (map(select(.kind == "end_to_end" and .label == $want)) | last) as $e
       | [ (if ($l.errors | length) > 0 or $l.dropped > 0 then "calls failed or dropped: \($l.errors) \($l.dropped)" else empty end),
           (if $e.orders == 0 then "no orders" else empty end),
           (if $e.notified < $e.orders then "\($e.orders - $e.notified) of \($e.orders) not notified 10 s after the load" else empty end),
           (if $e.terminal < $e.orders then "\($e.orders - $e.terminal) not terminal" else empty end),
           (if ($e.p99_ms // 1e9) >= 1000 then "p99 \($e.p99_ms) ms" else empty end) ] | join("; ")' "$RESULTS")
-    emit "$(jq -nc --argjson step "$step" --argjson rate "$rate" --arg why "$why" --arg label "$label" \
-      '{kind: "sustained_step", phase: "zero", step: $step, rate: $rate, label: $label, pass: ($why == ""), why: $why}')"
+    emit "$(jq -nc --argjson step "$step" --argjson rate "$rate" --arg why "$why" --arg want "$label" \
+      '{kind: "sustained_step", phase: "zero", step: $step, rate: $rate, label: $want, pass: ($why == ""), why: $why}')"
     if [[ -z $why ]]; then
       log "    passed"
       if [[ $best == null ]] || awk -v r="$rate" -v b="$best" 'BEGIN { exit !(r > b) }'; then
@@ -160,7 +161,7 @@ sustained_search() {
     else
       log "    failed: $why"
       # What is still in the pipeline must not load the next step.
-      wait_notified "$database" "$since" 180 || log "    still not every order notified after 180 s"
+      wait_settled "$database" "$since" 180 || log "    still not every order terminal and notified after 180 s"
       rate=$(awk -v r="$rate" 'BEGIN { printf "%.1f", r * 0.85 }')
     fi
   done
