@@ -691,6 +691,43 @@ mod tests {
         answer
     }
 
+    /// Routes a service adds once its endpoint already serves are served on
+    /// the same port, and a same-host route accepts a loopback client.
+    #[tokio::test]
+    async fn routes_added_to_a_serving_endpoint_are_served() {
+        use axum::routing::{get as route_get, put};
+        let endpoint = ServiceEndpoint::start(unused_address().await)
+            .await
+            .unwrap();
+        let address = endpoint.addr();
+        assert!(get(address, "/knob").await.starts_with("HTTP/1.1 404"));
+        endpoint.routes(
+            axum::Router::new()
+                .route("/knob", route_get(|| async { "off\n" }))
+                .route("/knob", put(|_: crate::http::SameHost| async { "on\n" })),
+        );
+        let answer = get(address, "/knob").await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("off\n"),
+            "{answer}"
+        );
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream
+            .write_all(
+                b"PUT /knob HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("on\n"),
+            "{answer}"
+        );
+        assert!(get(address, "/healthz").await.starts_with("HTTP/1.1 200"));
+        endpoint.stop().await;
+    }
+
     /// A service whose database cannot be reached answers its liveness
     /// probe and says why it is not ready: a Kubernetes liveness probe must
     /// not restart it in a loop while it waits.
