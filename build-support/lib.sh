@@ -6,6 +6,7 @@
 #   lib/postgres.sh       PostgreSQL: DATABASE_URL, the private cluster
 #   lib/kafka.sh          Apache Kafka: the broker's jars, the embedded broker
 #   lib/observability.sh  Jaeger and Prometheus
+# (lib/bench.sh holds build-support/bench's own helpers; the bench sources it itself.)
 #
 # Embedded defaults, so that a fresh machine needs nothing running:
 #   PostgreSQL  DATABASE_URL if it answers (database created if absent); otherwise a

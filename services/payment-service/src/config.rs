@@ -24,6 +24,10 @@ pub struct GatewaySettings {
     pub max_latency: Duration,
     /// `PAYMENT_DECLINE_RATE` (default 0.15).
     pub decline_rate: f64,
+    /// `PAYMENT_TIMEOUT_RATE` (default 0): the share of calls that never
+    /// answer (the caller's `PAYMENT_TIMEOUT` cuts them). Both rates can be
+    /// changed at run time (`PUT /mock-gateway`, see [`crate::gateway_control`]).
+    pub timeout_rate: f64,
     /// `PAYMENT_RNG_SEED`: makes the gateway's draws repeatable (default: random).
     pub rng_seed: Option<u64>,
     /// `PAYMENT_GATEWAY_DB_CONNECTIONS` (default 16): connections of the mock
@@ -145,6 +149,7 @@ impl Config {
                 min_latency: Duration::ZERO,
                 max_latency: Duration::from_millis(20),
                 decline_rate: 0.0,
+                timeout_rate: 0.0,
                 rng_seed: Some(42),
                 db_connections: 4,
             },
@@ -178,6 +183,7 @@ impl Config {
                 min_latency: env_seconds("PAYMENT_MIN_LATENCY", 1.0)?,
                 max_latency: env_seconds("PAYMENT_MAX_LATENCY", 5.0)?,
                 decline_rate: env_or("PAYMENT_DECLINE_RATE", 0.15)?,
+                timeout_rate: env_or("PAYMENT_TIMEOUT_RATE", 0.0)?,
                 rng_seed: if seed.is_empty() {
                     None
                 } else {
@@ -254,6 +260,10 @@ impl Config {
         anyhow::ensure!(
             (0.0..=1.0).contains(&self.gateway.decline_rate),
             "PAYMENT_DECLINE_RATE must be within 0..=1"
+        );
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.gateway.timeout_rate),
+            "PAYMENT_TIMEOUT_RATE must be within 0..=1"
         );
         anyhow::ensure!(
             self.payment.max_attempts >= 1,
@@ -351,5 +361,17 @@ mod tests {
         assert!(refused(|b| b.failure_rate = 0.0).contains("CIRCUIT_BREAKER_FAILURE_RATE"));
         assert!(refused(|b| b.failure_rate = 1.5).contains("CIRCUIT_BREAKER_FAILURE_RATE"));
         assert!(refused(|b| b.half_open_calls = 0).contains("CIRCUIT_BREAKER_HALF_OPEN_CALLS"));
+    }
+
+    #[test]
+    fn gateway_rates_outside_zero_to_one_are_refused() {
+        let mut config = Config::for_tests();
+        config.gateway.timeout_rate = 1.0;
+        assert!(config.validate().is_ok());
+        for bad in [-0.1, 1.5, f64::NAN] {
+            config.gateway.timeout_rate = bad;
+            let refused = config.validate().unwrap_err().to_string();
+            assert!(refused.contains("PAYMENT_TIMEOUT_RATE"), "{refused}");
+        }
     }
 }

@@ -3,7 +3,9 @@
 //! [`PaymentGateway`] is what a real gateway would implement. [`MockGateway`]
 //! draws, per call, a latency uniform in [min, max] and (if the call is not cut
 //! by the caller's timeout first) a decline with the configured probability
-//! ("Insufficient funds"). It is idempotent by key like real gateways: every
+//! ("Insufficient funds"), or, with `PAYMENT_TIMEOUT_RATE`, never answers (the
+//! caller's timeout cuts it); both rates can change at run time
+//! ([`crate::gateway_control`]). It is idempotent by key like real gateways: every
 //! decision is written to its ledger (`gateway_ledger`), and a call with a key
 //! that already has a decision returns that decision without charging again. An
 //! advisory lock per key makes concurrent calls with one key safe. Giving up on
@@ -25,6 +27,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::config::GatewaySettings;
+use crate::gateway_control::GatewayRates;
 
 foodorder_contract::text_enum! {
     /// A decision in the gateway's ledger (`gateway_ledger.outcome`).
@@ -105,6 +108,9 @@ pub struct Draw {
     pub latency: Duration,
     /// Whether it declines.
     pub decline: bool,
+    /// Whether it never answers (drawn only while the timeout rate is above 0,
+    /// so that seeded draws without it stay as they were).
+    pub hang: bool,
 }
 
 /// The mock gateway with its ledger in PostgreSQL. Its ledger reads and
@@ -112,6 +118,7 @@ pub struct Draw {
 /// calls share statements and commits, each keeping its own answer.
 pub struct MockGateway {
     settings: GatewaySettings,
+    rates: GatewayRates,
     rng: Mutex<StdRng>,
     reads: Batcher<LedgerReads>,
     decisions: Batcher<LedgerDecisions>,
@@ -140,12 +147,18 @@ impl MockGateway {
                 batching,
                 metrics,
             ),
+            rates: GatewayRates::new(&settings),
             settings,
             rng: Mutex::new(rng),
         }
     }
 
-    /// Draws the next call's latency and decline.
+    /// The decline and timeout rates this mock draws with, changeable while it runs.
+    pub fn rates(&self) -> GatewayRates {
+        self.rates.clone()
+    }
+
+    /// Draws the next call's latency, decline and whether it hangs.
     pub fn draw(&self) -> Draw {
         let mut rng = self
             .rng
@@ -160,9 +173,12 @@ impl MockGateway {
         } else {
             min
         };
+        let decline = rng.random_bool(self.rates.decline_rate());
+        let timeout_rate = self.rates.timeout_rate();
         Draw {
             latency: Duration::from_secs_f64(latency),
-            decline: rng.random_bool(self.settings.decline_rate),
+            decline,
+            hang: timeout_rate > 0.0 && rng.random_bool(timeout_rate),
         }
     }
 
@@ -343,6 +359,10 @@ impl PaymentGateway for MockGateway {
         // `decide` (callers ask `decision` first, so the call is not made
         // for a decided key; no read of the ledger is spent on it here).
         let draw = self.draw();
+        if draw.hang {
+            // No answer ever: the caller's timeout cuts the call.
+            return std::future::pending().await;
+        }
         tokio::time::sleep(draw.latency).await;
         let wanted = if draw.decline {
             ChargeOutcome::Declined {
@@ -390,6 +410,7 @@ mod tests {
                 min_latency: Duration::from_secs(1),
                 max_latency: Duration::from_secs(5),
                 decline_rate,
+                timeout_rate: 0.0,
                 rng_seed: Some(seed),
                 db_connections: 1,
             },

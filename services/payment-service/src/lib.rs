@@ -6,6 +6,7 @@
 pub mod breaker;
 pub mod config;
 pub mod gateway;
+pub mod gateway_control;
 pub mod handler;
 pub mod processor;
 pub mod startup;

@@ -1,6 +1,6 @@
 //! How the payment service is put together on the [`ServiceHost`]: the
 //! `order.placed` consumer with the payment handler, and the outbox relay that
-//! publishes `payment.completed`.
+//! publishes `payment.completed`; `/mock-gateway` on the HTTP endpoint.
 
 use std::sync::Arc;
 
@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::breaker::CircuitBreaker;
 use crate::config::Config;
 use crate::gateway::MockGateway;
+use crate::gateway_control;
 use crate::handler::PaymentHandler;
 use crate::processor::PaymentProcessor;
 use crate::{DEAD_LETTER_TOPIC, SCHEMA};
@@ -34,9 +35,12 @@ pub async fn build(config: Config, pool: Option<PgPool>) -> anyhow::Result<Servi
     // must not make the gateway look slow (and trip the breaker).
     let gateway_pool = db::side_pool(host.pool(), config.gateway.db_connections);
     let batches = BatchMetrics::new(host.metrics());
+    let gateway = MockGateway::new(gateway_pool, config.gateway.clone(), &batches);
+    // Its rates can be changed at run time, from the same host only (drills).
+    let host = host.routes(gateway_control::routes(gateway.rates()));
     let processor = Arc::new(
         PaymentProcessor::new(
-            MockGateway::new(gateway_pool, config.gateway.clone(), &batches),
+            gateway,
             CircuitBreaker::new(config.breaker.clone()),
             config.payment.clone(),
         )

@@ -178,6 +178,15 @@ impl ServiceHost {
         self.endpoint.addr
     }
 
+    /// Serves the service's own `routes` on its HTTP endpoint, after the
+    /// built-in ones and behind the same limits, from now on (see
+    /// [`crate::http::ServiceRoutes`]; guard a control route with
+    /// [`crate::http::SameHost`]).
+    pub fn routes(self, routes: axum::Router) -> Self {
+        self.endpoint.routes(routes);
+        self
+    }
+
     /// How long open calls may run after shutdown before they are cut (default 10 s).
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.shutdown_grace = grace;
@@ -401,7 +410,8 @@ impl ServiceHost {
     }
 }
 
-/// A service's HTTP endpoint (`/healthz`, `/readyz`, `/metrics`, `/drain`),
+/// A service's HTTP endpoint (`/healthz`, `/readyz`, `/metrics`, `/drain`
+/// and the service's own routes, see [`ServiceHost::routes`]),
 /// serving from the moment it is started, before the service has its
 /// database: a service waiting for PostgreSQL answers its liveness probe and
 /// says on `/readyz` what it waits for (`database: connecting …`), instead of
@@ -412,6 +422,7 @@ pub struct ServiceEndpoint {
     metrics: Metrics,
     readiness: Readiness,
     database: Condition,
+    routes: crate::http::ServiceRoutes,
     stop: tokio_util::sync::DropGuard,
     task: JoinHandle<()>,
 }
@@ -430,11 +441,19 @@ impl ServiceEndpoint {
             "database",
             "connecting to PostgreSQL and migrating the schema",
         );
+        let routes = crate::http::ServiceRoutes::default();
         let stop = CancellationToken::new();
         let task = tokio::spawn({
-            let (readiness, metrics, stop) = (readiness.clone(), metrics.clone(), stop.clone());
+            let (readiness, metrics, routes, stop) = (
+                readiness.clone(),
+                metrics.clone(),
+                routes.clone(),
+                stop.clone(),
+            );
             async move {
-                if let Err(error) = crate::http::serve(listener, readiness, metrics, stop).await {
+                if let Err(error) =
+                    crate::http::serve_with(listener, readiness, metrics, routes, stop).await
+                {
                     tracing::error!(%error, "http endpoint failed");
                 }
             }
@@ -444,6 +463,7 @@ impl ServiceEndpoint {
             metrics,
             readiness,
             database,
+            routes,
             stop: stop.drop_guard(),
             task,
         })
@@ -452,6 +472,11 @@ impl ServiceEndpoint {
     /// The address it serves on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Serves `routes` too, from now on (see [`ServiceHost::routes`]).
+    pub fn routes(&self, routes: axum::Router) {
+        self.routes.add(routes);
     }
 
     /// Stops serving (open requests get a moment to finish) and waits for it.
@@ -664,6 +689,43 @@ mod tests {
         let mut answer = String::new();
         stream.read_to_string(&mut answer).await.unwrap();
         answer
+    }
+
+    /// Routes a service adds once its endpoint already serves are served on
+    /// the same port, and a same-host route accepts a loopback client.
+    #[tokio::test]
+    async fn routes_added_to_a_serving_endpoint_are_served() {
+        use axum::routing::{get as route_get, put};
+        let endpoint = ServiceEndpoint::start(unused_address().await)
+            .await
+            .unwrap();
+        let address = endpoint.addr();
+        assert!(get(address, "/knob").await.starts_with("HTTP/1.1 404"));
+        endpoint.routes(
+            axum::Router::new()
+                .route("/knob", route_get(|| async { "off\n" }))
+                .route("/knob", put(|_: crate::http::SameHost| async { "on\n" })),
+        );
+        let answer = get(address, "/knob").await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("off\n"),
+            "{answer}"
+        );
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream
+            .write_all(
+                b"PUT /knob HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("on\n"),
+            "{answer}"
+        );
+        assert!(get(address, "/healthz").await.starts_with("HTTP/1.1 200"));
+        endpoint.stop().await;
     }
 
     /// A service whose database cannot be reached answers its liveness

@@ -17,6 +17,10 @@
 //!   instances, while everything keeps working until SIGTERM stops the intake.
 //!   Only a client on the same host (loopback) may ask: anyone else who can
 //!   reach the port (a scraper) gets 403.
+//! * a service's own routes ([`ServiceRoutes`], added with
+//!   `ServiceHost::routes`), served after the built-in ones and behind the
+//!   same limits; a route that only the same host may call takes
+//!   [`SameHost`], as `/drain` does.
 //!
 //! Every request is bounded in time and size, only so many are served at
 //! once, and connections are bounded in number and lifetime (a client that
@@ -26,13 +30,14 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -40,8 +45,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::{ServiceBuilder, ServiceExt};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
@@ -65,17 +70,55 @@ const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 struct Endpoint {
     readiness: Readiness,
     metrics: Metrics,
+    routes: ServiceRoutes,
+}
+
+/// A service's own routes on its endpoint, which may be added while it
+/// already serves (the endpoint starts before the service is built). Clones
+/// share them.
+#[derive(Clone, Default)]
+pub struct ServiceRoutes(Arc<RwLock<Option<Router>>>);
+
+impl ServiceRoutes {
+    /// Adds `routes` to those served (axum's rules for merging apply: a path
+    /// served twice panics).
+    pub fn add(&self, routes: Router) {
+        let mut served = self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *served = Some(match served.take() {
+            Some(earlier) => earlier.merge(routes),
+            None => routes,
+        });
+    }
+
+    fn current(&self) -> Option<Router> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// The endpoint's routes and limits.
 pub fn router(readiness: Readiness, metrics: Metrics) -> Router {
+    router_with(readiness, metrics, ServiceRoutes::default())
+}
+
+/// The endpoint's routes and limits, with the service's own `routes` after the built-in ones.
+pub fn router_with(readiness: Readiness, metrics: Metrics, routes: ServiceRoutes) -> Router {
     Router::new()
         .route("/healthz", get(health))
         .route("/readyz", get(ready))
         .route("/metrics", get(scrape))
         .route("/drain", post(drain))
-        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
-        .with_state(Endpoint { readiness, metrics })
+        .fallback(service_route)
+        .with_state(Endpoint {
+            readiness,
+            metrics,
+            routes,
+        })
         .layer(
             ServiceBuilder::new()
                 .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
@@ -87,19 +130,50 @@ pub fn router(readiness: Readiness, metrics: Metrics) -> Router {
         )
 }
 
-/// Marks the service as about to stop (see the module docs); loopback only.
-async fn drain(
-    State(endpoint): State<Endpoint>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
-) -> Response {
-    // An IPv4 client of a dual-stack listener arrives as ::ffff:127.0.0.1.
-    if !peer.ip().to_canonical().is_loopback() {
-        return (
-            StatusCode::FORBIDDEN,
-            "drain is accepted from the same host only\n",
-        )
-            .into_response();
+/// The service's own routes; `not found` when none matches.
+async fn service_route(State(endpoint): State<Endpoint>, request: Request) -> Response {
+    match endpoint.routes.current() {
+        Some(routes) => match routes.fallback(not_found).oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        },
+        None => not_found().await.into_response(),
     }
+}
+
+async fn not_found() -> (StatusCode, &'static str) {
+    (StatusCode::NOT_FOUND, "not found\n")
+}
+
+/// An extractor that admits a request from the same host (loopback) only and
+/// answers anyone else 403: what `/drain` and a service's control routes
+/// take (a scraper that can reach the port must not change anything).
+#[derive(Clone, Copy, Debug)]
+pub struct SameHost;
+
+impl<S: Send + Sync> FromRequestParts<S> for SameHost {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        // An IPv4 client of a dual-stack listener arrives as ::ffff:127.0.0.1.
+        let same_host = parts
+            .extensions
+            .get::<ConnectInfo<Peer>>()
+            .is_some_and(|ConnectInfo(Peer(peer))| peer.ip().to_canonical().is_loopback());
+        if same_host {
+            Ok(Self)
+        } else {
+            Err((
+                StatusCode::FORBIDDEN,
+                format!("{} is accepted from the same host only\n", parts.uri.path()),
+            )
+                .into_response())
+        }
+    }
+}
+
+/// Marks the service as about to stop (see the module docs); loopback only.
+async fn drain(State(endpoint): State<Endpoint>, _: SameHost) -> Response {
     endpoint.readiness.set_draining();
     tracing::info!("draining: not ready from now on; intake stops at SIGTERM");
     (StatusCode::OK, "draining\n").into_response()
@@ -191,13 +265,31 @@ pub async fn serve(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_with(
+        listener,
+        readiness,
+        metrics,
+        ServiceRoutes::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`], with the service's own `routes` (which may be added later).
+pub async fn serve_with(
+    listener: TcpListener,
+    readiness: Readiness,
+    metrics: Metrics,
+    routes: ServiceRoutes,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let listener = BoundedListener {
         inner: listener,
         slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
     };
     let server = axum::serve(
         listener,
-        router(readiness, metrics).into_make_service_with_connect_info::<Peer>(),
+        router_with(readiness, metrics, routes).into_make_service_with_connect_info::<Peer>(),
     )
     .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     tokio::select! {
@@ -206,9 +298,10 @@ pub async fn serve(
     }
 }
 
-/// The address a request came from (what `/drain` checks).
+/// The address a request came from (what [`SameHost`] checks); tests of a
+/// service's routes insert it as `ConnectInfo(Peer(address))`.
 #[derive(Clone, Copy, Debug)]
-struct Peer(SocketAddr);
+pub struct Peer(pub SocketAddr);
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, BoundedListener>>
     for Peer
@@ -481,6 +574,51 @@ mod tests {
             "IPv4 loopback through a dual-stack listener"
         );
         assert_eq!(post_drain(&router, "[::ffff:10.1.2.3]:40000").await.0, 403);
+    }
+
+    #[tokio::test]
+    async fn a_service_adds_routes_while_serving_and_same_host_guards_them() {
+        use axum::routing::put;
+        let routes = ServiceRoutes::default();
+        let router = router_with(Readiness::new(), Metrics::new(), routes.clone());
+        assert_eq!(call(&router, "GET", "/knob", "*/*").await.0, 404);
+        routes.add(
+            Router::new()
+                .route("/knob", get(|| async { "open\n" }))
+                .route("/knob", put(|_: SameHost| async { "set\n" })),
+        );
+        let (status, _, body) = call(&router, "GET", "/knob", "*/*").await;
+        assert_eq!((status, body.as_str()), (200, "open\n"));
+        assert_eq!(
+            call(&router, "GET", "/healthz", "*/*").await.0,
+            200,
+            "built-in routes first"
+        );
+        assert_eq!(call(&router, "GET", "/nope", "*/*").await.0, 404);
+        assert_eq!(call(&router, "DELETE", "/knob", "*/*").await.0, 405);
+        let put_from = |peer: &str| {
+            let mut request = Request::builder()
+                .method("PUT")
+                .uri("/knob")
+                .body(Body::empty())
+                .unwrap();
+            request
+                .extensions_mut()
+                .insert(ConnectInfo(Peer(peer.parse::<SocketAddr>().unwrap())));
+            router.clone().oneshot(request)
+        };
+        assert_eq!(put_from("127.0.0.1:1").await.unwrap().status(), 200);
+        let refused = put_from("192.0.2.1:1").await.unwrap();
+        assert_eq!(refused.status(), 403);
+        let body = axum::body::to_bytes(refused.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(&body[..], b"/knob is accepted from the same host only\n");
+        // Without the peer's address (not served through `serve`), nobody is the same host.
+        assert_eq!(call(&router, "PUT", "/knob", "*/*").await.0, 403);
+        routes.add(Router::new().route("/other", get(|| async { "other\n" })));
+        assert_eq!(call(&router, "GET", "/other", "*/*").await.0, 200);
+        assert_eq!(call(&router, "GET", "/knob", "*/*").await.0, 200, "merged");
     }
 
     #[tokio::test]
