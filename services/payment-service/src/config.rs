@@ -87,9 +87,9 @@ pub struct BreakerSettings {
     /// outcomes that must be failures, as well as the threshold, to open it;
     /// and the share of failed trials that opens it again.
     pub failure_rate: f64,
-    /// `CIRCUIT_BREAKER_WINDOW_SECONDS` (default 10): how far back outcomes count.
+    /// `CIRCUIT_BREAKER_WINDOW_SECONDS` (default 5): how far back outcomes count.
     pub window: Duration,
-    /// `CIRCUIT_BREAKER_MINIMUM_CALLS` (default 20): outcomes needed in the
+    /// `CIRCUIT_BREAKER_MINIMUM_CALLS` (default 50): outcomes needed in the
     /// window before it may open.
     pub minimum_calls: u32,
     /// `CIRCUIT_BREAKER_HALF_OPEN_CALLS` (default 5): trial calls let through
@@ -105,8 +105,8 @@ impl Default for BreakerSettings {
             failure_threshold: 5,
             recovery_timeout: Duration::from_secs(30),
             failure_rate: 0.5,
-            window: Duration::from_secs(10),
-            minimum_calls: 20,
+            window: Duration::from_secs(5),
+            minimum_calls: 50,
             half_open_calls: 5,
         }
     }

@@ -95,6 +95,8 @@ fn processor(
         CircuitBreaker::new(BreakerSettings {
             failure_threshold: threshold,
             minimum_calls: threshold,
+            // Long enough to hold every call of one payment (4 s timeouts, back-off).
+            window: Duration::from_secs(20),
             ..BreakerSettings::default()
         }),
         PaymentSettings {
