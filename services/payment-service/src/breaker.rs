@@ -62,11 +62,25 @@ pub enum CallOutcome {
 }
 
 /// The right to make one gateway call, from the state it was given in; hand
-/// it back with the call's outcome to [`CircuitBreaker::record`].
+/// it back with the call's outcome to [`CircuitBreaker::record`]. A permit
+/// dropped without an outcome (its call abandoned: a try cut by the handler's
+/// timeout, shutdown) counts as [`CallOutcome::Inconclusive`], so that a
+/// half-open trial slot is never lost.
 #[derive(Debug)]
 #[must_use = "a permit's outcome must be recorded"]
-pub struct Permit {
+pub struct Permit<'a> {
+    breaker: &'a CircuitBreaker,
     generation: u64,
+    recorded: bool,
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.breaker
+                .apply(self.generation, CallOutcome::Inconclusive);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -183,7 +197,7 @@ impl CircuitBreaker {
     }
 
     /// A permit to call the gateway now, or `None` to fail fast.
-    pub fn try_acquire(&self) -> Option<Permit> {
+    pub fn try_acquire(&self) -> Option<Permit<'_>> {
         let mut inner = self.lock();
         match inner.state {
             State::Closed => {}
@@ -208,15 +222,22 @@ impl CircuitBreaker {
             }
         }
         Some(Permit {
+            breaker: self,
             generation: inner.generation,
+            recorded: false,
         })
     }
 
     /// Records what the call made with `permit` told about the gateway. The
     /// outcome of a call that started before the last state change is ignored.
-    pub fn record(&self, permit: Permit, outcome: CallOutcome) {
+    pub fn record(&self, mut permit: Permit<'_>, outcome: CallOutcome) {
+        permit.recorded = true;
+        self.apply(permit.generation, outcome);
+    }
+
+    fn apply(&self, generation: u64, outcome: CallOutcome) {
         let mut inner = self.lock();
-        if permit.generation != inner.generation {
+        if generation != inner.generation {
             return;
         }
         let settings = &self.settings;

@@ -24,8 +24,8 @@ use rust_decimal::Decimal;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::gateway::{ChargeRequest, PaymentGateway};
-use crate::processor::{PaymentProcessor, PaymentResult};
+use crate::gateway::{ChargeRequest, GatewayUnavailable, PaymentGateway};
+use crate::processor::{CallCount, PaymentProcessor, PaymentResult};
 
 /// Name of this service in event metadata.
 pub const PRODUCER: &str = "payment-service";
@@ -44,6 +44,8 @@ struct KnownRequest {
     #[sqlx(flatten)]
     request: PaymentRequest,
     paid: bool,
+    /// Gateway calls counted for the order before this delivery.
+    gateway_calls: i32,
 }
 
 /// The `order.placed` handler. Its database steps — remembering requests and
@@ -56,6 +58,7 @@ pub struct PaymentHandler<G> {
     crash_after_charge: bool,
     poison_settle_after: std::time::Duration,
     requests: Batcher<RememberRequests>,
+    reservations: Batcher<ReserveCalls>,
     outcomes: Batcher<RecordOutcomes>,
 }
 
@@ -112,12 +115,25 @@ impl BatchWork for RememberRequests {
         .bind(&correlation)
         .execute(&mut *tx)
         .await?;
+        // Each unpaid order whose stored request this record agrees with will
+        // make its first gateway call of this delivery: counted now (see
+        // `CountedCalls`). The query reads the rows as they were before.
         let stored: Vec<StoredRequest> = sqlx::query_as(
-            "SELECT r.order_id, r.amount, r.customer_name, r.customer_email, r.correlation_id, \
-             EXISTS (SELECT 1 FROM payments.payment_attempts p WHERE p.order_id = r.order_id) AS paid \
+            "WITH batch AS (SELECT * FROM UNNEST($1::uuid[], $2::numeric[], $3::text[]) \
+               AS b (order_id, amount, customer_email)), \
+             reserved AS (UPDATE payments.payment_requests r SET gateway_calls = r.gateway_calls + 1 \
+               FROM batch b WHERE r.order_id = b.order_id AND r.amount = b.amount \
+               AND r.customer_email = b.customer_email \
+               AND NOT EXISTS (SELECT 1 FROM payments.payment_attempts p WHERE p.order_id = r.order_id) \
+               RETURNING r.order_id) \
+             SELECT r.order_id, r.amount, r.customer_name, r.customer_email, r.correlation_id, \
+             EXISTS (SELECT 1 FROM payments.payment_attempts p WHERE p.order_id = r.order_id) AS paid, \
+             r.gateway_calls \
              FROM payments.payment_requests r WHERE r.order_id = ANY($1)",
         )
         .bind(&ids)
+        .bind(&amounts)
+        .bind(&emails)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -132,6 +148,62 @@ impl BatchWork for RememberRequests {
 
     fn retry_alone(error: &sqlx::Error) -> bool {
         foodorder_runtime::db::is_data_error(error)
+    }
+}
+
+/// Counts one more gateway call for each order (a retry's), many orders in
+/// one statement.
+struct ReserveCalls {
+    pool: PgPool,
+}
+
+impl BatchWork for ReserveCalls {
+    type Job = Uuid;
+    type Output = ();
+    type Error = sqlx::Error;
+
+    async fn run(&self, orders: &[Uuid]) -> Result<Vec<()>, sqlx::Error> {
+        sqlx::query(
+            "UPDATE payments.payment_requests SET gateway_calls = gateway_calls + 1 \
+             WHERE order_id = ANY($1)",
+        )
+        .bind(orders)
+        .execute(&self.pool)
+        .await?;
+        Ok(vec![(); orders.len()])
+    }
+
+    fn retry_alone(error: &sqlx::Error) -> bool {
+        foodorder_runtime::db::is_data_error(error)
+    }
+}
+
+/// One order's gateway calls, counted in `payment_requests.gateway_calls`:
+/// the first call of a delivery was counted when its request was remembered,
+/// the others are counted here before they are made.
+struct CountedCalls<'a> {
+    reservations: &'a Batcher<ReserveCalls>,
+    order_id: Uuid,
+    made_before: u32,
+    first_counted: std::sync::atomic::AtomicBool,
+}
+
+impl CallCount for CountedCalls<'_> {
+    fn made_before(&self) -> u32 {
+        self.made_before
+    }
+
+    async fn reserve(&self) -> Result<(), GatewayUnavailable> {
+        if self
+            .first_counted
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            return Ok(());
+        }
+        self.reservations
+            .submit(self.order_id)
+            .await
+            .map_err(|error| GatewayUnavailable(anyhow::Error::new(error)))
     }
 }
 
@@ -225,6 +297,12 @@ impl<G: PaymentGateway> PaymentHandler<G> {
                 BatchSettings::default(),
                 metrics,
             ),
+            reservations: Batcher::new(
+                "payment_gateway_calls",
+                Arc::new(ReserveCalls { pool: pool.clone() }),
+                BatchSettings::default(),
+                metrics,
+            ),
             outcomes: Batcher::new(
                 "payment_outcomes",
                 Arc::new(RecordOutcomes { pool: pool.clone() }),
@@ -260,7 +338,8 @@ impl<G: PaymentGateway> PaymentHandler<G> {
     async fn known_request(&self, order_id: Uuid) -> Result<Option<KnownRequest>, sqlx::Error> {
         sqlx::query_as(
             "SELECT r.amount, r.customer_name, r.customer_email, r.correlation_id, \
-             EXISTS (SELECT 1 FROM payments.payment_attempts p WHERE p.order_id = r.order_id) AS paid \
+             EXISTS (SELECT 1 FROM payments.payment_attempts p WHERE p.order_id = r.order_id) AS paid, \
+             r.gateway_calls \
              FROM payments.payment_requests r WHERE r.order_id = $1",
         )
         .bind(order_id)
@@ -379,6 +458,7 @@ impl<G: PaymentGateway> PaymentHandler<G> {
             .processor
             .abandon(
                 &request,
+                u32::try_from(known.gateway_calls).unwrap_or(0),
                 &format!("Payment could not be processed: {reason}"),
             )
             .await
@@ -415,6 +495,7 @@ impl<G: PaymentGateway> PaymentHandler<G> {
                     correlation_id: String::new(),
                 },
                 paid: false,
+                gateway_calls: 0,
             });
             self.settle(order_id, known, &reason).await?;
             sqlx::query("DELETE FROM payments.unsettled_poison WHERE order_id = $1")
@@ -472,9 +553,15 @@ impl<G: PaymentGateway> MessageHandler for PaymentHandler<G> {
             idempotency_key: order_id.to_string(),
             amount: request.amount,
         };
+        let calls = CountedCalls {
+            reservations: &self.reservations,
+            order_id,
+            made_before: u32::try_from(stored.gateway_calls).unwrap_or(0),
+            first_counted: std::sync::atomic::AtomicBool::new(true),
+        };
         let result = self
             .processor
-            .pay(&charge)
+            .pay_counted(&charge, &calls)
             .await
             .map_err(|error| HandleError::Retryable(anyhow::Error::new(error)))?;
         if self.crash_after_charge {

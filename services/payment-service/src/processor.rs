@@ -8,6 +8,7 @@
 //! giving up voids the key at the gateway first — if a charge landed before
 //! the void, the payment succeeded after all and is recorded as such.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,6 +73,29 @@ pub struct PaymentResult {
     pub processing_time: Duration,
     /// The gateway's charge id on success.
     pub charge_id: Option<Uuid>,
+}
+
+/// Counts the gateway calls made for one order across its deliveries (the
+/// payment service keeps it in `payments.payment_requests.gateway_calls`).
+pub trait CallCount: Send + Sync {
+    /// Calls counted for the order before this delivery.
+    fn made_before(&self) -> u32;
+
+    /// Counts one more call, durably, before it is made.
+    fn reserve(&self) -> impl Future<Output = Result<(), GatewayUnavailable>> + Send;
+}
+
+/// No count across deliveries: each delivery starts the budget again.
+pub struct Uncounted;
+
+impl CallCount for Uncounted {
+    fn made_before(&self) -> u32 {
+        0
+    }
+
+    async fn reserve(&self) -> Result<(), GatewayUnavailable> {
+        Ok(())
+    }
 }
 
 /// Runs payments through a gateway with retries and a circuit breaker.
@@ -188,9 +212,23 @@ impl<G: PaymentGateway> PaymentProcessor<G> {
         &self.breaker
     }
 
-    /// Pays `request`. `Err` only when our side failed (e.g. the ledger database): retry later.
+    /// Pays `request`, with a budget that starts afresh (see [`Self::pay_counted`]).
     pub async fn pay(&self, request: &ChargeRequest) -> Result<PaymentResult, GatewayUnavailable> {
+        self.pay_counted(request, &Uncounted).await
+    }
+
+    /// Pays `request` with `calls` counting the gateway calls across the
+    /// order's deliveries: the calls of earlier deliveries count against
+    /// `PAYMENT_MAX_RETRIES` and in the reported attempt count, and each call
+    /// is counted before it is made. `Err` only when our side failed (e.g.
+    /// the ledger database): retry later.
+    pub async fn pay_counted(
+        &self,
+        request: &ChargeRequest,
+        calls: &impl CallCount,
+    ) -> Result<PaymentResult, GatewayUnavailable> {
         let started = Instant::now();
+        let made_before = calls.made_before();
         // Database steps are boxed so that a payment waiting on the gateway
         // (thousands at once) holds only the call's own state.
         if let Some(decided) = Box::pin(self.gateway.decision(&request.idempotency_key)).await? {
@@ -198,14 +236,36 @@ impl<G: PaymentGateway> PaymentProcessor<G> {
                 order_id = request.idempotency_key,
                 "the gateway already decided on this order"
             );
-            // The decision was made by an earlier delivery: one call, or none for a void.
-            let calls = u32::from(!matches!(decided, ChargeOutcome::Voided { .. }));
+            // The decision was made by an earlier delivery: its calls, at
+            // least one unless it was a void.
+            let calls =
+                made_before.max(u32::from(!matches!(decided, ChargeOutcome::Voided { .. })));
             return Ok(self.result(decided, calls, started, PaymentOutcome::Failed));
         }
-        let mut attempts: u32 = 0;
+        // Calls made for the order so far, by every delivery.
+        let mut attempts: u32 = made_before;
+        if attempts > 0 {
+            tracing::info!(
+                order_id = request.idempotency_key,
+                calls_made_before = attempts,
+                "a redelivered payment continues its retry budget"
+            );
+        }
         // Before retry n: PAYMENT_RETRY_BASE_DELAY × 2^(n-1); the attempt cap bounds it.
         let mut backoff = Backoff::new(self.settings.retry_base_delay, Duration::from_secs(3600));
         loop {
+            if attempts >= self.settings.max_attempts {
+                // Spent by earlier deliveries (cut by a restart after their calls).
+                let reason = format!("Payment gateway timeout after {attempts} attempts");
+                return Box::pin(self.give_up(
+                    request,
+                    attempts,
+                    &reason,
+                    started,
+                    PaymentOutcome::TimedOut,
+                ))
+                .await;
+            }
             let Some(permit) = self.breaker.try_acquire() else {
                 tracing::warn!(
                     order_id = request.idempotency_key,
@@ -221,6 +281,9 @@ impl<G: PaymentGateway> PaymentProcessor<G> {
                 ))
                 .await;
             };
+            // Counted before it is made; if counting fails, the permit goes
+            // back unused (dropped: no verdict on the gateway).
+            Box::pin(calls.reserve()).await?;
             attempts += 1;
             let span = tracing::info_span!(
                 "payment.gateway.attempt",
@@ -300,13 +363,22 @@ impl<G: PaymentGateway> PaymentProcessor<G> {
     /// Gives up on an order without charging it (its record is poison): voids
     /// it at the gateway, so a charge in flight elsewhere can no longer land,
     /// and returns what stands — a charge that landed first wins.
+    /// `calls_made` is reported as the attempt count (the calls earlier
+    /// deliveries made).
     pub async fn abandon(
         &self,
         request: &ChargeRequest,
+        calls_made: u32,
         reason: &str,
     ) -> Result<PaymentResult, GatewayUnavailable> {
-        self.give_up(request, 0, reason, Instant::now(), PaymentOutcome::Failed)
-            .await
+        self.give_up(
+            request,
+            calls_made,
+            reason,
+            Instant::now(),
+            PaymentOutcome::Failed,
+        )
+        .await
     }
 
     /// Voids the order at the gateway and returns what stands: a charge that

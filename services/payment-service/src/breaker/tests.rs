@@ -226,6 +226,28 @@ async fn an_inconclusive_trial_frees_its_slot() {
     assert!(breaker.try_acquire().is_some(), "another trial may go");
 }
 
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_trial_frees_its_slot() {
+    let breaker = CircuitBreaker::new(settings());
+    open(&breaker);
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let trials: Vec<Permit> = (0..3).filter_map(|_| breaker.try_acquire()).collect();
+    assert!(breaker.try_acquire().is_none(), "every trial slot is taken");
+    // The calls are abandoned (their tries cut, the service stopping): their
+    // permits are dropped without an outcome.
+    drop(trials);
+    let again: Vec<Permit> = (0..3).filter_map(|_| breaker.try_acquire()).collect();
+    assert_eq!(again.len(), 3, "the slots went to new trials");
+    for permit in again {
+        breaker.record(permit, CallOutcome::Answered);
+    }
+    assert_eq!(
+        breaker.state(),
+        BreakerState::Closed,
+        "and the trials closed it"
+    );
+}
+
 /// A deterministic stream of outcomes: `failed` of every 1,000 calls fail,
 /// spread out (a multiplicative hash of the call's index).
 fn fails(index: u64, failed_per_mille: u64) -> bool {

@@ -279,3 +279,104 @@ async fn breaker_opening_mid_retries_stops_them() {
     assert_eq!(result.attempt_count, 2);
     assert_eq!(result.error_message.as_deref(), Some(BREAKER_OPEN_MESSAGE));
 }
+
+/// Calls counted across deliveries, in memory: `made_before` from earlier
+/// deliveries, and how many this one counted.
+struct Counted {
+    made_before: u32,
+    counted: std::sync::atomic::AtomicU32,
+    fail: bool,
+}
+
+impl Counted {
+    fn after(made_before: u32) -> Self {
+        Self {
+            made_before,
+            counted: std::sync::atomic::AtomicU32::new(0),
+            fail: false,
+        }
+    }
+
+    fn counted(&self) -> u32 {
+        self.counted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl CallCount for Counted {
+    fn made_before(&self) -> u32 {
+        self.made_before
+    }
+
+    async fn reserve(&self) -> Result<(), GatewayUnavailable> {
+        if self.fail {
+            return Err(GatewayUnavailable(anyhow::anyhow!("the database is down")));
+        }
+        self.counted
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_redelivery_continues_the_retry_budget_of_earlier_deliveries() {
+    // Two calls timed out in a delivery cut by a restart: one call is left.
+    let processor = processor(vec![(5000, approved()), (100, approved())], 10);
+    let calls = Counted::after(2);
+    let result = processor.pay_counted(&request(), &calls).await.unwrap();
+    assert!(!result.success);
+    assert_eq!(result.outcome, PaymentOutcome::TimedOut);
+    assert_eq!(
+        result.attempt_count, 3,
+        "the earlier calls are reported too"
+    );
+    assert_eq!(
+        result.error_message.as_deref(),
+        Some("Payment gateway timeout after 3 attempts")
+    );
+    assert_eq!(processor.gateway.calls.lock().unwrap().len(), 1);
+    assert_eq!(
+        calls.counted(),
+        1,
+        "the call was counted before it was made"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spent_budget_makes_no_call_and_voids() {
+    let processor = processor(vec![(100, approved())], 10);
+    let calls = Counted::after(3);
+    let result = processor.pay_counted(&request(), &calls).await.unwrap();
+    assert!(!result.success);
+    assert_eq!(result.attempt_count, 3);
+    assert!(
+        processor.gateway.calls.lock().unwrap().is_empty(),
+        "no fourth call"
+    );
+    assert_eq!(calls.counted(), 0);
+    assert!(matches!(
+        processor.gateway.decision("order-1").await.unwrap(),
+        Some(ChargeOutcome::Voided { .. })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_call_is_counted_and_none_is_made_uncounted() {
+    let counted = processor(vec![(5000, approved()), (100, approved())], 10);
+    let calls = Counted::after(0);
+    let result = counted.pay_counted(&request(), &calls).await.unwrap();
+    assert!(result.success);
+    assert_eq!(result.attempt_count, 2);
+    assert_eq!(calls.counted(), 2);
+
+    let uncounted = processor(vec![(100, approved())], 10);
+    let broken = Counted {
+        fail: true,
+        ..Counted::after(0)
+    };
+    assert!(uncounted.pay_counted(&request(), &broken).await.is_err());
+    assert!(
+        uncounted.gateway.calls.lock().unwrap().is_empty(),
+        "a call that could not be counted is not made"
+    );
+    assert_eq!(uncounted.breaker().state(), BreakerState::Closed);
+}
