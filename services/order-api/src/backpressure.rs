@@ -157,6 +157,9 @@ impl Gate {
 struct Shared {
     limit: u64,
     pending: AtomicU64,
+    /// Orders this instance admitted since the count in `pending` was
+    /// started: they may not be in it yet, so they count on top of it.
+    admitted_since_count: AtomicU64,
     rejecting: AtomicBool,
     retry_delay_ms: AtomicU64,
     rejected: Counter,
@@ -173,6 +176,7 @@ impl Backpressure {
         Self(Arc::new(Shared {
             limit: config.max_pending,
             pending: AtomicU64::new(0),
+            admitted_since_count: AtomicU64::new(0),
             rejecting: AtomicBool::new(false),
             retry_delay_ms: AtomicU64::new(MAX_RETRY_DELAY.as_millis() as u64),
             rejected: rejected
@@ -201,9 +205,22 @@ impl Backpressure {
 
     /// Ok when a new order may be taken; the error to answer otherwise
     /// (counted in `foodorder_place_order_rejected_total{reason="backpressure"}`).
+    ///
+    /// Between two counts the backlog is estimated as the last count plus
+    /// the orders this instance admitted since that count began, so that one
+    /// instance does not overshoot the limit by its rate × the check interval.
     pub fn admit(&self) -> Result<(), ApiError> {
-        if !self.0.rejecting.load(Ordering::Relaxed) {
+        let shared = &self.0;
+        if shared.limit == 0 {
             return Ok(());
+        }
+        if !shared.rejecting.load(Ordering::Relaxed) {
+            let estimate = shared.pending.load(Ordering::Relaxed)
+                + shared.admitted_since_count.fetch_add(1, Ordering::Relaxed);
+            if estimate < shared.limit {
+                return Ok(());
+            }
+            shared.admitted_since_count.fetch_sub(1, Ordering::Relaxed);
         }
         self.0.rejected.inc();
         Err(ApiError::Backpressure {
@@ -211,6 +228,23 @@ impl Backpressure {
             limit: self.0.limit,
             retry_after: Duration::from_millis(self.0.retry_delay_ms.load(Ordering::Relaxed)),
         })
+    }
+
+    /// The orders admitted so far (to be taken off once a count that started
+    /// after them is in).
+    fn admitted_so_far(&self) -> u64 {
+        self.0.admitted_since_count.load(Ordering::Relaxed)
+    }
+
+    /// Takes the first `admitted` admissions off the local estimate (the
+    /// count that started after them includes them).
+    fn counted(&self, admitted: u64) {
+        let _ =
+            self.0
+                .admitted_since_count
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| {
+                    Some(now.saturating_sub(admitted))
+                });
     }
 
     fn publish(&self, gate: &Gate, pending: u64) {
@@ -255,10 +289,12 @@ impl Backpressure {
                 () = stop.cancelled() => return,
                 _ = ticker.tick() => {}
             }
+            let admitted_before = self.admitted_so_far();
             let counted = tokio::time::timeout(timeout, count_pending(&pool, limit + 1)).await;
             let now = Instant::now();
             match counted {
                 Ok(Ok(pending)) => {
+                    self.counted(admitted_before);
                     last_count = now;
                     stale = false;
                     let was_rejecting = gate.rejecting();
@@ -309,7 +345,9 @@ impl Backpressure {
                     if !stale {
                         stale = true;
                         gate.forget();
-                        self.publish(&gate, self.0.pending.load(Ordering::Relaxed));
+                        // Nothing estimated from stale data either.
+                        self.0.admitted_since_count.store(0, Ordering::Relaxed);
+                        self.publish(&gate, 0);
                         tracing::warn!(
                             error = reason,
                             "backpressure: no count for {since:?}; accepting orders until the count answers again"
@@ -341,6 +379,36 @@ async fn count_pending(pool: &PgPool, cap: u64) -> Result<u64, sqlx::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_instance_does_not_overshoot_between_counts() {
+        let backpressure = Backpressure::new(
+            &BackpressureConfig {
+                max_pending: 10,
+                check_interval: Duration::from_millis(250),
+            },
+            &Family::default(),
+        );
+        let gate = Gate::new(10);
+        backpressure.publish(&gate, 7);
+        for _ in 0..3 {
+            assert!(
+                backpressure.admit().is_ok(),
+                "7 counted + up to 2 admitted < 10"
+            );
+        }
+        assert!(
+            backpressure.admit().is_err(),
+            "7 counted + 3 admitted since reach the limit before the next count"
+        );
+        // A count started after those three includes them.
+        let admitted = backpressure.admitted_so_far();
+        backpressure.counted(admitted);
+        backpressure.publish(&gate, 9);
+        assert!(backpressure.admit().is_ok());
+        assert!(backpressure.admit().is_err());
+        assert!(Backpressure::off().admit().is_ok());
+    }
 
     #[test]
     fn rejects_at_the_limit_and_resumes_below_ninety_percent() {

@@ -101,7 +101,7 @@ fn producer_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
     producer
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "1")
+        .set("linger.ms", "0")
         .set(
             "message.timeout.ms",
             config.message_timeout.as_millis().to_string(),
