@@ -108,9 +108,12 @@ def connections_per_pod(report, config, service):
     """What one pod of `service` may open: its pools and the readiness probe."""
     main = number(report, config, "DATABASE_MAX_CONNECTIONS", 10)
     extra = {
+        # + the backpressure count's own connection.
         "order-api": number(report, config, "ORDER_API_READ_DB_CONNECTIONS", 4)
-        + number(report, config, "ORDER_API_CONSUMER_DB_CONNECTIONS", 4),
-        "payment-service": number(report, config, "PAYMENT_GATEWAY_DB_CONNECTIONS", 16),
+        + number(report, config, "ORDER_API_CONSUMER_DB_CONNECTIONS", 4) + 1,
+        # + two connections each for the batched requests and call counts
+        # (asynchronous commit).
+        "payment-service": number(report, config, "PAYMENT_GATEWAY_DB_CONNECTIONS", 16) + 4,
         "notification-service": 0,
     }[service]
     return int(main + extra + PROBE_CONNECTIONS)

@@ -50,20 +50,33 @@ impl Config {
         Ok(config)
     }
 
-    /// A notification is sent inside its transaction: a send must fit within
-    /// the handler's bound and within the time PostgreSQL lets a session sit
-    /// idle in a transaction, or it would be cut and retried for ever.
+    /// How long one send may take: half of the shorter of the handler's bound
+    /// and the time PostgreSQL lets a session sit idle in a transaction (a
+    /// notification is sent inside its transaction, with the others of its
+    /// batch). A send cut there fails alone: its claim is withdrawn and its
+    /// record retried, while the batch commits the sends that went through.
+    pub fn send_timeout(&self) -> Duration {
+        let idle = self.consumer.database.timeouts.idle_in_transaction;
+        let bound = if idle.is_zero() {
+            self.consumer.handler_timeout
+        } else {
+            self.consumer.handler_timeout.min(idle)
+        };
+        bound / 2
+    }
+
+    /// A planned send delay must fit within a send's bound, or every send
+    /// would be cut and retried for ever.
     fn validate(&self) -> anyhow::Result<()> {
         let send_delay = self.incidents.send_delay;
+        let send_timeout = self.send_timeout();
         anyhow::ensure!(
-            send_delay < self.consumer.handler_timeout,
-            "NOTIFICATION_SEND_DELAY ({send_delay:?}) must be shorter than NOTIFICATION_HANDLER_TIMEOUT_MS ({:?})",
-            self.consumer.handler_timeout
-        );
-        let idle = self.consumer.database.timeouts.idle_in_transaction;
-        anyhow::ensure!(
-            idle.is_zero() || send_delay < idle,
-            "NOTIFICATION_SEND_DELAY ({send_delay:?}) must be shorter than DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS ({idle:?}): a notification is sent inside its transaction"
+            send_delay < send_timeout,
+            "NOTIFICATION_SEND_DELAY ({send_delay:?}) must be shorter than a send's bound ({send_timeout:?}): \
+             half of the shorter of NOTIFICATION_HANDLER_TIMEOUT_MS ({:?}) and \
+             DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS ({:?}), since a notification is sent inside its transaction",
+            self.consumer.handler_timeout,
+            self.consumer.database.timeouts.idle_in_transaction
         );
         Ok(())
     }

@@ -42,6 +42,7 @@ pub struct NotificationHandler<N: Notifier> {
     /// What the leak incident keeps.
     leaked: Mutex<Vec<Vec<u8>>>,
     batch_metrics: BatchMetrics,
+    send_timeout: std::time::Duration,
     /// Started on the first record, with the handler's final settings.
     batcher: OnceLock<Batcher<SendNotifications<N>>>,
 }
@@ -70,6 +71,7 @@ struct SendNotifications<N> {
     pool: PgPool,
     notifier: Arc<N>,
     send_delay: std::time::Duration,
+    send_timeout: std::time::Duration,
 }
 
 impl<N: Notifier> SendNotifications<N> {
@@ -83,14 +85,21 @@ impl<N: Notifier> SendNotifications<N> {
             notification.kind = notification.kind.as_str(),
             order_id = notification.order_id.as_str(),
         );
-        async {
+        let sending = async {
             if self.send_delay > std::time::Duration::ZERO {
                 tokio::time::sleep(self.send_delay).await;
             }
             self.notifier.send(notification).await
-        }
-        .instrument(send_span)
-        .await
+        };
+        tokio::time::timeout(self.send_timeout, sending)
+            .instrument(send_span)
+            .await
+            .unwrap_or_else(|_| {
+                Err(NotifyError(format!(
+                    "the send did not finish within {:?}",
+                    self.send_timeout
+                )))
+            })
     }
 }
 
@@ -170,6 +179,7 @@ impl<N: Notifier> NotificationHandler<N> {
             incidents: Incidents::default(),
             leaked: Mutex::new(Vec::new()),
             batch_metrics: BatchMetrics::default(),
+            send_timeout: std::time::Duration::from_secs(30),
             batcher: OnceLock::new(),
         }
     }
@@ -186,6 +196,12 @@ impl<N: Notifier> NotificationHandler<N> {
             drop(self.sent.get_or_create(&KindLabel { kind }));
         }
         self.batch_metrics = BatchMetrics::new(metrics);
+        self
+    }
+
+    /// Bounds one send (default 30 s): a send cut there fails alone.
+    pub fn with_send_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.send_timeout = timeout;
         self
     }
 
@@ -226,8 +242,13 @@ impl<N: Notifier> NotificationHandler<N> {
                     pool: self.pool.clone(),
                     notifier: self.notifier.clone(),
                     send_delay: self.incidents.send_delay,
+                    send_timeout: self.send_timeout,
                 }),
-                BatchSettings::default(),
+                BatchSettings {
+                    // The sends' bound and room for the statements around them.
+                    timeout: self.send_timeout + std::time::Duration::from_secs(10),
+                    ..BatchSettings::default()
+                },
                 &self.batch_metrics,
             )
         })
@@ -237,6 +258,10 @@ impl<N: Notifier> NotificationHandler<N> {
 /// Decodes and checks a PaymentCompleted record into the notification to send.
 fn decode(message: &ReceivedMessage) -> Result<(Uuid, Notification), String> {
     let (order_id, event) = events::decode_payment_completed(message.payload.as_deref())?;
+    // Records of one order share its key, so they are handled one after another.
+    if message.key_str() != Some(order_id.to_string().as_str()) {
+        return Err("record key does not match the order id".to_owned());
+    }
     if event.customer_email.is_empty() {
         return Err("PaymentCompleted without customer email: no one to notify".to_owned());
     }

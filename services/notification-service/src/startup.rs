@@ -23,6 +23,7 @@ pub async fn build(config: Config, pool: Option<PgPool>) -> anyhow::Result<Servi
     let host = ServiceHost::for_consumer(NAME, &SCHEMA, &config.consumer, pool).await?;
     let handler = NotificationHandler::new(host.pool().clone(), LogNotifier)
         .with_metrics(host.metrics())
+        .with_send_timeout(config.send_timeout())
         .with_incidents(config.incidents);
     let settings = config
         .consumer

@@ -215,12 +215,19 @@ impl Backpressure {
             return Ok(());
         }
         if !shared.rejecting.load(Ordering::Relaxed) {
-            let estimate = shared.pending.load(Ordering::Relaxed)
-                + shared.admitted_since_count.fetch_add(1, Ordering::Relaxed);
-            if estimate < shared.limit {
+            let pending = shared.pending.load(Ordering::Relaxed);
+            // Taken only while under the limit: nothing is ever given back,
+            // so a concurrent reset cannot make the count wrap.
+            let admitted = shared.admitted_since_count.fetch_update(
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+                |admitted| {
+                    (pending.saturating_add(admitted) < shared.limit).then_some(admitted + 1)
+                },
+            );
+            if admitted.is_ok() {
                 return Ok(());
             }
-            shared.admitted_since_count.fetch_sub(1, Ordering::Relaxed);
         }
         self.0.rejected.inc();
         Err(ApiError::Backpressure {

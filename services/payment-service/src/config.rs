@@ -13,7 +13,7 @@ use foodorder_runtime::outbox::RelayConfig;
 /// payments a second. A slot costs a few KiB and the consumer's prefetch is
 /// bounded, so memory is too (measured: peak RSS 56 MiB with every slot busy
 /// and a backlog; 2048 slots reached 62 MiB).
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 1792;
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 2560;
 
 /// The mock gateway's behaviour.
 #[derive(Clone, Debug)]

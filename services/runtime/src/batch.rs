@@ -21,13 +21,17 @@
 //!   took it is dropped unrun; one already taken still runs — the work is
 //!   idempotent like every handler's;
 //! * a batch that does not finish within `timeout` is abandoned (a connection
-//!   whose peer vanished answers nothing), and its jobs fail retryably.
+//!   whose peer vanished answers nothing), and a batch that panics does not
+//!   take its writer with it: either way its jobs run again one at a time
+//!   (those whose caller still waits), so that a stuck or panicking job fails
+//!   alone — retryably when stuck, as poison when it panicked.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures::FutureExt;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
@@ -77,6 +81,14 @@ pub enum BatchError<E: std::error::Error + 'static> {
     /// The batch's work returned a wrong number of outputs (a bug).
     #[error("the {0} batch returned a wrong number of outputs")]
     Broken(&'static str),
+    /// The batch's work panicked (the job alone, once it ran alone).
+    #[error("the {batch} batch panicked: {message}")]
+    Panicked {
+        /// Which batcher.
+        batch: &'static str,
+        /// The panic's message.
+        message: String,
+    },
 }
 
 impl<E: std::error::Error + 'static> Clone for BatchError<E> {
@@ -89,6 +101,10 @@ impl<E: std::error::Error + 'static> Clone for BatchError<E> {
             },
             Self::Stopped(batch) => Self::Stopped(batch),
             Self::Broken(batch) => Self::Broken(batch),
+            Self::Panicked { batch, message } => Self::Panicked {
+                batch,
+                message: message.clone(),
+            },
         }
     }
 }
@@ -100,6 +116,10 @@ impl From<BatchError<sqlx::Error>> for HandleError {
         match error {
             BatchError::Failed(error) if crate::db::is_data_error(&error) => {
                 Self::Fatal(format!("the database rejected the message's data: {error}"))
+            }
+            // It panicked alone: poison, as a panicking handler is.
+            BatchError::Panicked { message, .. } => {
+                Self::Fatal(format!("the handler panicked: {message}"))
             }
             other => Self::Retryable(anyhow::Error::new(other).context("database error")),
         }
@@ -256,10 +276,25 @@ async fn writer<W: BatchWork>(
         if batch.is_empty() {
             continue;
         }
-        busy.fetch_add(1, Ordering::AcqRel);
+        let _busy = Busy::enter(&busy);
         sizes.observe(batch.len() as f64);
         run_batch(name, &*work, batch, &settings).await;
-        busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts a writer as busy while it lives.
+struct Busy<'a>(&'a AtomicUsize);
+
+impl<'a> Busy<'a> {
+    fn enter(busy: &'a AtomicUsize) -> Self {
+        busy.fetch_add(1, Ordering::AcqRel);
+        Self(busy)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -279,14 +314,20 @@ async fn run_batch<W: BatchWork>(
                 let _ = reply.send(Ok(output));
             }
         }
-        Err(BatchError::Failed(error)) if jobs.len() > 1 && W::retry_alone(&error) => {
+        // One job's data, a panic, or one job stuck: the others must not
+        // share its fate, so each runs alone (those whose caller is still
+        // waiting).
+        Err(error) if jobs.len() > 1 && alone_may_help::<W>(&error) => {
             tracing::info!(
                 batch = name,
                 jobs = jobs.len(),
                 %error,
-                "a batch was refused as a whole; running its jobs one at a time"
+                "a batch failed as a whole; running its jobs one at a time"
             );
             for (job, reply) in jobs.iter().zip(replies) {
+                if reply.is_closed() {
+                    continue;
+                }
                 let result = run_once(name, work, std::slice::from_ref(job), settings.timeout)
                     .await
                     .map(|mut outputs| outputs.remove(0));
@@ -301,13 +342,40 @@ async fn run_batch<W: BatchWork>(
     }
 }
 
+/// Whether a failed batch is worth running again one job at a time.
+fn alone_may_help<W: BatchWork>(error: &BatchError<W::Error>) -> bool {
+    match error {
+        BatchError::Failed(error) => W::retry_alone(error),
+        BatchError::TimedOut { .. } | BatchError::Panicked { .. } => true,
+        BatchError::Stopped(_) | BatchError::Broken(_) => false,
+    }
+}
+
 async fn run_once<W: BatchWork>(
     name: &'static str,
     work: &W,
     jobs: &[W::Job],
     timeout: Duration,
 ) -> Result<Vec<W::Output>, BatchError<W::Error>> {
-    match tokio::time::timeout(timeout, work.run(jobs)).await {
+    // A panicking batch must not take its writer with it.
+    let attempt = std::panic::AssertUnwindSafe(work.run(jobs)).catch_unwind();
+    let outcome = match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(outcome)) => Ok(outcome),
+        Ok(Err(panic)) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|text| (*text).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(batch = name, jobs = jobs.len(), message, "a batch panicked");
+            return Err(BatchError::Panicked {
+                batch: name,
+                message,
+            });
+        }
+        Err(elapsed) => Err(elapsed),
+    };
+    match outcome {
         Ok(Ok(outputs)) if outputs.len() == jobs.len() => Ok(outputs),
         Ok(Ok(outputs)) => {
             tracing::error!(

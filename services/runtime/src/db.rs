@@ -406,6 +406,26 @@ pub fn side_pool(pool: &PgPool, max_connections: u32) -> PgPool {
     .connect_lazy_with(pool.connect_options().as_ref().clone())
 }
 
+/// A [`side_pool`] whose sessions commit without waiting for the disk
+/// (`synchronous_commit = off`): for bookkeeping that a crash of the service
+/// never loses (the commit is done) and a crash of PostgreSQL itself loses
+/// only within the WAL writer's delay — in exchange, one round trip and no
+/// flush wait per statement.
+pub fn asynchronous_commit_pool(pool: &PgPool, max_connections: u32) -> PgPool {
+    let acquire = pool.options().get_acquire_timeout();
+    pool_options_with(
+        max_connections,
+        acquire,
+        acquire.max(Duration::from_secs(5)),
+    )
+    .connect_lazy_with(
+        pool.connect_options()
+            .as_ref()
+            .clone()
+            .options([("synchronous_commit", "off")]),
+    )
+}
+
 /// How long a client waits, on its own side, for one short statement of
 /// `pool` that no other deadline bounds (a `LISTEN`, a chunk of a sweep): the
 /// pool's acquire timeout (opening a connection included), the sessions'

@@ -154,6 +154,7 @@ pub async fn place_batch(
         outbox::enqueue_all(&mut tx, &SCHEMA, &messages).await?;
     }
     tx.commit().await?;
+    outbox::committed(&SCHEMA);
     Ok(slots
         .into_iter()
         .map(|slot| match slot {

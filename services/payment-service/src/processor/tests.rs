@@ -15,6 +15,8 @@ struct ScriptedGateway {
     decided: Mutex<std::collections::HashMap<String, ChargeOutcome>>,
     /// Record the decision before the (possibly too slow) reply.
     decide_before_reply: bool,
+    /// The ledger cannot be read.
+    ledger_down: bool,
 }
 
 impl ScriptedGateway {
@@ -29,12 +31,16 @@ impl ScriptedGateway {
             calls: Mutex::new(Vec::new()),
             decided: Mutex::new(std::collections::HashMap::new()),
             decide_before_reply: false,
+            ledger_down: false,
         }
     }
 }
 
 impl PaymentGateway for ScriptedGateway {
     async fn decision(&self, key: &str) -> Result<Option<ChargeOutcome>, GatewayUnavailable> {
+        if self.ledger_down {
+            return Err(GatewayUnavailable(anyhow::anyhow!("the ledger is down")));
+        }
         Ok(self.decided.lock().unwrap().get(key).cloned())
     }
 
@@ -379,4 +385,29 @@ async fn every_call_is_counted_and_none_is_made_uncounted() {
         "a call that could not be counted is not made"
     );
     assert_eq!(uncounted.breaker().state(), BreakerState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_try_that_fails_before_the_call_counts_no_call() {
+    let mut gateway = ScriptedGateway::new(vec![(100, approved())]);
+    gateway.ledger_down = true;
+    let processor = PaymentProcessor::new(
+        gateway,
+        CircuitBreaker::new(BreakerSettings::default()),
+        PaymentSettings {
+            timeout: Duration::from_secs(4),
+            max_attempts: 3,
+            retry_base_delay: Duration::from_secs(1),
+        },
+    );
+    let calls = Counted::after(0);
+    for _ in 0..5 {
+        assert!(processor.pay_counted(&request(), &calls).await.is_err());
+    }
+    assert_eq!(
+        calls.counted(),
+        0,
+        "five failed tries spent none of the budget"
+    );
+    assert!(processor.gateway.calls.lock().unwrap().is_empty());
 }

@@ -16,6 +16,7 @@ enum TestError {
 struct Doubler {
     batches: StdMutex<Vec<Vec<u32>>>,
     poison: Option<u32>,
+    panics_on: Option<u32>,
     down: bool,
     delay: Duration,
 }
@@ -30,6 +31,9 @@ impl BatchWork for Doubler {
         tokio::time::sleep(self.delay).await;
         if self.down {
             return Err(TestError::Down);
+        }
+        if let Some(job) = self.panics_on.filter(|job| jobs.contains(job)) {
+            panic!("job {job} panics");
         }
         if let Some(poison) = self.poison.filter(|poison| jobs.contains(poison)) {
             return Err(TestError::Poison(poison));
@@ -216,4 +220,39 @@ async fn a_job_whose_caller_left_before_it_was_taken_is_not_run() {
         .copied()
         .collect();
     assert_eq!(ran, vec![1, 3], "job 2 was never run");
+}
+
+#[tokio::test]
+async fn a_panicking_job_fails_alone_and_the_writers_live_on() {
+    let work = Arc::new(Doubler {
+        panics_on: Some(3),
+        delay: Duration::from_millis(20),
+        ..Doubler::default()
+    });
+    let batcher = batcher(&work, BatchSettings::default());
+    for _ in 0..3 {
+        let results = submit_all(&batcher, 30).await;
+        for (job, result) in (1..=30).zip(results) {
+            match result {
+                Ok(output) => assert_eq!(output, job * 2),
+                Err(BatchError::Panicked { message, .. }) => {
+                    assert_eq!(job, 3, "only the panicking job fails: {message}");
+                    let error = HandleError::from(BatchError::<sqlx::Error>::Panicked {
+                        batch: "test",
+                        message,
+                    });
+                    assert!(
+                        matches!(error, HandleError::Fatal(_)),
+                        "a lone panic is poison"
+                    );
+                }
+                Err(other) => panic!("job {job}: {other}"),
+            }
+        }
+    }
+    assert_eq!(
+        batcher.submit(21).await.unwrap(),
+        42,
+        "the writers still run"
+    );
 }

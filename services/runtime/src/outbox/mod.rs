@@ -6,11 +6,19 @@
 //! Each service has its own outbox table, `<schema>.outbox`, in the schema it
 //! owns (see [`crate::db::Schema`]).
 //!
-//! Promptness without polling: `enqueue` also issues `NOTIFY <schema>_outbox`, which
-//! PostgreSQL delivers at commit; the relay `LISTEN`s and drains at once. A slow
-//! sweep catches rows whose notification was missed (a crash, a lost listener
-//! connection). Rows are claimed with `FOR UPDATE SKIP LOCKED`, so several
-//! replicas can run relays on one table without publishing a row concurrently.
+//! Promptness without polling: the writer calls [`committed`] once its
+//! transaction committed, which wakes the relay of the same process at once (a
+//! writer and its outbox's relay run in one service). The relay also
+//! `LISTEN`s on `<schema>_outbox` for rows written by anything else (`NOTIFY
+//! <schema>_outbox` from psql or a tool), and a sweep every few seconds
+//! catches rows nobody woke it for (a crash between commit and wake-up, an
+//! instance whose relay is stuck: another instance's sweep publishes them).
+//! Writers do not `NOTIFY`: PostgreSQL serialises every committing
+//! transaction that notifies on one lock held through its WAL flush, so at a
+//! few hundred notifying commits a second one slow flush stalled them all
+//! (measured: commits waiting 2 s and cut by the lock timeout).
+//! Rows are claimed with `FOR UPDATE SKIP LOCKED`, so several replicas can run
+//! relays on one table without publishing a row concurrently.
 
 mod metrics;
 mod relay;
@@ -89,11 +97,28 @@ pub async fn enqueue_all(
     .bind(&headers)
     .execute(&mut **tx)
     .await?;
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(notify_channel(schema))
-        .execute(&mut **tx)
-        .await?;
     Ok(())
+}
+
+/// The in-process wake-up of each schema's relay.
+fn wake_up(schema: &Schema) -> std::sync::Arc<tokio::sync::Notify> {
+    static WAKE_UPS: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Notify>>>,
+    > = std::sync::OnceLock::new();
+    WAKE_UPS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .entry(schema.name.to_owned())
+        .or_default()
+        .clone()
+}
+
+/// Tells the relay of `schema`'s outbox in this process that rows were
+/// committed: it drains at once (a wake-up while it drains is kept for its
+/// next round). Call it after the transaction that enqueued them committed.
+pub fn committed(schema: &Schema) {
+    wake_up(schema).notify_one();
 }
 
 /// How the relay behaves.

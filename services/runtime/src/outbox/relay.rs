@@ -134,6 +134,8 @@ impl OutboxRelay {
     /// flushes the producer.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut listener: Option<PgListener> = None;
+        // Writers in this process wake the relay at once (see `outbox::committed`).
+        let woken = super::wake_up(self.schema);
         let mut backoff = Backoff::new(self.config.initial_backoff, self.config.max_backoff);
         let mut last_cleanup = tokio::time::Instant::now();
         let backlog = self.watch_backlog.then(|| {
@@ -226,6 +228,7 @@ impl OutboxRelay {
             };
             tokio::select! {
                 () = shutdown.cancelled() => break,
+                () = woken.notified() => {}
                 () = wait_for_notification => {}
                 () = tokio::time::sleep(self.config.sweep_interval) => {}
             }
