@@ -400,26 +400,37 @@ impl PaymentGateway for MockGateway {
     }
 }
 
+/// A mock whose ledger is never reached (unit tests of the draws and the
+/// run-time rates): latency 1–5 s, the given rates and seed.
+#[cfg(test)]
+pub(crate) fn unconnected_for_tests(
+    seed: u64,
+    decline_rate: f64,
+    timeout_rate: f64,
+) -> MockGateway {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .connect_lazy("postgres://unused@127.0.0.1/unused")
+        .expect("a lazy pool");
+    MockGateway::new(
+        pool,
+        GatewaySettings {
+            min_latency: Duration::from_secs(1),
+            max_latency: Duration::from_secs(5),
+            decline_rate,
+            timeout_rate,
+            rng_seed: Some(seed),
+            db_connections: 1,
+        },
+        &BatchMetrics::default(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn gateway(seed: u64, decline_rate: f64) -> MockGateway {
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .connect_lazy("postgres://unused@127.0.0.1/unused")
-            .unwrap();
-        MockGateway::new(
-            pool,
-            GatewaySettings {
-                min_latency: Duration::from_secs(1),
-                max_latency: Duration::from_secs(5),
-                decline_rate,
-                timeout_rate: 0.0,
-                rng_seed: Some(seed),
-                db_connections: 1,
-            },
-            &BatchMetrics::default(),
-        )
+        unconnected_for_tests(seed, decline_rate, 0.0)
     }
 
     #[tokio::test]

@@ -140,21 +140,7 @@ mod tests {
     use crate::gateway::MockGateway;
 
     fn gateway(decline_rate: f64, timeout_rate: f64) -> MockGateway {
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .connect_lazy("postgres://unused@127.0.0.1/unused")
-            .unwrap();
-        MockGateway::new(
-            pool,
-            GatewaySettings {
-                min_latency: Duration::from_secs(1),
-                max_latency: Duration::from_secs(5),
-                decline_rate,
-                timeout_rate,
-                rng_seed: Some(11),
-                db_connections: 1,
-            },
-            &foodorder_runtime::batch::BatchMetrics::default(),
-        )
+        crate::gateway::unconnected_for_tests(11, decline_rate, timeout_rate)
     }
 
     async fn call(router: &Router, method: &str, uri: &str, peer: &str) -> (u16, String) {

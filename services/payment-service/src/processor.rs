@@ -255,7 +255,8 @@ impl<G: PaymentGateway> PaymentProcessor<G> {
         let mut backoff = Backoff::new(self.settings.retry_base_delay, Duration::from_secs(3600));
         loop {
             if attempts >= self.settings.max_attempts {
-                // Spent by earlier deliveries (cut by a restart after their calls).
+                // Spent: by this delivery's timeouts, or by earlier deliveries
+                // (cut by a restart after their calls).
                 let reason = format!("Payment gateway timeout after {attempts} attempts");
                 return Box::pin(self.give_up(
                     request,
@@ -343,18 +344,10 @@ impl<G: PaymentGateway> PaymentProcessor<G> {
                 }
                 Err(_elapsed) => {
                     self.breaker.record(permit, CallOutcome::Failed);
-                    if attempts >= self.settings.max_attempts {
-                        let reason = format!("Payment gateway timeout after {attempts} attempts");
-                        return Box::pin(self.give_up(
-                            request,
-                            attempts,
-                            &reason,
-                            started,
-                            PaymentOutcome::TimedOut,
-                        ))
-                        .await;
+                    // The budget's end is handled at the top of the loop.
+                    if attempts < self.settings.max_attempts {
+                        tokio::time::sleep(backoff.next_delay()).await;
                     }
-                    tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
         }
