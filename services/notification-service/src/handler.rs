@@ -57,7 +57,7 @@ struct Pending {
 }
 
 /// What became of one notification.
-enum Sent {
+enum SendOutcome {
     /// Claimed, sent and committed.
     Sent,
     /// The order's notification was sent already.
@@ -105,10 +105,10 @@ impl<N: Notifier> SendNotifications<N> {
 
 impl<N: Notifier> BatchWork for SendNotifications<N> {
     type Job = Pending;
-    type Output = Sent;
+    type Output = SendOutcome;
     type Error = sqlx::Error;
 
-    async fn run(&self, jobs: &[Pending]) -> Result<Vec<Sent>, sqlx::Error> {
+    async fn run(&self, jobs: &[Pending]) -> Result<Vec<SendOutcome>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let claimed: HashSet<Uuid> = sqlx::query_as::<_, (Uuid,)>(
             "INSERT INTO notifications.notifications (id, order_id, event_id, kind, channel, recipient, payload) \
@@ -157,9 +157,9 @@ impl<N: Notifier> BatchWork for SendNotifications<N> {
         Ok(results
             .into_iter()
             .map(|result| match result {
-                None => Sent::Duplicate,
-                Some(Ok(())) => Sent::Sent,
-                Some(Err(error)) => Sent::Failed(error),
+                None => SendOutcome::Duplicate,
+                Some(Ok(())) => SendOutcome::Sent,
+                Some(Err(error)) => SendOutcome::Failed(error),
             })
             .collect())
     }
@@ -301,12 +301,12 @@ impl<N: Notifier> MessageHandler for NotificationHandler<N> {
             span: tracing::Span::current(),
         };
         match self.batcher().submit(pending).await? {
-            Sent::Sent => {}
-            Sent::Duplicate => {
+            SendOutcome::Sent => {}
+            SendOutcome::Duplicate => {
                 tracing::info!(%order_id, "notification already sent, skipping duplicate delivery");
                 return Ok(Handled::Duplicate);
             }
-            Sent::Failed(error) => return Err(HandleError::Retryable(error.into())),
+            SendOutcome::Failed(error) => return Err(HandleError::Retryable(error.into())),
         }
         let kind = match kind {
             NotificationKind::OrderConfirmed => "order_confirmed",
