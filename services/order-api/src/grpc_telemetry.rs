@@ -15,7 +15,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use foodorder_contract::events::{HEADER_REQUEST_ID, HEADER_TRACEPARENT, HEADER_TRACESTATE};
+use foodorder_contract::events::{HEADER_TRACEPARENT, HEADER_TRACESTATE};
 use foodorder_runtime::metrics::{LatencyFamily, Metrics};
 use foodorder_runtime::telemetry;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -196,23 +196,35 @@ where
             });
         }
         let (mut parts, body) = request.into_parts();
-        let (service, method) = path.split_once('/').unwrap_or((path.as_str(), ""));
+        let (service, _) = path.split_once('/').unwrap_or((path.as_str(), ""));
         // Only the order service's calls: another path gets its own status (UNIMPLEMENTED).
         let checked = if service == SERVICE {
             crate::request_context::correlation_id(&parts.headers).map(Some)
         } else {
             Ok(None)
         };
+        // Span names and attributes come from the matched method, never the
+        // raw path; the request id only once it passed its check.
+        let known = method_label(&path);
+        let (rpc_service, otel_name) = if service == SERVICE && known != "other" {
+            (SERVICE, format!("{SERVICE}/{known}"))
+        } else {
+            ("unknown", "grpc unknown method".to_owned())
+        };
+        let request_id = match &checked {
+            Ok(Some(id)) => telemetry::loggable_request_id(&id.0).map(str::to_owned),
+            _ => None,
+        };
         let span = tracing::info_span!(
             "grpc.server",
-            otel.name = path.as_str(),
+            otel.name = otel_name.as_str(),
             otel.kind = "server",
             otel.status_code = tracing::field::Empty,
             rpc.system = "grpc",
-            rpc.service = service,
-            rpc.method = method,
+            rpc.service = rpc_service,
+            rpc.method = known,
             rpc.grpc.status_code = tracing::field::Empty,
-            request_id = header(&parts, HEADER_REQUEST_ID),
+            request_id = request_id.as_deref(),
         );
         let carrier: BTreeMap<String, String> = [HEADER_TRACEPARENT, HEADER_TRACESTATE]
             .into_iter()

@@ -264,6 +264,20 @@ impl Extractor for MapExtractor<'_> {
     }
 }
 
+/// Longest request id recorded on a span or a log line.
+pub const MAX_LOGGED_REQUEST_ID_LEN: usize = 128;
+
+/// A request id as it may be recorded on a span or a log line: 1 to
+/// [`MAX_LOGGED_REQUEST_ID_LEN`] printable ASCII characters without spaces, or
+/// nothing. Whatever a caller or a record sends, only a value that passes
+/// this reaches a span, a log or a trace backend.
+pub fn loggable_request_id(value: &str) -> Option<&str> {
+    (!value.is_empty()
+        && value.len() <= MAX_LOGGED_REQUEST_ID_LEN
+        && value.bytes().all(|byte| byte.is_ascii_graphic()))
+    .then_some(value)
+}
+
 /// The W3C trace context (`traceparent`, `tracestate`) of `span`.
 pub fn inject_span(span: &tracing::Span) -> BTreeMap<String, String> {
     let mut carrier = BTreeMap::new();
@@ -297,4 +311,32 @@ pub fn trace_id(span: &tracing::Span) -> Option<String> {
     span_context
         .is_valid()
         .then(|| span_context.trace_id().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_bounded_printable_request_id_is_recorded() {
+        assert_eq!(loggable_request_id("req-42"), Some("req-42"));
+        assert_eq!(
+            loggable_request_id(&"a".repeat(128)).map(str::len),
+            Some(128)
+        );
+        assert_eq!(loggable_request_id(&"a".repeat(129)), None, "too long");
+        assert_eq!(loggable_request_id(""), None);
+        assert_eq!(loggable_request_id("two words"), None);
+        assert_eq!(
+            loggable_request_id("line\nbreak"),
+            None,
+            "a forged log line"
+        );
+        assert_eq!(
+            loggable_request_id("\u{1b}[31mred"),
+            None,
+            "a terminal escape"
+        );
+        assert_eq!(loggable_request_id("café"), None);
+    }
 }

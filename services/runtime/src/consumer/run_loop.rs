@@ -275,7 +275,9 @@ fn consumer_span(message: &ReceivedMessage, group_id: &str) -> tracing::Span {
         messaging.kafka.message.key = message.key_str(),
         messaging.kafka.destination.partition = message.partition,
         messaging.kafka.message.offset = message.offset,
-        request_id = headers.get(foodorder_contract::events::HEADER_REQUEST_ID).map(String::as_str),
+        request_id = headers
+            .get(foodorder_contract::events::HEADER_REQUEST_ID)
+            .and_then(|id| crate::telemetry::loggable_request_id(id)),
     );
     crate::telemetry::continue_trace(&span, &headers, true);
     span
