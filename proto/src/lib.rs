@@ -30,3 +30,7 @@ impl EventType for v1::OrderPlaced {
 impl EventType for v1::PaymentCompleted {
     const EVENT_TYPE: &'static str = "foodorder.v1.PaymentCompleted";
 }
+
+impl EventType for v1::OrderUnprocessable {
+    const EVENT_TYPE: &'static str = "foodorder.v1.OrderUnprocessable";
+}

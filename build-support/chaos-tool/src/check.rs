@@ -221,6 +221,20 @@ pub async fn verify(inputs: Inputs) -> anyhow::Result<Report> {
             })
             .count(),
     });
+    // A hostile record keyed by an id that is no order stops at the payment
+    // service: no payment (and so no payment.completed) is ever made for it.
+    let (paid_strangers, attempts): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE NOT EXISTS \
+         (SELECT 1 FROM orders.orders o WHERE o.id = p.order_id)), count(*) \
+         FROM payments.payment_attempts p",
+    )
+    .fetch_one(&pool)
+    .await?;
+    rows.push(Row {
+        invariant: "no payment for an id that is no order",
+        checked: usize::try_from(attempts).unwrap_or(0),
+        violations: usize::try_from(paid_strangers).unwrap_or(0),
+    });
     let backlog: i64 = sqlx::query_scalar(
         "SELECT (SELECT count(*) FROM orders.outbox WHERE sent_at IS NULL AND parked_at IS NULL) + (SELECT count(*) FROM payments.outbox WHERE sent_at IS NULL AND parked_at IS NULL)",
     )
@@ -314,6 +328,10 @@ async fn group_lags(
             topics.payment_completed.clone(),
         ),
         (args.order_group.clone(), topics.payment_completed.clone()),
+        (
+            format!("{}.unprocessable", args.order_group),
+            topics.order_unprocessable.clone(),
+        ),
     ];
     let bootstrap = args.bootstrap.clone();
     let lags = tokio::task::spawn_blocking(move || {

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use foodorder_testkit::kafka::ask_again_until;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use sha2::{Digest, Sha256};
@@ -79,7 +80,12 @@ fn read_all(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<serde_json::Valu
         .set("enable.auto.commit", "false")
         .set("log_level", "3")
         .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    // Right after a broker kill leadership may still be moving: each question
+    // is asked again for a bounded time.
+    let patience = Instant::now() + Duration::from_secs(60);
+    let metadata = ask_again_until(patience, &format!("metadata of {topic}"), || {
+        consumer.fetch_metadata(Some(topic), Duration::from_secs(10))
+    })?;
     let partitions = metadata
         .topics()
         .first()
@@ -88,7 +94,11 @@ fn read_all(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<serde_json::Valu
     let mut ends = BTreeMap::new();
     let mut list = TopicPartitionList::new();
     for partition in 0..partitions {
-        let (_, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+        let (_, high) = ask_again_until(
+            patience,
+            &format!("high watermark of {topic}[{partition}]"),
+            || consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)),
+        )?;
         ends.insert(partition, high);
         list.add_partition_offset(topic, partition, Offset::Beginning)?;
     }

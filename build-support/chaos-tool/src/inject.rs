@@ -306,7 +306,11 @@ fn read_some(bootstrap: &str, topic: &str, count: usize) -> anyhow::Result<Vec<R
         .set("enable.auto.commit", "false")
         .set("log_level", "3")
         .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), std::time::Duration::from_secs(10))?;
+    let metadata = foodorder_testkit::kafka::ask_again_until(
+        std::time::Instant::now() + std::time::Duration::from_secs(30),
+        &format!("metadata of {topic}"),
+        || consumer.fetch_metadata(Some(topic), std::time::Duration::from_secs(10)),
+    )?;
     let partitions = metadata
         .topics()
         .first()

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use foodorder_proto::EventType;
-use foodorder_proto::v1::{EventMetadata, OrderPlaced, OrderStatus, PaymentCompleted};
+use foodorder_proto::v1::{
+    EventMetadata, OrderPlaced, OrderStatus, OrderUnprocessable, PaymentCompleted,
+};
 use prost::Message;
 use uuid::Uuid;
 
@@ -115,8 +117,8 @@ pub fn decode_order_placed(
 
 /// Decodes and checks a `payment.completed` record's value (a UUID order id,
 /// the outcome consistent, a valid amount); the error says why the record is
-/// poison. A failure the payment service settled without ever having a valid
-/// request carries no customer: the notification service checks the recipient.
+/// poison. The payment service only reports orders it had a valid request
+/// for, but the notification service still checks the recipient.
 pub fn decode_payment_completed(value: Option<&[u8]>) -> Result<(Uuid, PaymentCompleted), String> {
     let value = value.ok_or("record has no value")?;
     let event = PaymentCompleted::decode(value)
@@ -142,4 +144,91 @@ pub fn decode_payment_completed(value: Option<&[u8]>) -> Result<(Uuid, PaymentCo
         return Err("PaymentCompleted with a negative count or duration".to_owned());
     }
     Ok((order_id, event))
+}
+
+/// The longest reason an `OrderUnprocessable` carries, in characters.
+pub const UNPROCESSABLE_REASON_MAX_CHARS: usize = 256;
+
+/// `reason` cut to [`UNPROCESSABLE_REASON_MAX_CHARS`] characters (a refused
+/// record's reason may quote parts of it), with every control character
+/// replaced, so that it can be stored, sent and logged as it is.
+pub fn bounded_reason(reason: &str) -> String {
+    let mut bounded: String = reason
+        .chars()
+        .take(UNPROCESSABLE_REASON_MAX_CHARS)
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect();
+    if reason.chars().nth(UNPROCESSABLE_REASON_MAX_CHARS).is_some() {
+        bounded.pop();
+        bounded.push('…');
+    }
+    bounded
+}
+
+/// Decodes and checks an `order.unprocessable` record (its key and value) as
+/// the order API reads it: a UUID order id equal to the key, a bounded
+/// reason; the error says why the record is poison.
+pub fn decode_order_unprocessable(
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+) -> Result<(Uuid, OrderUnprocessable), String> {
+    let value = value.ok_or("record has no value")?;
+    let event = OrderUnprocessable::decode(value)
+        .map_err(|error| format!("value is not a valid OrderUnprocessable: {error}"))?;
+    check_metadata(event.metadata.as_ref(), "OrderUnprocessable")?;
+    let order_id = order_id(&event.order_id)?;
+    if key != Some(event.order_id.as_bytes()) {
+        return Err("record key does not match the order id".to_owned());
+    }
+    if event.reason.chars().count() > UNPROCESSABLE_REASON_MAX_CHARS {
+        return Err(format!(
+            "OrderUnprocessable reason longer than {UNPROCESSABLE_REASON_MAX_CHARS} characters"
+        ));
+    }
+    Ok((order_id, event))
+}
+
+#[cfg(test)]
+mod unprocessable_tests {
+    use super::*;
+
+    fn declaration(order_id: &str, reason: &str) -> OrderUnprocessable {
+        OrderUnprocessable {
+            metadata: Some(metadata("", "payment-service", Utc::now())),
+            order_id: order_id.to_owned(),
+            reason: reason.to_owned(),
+            first_seen_at: Some(timestamp(Utc::now())),
+        }
+    }
+
+    #[test]
+    fn an_unprocessable_event_decodes_only_when_its_key_is_its_order_id() {
+        let id = Uuid::new_v4().to_string();
+        let value = declaration(&id, "value is not a valid OrderPlaced").encode_to_vec();
+        let (decoded, event) =
+            decode_order_unprocessable(Some(id.as_bytes()), Some(&value)).expect("decodes");
+        assert_eq!(decoded.to_string(), id);
+        assert_eq!(event.reason, "value is not a valid OrderPlaced");
+        let other = Uuid::new_v4().to_string();
+        assert!(decode_order_unprocessable(Some(other.as_bytes()), Some(&value)).is_err());
+        assert!(decode_order_unprocessable(None, Some(&value)).is_err());
+        assert!(decode_order_unprocessable(Some(id.as_bytes()), None).is_err());
+        let not_a_uuid = declaration("x", "r").encode_to_vec();
+        assert!(decode_order_unprocessable(Some(b"x"), Some(&not_a_uuid)).is_err());
+        let long =
+            declaration(&id, &"r".repeat(UNPROCESSABLE_REASON_MAX_CHARS + 1)).encode_to_vec();
+        assert!(decode_order_unprocessable(Some(id.as_bytes()), Some(&long)).is_err());
+    }
+
+    #[test]
+    fn a_reason_is_bounded_and_has_no_control_characters() {
+        assert_eq!(bounded_reason("short"), "short");
+        assert_eq!(bounded_reason("a\nb\u{1b}[31m"), "a\u{fffd}b\u{fffd}[31m");
+        let long = "é".repeat(1000);
+        let bounded = bounded_reason(&long);
+        assert_eq!(bounded.chars().count(), UNPROCESSABLE_REASON_MAX_CHARS);
+        assert!(bounded.ends_with('…'));
+        let exact = "x".repeat(UNPROCESSABLE_REASON_MAX_CHARS);
+        assert_eq!(bounded_reason(&exact), exact);
+    }
 }

@@ -7,3 +7,8 @@ pub const ORDER_PLACED: &str = "order.placed";
 
 /// `PaymentCompleted` events, keyed by order id; written by payment-service.
 pub const PAYMENT_COMPLETED: &str = "payment.completed";
+
+/// `OrderUnprocessable` events, keyed by order id; written by payment-service
+/// for an order id it got only unprocessable `order.placed` records for, read
+/// by order-api, which decides what the order becomes.
+pub const ORDER_UNPROCESSABLE: &str = "order.unprocessable";

@@ -281,7 +281,11 @@ fn decode(message: &ReceivedMessage) -> Result<(Uuid, Notification), String> {
         processing_time_ms: event.processing_time_ms,
         error_message: (kind == NotificationKind::PaymentFailed)
             .then(|| event.error_message.clone()),
-        correlation_id: metadata.correlation_id.clone(),
+        // An event's correlation id travels (stored, logged) only once it
+        // passes the request-id check; anything else is dropped here.
+        correlation_id: foodorder_runtime::telemetry::loggable_request_id(&metadata.correlation_id)
+            .unwrap_or_default()
+            .to_owned(),
         event_id: metadata.event_id.clone(),
     };
     Ok((order_id, notification))

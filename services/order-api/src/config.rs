@@ -61,7 +61,9 @@ pub struct Config {
     /// that does not answer within 10 s more is disconnected and its streams closed.
     pub keepalive_interval: Duration,
     /// `ORDER_API_CONSUMER_GROUP` (default `order-api`): the group that
-    /// consumes `payment.completed` to record payment outcomes.
+    /// consumes `payment.completed` to record payment outcomes; the group
+    /// `<ORDER_API_CONSUMER_GROUP>.unprocessable` consumes `order.unprocessable`
+    /// (see [`Config::unprocessable_group`]).
     pub consumer_group: String,
     /// `ORDER_API_MAX_IN_FLIGHT` (default 64): `payment.completed` records handled at once.
     pub max_in_flight: usize,
@@ -100,6 +102,12 @@ pub struct Config {
 }
 
 impl Config {
+    /// The group that consumes `order.unprocessable`: the consumer group's
+    /// name with `.unprocessable` after it.
+    pub fn unprocessable_group(&self) -> String {
+        format!("{}.unprocessable", self.consumer_group)
+    }
+
     /// Settings for a test: ephemeral ports, a small pool, the test broker
     /// with topics of its own, a fresh consumer group, short back-offs and
     /// grace periods.

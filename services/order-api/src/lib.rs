@@ -1,7 +1,9 @@
 //! The order API: a tonic gRPC server for `foodorder.v1.OrderService` with
 //! server reflection and gRPC health, backed by PostgreSQL, publishing
-//! `OrderPlaced` events through the transactional outbox and recording payment
-//! outcomes from `PaymentCompleted` events. It owns the `orders` schema.
+//! `OrderPlaced` events through the transactional outbox, recording payment
+//! outcomes from `PaymentCompleted` events and deciding what becomes of the
+//! orders the payment service declares unprocessable (`OrderUnprocessable`).
+//! It owns the `orders` schema.
 
 pub mod backpressure;
 pub mod config;
@@ -17,6 +19,7 @@ pub mod repository;
 pub mod request_context;
 pub mod service;
 pub mod startup;
+pub mod unprocessable;
 pub mod watch;
 
 pub use config::Config;
@@ -27,5 +30,6 @@ use foodorder_runtime::db::Schema;
 /// The order API's schema: menu, orders, order items, payment summaries, outbox.
 pub static SCHEMA: Schema = Schema::new("orders", sqlx::migrate!("../../migrations/orders"));
 
-/// Where `payment.completed` records the order API cannot read go.
+/// Where `payment.completed` and `order.unprocessable` records the order API
+/// cannot read go.
 pub const DEAD_LETTER_TOPIC: &str = "order.dlq";

@@ -1,8 +1,9 @@
 //! How the order API is put together on the [`ServiceHost`]: the gRPC server
 //! (its own listener, so tests can use port 0 and read the port back) with
 //! health and reflection, the group-commit writers drained after it stops,
-//! the outbox relay for `order.placed`, the `payment.completed` consumer, and
-//! the order-status listener behind WatchOrder.
+//! the outbox relay for `order.placed`, the `payment.completed` and
+//! `order.unprocessable` consumers, and the order-status listener behind
+//! WatchOrder.
 //!
 //! Three pools, each bounded by the database deadlines: the service's own
 //! (`DATABASE_MAX_CONNECTIONS`: the writers, the relay, the listeners), the
@@ -14,7 +15,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use foodorder_contract::topics::{ORDER_PLACED, PAYMENT_COMPLETED};
+use foodorder_contract::topics::{ORDER_PLACED, ORDER_UNPROCESSABLE, PAYMENT_COMPLETED};
 use foodorder_contract::v1::order_service_server::{OrderServiceServer, SERVICE_NAME};
 use foodorder_runtime::consumer::ConsumerSettings;
 use foodorder_runtime::db;
@@ -37,6 +38,7 @@ use crate::limits::CallLimitLayer;
 use crate::payment_outcomes::PaymentOutcomeHandler;
 use crate::rate_limit::{ClientRateLimit, RateLimitLayer};
 use crate::service::{OrderServiceImpl, WatchLimits};
+use crate::unprocessable::UnprocessableHandler;
 use crate::watch::OrderWatchHub;
 use crate::{DEAD_LETTER_TOPIC, SCHEMA};
 
@@ -170,6 +172,18 @@ fn assemble(
         &metrics,
         &foodorder_runtime::batch::BatchMetrics::new(&metrics),
     );
+    // What becomes of the order ids the payment service declares
+    // unprocessable: rare, one connection of its own.
+    let mut unprocessable = ConsumerSettings::new(
+        &config.unprocessable_group(),
+        &host.kafka().topic(ORDER_UNPROCESSABLE),
+        &host.kafka().topic(DEAD_LETTER_TOPIC),
+        config.max_in_flight.min(8),
+        config.shutdown_grace,
+    );
+    unprocessable.gates_readiness = false;
+    unprocessable.handler_timeout = config.handler_timeout;
+    let unprocessable_handler = UnprocessableHandler::new(db::side_pool(&pool, 1), &metrics);
 
     let mut host = host;
     if backpressure.enabled() {
@@ -196,6 +210,7 @@ fn assemble(
             ..config.relay.clone()
         })
         .consumer(outcomes, outcome_handler)
+        .consumer(unprocessable, unprocessable_handler)
         .background({
             let (watch_hub, pool) = (watch_hub.clone(), pool.clone());
             move |stop| watch_hub.run_listener(pool, stop)

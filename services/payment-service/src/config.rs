@@ -131,9 +131,9 @@ pub struct Config {
     /// gateway charge, before the outcome is committed. Fault injection for the
     /// crash-safety test; never set it in production.
     pub crash_after_charge: bool,
-    /// `PAYMENT_POISON_SETTLE_SECONDS` (default 60): how long an order named
-    /// only by a poison `order.placed` record waits for its real one before it
-    /// is voided and recorded FAILED.
+    /// `PAYMENT_POISON_SETTLE_SECONDS` (default 60): how long an order id named
+    /// only by poison `order.placed` records waits for its real one before it
+    /// is declared unprocessable to the order API (`order.unprocessable`).
     pub poison_settle_after: Duration,
 }
 

@@ -14,7 +14,7 @@ use chrono::Utc;
 use foodorder_contract::events;
 use foodorder_contract::money::format_money;
 use foodorder_contract::states::PaymentState;
-use foodorder_contract::v1::{OrderStatus, PaymentCompleted};
+use foodorder_contract::v1::{OrderStatus, OrderUnprocessable, PaymentCompleted};
 use foodorder_runtime::batch::{BatchMetrics, BatchSettings, BatchWork, Batcher};
 use foodorder_runtime::consumer::{HandleError, Handled, MessageHandler, ReceivedMessage};
 use foodorder_runtime::outbox::{self, OutboxMessage};
@@ -43,7 +43,9 @@ struct PaymentRequest {
 struct KnownRequest {
     #[sqlx(flatten)]
     request: PaymentRequest,
-    paid: bool,
+    /// Its outcome is recorded, or the order was declared unprocessable:
+    /// nothing more is paid for it.
+    settled: bool,
     /// Gateway calls counted for the order before this delivery.
     gateway_calls: i32,
 }
@@ -55,6 +57,7 @@ pub struct PaymentHandler<G> {
     pool: PgPool,
     processor: Arc<PaymentProcessor<G>>,
     payment_completed_topic: String,
+    order_unprocessable_topic: String,
     crash_after_charge: bool,
     poison_settle_after: std::time::Duration,
     requests: Batcher<RememberRequests>,
@@ -63,7 +66,7 @@ pub struct PaymentHandler<G> {
 }
 
 /// Stores requests (the first delivery's wins) and reads back the stored
-/// ones with whether each is paid, many orders in one transaction.
+/// ones with whether each is settled, many orders in one transaction.
 struct RememberRequests {
     pool: PgPool,
 }
@@ -113,7 +116,8 @@ impl BatchWork for RememberRequests {
         .await?;
         let stored: Vec<StoredRequest> = sqlx::query_as(
             "SELECT r.order_id, r.amount, r.customer_name, r.customer_email, r.correlation_id, \
-             EXISTS (SELECT 1 FROM payments.payment_attempts p WHERE p.order_id = r.order_id) AS paid, \
+             (r.unprocessable_reason IS NOT NULL OR \
+             EXISTS (SELECT 1 FROM payments.payment_attempts p WHERE p.order_id = r.order_id)) AS settled, \
              r.gateway_calls \
              FROM payments.payment_requests r WHERE r.order_id = ANY($1)",
         )
@@ -268,13 +272,15 @@ impl BatchWork for RecordOutcomes {
 }
 
 impl<G: PaymentGateway> PaymentHandler<G> {
-    /// A handler writing to `pool` and publishing to `payment_completed_topic`;
+    /// A handler writing to `pool` and publishing outcomes to
+    /// `payment_completed_topic`, declarations to `order_unprocessable_topic`;
     /// its batch sizes go to `metrics`. Needs a Tokio runtime (it starts the
     /// batches' writers).
     pub fn new(
         pool: PgPool,
         processor: Arc<PaymentProcessor<G>>,
         payment_completed_topic: String,
+        order_unprocessable_topic: String,
         crash_after_charge: bool,
         metrics: &BatchMetrics,
     ) -> Self {
@@ -304,20 +310,21 @@ impl<G: PaymentGateway> PaymentHandler<G> {
             pool,
             processor,
             payment_completed_topic,
+            order_unprocessable_topic,
             crash_after_charge,
             poison_settle_after: std::time::Duration::from_secs(60),
         }
     }
 
-    /// How long an order named only by a poison record waits for its real
-    /// `order.placed` before it is settled FAILED (default 60 s).
+    /// How long an order id named only by poison records waits for its real
+    /// `order.placed` before it is declared unprocessable (default 60 s).
     pub fn settling_poison_after(mut self, wait: std::time::Duration) -> Self {
         self.poison_settle_after = wait;
         self
     }
 
     /// Stores the request unless one is stored (the first delivery's wins)
-    /// and returns the stored one, with whether the outcome is recorded.
+    /// and returns the stored one, with whether the order is settled.
     async fn remember(
         &self,
         order_id: Uuid,
@@ -330,7 +337,8 @@ impl<G: PaymentGateway> PaymentHandler<G> {
     async fn known_request(&self, order_id: Uuid) -> Result<Option<KnownRequest>, sqlx::Error> {
         sqlx::query_as(
             "SELECT r.amount, r.customer_name, r.customer_email, r.correlation_id, \
-             EXISTS (SELECT 1 FROM payments.payment_attempts p WHERE p.order_id = r.order_id) AS paid, \
+             (r.unprocessable_reason IS NOT NULL OR \
+             EXISTS (SELECT 1 FROM payments.payment_attempts p WHERE p.order_id = r.order_id)) AS settled, \
              r.gateway_calls \
              FROM payments.payment_requests r WHERE r.order_id = $1",
         )
@@ -405,11 +413,13 @@ impl<G: PaymentGateway> PaymentHandler<G> {
 
     /// Before dead-lettering a record keyed by an order id, so that no one
     /// waits on that order forever: an order this service was asked to pay
-    /// (its request is stored) is settled now; an order it never had a valid
-    /// request for is noted in `payments.unsettled_poison`, and settled by
-    /// [`MessageHandler::housekeeping`] if its real `order.placed` does not
-    /// come within the wait. A database or gateway error is returned, so the
-    /// record is retried rather than dead-lettered with the order left waiting.
+    /// (its request is stored) is settled now; an id it never had a valid
+    /// request for is noted in `payments.unsettled_poison`, and declared
+    /// unprocessable by [`MessageHandler::housekeeping`] if its real
+    /// `order.placed` does not come within the wait: no payment event is
+    /// ever made for an id this service has no request for. A database or
+    /// gateway error is returned, so the record is retried rather than
+    /// dead-lettered with the order left waiting.
     async fn settle_known_order(&self, key: Option<&str>, reason: &str) -> Result<(), HandleError> {
         let Some(order_id) = key.and_then(|key| Uuid::parse_str(key).ok()) else {
             return Ok(());
@@ -422,7 +432,7 @@ impl<G: PaymentGateway> PaymentHandler<G> {
                      ON CONFLICT (order_id) DO NOTHING",
                 )
                 .bind(order_id)
-                .bind(reason)
+                .bind(events::bounded_reason(reason))
                 .execute(&self.pool)
                 .await?;
                 Ok(())
@@ -439,7 +449,7 @@ impl<G: PaymentGateway> PaymentHandler<G> {
         known: KnownRequest,
         reason: &str,
     ) -> Result<(), HandleError> {
-        if known.paid {
+        if known.settled {
             return Ok(());
         }
         let request = ChargeRequest {
@@ -465,37 +475,89 @@ impl<G: PaymentGateway> PaymentHandler<G> {
         Ok(())
     }
 
-    /// Settles the orders poison records named that got no valid
-    /// `order.placed` within the wait (those that did are paid already, or
-    /// settled with their stored request), then forgets them.
+    /// Deals with the ids poison records named that got no valid
+    /// `order.placed` within the wait: one whose request came meanwhile is
+    /// settled with it (paid already, or voided and FAILED); one still
+    /// without a request is declared unprocessable. Then the id is forgotten.
     async fn settle_overdue_poison(&self) -> Result<(), HandleError> {
-        let overdue: Vec<(Uuid, String)> = sqlx::query_as(
-            "SELECT order_id, reason FROM payments.unsettled_poison \
+        let overdue: Vec<(Uuid, String, chrono::DateTime<Utc>)> = sqlx::query_as(
+            "SELECT order_id, reason, first_seen_at FROM payments.unsettled_poison \
              WHERE first_seen_at < now() - make_interval(secs => $1) ORDER BY first_seen_at LIMIT 100",
         )
         .bind(self.poison_settle_after.as_secs_f64())
         .fetch_all(&self.pool)
         .await?;
-        for (order_id, reason) in overdue {
-            // Without a request nothing was charged (a request is stored
-            // before any charge), so the order fails with what the key says.
-            let known = self.known_request(order_id).await?.unwrap_or(KnownRequest {
-                request: PaymentRequest {
-                    amount: Decimal::ZERO,
-                    customer_name: String::new(),
-                    customer_email: String::new(),
-                    correlation_id: String::new(),
-                },
-                paid: false,
-                gateway_calls: 0,
-            });
-            self.settle(order_id, known, &reason).await?;
+        for (order_id, reason, first_seen_at) in overdue {
+            if !self
+                .declare_unprocessable(order_id, &reason, first_seen_at)
+                .await?
+            {
+                // A valid request came first: it is a real order, settled as one.
+                if let Some(known) = self.known_request(order_id).await? {
+                    self.settle(order_id, known, &reason).await?;
+                }
+            }
             sqlx::query("DELETE FROM payments.unsettled_poison WHERE order_id = $1")
                 .bind(order_id)
                 .execute(&self.pool)
                 .await?;
         }
         Ok(())
+    }
+
+    /// Declares `order_id` unprocessable, unless a request is stored for it:
+    /// a request row with the reason and no customer takes the id's place
+    /// (so a valid `order.placed` arriving later is never paid), and an
+    /// `OrderUnprocessable` event for the order API goes to the outbox, in
+    /// one transaction. Nothing was charged: a charge needs a stored request.
+    /// Returns false, changing nothing, when a request is stored.
+    async fn declare_unprocessable(
+        &self,
+        order_id: Uuid,
+        reason: &str,
+        first_seen_at: chrono::DateTime<Utc>,
+    ) -> Result<bool, sqlx::Error> {
+        let reason = events::bounded_reason(reason);
+        let mut tx = self.pool.begin().await?;
+        let declared = sqlx::query(
+            "INSERT INTO payments.payment_requests \
+             (order_id, amount, customer_name, customer_email, correlation_id, unprocessable_reason) \
+             VALUES ($1, 0, '', '', '', $2) ON CONFLICT (order_id) DO NOTHING",
+        )
+        .bind(order_id)
+        .bind(&reason)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !declared {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let event = OrderUnprocessable {
+            metadata: Some(events::metadata("", PRODUCER, Utc::now())),
+            order_id: order_id.to_string(),
+            reason: reason.clone(),
+            first_seen_at: Some(events::timestamp(first_seen_at)),
+        };
+        let event = OutboxMessage {
+            topic: self.order_unprocessable_topic.clone(),
+            key: order_id.to_string(),
+            payload: event.encode_to_vec(),
+            headers: events::standard_headers::<OrderUnprocessable>(
+                "",
+                &std::collections::BTreeMap::new(),
+            ),
+        };
+        outbox::enqueue_all(&mut tx, &SCHEMA, std::slice::from_ref(&event)).await?;
+        tx.commit().await?;
+        outbox::committed(&SCHEMA);
+        tracing::warn!(
+            %order_id,
+            reason,
+            "no valid order.placed came for an order id poison records named; declared it unprocessable to the order API"
+        );
+        Ok(true)
     }
 }
 
@@ -519,17 +581,21 @@ impl<G: PaymentGateway> MessageHandler for PaymentHandler<G> {
             amount: events::amount(&event.total_amount).map_err(HandleError::Fatal)?,
             customer_name: event.customer_name,
             customer_email: event.customer_email,
+            // An event's correlation id travels further (stored, logged, in
+            // payment.completed) only once it passes the request-id check.
             correlation_id: event
                 .metadata
-                .map(|metadata| metadata.correlation_id)
-                .unwrap_or_default(),
+                .as_ref()
+                .and_then(|metadata| telemetry::loggable_request_id(&metadata.correlation_id))
+                .unwrap_or_default()
+                .to_owned(),
         };
         // The database steps are boxed: they are short, and an in-flight
         // payment then holds only the gateway call's state while it waits
         // (thousands wait at once at the gateway's latency).
         let stored = Box::pin(self.remember(order_id, request.clone())).await?;
-        if stored.paid {
-            tracing::info!(%order_id, "order already paid, skipping duplicate delivery");
+        if stored.settled {
+            tracing::info!(%order_id, "order already settled, skipping duplicate delivery");
             return Ok(Handled::Duplicate);
         }
         if stored.request.amount != request.amount

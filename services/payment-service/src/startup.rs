@@ -1,10 +1,11 @@
 //! How the payment service is put together on the [`ServiceHost`]: the
 //! `order.placed` consumer with the payment handler, and the outbox relay that
-//! publishes `payment.completed`; `/mock-gateway` on the HTTP endpoint.
+//! publishes `payment.completed` and `order.unprocessable`; `/mock-gateway` on
+//! the HTTP endpoint.
 
 use std::sync::Arc;
 
-use foodorder_contract::topics::{ORDER_PLACED, PAYMENT_COMPLETED};
+use foodorder_contract::topics::{ORDER_PLACED, ORDER_UNPROCESSABLE, PAYMENT_COMPLETED};
 use foodorder_runtime::batch::BatchMetrics;
 use foodorder_runtime::db;
 use foodorder_runtime::health::DatabaseProbe;
@@ -47,10 +48,12 @@ pub async fn build(config: Config, pool: Option<PgPool>) -> anyhow::Result<Servi
         .with_metrics(host.metrics()),
     );
     let payment_completed = host.kafka().topic(PAYMENT_COMPLETED);
+    let order_unprocessable = host.kafka().topic(ORDER_UNPROCESSABLE);
     let handler = PaymentHandler::new(
         host.pool().clone(),
         processor,
         payment_completed.clone(),
+        order_unprocessable.clone(),
         config.crash_after_charge,
         &batches,
     )
@@ -67,7 +70,7 @@ pub async fn build(config: Config, pool: Option<PgPool>) -> anyhow::Result<Servi
             &[],
         ))
         .relay(RelayConfig {
-            topics: vec![payment_completed],
+            topics: vec![payment_completed, order_unprocessable],
             ..config.relay
         })
         .consumer(settings, handler))

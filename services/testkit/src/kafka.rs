@@ -209,9 +209,14 @@ pub fn group_offsets(bootstrap: &str, group: &str, topic: &str) -> BTreeMap<i32,
         .set("log_level", "3")
         .create()
         .expect("create the offsets reader");
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("topic metadata");
+    // Right after a broker restart leadership and the group coordinator may
+    // still be moving (NotLeaderForPartition, NotCoordinator,
+    // CoordinatorLoadInProgress): every question is asked again, for a
+    // bounded time.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let metadata = ask_until(deadline, &format!("metadata of {topic}"), || {
+        consumer.fetch_metadata(Some(topic), Duration::from_secs(10))
+    });
     let partitions = metadata
         .topics()
         .first()
@@ -221,19 +226,9 @@ pub fn group_offsets(bootstrap: &str, group: &str, topic: &str) -> BTreeMap<i32,
     for partition in 0..partitions {
         list.add_partition(topic, partition);
     }
-    // Right after a broker restart the group coordinator may still be loading
-    // (NotCoordinator, CoordinatorLoadInProgress): ask again, for a bounded time.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let committed = loop {
-        match consumer.committed_offsets(list.clone(), Duration::from_secs(10)) {
-            Ok(committed) => break committed,
-            Err(error) if std::time::Instant::now() < deadline => {
-                eprintln!("committed offsets of {group} not available yet ({error}), asking again");
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            Err(error) => panic!("committed offsets of {group}: {error}"),
-        }
-    };
+    let committed = ask_until(deadline, &format!("committed offsets of {group}"), || {
+        consumer.committed_offsets(list.clone(), Duration::from_secs(10))
+    });
     committed
         .elements()
         .iter()
@@ -242,20 +237,54 @@ pub fn group_offsets(bootstrap: &str, group: &str, topic: &str) -> BTreeMap<i32,
                 Offset::Offset(offset) => offset,
                 _ => -1,
             };
-            let (_, high) = consumer
-                .fetch_watermarks(topic, element.partition(), Duration::from_secs(10))
-                .expect("watermarks");
-            (element.partition(), (committed, high))
+            let partition = element.partition();
+            let (_, high) = ask_until(
+                deadline,
+                &format!("high watermark of {topic}[{partition}]"),
+                || consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)),
+            );
+            (partition, (committed, high))
         })
         .collect()
 }
 
-/// Creates the contract's event topics (`order.placed`, `payment.completed`)
-/// with `config`'s prefix; each service creates its own dead-letter topic.
+/// Runs `ask` until it answers or `deadline` passes, saying on stderr what is
+/// asked again and why; past the deadline the last error is returned. For
+/// questions a broker may refuse for a moment while leadership or a group
+/// coordinator moves.
+pub fn ask_again_until<T, E: std::fmt::Display>(
+    deadline: std::time::Instant,
+    what: &str,
+    mut ask: impl FnMut() -> Result<T, E>,
+) -> Result<T, E> {
+    loop {
+        match ask() {
+            Ok(answer) => return Ok(answer),
+            Err(error) if std::time::Instant::now() < deadline => {
+                eprintln!("{what} not available yet ({error}), asking again");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// [`ask_again_until`] for a check: past the deadline the last error fails it.
+fn ask_until<T, E: std::fmt::Display>(
+    deadline: std::time::Instant,
+    what: &str,
+    ask: impl FnMut() -> Result<T, E>,
+) -> T {
+    ask_again_until(deadline, what, ask).unwrap_or_else(|error| panic!("{what}: {error}"))
+}
+
+/// Creates the contract's event topics (`order.placed`, `payment.completed`,
+/// `order.unprocessable`) with `config`'s prefix; each service creates its own
+/// dead-letter topic.
 pub async fn create_event_topics(config: &KafkaConfig) -> anyhow::Result<()> {
-    use foodorder_contract::topics::{ORDER_PLACED, PAYMENT_COMPLETED};
+    use foodorder_contract::topics::{ORDER_PLACED, ORDER_UNPROCESSABLE, PAYMENT_COMPLETED};
     use foodorder_runtime::kafka::{TopicSpec, ensure_topics};
-    let specs =
-        [ORDER_PLACED, PAYMENT_COMPLETED].map(|name| TopicSpec::event(config, &config.topic(name)));
+    let specs = [ORDER_PLACED, PAYMENT_COMPLETED, ORDER_UNPROCESSABLE]
+        .map(|name| TopicSpec::event(config, &config.topic(name)));
     ensure_topics(config, &specs).await
 }

@@ -101,7 +101,12 @@ pub async fn produce_raw(
     let forget = |place: &(String, String, i32)| {
         LEADERS.lock().unwrap().retain(|(known, _)| known != place);
     };
-    for _ in 0..20 {
+    // A killed leader is named by the metadata until the controller fences it
+    // or it is back (up to the broker session timeout plus its restart): its
+    // connections are refused at once all that while, so the tries are
+    // bounded by time, not by count.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while std::time::Instant::now() < deadline {
         let leader = match known(&place) {
             Some(leader) => leader,
             None => {

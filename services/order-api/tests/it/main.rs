@@ -13,3 +13,4 @@ mod read_and_watch;
 mod readiness;
 mod support;
 mod two_instances;
+mod unprocessable;

@@ -195,17 +195,43 @@ pub fn payment_completed(order_id: &str, amount: &str, success: bool) -> Vec<u8>
 
 /// Publishes `payload` on `payment.completed` keyed by `key`.
 pub async fn publish_payment_completed(kafka_config: &KafkaConfig, key: &str, payload: Vec<u8>) {
+    publish(
+        kafka_config,
+        foodorder_contract::topics::PAYMENT_COMPLETED,
+        key,
+        payload,
+    )
+    .await;
+}
+
+/// Publishes `payload` on `topic` (its name without the prefix) keyed by `key`.
+pub async fn publish(kafka_config: &KafkaConfig, topic: &str, key: &str, payload: Vec<u8>) {
     let producer = foodorder_runtime::kafka::idempotent_producer(kafka_config, "order-api-test")
         .expect("producer");
     producer
         .send(
-            rdkafka::producer::FutureRecord::to(
-                &kafka_config.topic(foodorder_contract::topics::PAYMENT_COMPLETED),
-            )
-            .key(key)
-            .payload(&payload),
+            rdkafka::producer::FutureRecord::to(&kafka_config.topic(topic))
+                .key(key)
+                .payload(&payload),
             Duration::from_secs(10),
         )
         .await
-        .expect("produce payment.completed");
+        .unwrap_or_else(|(error, _)| panic!("produce to {topic}: {error}"));
+}
+
+/// The `OrderUnprocessable` the payment service would send for `order_id`.
+pub fn order_unprocessable(order_id: &str, reason: &str) -> Vec<u8> {
+    use prost::Message;
+    let now = chrono::Utc::now();
+    foodorder_contract::v1::OrderUnprocessable {
+        metadata: Some(foodorder_contract::events::metadata(
+            "",
+            "payment-service",
+            now,
+        )),
+        order_id: order_id.to_owned(),
+        reason: reason.to_owned(),
+        first_seen_at: Some(foodorder_contract::events::timestamp(now)),
+    }
+    .encode_to_vec()
 }

@@ -697,7 +697,8 @@ async fn created_topics_carry_the_configured_min_insync_replicas() {
     ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
 )]
 #[tokio::test]
-async fn poison_for_an_order_never_requested_waits_for_its_real_event_then_settles_it() {
+async fn poison_for_an_order_never_requested_waits_for_its_real_event_then_declares_it_unprocessable()
+ {
     let (pool, _database) = foodorder_testkit::database(&[&payment_service::SCHEMA]).await;
     let kafka = testing::kafka_config();
     let producer = producer(&kafka).await;
@@ -729,8 +730,10 @@ async fn poison_for_an_order_never_requested_waits_for_its_real_event_then_settl
     )
     .await;
     send_order_placed(&producer, &kafka, contradicted).await;
-    // test_config settles poison-only orders after 2 s.
-    let service = spawn_service(pool.clone(), test_config(kafka.clone(), 0.0)).await;
+    // test_config declares poison-only order ids unprocessable after 2 s.
+    let config = test_config(kafka.clone(), 0.0);
+    let config_group = config.consumer.group_id.clone();
+    let service = spawn_service(pool.clone(), config).await;
 
     let paid = wait_for_payment(&pool, arrives).await;
     assert_eq!(
@@ -739,19 +742,71 @@ async fn poison_for_an_order_never_requested_waits_for_its_real_event_then_settl
         "the real event is paid"
     );
     assert_eq!(charges(&pool, arrives).await, 1);
-    let settled = wait_for_payment(&pool, never).await;
+    // `never` is declared unprocessable to the order API: an OrderUnprocessable
+    // on order.unprocessable, and no payment event, attempt or gateway call.
+    let declared = testing::collect_records_async(
+        &kafka.bootstrap_servers,
+        &kafka.topic(foodorder_contract::topics::ORDER_UNPROCESSABLE),
+        kafka.event_partitions,
+        1,
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(declared.len(), 1, "one declaration: {declared:?}");
+    assert_eq!(declared[0].key, never.to_string());
     assert_eq!(
-        (settled.0.as_str(), settled.1.as_str(), settled.2),
-        ("FAILED", "FAILED", 0),
-        "an order only poison named is settled, not left waiting"
+        declared[0].headers["event-type"],
+        "foodorder.v1.OrderUnprocessable"
     );
+    let (declared_id, event) = foodorder_contract::events::decode_order_unprocessable(
+        Some(declared[0].key.as_bytes()),
+        Some(&declared[0].payload),
+    )
+    .expect("a valid OrderUnprocessable");
+    assert_eq!(declared_id, never);
     assert!(
-        settled
-            .3
-            .unwrap()
-            .starts_with("Payment could not be processed")
+        event.reason.starts_with("value is not a valid OrderPlaced"),
+        "{}",
+        event.reason
     );
-    assert_eq!(decisions(&pool, never).await, ["VOIDED"]);
+    // Its real event, arriving after the declaration, is not paid: once the
+    // group has committed past it, nothing was recorded for it.
+    send_order_placed(&producer, &kafka, never).await;
+    let group = config_group.clone();
+    let (bootstrap, topic) = (
+        kafka.bootstrap_servers.clone(),
+        kafka.topic(foodorder_contract::topics::ORDER_PLACED),
+    );
+    testing::wait_for(
+        "the consumer to commit past the late OrderPlaced",
+        Duration::from_secs(60),
+        || {
+            let (bootstrap, topic, group) = (bootstrap.clone(), topic.clone(), group.clone());
+            async move {
+                let offsets = tokio::task::spawn_blocking(move || {
+                    testing::group_offsets(&bootstrap, &group, &topic)
+                })
+                .await
+                .unwrap();
+                offsets
+                    .values()
+                    .all(|(committed, high)| committed.max(&0) >= high)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let completed = payment_completed_records(&kafka, 2, Duration::from_secs(3)).await;
+    assert!(
+        completed
+            .iter()
+            .all(|record| record.key != never.to_string()),
+        "no payment event for an order id only poison named: {completed:?}"
+    );
+    assert_eq!(attempt_rows(&pool, never).await, 0);
+    assert_eq!(charges(&pool, never).await, 0);
+    assert!(decisions(&pool, never).await.is_empty(), "no gateway call");
     let first = wait_for_payment(&pool, contradicted).await;
     assert_eq!(first.0, "COMPLETED");
     let charged: rust_decimal::Decimal =
@@ -800,5 +855,68 @@ async fn poison_for_an_order_never_requested_waits_for_its_real_event_then_settl
         },
     )
     .await;
+    service.stop().await;
+}
+
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
+)]
+#[tokio::test]
+async fn a_correlation_id_that_fails_the_request_id_check_travels_no_further() {
+    let (pool, _database) = foodorder_testkit::database(&[&payment_service::SCHEMA]).await;
+    let kafka = testing::kafka_config();
+    let producer = producer(&kafka).await;
+    let (hostile, fine) = (new_order_id(), new_order_id());
+    for (order_id, correlation_id) in [
+        (
+            hostile,
+            format!("evil\nforged log line {}", "x".repeat(4096)),
+        ),
+        (fine, format!("req-{fine}")),
+    ] {
+        let mut event = order_placed(order_id);
+        event.metadata.as_mut().unwrap().correlation_id = correlation_id.clone();
+        send_raw(
+            &producer,
+            &kafka.topic(foodorder_contract::topics::ORDER_PLACED),
+            &order_id.to_string(),
+            &event.encode_to_vec(),
+            &correlation_id,
+        )
+        .await;
+    }
+    let service = spawn_service(pool.clone(), test_config(kafka.clone(), 0.0)).await;
+    for order_id in [hostile, fine] {
+        wait_for_payment(&pool, order_id).await;
+    }
+    for (order_id, expected) in [(hostile, String::new()), (fine, format!("req-{fine}"))] {
+        let (stored, header): (String, Option<String>) = sqlx::query_as(
+            "SELECT r.correlation_id, o.headers ->> 'x-request-id' FROM payments.payment_requests r \
+             JOIN payments.outbox o ON o.message_key = r.order_id::text WHERE r.order_id = $1",
+        )
+        .bind(order_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(stored, expected, "the stored correlation id of {order_id}");
+        assert_eq!(
+            header.as_deref(),
+            Some(expected.as_str()),
+            "x-request-id of the payment.completed of {order_id}"
+        );
+        let completed = PaymentCompleted::decode(
+            sqlx::query_scalar::<_, Vec<u8>>(
+                "SELECT payload FROM payments.outbox WHERE message_key = $1",
+            )
+            .bind(order_id.to_string())
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .as_slice(),
+        )
+        .unwrap();
+        assert_eq!(completed.metadata.unwrap().correlation_id, expected);
+    }
     service.stop().await;
 }
