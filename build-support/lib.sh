@@ -113,6 +113,15 @@ ensure_tool() {
     || { tail -20 "$CACHE_DIR/$package-install.log" >&2; die "$command is not installed and installing Debian's $package package failed (see $CACHE_DIR/$package-install.log)"; }
 }
 
+# new_secret: 32 random letters and digits (a password: no character needs
+# quoting in a URL, in PGOPTIONS or in a JAAS file).
+new_secret() {
+  local secret
+  secret=$(head -c 512 /dev/urandom | LC_ALL=C tr -dc 'A-Za-z0-9' | head -c 32)
+  ((${#secret} == 32)) || die "could not read 32 random characters from /dev/urandom"
+  printf '%s\n' "$secret"
+}
+
 # stop_started: stops what this script started, newest first.
 stop_started() {
   local index entry pid

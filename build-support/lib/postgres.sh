@@ -92,15 +92,45 @@ start_private_postgres() {
   if as_pg_user "$pg_ctl" -D "$data" status >/dev/null 2>&1; then
     port=$(sed -n 4p "$data/postmaster.pid")
     log "reusing the private PostgreSQL cluster already running on 127.0.0.1:$port"
-    export DATABASE_URL="postgres://postgres@127.0.0.1:$port/$(url_part "$DATABASE_URL" db)"
-    return 0
+  else
+    port=$(free_port)
+    log "starting the private PostgreSQL cluster on 127.0.0.1:$port"
+    pg_start_cluster "$pg_ctl" "$data" "$port" || die "the private PostgreSQL cluster did not start, see $data/server.log"
+    PRIVATE_PG_CTL="$pg_ctl"
+    PRIVATE_PG_DATA="$data"
   fi
-  port=$(free_port)
-  log "starting the private PostgreSQL cluster on 127.0.0.1:$port"
-  pg_start_cluster "$pg_ctl" "$data" "$port" || die "the private PostgreSQL cluster did not start, see $data/server.log"
-  PRIVATE_PG_CTL="$pg_ctl"
-  PRIVATE_PG_DATA="$data"
-  export DATABASE_URL="postgres://postgres@127.0.0.1:$port/$(url_part "$DATABASE_URL" db)"
+  require_passwords "$pg_ctl" "$data" "$port"
+  export DATABASE_URL="postgres://postgres:$(cat "$data/foodorder-superuser.password")@127.0.0.1:$port/$(url_part "$DATABASE_URL" db)"
+}
+
+# require_passwords PG_CTL DATA PORT: every TCP connection to the private
+# cluster proves its role's password (scram-sha-256), the superuser's
+# included; only the Unix socket in DATA, which no one but root and the
+# cluster's owner can reach, is trusted. The superuser's password is made
+# once, kept in DATA/foodorder-superuser.password (mode 0600), and set over
+# that socket. A cluster made by an older version (trust on TCP) is brought
+# to this the first time.
+require_passwords() {
+  local pg_ctl=$1 data=$2 port=$3 psql password_file="$2/foodorder-superuser.password" hba
+  psql=$(find_pg_bin psql) || die "psql is not installed (Debian/Ubuntu: apt-get install postgresql-client)"
+  if [[ ! -s $password_file ]]; then
+    (umask 077 && new_secret >"$password_file.new") || die "cannot write $password_file"
+    as_pg_user "$psql" -h "$data" -p "$port" -U postgres -d postgres -qAt -v ON_ERROR_STOP=1 \
+      -v password="$(cat "$password_file.new")" -f - >/dev/null <<<"ALTER ROLE postgres PASSWORD :'password';" \
+      || die "could not set the superuser's password of the private PostgreSQL cluster in $data"
+    mv "$password_file.new" "$password_file"
+    [[ $(id -u) -eq 0 ]] && chown postgres "$password_file"
+  fi
+  hba='# Written by build-support (lib/postgres.sh) at every start: the Unix socket
+# (in the data directory, reachable by root and the cluster'"'"'s owner only) is
+# trusted; every TCP connection proves its role'"'"'s password.
+local all all trust
+host all all 127.0.0.1/32 scram-sha-256
+host all all ::1/128 scram-sha-256'
+  if [[ $(cat "$data/pg_hba.conf" 2>/dev/null) != "$hba" ]]; then
+    printf '%s\n' "$hba" >"$data/pg_hba.conf"
+    as_pg_user "$pg_ctl" -D "$data" reload >/dev/null || die "could not reload the private PostgreSQL cluster's pg_hba.conf"
+  fi
 }
 
 # pg_start_cluster PG_CTL DATA PORT: starts the cluster on 127.0.0.1:PORT and waits for it.
@@ -143,4 +173,31 @@ ensure_postgres() {
       || die "cannot create database $db at $base"
   fi
   log "PostgreSQL: $(url_part "$DATABASE_URL" host):$(url_part "$DATABASE_URL" port)/$db"
+}
+
+# provision_roles DIR: the platform's roles on DATABASE_URL's database
+# (migrations/roles.sql: foodorder_orders, foodorder_payments and
+# foodorder_notifications each own their schema and nothing else;
+# foodorder_admin reads every schema), made as DATABASE_URL's role (a
+# superuser, or one with CREATEROLE that owns the schemas). Passwords are made
+# once per installation and kept in DIR (mode 0700, one file per role, 0600);
+# running it again keeps them. Sets ROLE_DATABASE_URL[orders|payments|
+# notifications|admin], each the same server and database as that role.
+provision_roles() {
+  local dir=$1 name options=() host port db
+  declare -gA ROLE_DATABASE_URL=()
+  (umask 077 && mkdir -p "$dir") && chmod 700 "$dir" || die "cannot create $dir"
+  for name in orders payments notifications admin; do
+    [[ -s $dir/postgres-$name.password ]] || (umask 077 && new_secret >"$dir/postgres-$name.password") \
+      || die "cannot write $dir/postgres-$name.password"
+    options+=("-c foodorder.${name}_role=foodorder_$name" "-c foodorder.${name}_password=$(cat "$dir/postgres-$name.password")")
+  done
+  PGOPTIONS="${options[*]}" psql "$DATABASE_URL" -qAt -v ON_ERROR_STOP=1 -f "$ROOT_DIR/migrations/roles.sql" \
+    >"$dir/provision.log" 2>&1 \
+    || { cat "$dir/provision.log" >&2; die "could not create the services' database roles on $(url_part "$DATABASE_URL" host):$(url_part "$DATABASE_URL" port) (the role of DATABASE_URL needs to be a superuser); FOODORDER_DB_ROLES=off runs every service as DATABASE_URL's role instead"; }
+  host=$(url_part "$DATABASE_URL" host) port=$(url_part "$DATABASE_URL" port) db=$(url_part "$DATABASE_URL" db)
+  [[ $host == *:* ]] && host="[$host]"
+  for name in orders payments notifications admin; do
+    ROLE_DATABASE_URL[$name]="postgres://foodorder_$name:$(cat "$dir/postgres-$name.password")@$host:$port/$db"
+  done
 }

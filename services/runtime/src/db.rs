@@ -173,6 +173,11 @@ impl Schema {
 
     /// Brings the database up to date for this schema: the legacy move first
     /// when the database has the shared history, then the schema's own folder.
+    /// The schema's name.
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+
     /// With the default [`DatabaseTimeouts`]; see [`Schema::migrate_with`].
     pub async fn migrate(&self, options: &PgConnectOptions) -> anyhow::Result<()> {
         self.migrate_with(options, &DatabaseTimeouts::default())
@@ -235,9 +240,35 @@ impl Schema {
                 .await
                 .context("failed to apply the shared schema's history and the split")?;
         }
-        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {}", self.name))
-            .execute(&mut *connection)
+        // A service that runs as its own role (see `migrations/roles.sql`)
+        // finds its schema made for it and may not create one: the database's
+        // CREATE right is checked even when the schema exists, so it is only
+        // asked for a schema that is missing.
+        let exists: bool = sqlx::query_scalar("SELECT to_regnamespace($1) IS NOT NULL")
+            .bind(self.name)
+            .fetch_one(&mut *connection)
             .await?;
+        if !exists {
+            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {}", self.name))
+                .execute(&mut *connection)
+                .await
+                .map_err(|error| {
+                    let denied = error
+                        .as_database_error()
+                        .and_then(|db| db.code())
+                        .is_some_and(|code| code == "42501");
+                    let error = anyhow::Error::new(error);
+                    if denied {
+                        error.context(format!(
+                            "schema {} does not exist and this role may not create it: \
+                             provision the database's roles first (migrations/roles.sql)",
+                            self.name
+                        ))
+                    } else {
+                        error
+                    }
+                })?;
+        }
         // The schema's own history table lives in the schema.
         sqlx::query(&format!("SET search_path TO {}", self.name))
             .execute(&mut *connection)

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod process;
 pub mod produce;
 pub mod proxy;
+pub mod roles;
 
 use std::future::Future;
 use std::time::Duration;

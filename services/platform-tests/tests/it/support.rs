@@ -57,6 +57,19 @@ pub fn database_url(pool: &PgPool) -> String {
     )
 }
 
+/// `DATABASE_URL` of `pool`'s database for `login`.
+pub fn role_url(pool: &PgPool, login: &foodorder_testkit::roles::Login) -> String {
+    let options = pool.connect_options();
+    format!(
+        "postgres://{}:{}@{}:{}/{}",
+        login.role,
+        login.password,
+        options.get_host(),
+        options.get_port(),
+        options.get_database().expect("database name")
+    )
+}
+
 /// The three services started as processes on one database and fresh topics.
 pub struct Platform {
     /// Port of the order API on 127.0.0.1.
@@ -80,6 +93,20 @@ impl Platform {
         shared: &[(&'static str, String)],
         payment: &[(&'static str, String)],
     ) -> Self {
+        Self::start_as(pool, None, shared, payment)
+    }
+
+    /// Like [`Platform::start`]; with `roles`, each service connects as its
+    /// own role (`DATABASE_URL` with the role's name and password).
+    pub fn start_as(
+        pool: &PgPool,
+        roles: Option<&foodorder_testkit::roles::Roles>,
+        shared: &[(&'static str, String)],
+        payment: &[(&'static str, String)],
+    ) -> Self {
+        let own_database = |login: Option<&foodorder_testkit::roles::Login>| {
+            login.map(|login| ("DATABASE_URL", role_url(pool, login)))
+        };
         let log_dir = std::env::temp_dir().join(format!("foodorder-e2e-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&log_dir).unwrap();
         let api_port = foodorder_testkit::free_port();
@@ -104,25 +131,22 @@ impl Platform {
             ("PAYMENT_HEALTH_ADDR", "127.0.0.1:0".to_owned()),
         ];
         payment_env.extend_from_slice(payment);
+        payment_env.extend(own_database(roles.map(|roles| &roles.payments)));
+        let mut order_env = vec![
+            ("ORDER_API_ADDR", format!("127.0.0.1:{api_port}")),
+            ("ORDER_API_HTTP_ADDR", "127.0.0.1:0".to_owned()),
+            ("ORDER_API_CONSUMER_GROUP", format!("order-api-{run}")),
+        ];
+        order_env.extend(own_database(roles.map(|roles| &roles.orders)));
+        let mut notification_env = vec![
+            ("NOTIFICATION_CONSUMER_GROUP", format!("notification-{run}")),
+            ("NOTIFICATION_HEALTH_ADDR", "127.0.0.1:0".to_owned()),
+        ];
+        notification_env.extend(own_database(roles.map(|roles| &roles.notifications)));
         let services = vec![
-            start_service(
-                "order-api",
-                &with(&[
-                    ("ORDER_API_ADDR", format!("127.0.0.1:{api_port}")),
-                    ("ORDER_API_HTTP_ADDR", "127.0.0.1:0".to_owned()),
-                    ("ORDER_API_CONSUMER_GROUP", format!("order-api-{run}")),
-                ]),
-                &log_dir,
-            ),
+            start_service("order-api", &with(&order_env), &log_dir),
             start_service("payment-service", &with(&payment_env), &log_dir),
-            start_service(
-                "notification-service",
-                &with(&[
-                    ("NOTIFICATION_CONSUMER_GROUP", format!("notification-{run}")),
-                    ("NOTIFICATION_HEALTH_ADDR", "127.0.0.1:0".to_owned()),
-                ]),
-                &log_dir,
-            ),
+            start_service("notification-service", &with(&notification_env), &log_dir),
         ];
         Self {
             api_port,
