@@ -85,7 +85,7 @@ impl Brokers {
             .map(|(index, port)| format!("{}@127.0.0.1:{port}", index + 1))
             .collect::<Vec<_>>()
             .join(",");
-        let cluster_id = kafka_cluster_id(uuid::Uuid::new_v4());
+        let cluster_id = new_cluster_id();
         let nodes = controller_ports
             .iter()
             .enumerate()
@@ -165,7 +165,15 @@ impl Brokers {
             node.child = Some(node.spawn_node()?);
         }
         for node in self.nodes.iter_mut().flatten() {
-            node.wait_ready(1).await?;
+            // The nodes of a cluster share their quorum and cluster id: one
+            // that exits while starting fails the boot (its logs were
+            // printed), instead of the run going on without it.
+            anyhow::ensure!(
+                node.wait_ready(1).await?,
+                "{} exited while starting, see {}",
+                node.name(),
+                node.data.join("logs").display()
+            );
         }
         Ok(())
     }
@@ -344,6 +352,18 @@ impl Broker {
     }
 }
 
+/// A new random cluster id that Kafka's tools accept: like Kafka's own
+/// `Uuid.randomUuid()`, never one that starts with `-`, which the storage
+/// tool's argument parser takes for an option (1 run in 64 failed to format).
+fn new_cluster_id() -> String {
+    loop {
+        let id = kafka_cluster_id(uuid::Uuid::new_v4());
+        if !id.starts_with('-') {
+            return id;
+        }
+    }
+}
+
 /// A Kafka cluster id: the 16 bytes of a UUID in URL-safe base64 without padding.
 fn kafka_cluster_id(uuid: uuid::Uuid) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -373,7 +393,7 @@ async fn answers(bootstrap: String) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::kafka_cluster_id;
+    use super::{kafka_cluster_id, new_cluster_id};
 
     #[test]
     fn a_cluster_id_is_22_url_safe_base64_characters() {
@@ -381,5 +401,18 @@ mod tests {
         assert_eq!(id, "_____________________w");
         let id = kafka_cluster_id(uuid::Uuid::nil());
         assert_eq!(id, "AAAAAAAAAAAAAAAAAAAAAA");
+        // 0xf8 makes the first six bits 62: '-'.
+        let mut bytes = [0u8; 16];
+        bytes[0] = 0xf8;
+        assert!(kafka_cluster_id(uuid::Uuid::from_bytes(bytes)).starts_with('-'));
+    }
+
+    #[test]
+    fn a_new_cluster_id_never_starts_with_a_dash() {
+        for _ in 0..2000 {
+            let id = new_cluster_id();
+            assert_eq!(id.len(), 22);
+            assert!(!id.starts_with('-'), "{id}");
+        }
     }
 }

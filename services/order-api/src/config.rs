@@ -23,6 +23,9 @@ pub struct Config {
     /// (liveness, with the broker's and the outbox's state), `GET /readyz`
     /// (an order could commit now: the write probe passes) and `GET /metrics`.
     pub http_addr: SocketAddr,
+    /// `ORDER_API_TLS_CERT` and `ORDER_API_TLS_KEY`: TLS on the gRPC
+    /// listener (rustls) when set; plaintext otherwise.
+    pub tls: Option<crate::tls::TlsFiles>,
     /// PostgreSQL settings.
     pub database: DatabaseConfig,
     /// Kafka settings.
@@ -114,6 +117,7 @@ impl Config {
     pub fn for_tests() -> Self {
         Self {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls: None,
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             database: DatabaseConfig::for_tests(),
             kafka: KafkaConfig::for_tests(),
@@ -168,6 +172,7 @@ impl Config {
         let max_batch = env_count("ORDER_API_BATCH_MAX", 128)?;
         Ok(Self {
             listen_addr: env_or("ORDER_API_ADDR", SocketAddr::from(([0, 0, 0, 0], 50051)))?,
+            tls: crate::tls::TlsFiles::from_env()?,
             http_addr: env_or(
                 "ORDER_API_HTTP_ADDR",
                 SocketAddr::from(([0, 0, 0, 0], 9101)),

@@ -19,6 +19,7 @@ pub mod repository;
 pub mod request_context;
 pub mod service;
 pub mod startup;
+pub mod tls;
 pub mod unprocessable;
 pub mod watch;
 

@@ -60,6 +60,7 @@ impl Application {
     /// is reached), connects to PostgreSQL (creating the database, migrating
     /// the `orders` schema) and binds the gRPC listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        check_tls(&config)?;
         let endpoint = ServiceEndpoint::start(config.http_addr).await?;
         let pool = db::connect_and_migrate(&config.database, &SCHEMA).await?;
         Self::build_on(config, pool, endpoint).await
@@ -69,6 +70,7 @@ impl Application {
     /// `orders`): the service opens its pools there with `pool`'s connection
     /// settings and `config.database`'s sizes and deadlines.
     pub async fn build_with_pool(config: Config, pool: PgPool) -> anyhow::Result<Self> {
+        check_tls(&config)?;
         let endpoint = ServiceEndpoint::start(config.http_addr).await?;
         Self::build_on(config, pool, endpoint).await
     }
@@ -236,6 +238,24 @@ fn assemble(
         })
 }
 
+/// Refuses to start with TLS settings the server could not use (a file that
+/// cannot be read, holds no certificate or key, or a key rustls refuses),
+/// before anything else starts.
+fn check_tls(config: &Config) -> anyhow::Result<()> {
+    if let Some(tls) = &config.tls {
+        tonic::transport::Server::builder()
+            .tls_config(tls.server_config()?)
+            .with_context(|| {
+                format!(
+                    "ORDER_API_TLS_CERT {} and ORDER_API_TLS_KEY {} are not a usable certificate and key",
+                    tls.cert.display(),
+                    tls.key.display()
+                )
+            })?;
+    }
+    Ok(())
+}
+
 /// The readiness probe of the write path: the locks a PlaceOrder batch takes
 /// (`repository::place_batch`: inserts into the orders, their items and the
 /// outbox; reads of the menu and of stored idempotency keys), a transaction
@@ -273,8 +293,18 @@ async fn serve(
     let reflection_v1alpha = reflection_builder()
         .build_v1alpha()
         .context("failed to build reflection v1alpha")?;
-    tracing::info!(address = %listener.local_addr()?, "order-api listening");
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        server = server
+            .tls_config(tls.server_config()?)
+            .context("the TLS certificate and key are not usable")?;
+    }
+    tracing::info!(
+        address = %listener.local_addr()?,
+        tls = config.tls.is_some(),
+        "order-api listening"
+    );
+    server
         // Dead clients are found and their streams closed; a live one is never cut.
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))

@@ -12,5 +12,6 @@ mod rate_limit;
 mod read_and_watch;
 mod readiness;
 mod support;
+mod tls;
 mod two_instances;
 mod unprocessable;

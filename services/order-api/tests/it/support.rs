@@ -57,6 +57,7 @@ pub async fn spawn_app_on(pool: PgPool, adjust: impl FnOnce(&mut Config)) -> Tes
     adjust(&mut config);
     let group = config.consumer_group.clone();
     let kafka = config.kafka.clone();
+    let tls = config.tls.clone();
     let application = Application::build_with_pool(config, pool.clone())
         .await
         .expect("failed to build the app");
@@ -65,8 +66,19 @@ pub async fn spawn_app_on(pool: PgPool, adjust: impl FnOnce(&mut Config)) -> Tes
     let watch_hub = application.watch_hub();
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(application.run_until_stopped(shutdown.clone()));
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
+    // With TLS, the client trusts the CA that `build-support/tls-cert` put
+    // beside the server's certificate.
+    let endpoint = match &tls {
+        Some(tls) => tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(
+                order_api::tls::client_config(&tls.cert.with_file_name("ca.pem"))
+                    .expect("the test CA"),
+            )
+            .unwrap(),
+        None => tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap(),
+    };
+    let channel = endpoint
         .connect()
         .await
         .expect("failed to connect to the app");
