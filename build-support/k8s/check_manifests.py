@@ -158,6 +158,17 @@ def secret_like(text):
     return bool(URL_WITH_PASSWORD.search(str(text)))
 
 
+def secret_mounts(deployment, container):
+    """Where the container mounts volumes made from a Secret."""
+    volumes = ((deployment.get("spec") or {}).get("template") or {}).get("spec") or {}
+    from_secrets = {volume.get("name") for volume in volumes.get("volumes") or [] if "secret" in volume}
+    return [
+        str(mount.get("mountPath", "")).rstrip("/") + "/"
+        for mount in container.get("volumeMounts") or []
+        if mount.get("name") in from_secrets and mount.get("mountPath")
+    ]
+
+
 def check_container(report, deployment, container, service):
     resources = container.get("resources") or {}
     for part in ("requests", "limits"):
@@ -180,7 +191,13 @@ def check_container(report, deployment, container, service):
         report.add(deployment, f"container {container['name']} may escalate privileges")
     if security.get("readOnlyRootFilesystem") is not True:
         report.add(deployment, f"container {container['name']} has a writable root filesystem")
+    # A secret-sounding name is fine when its value is only the path of a
+    # file mounted from a Secret (ORDER_API_TLS_KEY=/etc/order-api/tls/tls.key).
+    mounted = secret_mounts(deployment, container)
     for variable in container.get("env") or []:
+        value = str(variable.get("value", ""))
+        if any(value.startswith(path) and ".." not in value for path in mounted):
+            continue
         if "value" in variable and (SECRET_NAME.search(str(variable.get("name"))) or secret_like(variable["value"])):
             report.add(deployment, f"env {variable.get('name')} carries a value that belongs in a Secret")
     for argument in (container.get("args") or []) + (container.get("command") or []):

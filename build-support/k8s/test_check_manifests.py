@@ -208,6 +208,13 @@ class OverlayRules(unittest.TestCase):
             lambda o: main_container(o, "order-api")["env"].append({"name": "KAFKA_SASL_PASSWORD", "value": "hunter2"}),
             "belongs in a Secret",
         )
+        # A key's path is fine only inside a volume made from a Secret.
+        def key_path_outside_a_secret(o):
+            main_container(o, "payment-service")["env"].append({"name": "PAYMENT_TLS_KEY", "value": "/etc/tls/tls.key"})
+        self.assert_reported(key_path_outside_a_secret, "env PAYMENT_TLS_KEY carries a value that belongs in a Secret")
+        def key_path_escaping_the_secret(o):
+            main_container(o, "order-api")["env"].append({"name": "OTHER_KEY", "value": "/etc/order-api/tls/../../key"})
+        self.assert_reported(key_path_escaping_the_secret, "env OTHER_KEY carries a value that belongs in a Secret")
         self.assert_reported(
             lambda o: config_map(o)["data"].update(OTHER_URL="postgres://user:pass@db:5432/x"),
             "looks like a secret value",
