@@ -113,6 +113,21 @@ ensure_tool() {
     || { tail -20 "$CACHE_DIR/$package-install.log" >&2; die "$command is not installed and installing Debian's $package package failed (see $CACHE_DIR/$package-install.log)"; }
 }
 
+# ensure_build_dependencies: what the Rust build needs beyond the toolchain:
+# OpenSSL's headers and pkg-config (librdkafka is built with OpenSSL, which
+# its SASL/SCRAM needs); Debian's packages installed as root with apt.
+ensure_build_dependencies() {
+  if [[ -f /usr/include/openssl/ssl.h ]] || pkg-config --exists openssl 2>/dev/null; then
+    command -v pkg-config >/dev/null 2>&1 && return 0
+  fi
+  [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1 \
+    || die "OpenSSL's headers or pkg-config are missing (Debian/Ubuntu: apt-get install libssl-dev pkg-config): librdkafka needs them for SASL/SCRAM"
+  log "installing Debian's libssl-dev and pkg-config (apt-get; first time only)"
+  mkdir -p "$CACHE_DIR"
+  apt_install "$CACHE_DIR/libssl-dev-install.log" libssl-dev pkg-config \
+    || { tail -20 "$CACHE_DIR/libssl-dev-install.log" >&2; die "installing libssl-dev and pkg-config failed (see $CACHE_DIR/libssl-dev-install.log)"; }
+}
+
 # new_secret: 32 random letters and digits (a password: no character needs
 # quoting in a URL, in PGOPTIONS or in a JAAS file).
 new_secret() {

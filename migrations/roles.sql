@@ -1,8 +1,8 @@
 -- The database's roles: one login role per service, owning its schema and
 -- nothing else, and an admin role that reads every schema (for the tools).
--- Run as a superuser (or a role with CREATEROLE that owns the schemas) on the
--- platform's database, by build-support/run, the tests and the Kubernetes
--- provisioning Job; idempotent, so running it again rotates the passwords.
+-- Run as a superuser on the platform's database, by build-support/run and the
+-- tests (the Kubernetes overlays do not run it yet); idempotent, so running it
+-- again rotates the passwords.
 --
 -- Its parameters are custom settings of the session, so that the same file
 -- runs under psql and from Rust, with no value pasted into the SQL:
@@ -10,6 +10,7 @@
 --   foodorder.payments_role, foodorder.payments_password             (payment-service)
 --   foodorder.notifications_role, foodorder.notifications_password   (notification-service)
 --   foodorder.admin_role, foodorder.admin_password                   (tools: read-only)
+-- A password is never part of an error this script raises.
 -- e.g. PGOPTIONS='-c foodorder.orders_role=foodorder_orders -c foodorder.orders_password=…' psql -f roles.sql
 --
 -- What it leaves:
@@ -18,8 +19,9 @@
 --     this database; the owner of its schema and of everything in it (so it
 --     runs its own migrations); no right on any other schema, and nothing may
 --     be created in `public` by anyone but its owner;
---   * the admin role: LOGIN, a member of pg_read_all_data (SELECT on every
---     table, nothing else), CONNECT on this database;
+--   * the admin role: LOGIN, no inherited rights, CONNECT on this database,
+--     USAGE on the three schemas and SELECT on their tables (those made
+--     later too: default privileges of each service role), nothing else;
 --   * PUBLIC: no CONNECT and no TEMPORARY on this database.
 DO $provision$
 DECLARE
@@ -40,9 +42,14 @@ BEGIN
         IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = role_name) THEN
             EXECUTE format('CREATE ROLE %I', role_name);
         END IF;
-        EXECUTE format(
-            'ALTER ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT PASSWORD %L',
-            role_name, current_setting(format('foodorder.%s_password', service.schema_name)));
+        BEGIN
+            EXECUTE format(
+                'ALTER ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT PASSWORD %L',
+                role_name, current_setting(format('foodorder.%s_password', service.schema_name)));
+        EXCEPTION WHEN OTHERS THEN
+            -- Without the statement, which holds the password.
+            RAISE EXCEPTION 'cannot set up role %: %', role_name, SQLERRM USING ERRCODE = SQLSTATE;
+        END;
         EXECUTE format('GRANT CONNECT, TEMPORARY ON DATABASE %I TO %I', current_database(), role_name);
         EXECUTE format('CREATE SCHEMA IF NOT EXISTS %I AUTHORIZATION %I', service.schema_name, role_name);
         EXECUTE format('ALTER SCHEMA %I OWNER TO %I', service.schema_name, role_name);
@@ -79,10 +86,37 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = admin_name) THEN
         EXECUTE format('CREATE ROLE %I', admin_name);
     END IF;
-    EXECUTE format(
-        'ALTER ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT PASSWORD %L',
-        admin_name, current_setting('foodorder.admin_password'));
-    EXECUTE format('GRANT pg_read_all_data TO %I', admin_name);
+    BEGIN
+        EXECUTE format(
+            'ALTER ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT PASSWORD %L',
+            admin_name, current_setting('foodorder.admin_password'));
+    EXCEPTION WHEN OTHERS THEN
+        RAISE EXCEPTION 'cannot set up role %: %', admin_name, SQLERRM USING ERRCODE = SQLSTATE;
+    END;
     EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), admin_name);
+    -- Reads the three schemas' tables, now and later, and nothing else (not
+    -- pg_read_all_data, which would also let it read pg_authid's password
+    -- verifiers); an earlier version's membership is taken back.
+    IF EXISTS (SELECT FROM pg_auth_members m WHERE m.roleid = 'pg_read_all_data'::regrole
+               AND m.member = admin_name::regrole) THEN
+        EXECUTE format('REVOKE pg_read_all_data FROM %I', admin_name);
+    END IF;
+    FOR service IN SELECT * FROM (VALUES ('orders'), ('payments'), ('notifications')) AS s (schema_name)
+    LOOP
+        role_name := current_setting(format('foodorder.%s_role', service.schema_name));
+        EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', service.schema_name, admin_name);
+        EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA %I TO %I', service.schema_name, admin_name);
+        EXECUTE format('ALTER DEFAULT PRIVILEGES FOR ROLE %I IN SCHEMA %I GRANT SELECT ON TABLES TO %I',
+            role_name, service.schema_name, admin_name);
+    END LOOP;
+    -- A database upgraded across the split keeps the shared history in
+    -- public: the services read it to see that the split is done.
+    IF to_regclass('public._sqlx_migrations') IS NOT NULL THEN
+        FOR service IN SELECT * FROM (VALUES ('orders'), ('payments'), ('notifications')) AS s (schema_name)
+        LOOP
+            EXECUTE format('GRANT SELECT ON public._sqlx_migrations TO %I',
+                current_setting(format('foodorder.%s_role', service.schema_name)));
+        END LOOP;
+    END IF;
 END
 $provision$;

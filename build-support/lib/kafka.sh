@@ -54,7 +54,7 @@ start_kafka() {
   mkdir -p "$data"
   # nohup: a closed terminal must not stop the broker under a detached platform.
   nohup "$KAFKA_BROKER" --libs "$KAFKA_LIBS" --data "$data" --port "$port" --controller-port "$controller_port" \
-    >"$data/broker.out" 2>&1 &
+    ${KAFKA_SASL_DIR:+--sasl "$KAFKA_SASL_DIR"} >"$data/broker.out" 2>&1 &
   echo $!
 }
 
@@ -114,7 +114,7 @@ kafka_ready() {
   port_open "$host" "$port" || return 1
   [[ -f $KAFKA_LIBS/kafka-tools-$KAFKA_VERSION.jar ]] && command -v java >/dev/null 2>&1 || return 0
   timeout 60 java -Xmx256m -cp "$KAFKA_LIBS/*" org.apache.kafka.tools.BrokerApiVersionsCommand \
-    --bootstrap-server "$host:$port" >/dev/null 2>&1
+    --bootstrap-server "$host:$port" $(kafka_admin_config_option) >/dev/null 2>&1
 }
 
 # ensure_kafka [STATE_DIR [fresh]]: KAFKA_BOOTSTRAP_SERVERS reachable, starting the
@@ -187,7 +187,63 @@ kafka_log_tail() {
 # whether it is the Leader or a Follower.
 kafka_quorum_status() {
   timeout 60 java -Xmx256m -XX:TieredStopAtLevel=1 -cp "$KAFKA_LIBS/*" org.apache.kafka.tools.MetadataQuorumCommand \
-    --bootstrap-server "$1" describe --replication 2>&1
+    --bootstrap-server "$1" $(kafka_admin_config_option) describe --replication 2>&1
+}
+
+# SASL: build-support/run starts its brokers with authentication and ACLs
+# (build-support/kafka/broker --sasl) unless KAFKA_SASL=off. The principals'
+# passwords live in one credentials directory, KAFKA_SASL_DIR.
+KAFKA_SASL_PRINCIPALS=(admin broker controller order-api payment-service notification-service)
+
+# kafka_sasl_credentials DIR: a password per principal (made once, mode 0600)
+# in DIR, the admin's client settings for the Java tools in
+# DIR/kafka-admin.properties; sets KAFKA_SASL_DIR.
+kafka_sasl_credentials() {
+  local dir=$1 who
+  (umask 077 && mkdir -p "$dir") || die "cannot create $dir"
+  for who in "${KAFKA_SASL_PRINCIPALS[@]}"; do
+    [[ -s $dir/kafka-$who.password ]] || (umask 077 && new_secret >"$dir/kafka-$who.password") \
+      || die "cannot write $dir/kafka-$who.password"
+  done
+  (umask 077 && cat >"$dir/kafka-admin.properties" <<PROPERTIES
+security.protocol=SASL_PLAINTEXT
+sasl.mechanism=SCRAM-SHA-512
+sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="$(cat "$dir/kafka-admin.password")";
+PROPERTIES
+  ) || die "cannot write $dir/kafka-admin.properties"
+  KAFKA_SASL_DIR=$dir
+}
+
+# kafka_admin_config_option: "--command-config FILE" for the Java tools when
+# the brokers take SASL, nothing otherwise.
+kafka_admin_config_option() {
+  [[ -n ${KAFKA_SASL_DIR:-} ]] && echo "--command-config $KAFKA_SASL_DIR/kafka-admin.properties"
+  return 0
+}
+
+# kafka_refuse_unauthenticated_data DATA...: dies, saying what to do, when a
+# broker data directory was formatted before SASL (no one could log in to it).
+kafka_refuse_unauthenticated_data() {
+  local data
+  for data in "$@"; do
+    if [[ -f $data/kraft/meta.properties && ! -f $data/sasl-users ]]; then
+      die "$data was formatted before the brokers took SASL, so no one could log in to it: remove it to start afresh (its records are lost), or run with KAFKA_SASL=off"
+    fi
+  done
+}
+
+# kafka_provision_principals BOOTSTRAP [REPLICATION [MIN_INSYNC]]: as the admin,
+# the services' SCRAM users, the platform's topics (prefix KAFKA_TOPIC_PREFIX)
+# and each service's ACLs (build-support/kafka/Provision.java).
+kafka_provision_principals() {
+  local bootstrap=$1 replication=${2:-1} min_insync=${3:-} output
+  output=$(timeout 120 java -Xmx256m -XX:TieredStopAtLevel=1 -cp "$KAFKA_LIBS/*" \
+    "$ROOT_DIR/build-support/kafka/Provision.java" --bootstrap "$bootstrap" --credentials "$KAFKA_SASL_DIR" \
+    --prefix "${KAFKA_TOPIC_PREFIX:-}" --partitions "${KAFKA_EVENT_PARTITIONS:-6}" \
+    --dlq-partitions "${KAFKA_DLQ_PARTITIONS:-1}" --replication "$replication" \
+    ${min_insync:+--min-insync "$min_insync"} 2>&1) \
+    || { printf '%s\n' "$output" | tail -20 >&2; die "could not create the services' Kafka users, topics and ACLs as the admin"; }
+  log "$(tail -1 <<<"$output")"
 }
 
 # kafka_cluster_quorum: the controller quorum, "1@127.0.0.1:9093,2@127.0.0.1:9095,3@127.0.0.1:9097".
@@ -219,7 +275,8 @@ start_kafka_node() {
   log_start=$(stat -c %s "$data/logs/server.log" 2>/dev/null || echo 0)
   # nohup: a closed terminal must not stop the brokers under a detached platform.
   nohup "$KAFKA_BROKER" --libs "$KAFKA_LIBS" --data "$data" --port "$(kafka_node_port "$node")" \
-    --node-id "$node" --quorum "$(kafka_cluster_quorum)" --cluster-id "$cluster_id" >"$data/broker.out" 2>&1 &
+    --node-id "$node" --quorum "$(kafka_cluster_quorum)" --cluster-id "$cluster_id" \
+    ${KAFKA_SASL_DIR:+--sasl "$KAFKA_SASL_DIR"} >"$data/broker.out" 2>&1 &
   pid=$!
   # Not a job of this shell: a node that dies is reported by the caller, not by bash.
   disown "$pid"

@@ -115,11 +115,13 @@ require_passwords() {
   psql=$(find_pg_bin psql) || die "psql is not installed (Debian/Ubuntu: apt-get install postgresql-client)"
   if [[ ! -s $password_file ]]; then
     (umask 077 && new_secret >"$password_file.new") || die "cannot write $password_file"
-    as_pg_user "$psql" -h "$data" -p "$port" -U postgres -d postgres -qAt -v ON_ERROR_STOP=1 \
-      -v password="$(cat "$password_file.new")" -f - >/dev/null <<<"ALTER ROLE postgres PASSWORD :'password';" \
+    [[ $(id -u) -eq 0 ]] && chown postgres "$password_file.new"
+    # psql reads the password from its input, never from its command line
+    # (which every local user can see).
+    printf '\\set password `cat '"'"'%s'"'"'`\nALTER ROLE postgres PASSWORD :'"'"'password'"'"';\n' "$password_file.new" \
+      | as_pg_user "$psql" -h "$data" -p "$port" -U postgres -d postgres -qAt -v ON_ERROR_STOP=1 -f - >/dev/null \
       || die "could not set the superuser's password of the private PostgreSQL cluster in $data"
     mv "$password_file.new" "$password_file"
-    [[ $(id -u) -eq 0 ]] && chown postgres "$password_file"
   fi
   hba='# Written by build-support (lib/postgres.sh) at every start: the Unix socket
 # (in the data directory, reachable by root and the cluster'"'"'s owner only) is
@@ -127,6 +129,8 @@ require_passwords() {
 local all all trust
 host all all 127.0.0.1/32 scram-sha-256
 host all all ::1/128 scram-sha-256'
+  # For the tests: this server refuses a wrong password (roles::).
+  export FOODORDER_POSTGRES_CHECKS_PASSWORDS=1
   if [[ $(cat "$data/pg_hba.conf" 2>/dev/null) != "$hba" ]]; then
     printf '%s\n' "$hba" >"$data/pg_hba.conf"
     as_pg_user "$pg_ctl" -D "$data" reload >/dev/null || die "could not reload the private PostgreSQL cluster's pg_hba.conf"

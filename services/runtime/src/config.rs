@@ -221,6 +221,80 @@ pub struct KafkaConfig {
     /// are all blocked (a long database outage) for longer leaves the group and
     /// rejoins when they move again; redelivered records are deduplicated.
     pub max_poll_interval: Duration,
+    /// `KAFKA_SASL_USERNAME`, `KAFKA_SASL_PASSWORD` and `KAFKA_SASL_MECHANISM`
+    /// (default `SCRAM-SHA-512`): every client authenticates as this
+    /// principal over SASL (`security.protocol=SASL_PLAINTEXT`); unset, it
+    /// connects without authentication.
+    pub sasl: Option<SaslLogin>,
+}
+
+/// A principal's SASL login.
+#[derive(Clone, Debug)]
+pub struct SaslLogin {
+    /// The principal's name.
+    pub username: String,
+    /// Its password.
+    pub password: Secret<String>,
+    /// `SCRAM-SHA-512`, `SCRAM-SHA-256` or `PLAIN`.
+    pub mechanism: String,
+}
+
+impl SaslLogin {
+    /// The mechanisms a client may use.
+    pub const MECHANISMS: [&'static str; 3] = ["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"];
+
+    /// From the three settings' values: none set, no login; a username
+    /// without a password (or the other way round), or a mechanism that is
+    /// not one of [`SaslLogin::MECHANISMS`], is an error.
+    pub fn from_values(
+        username: Option<&str>,
+        password: Option<&str>,
+        mechanism: Option<&str>,
+    ) -> anyhow::Result<Option<Self>> {
+        fn set(value: Option<&str>) -> Option<&str> {
+            value.map(str::trim).filter(|value| !value.is_empty())
+        }
+        match (set(username), password.filter(|value| !value.is_empty())) {
+            (None, None) => {
+                anyhow::ensure!(
+                    set(mechanism).is_none(),
+                    "KAFKA_SASL_MECHANISM is set but KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are not"
+                );
+                Ok(None)
+            }
+            (Some(_), None) => {
+                anyhow::bail!("KAFKA_SASL_USERNAME is set but KAFKA_SASL_PASSWORD is not")
+            }
+            (None, Some(_)) => {
+                anyhow::bail!("KAFKA_SASL_PASSWORD is set but KAFKA_SASL_USERNAME is not")
+            }
+            (Some(username), Some(password)) => {
+                let mechanism = set(mechanism)
+                    .unwrap_or("SCRAM-SHA-512")
+                    .to_ascii_uppercase();
+                anyhow::ensure!(
+                    Self::MECHANISMS.contains(&mechanism.as_str()),
+                    "KAFKA_SASL_MECHANISM {mechanism:?} is not one of {}",
+                    Self::MECHANISMS.join(", ")
+                );
+                Ok(Some(Self {
+                    username: username.to_owned(),
+                    password: Secret::new(password.to_owned()),
+                    mechanism,
+                }))
+            }
+        }
+    }
+
+    /// Reads `KAFKA_SASL_USERNAME`, `KAFKA_SASL_PASSWORD`, `KAFKA_SASL_MECHANISM`.
+    pub fn from_env() -> anyhow::Result<Option<Self>> {
+        let read = |name: &str| std::env::var(name).ok();
+        Self::from_values(
+            read("KAFKA_SASL_USERNAME").as_deref(),
+            read("KAFKA_SASL_PASSWORD").as_deref(),
+            read("KAFKA_SASL_MECHANISM").as_deref(),
+        )
+    }
 }
 
 impl KafkaConfig {
@@ -244,6 +318,7 @@ impl KafkaConfig {
                 "KAFKA_MAX_POLL_INTERVAL_MS",
                 600_000,
             )?),
+            sasl: SaslLogin::from_env()?,
         })
     }
 
@@ -273,6 +348,7 @@ impl KafkaConfig {
             message_timeout: Duration::from_secs(10),
             session_timeout: Duration::from_secs(6),
             max_poll_interval: Duration::from_secs(600),
+            sasl: None,
         }
     }
 }
@@ -332,5 +408,42 @@ mod tests {
         );
         assert!(min_insync_replicas(Some("0"), 3).is_err());
         assert!(min_insync_replicas(Some("two"), 3).is_err());
+    }
+}
+
+#[cfg(test)]
+mod sasl_tests {
+    use super::SaslLogin;
+
+    #[test]
+    fn a_sasl_login_needs_a_name_and_a_password_and_a_known_mechanism() {
+        assert!(SaslLogin::from_values(None, None, None).unwrap().is_none());
+        let login = SaslLogin::from_values(Some("order-api"), Some("pw"), None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (login.username.as_str(), login.mechanism.as_str()),
+            ("order-api", "SCRAM-SHA-512")
+        );
+        assert_eq!(login.password.expose(), "pw");
+        assert!(
+            !format!("{login:?}").contains("pw\""),
+            "the password is not printed"
+        );
+        let plain = SaslLogin::from_values(Some("a"), Some("b"), Some("plain"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(plain.mechanism, "PLAIN");
+        for (username, password, mechanism) in [
+            (Some("a"), None, None),
+            (None, Some("b"), None),
+            (None, None, Some("SCRAM-SHA-512")),
+            (Some("a"), Some("b"), Some("GSSAPI")),
+        ] {
+            assert!(
+                SaslLogin::from_values(username, password, mechanism).is_err(),
+                "{username:?} {password:?} {mechanism:?}"
+            );
+        }
     }
 }

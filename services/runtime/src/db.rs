@@ -171,13 +171,13 @@ impl Schema {
         Self { name, migrator }
     }
 
-    /// Brings the database up to date for this schema: the legacy move first
-    /// when the database has the shared history, then the schema's own folder.
     /// The schema's name.
     pub const fn name(&self) -> &'static str {
         self.name
     }
 
+    /// Brings the database up to date for this schema: the legacy move first
+    /// when the database has the shared history, then the schema's own folder.
     /// With the default [`DatabaseTimeouts`]; see [`Schema::migrate_with`].
     pub async fn migrate(&self, options: &PgConnectOptions) -> anyhow::Result<()> {
         self.migrate_with(options, &DatabaseTimeouts::default())
@@ -234,11 +234,24 @@ impl Schema {
             sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations') IS NOT NULL")
                 .fetch_one(&mut *connection)
                 .await?;
+        // Once the split is recorded the shared history has nothing left to
+        // do: a service running as its own role (which may read that history,
+        // see `migrations/roles.sql`, but not write in `public`) skips it.
+        let split = LEGACY.iter().map(|migration| migration.version).max();
         if legacy {
-            LEGACY
-                .run_direct(&mut *connection)
-                .await
-                .context("failed to apply the shared schema's history and the split")?;
+            let done: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM public._sqlx_migrations WHERE version = $1 AND success)",
+            )
+            .bind(split)
+            .fetch_one(&mut *connection)
+            .await
+            .context("failed to read the shared schema's history (public._sqlx_migrations)")?;
+            if !done {
+                LEGACY
+                    .run_direct(&mut *connection)
+                    .await
+                    .context("failed to apply the shared schema's history and the split")?;
+            }
         }
         // A service that runs as its own role (see `migrations/roles.sql`)
         // finds its schema made for it and may not create one: the database's

@@ -61,6 +61,13 @@ pub fn client_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
         // written while another is unacknowledged waits for that ACK.
         .set("socket.nagle.disable", "true")
         .set("log_level", "4");
+    if let Some(sasl) = &config.sasl {
+        client
+            .set("security.protocol", "SASL_PLAINTEXT")
+            .set("sasl.mechanisms", &sasl.mechanism)
+            .set("sasl.username", &sasl.username)
+            .set("sasl.password", sasl.password.expose());
+    }
     client
 }
 
@@ -200,6 +207,7 @@ pub async fn ensure_topics(config: &KafkaConfig, specs: &[TopicSpec]) -> anyhow:
         .await
         .context("failed to create kafka topics")?;
     let mut existing = Vec::new();
+    let mut not_ours = Vec::new();
     for result in results {
         match result {
             Ok(topic) => tracing::info!(topic, "created kafka topic"),
@@ -211,8 +219,20 @@ pub async fn ensure_topics(config: &KafkaConfig, specs: &[TopicSpec]) -> anyhow:
                         .filter(|spec| spec.name == topic && spec.dead_letter),
                 );
             }
+            // With ACLs, topics are the admin's to create: the broker refuses
+            // the request (even for a topic that exists) before it looks.
+            Err((topic, RDKafkaErrorCode::TopicAuthorizationFailed)) => not_ours.push(topic),
             Err((topic, code)) => anyhow::bail!("failed to create kafka topic {topic}: {code}"),
         }
+    }
+    if !not_ours.is_empty() {
+        let missing = missing_topics(&admin, &not_ours)?;
+        anyhow::ensure!(
+            missing.is_empty(),
+            "kafka topics {} do not exist and this principal may not create them: create them as the admin principal",
+            missing.join(", ")
+        );
+        tracing::debug!(topics = ?not_ours, "kafka topics exist (made by the admin principal)");
     }
     for spec in existing {
         if let Err(error) = widen_max_message_bytes(&admin, spec, &options).await {
@@ -225,6 +245,29 @@ pub async fn ensure_topics(config: &KafkaConfig, specs: &[TopicSpec]) -> anyhow:
         }
     }
     Ok(())
+}
+
+/// Which of `topics` the broker's metadata does not know (to this
+/// principal: one it may not describe looks missing too).
+fn missing_topics(
+    admin: &AdminClient<DefaultClientContext>,
+    topics: &[String],
+) -> anyhow::Result<Vec<String>> {
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, REQUEST_TIMEOUT)
+        .context("failed to read the kafka topics' metadata")?;
+    let known: std::collections::HashSet<&str> = metadata
+        .topics()
+        .iter()
+        .filter(|topic| topic.error().is_none() && !topic.partitions().is_empty())
+        .map(|topic| topic.name())
+        .collect();
+    Ok(topics
+        .iter()
+        .filter(|topic| !known.contains(topic.as_str()))
+        .cloned()
+        .collect())
 }
 
 /// Raises an existing topic's `max.message.bytes` to the spec's when it is

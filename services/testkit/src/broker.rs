@@ -19,6 +19,8 @@ pub struct PrivateBroker {
     port: u16,
     controller_port: u16,
     data_dir: std::path::PathBuf,
+    /// With SASL: the credentials directory (`build-support/kafka/broker --sasl`).
+    sasl: Option<std::path::PathBuf>,
 }
 
 impl PrivateBroker {
@@ -31,15 +33,36 @@ impl PrivateBroker {
 
     /// Starts a broker on 127.0.0.1:`port` and waits until it answers Kafka requests.
     pub async fn start(port: u16) -> Self {
+        Self::start_with(port, None).await
+    }
+
+    /// Starts a broker that takes SASL/SCRAM only, with ACLs
+    /// (`build-support/kafka/broker --sasl credentials`: `credentials` holds
+    /// `kafka-admin.password`, `kafka-broker.password` and
+    /// `kafka-controller.password`), and waits until it answers the admin.
+    pub async fn start_with_sasl(port: u16, credentials: &std::path::Path) -> Self {
+        Self::start_with(port, Some(credentials.to_owned())).await
+    }
+
+    async fn start_with(port: u16, sasl: Option<std::path::PathBuf>) -> Self {
         let data_dir = std::env::temp_dir().join(format!("foodorder-broker-{}", Uuid::new_v4()));
         let mut broker = Self {
             child: None,
             port,
             controller_port: free_port(),
             data_dir,
+            sasl,
         };
         broker.launch().await;
         broker
+    }
+
+    /// The admin's login, for a broker started with SASL.
+    fn admin_login(&self) -> Option<(String, String)> {
+        let dir = self.sasl.as_ref()?;
+        let password = std::fs::read_to_string(dir.join("kafka-admin.password"))
+            .expect("the admin's password file");
+        Some(("admin".to_owned(), password.trim().to_owned()))
     }
 
     /// Starts the broker and waits until it answers. A broker that exits while
@@ -57,6 +80,11 @@ impl PrivateBroker {
                 .arg(&self.data_dir)
                 .args(["--port", &self.port.to_string()])
                 .args(["--controller-port", &self.controller_port.to_string()])
+                .args(
+                    self.sasl
+                        .iter()
+                        .flat_map(|dir| [std::ffi::OsStr::new("--sasl"), dir.as_os_str()]),
+                )
                 .env("KAFKA_HEAP", "256m")
                 .stdout(Stdio::from(log.try_clone().expect("clone a file handle")))
                 .stderr(Stdio::from(log))
@@ -65,9 +93,9 @@ impl PrivateBroker {
             self.child = Some(child);
             let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
             loop {
-                let bootstrap = self.bootstrap();
+                let (bootstrap, login) = (self.bootstrap(), self.admin_login());
                 if tokio::task::spawn_blocking(move || {
-                    broker_answers(&bootstrap, Duration::from_secs(1))
+                    broker_answers_as(&bootstrap, Duration::from_secs(1), login.as_ref())
                 })
                 .await
                 .unwrap_or(false)
@@ -165,11 +193,27 @@ impl Drop for PrivateBroker {
 
 /// Whether a broker at `bootstrap` answers a metadata request within `patience`.
 pub fn broker_answers(bootstrap: &str, patience: Duration) -> bool {
-    let Ok(consumer) = ClientConfig::new()
+    broker_answers_as(bootstrap, patience, None)
+}
+
+/// [`broker_answers`], logged in as `login` (name, password) over SASL/SCRAM-SHA-512.
+pub fn broker_answers_as(
+    bootstrap: &str,
+    patience: Duration,
+    login: Option<&(String, String)>,
+) -> bool {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
-        .set("log_level", "0")
-        .create::<BaseConsumer>()
-    else {
+        .set("log_level", "0");
+    if let Some((username, password)) = login {
+        config
+            .set("security.protocol", "SASL_PLAINTEXT")
+            .set("sasl.mechanisms", "SCRAM-SHA-512")
+            .set("sasl.username", username)
+            .set("sasl.password", password);
+    }
+    let Ok(consumer) = config.create::<BaseConsumer>() else {
         return false;
     };
     consumer

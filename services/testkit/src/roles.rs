@@ -6,8 +6,7 @@
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Executor};
 
-/// The provisioning script, the one `build-support/run` and the Kubernetes
-/// provisioning Job run.
+/// The provisioning script, the one `build-support/run` runs.
 pub const PROVISION_SQL: &str = include_str!("../../../migrations/roles.sql");
 
 /// A role and its password.

@@ -31,6 +31,26 @@ async fn an_unprocessable_order_fails_and_an_unknown_id_goes_nowhere() {
     }
     let (waiting, paid) = (&placed[0], &placed[1]);
     support::publish_payment_outcome(&app.kafka, paid, "12.99", true).await;
+    // The outcome first (another group reads it): a declaration for an order
+    // already paid must change nothing.
+    testing::wait_for(
+        "the paid order to complete",
+        Duration::from_secs(60),
+        || {
+            let mut client = client.clone();
+            let id = paid.clone();
+            async move {
+                let order = client
+                    .get_order(GetOrderRequest { order_id: id })
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .order?;
+                (order.status() == OrderStatus::Completed).then_some(())
+            }
+        },
+    )
+    .await;
     let stranger = uuid::Uuid::new_v4().to_string();
     let hostile_reason = "value is not a valid OrderPlaced\n\u{1b}[31m";
     for id in [waiting, paid, &stranger] {

@@ -3,6 +3,7 @@
 mod broker_restart;
 mod end_to_end;
 mod jaeger;
+mod kafka_acls;
 mod roles;
 mod schema_split;
 mod support;

@@ -104,6 +104,19 @@ impl Platform {
         shared: &[(&'static str, String)],
         payment: &[(&'static str, String)],
     ) -> Self {
+        Self::start_with(pool, roles, shared, payment, [vec![], vec![], vec![]])
+    }
+
+    /// Like [`Platform::start_as`], with settings of each service's own
+    /// (order-api's, payment-service's, notification-service's), added last.
+    pub fn start_with(
+        pool: &PgPool,
+        roles: Option<&foodorder_testkit::roles::Roles>,
+        shared: &[(&'static str, String)],
+        payment: &[(&'static str, String)],
+        own: [Vec<(&'static str, String)>; 3],
+    ) -> Self {
+        let [order_own, payment_own, notification_own] = own;
         let own_database = |login: Option<&foodorder_testkit::roles::Login>| {
             login.map(|login| ("DATABASE_URL", role_url(pool, login)))
         };
@@ -132,17 +145,20 @@ impl Platform {
         ];
         payment_env.extend_from_slice(payment);
         payment_env.extend(own_database(roles.map(|roles| &roles.payments)));
+        payment_env.extend(payment_own);
         let mut order_env = vec![
             ("ORDER_API_ADDR", format!("127.0.0.1:{api_port}")),
             ("ORDER_API_HTTP_ADDR", "127.0.0.1:0".to_owned()),
             ("ORDER_API_CONSUMER_GROUP", format!("order-api-{run}")),
         ];
         order_env.extend(own_database(roles.map(|roles| &roles.orders)));
+        order_env.extend(order_own);
         let mut notification_env = vec![
             ("NOTIFICATION_CONSUMER_GROUP", format!("notification-{run}")),
             ("NOTIFICATION_HEALTH_ADDR", "127.0.0.1:0".to_owned()),
         ];
         notification_env.extend(own_database(roles.map(|roles| &roles.notifications)));
+        notification_env.extend(notification_own);
         let services = vec![
             start_service("order-api", &with(&order_env), &log_dir),
             start_service("payment-service", &with(&payment_env), &log_dir),
