@@ -400,8 +400,27 @@ def check_infra(path, against=None):
                 if "broker" in ((p.get("spec") or {}).get("roles") or []))
     if nodes < 3:
         report.add(None, f"{nodes} Kafka brokers, fewer than the 3 replicas of every topic")
+    for kafka in kafkas:
+        spec_kafka = (kafka.get("spec") or {}).get("kafka") or {}
+        for listener in spec_kafka.get("listeners") or []:
+            if ((listener.get("authentication") or {}).get("type")) != "scram-sha-512":
+                report.add(kafka, f"listener {listener.get('name')} takes clients without SCRAM-SHA-512")
+        if ((spec_kafka.get("authorization") or {}).get("type")) != "simple":
+            report.add(kafka, "no ACL authorization (authorization.type simple)")
+    users = {name_of(u): u for u in by_kind(objects, "KafkaUser")}
+    for service in ("order-api", "payment-service", "notification-service"):
+        user = users.get(service)
+        if user is None:
+            report.add(None, f"no KafkaUser {service}")
+            continue
+        spec = user.get("spec") or {}
+        if (spec.get("authentication") or {}).get("type") != "scram-sha-512":
+            report.add(user, "does not authenticate with SCRAM-SHA-512")
+        acls = (spec.get("authorization") or {}).get("acls") or []
+        if not acls or any(str((acl.get("resource") or {}).get("name", "")) in ("", "*") for acl in acls):
+            report.add(user, "no ACLs, or an ACL on every resource")
     topics = {((t.get("spec") or {}).get("topicName") or name_of(t)): t for t in by_kind(objects, "KafkaTopic")}
-    for name in ("order.placed", "payment.completed", "order.dlq", "payment.dlq", "notification.dlq"):
+    for name in ("order.placed", "payment.completed", "order.unprocessable", "order.dlq", "payment.dlq", "notification.dlq"):
         topic = topics.get(name)
         if topic is None:
             report.add(None, f"no KafkaTopic {name}")

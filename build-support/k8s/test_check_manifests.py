@@ -280,6 +280,19 @@ class InfraRules(unittest.TestCase):
         self.assertTrue(self.reported(lambda o: find(o, "KafkaNodePool", "dual-role")["spec"].update(replicas=1)))
         self.assertTrue(self.reported(lambda o: find(o, "Cluster", "postgres")["spec"].update(instances=1)))
 
+    def test_authentication_and_acls_are_checked(self):
+        kafka = lambda o: find(o, "Kafka", "kafka")["spec"]["kafka"]  # noqa: E731
+        problems = self.reported(lambda o: kafka(o)["listeners"][0].pop("authentication"))
+        self.assertTrue(any("without SCRAM-SHA-512" in p for p in problems), problems)
+        problems = self.reported(lambda o: kafka(o).pop("authorization"))
+        self.assertTrue(any("no ACL authorization" in p for p in problems), problems)
+        problems = self.reported(lambda o: o.remove(find(o, "KafkaUser", "payment-service")))
+        self.assertTrue(any("no KafkaUser payment-service" in p for p in problems), problems)
+        problems = self.reported(
+            lambda o: find(o, "KafkaUser", "order-api")["spec"]["authorization"]["acls"][0]["resource"].update(name="*")
+        )
+        self.assertTrue(any("an ACL on every resource" in p for p in problems), problems)
+
 
 if __name__ == "__main__":
     unittest.main()
