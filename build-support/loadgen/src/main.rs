@@ -45,6 +45,10 @@ struct Options {
     /// The order API's gRPC address.
     #[arg(long, default_value = "127.0.0.1:50051")]
     addr: String,
+    /// Call the API over TLS, trusting the CA certificate(s) in this PEM file
+    /// (e.g. target/run/tls/ca.pem from `build-support/run --tls`).
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
     /// Orders to place (ignored with --duration).
     #[arg(long, default_value_t = 1000)]
     orders: u64,
@@ -143,13 +147,29 @@ fn spawn_topic_reader(
     seen: Arc<Mutex<HashMap<String, Instant>>>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("loadgen-{}", uuid::Uuid::new_v4()))
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "5")
-        .set("log_level", "3")
-        .create()?;
+        .set("log_level", "3");
+    // A broker that takes SASL only: the login of KAFKA_SASL_* (the admin's,
+    // from target/run/credentials/admin.env, may read every topic).
+    if let (Ok(username), Ok(password)) = (
+        std::env::var("KAFKA_SASL_USERNAME"),
+        std::env::var("KAFKA_SASL_PASSWORD"),
+    ) {
+        config
+            .set("security.protocol", "SASL_PLAINTEXT")
+            .set(
+                "sasl.mechanisms",
+                std::env::var("KAFKA_SASL_MECHANISM").unwrap_or_else(|_| "SCRAM-SHA-512".into()),
+            )
+            .set("sasl.username", username)
+            .set("sasl.password", password);
+    }
+    let consumer: BaseConsumer = config.create()?;
     let mut assignment = TopicPartitionList::new();
     for partition in 0..partitions {
         assignment.add_partition_offset(topic, partition, Offset::End)?;
@@ -300,9 +320,26 @@ async fn main() -> anyhow::Result<()> {
         .map(str::parse)
         .transpose()
         .context("--api-key must be printable ASCII")?;
+    let tls = match &options.ca {
+        Some(ca) => {
+            let pem = std::fs::read(ca)
+                .with_context(|| format!("cannot read the CA file {}", ca.display()))?;
+            Some(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+            )
+        }
+        None => None,
+    };
     let mut clients = Vec::new();
     for _ in 0..options.connections {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", options.addr))?
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint =
+            tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", options.addr))?;
+        if let Some(tls) = &tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        let channel = endpoint
             .connect()
             .await
             .with_context(|| format!("cannot connect to {}", options.addr))?;
