@@ -67,6 +67,9 @@ pub struct ServiceHost {
     intake: CancellationToken,
     relay: Option<RelayConfig>,
     consumers: Vec<(String, Stage)>,
+    /// The consumers' metric families, registered once and shared by every
+    /// consumer of the service (their series are told apart by topic).
+    consumer_metrics: Option<ConsumerMetrics>,
     server: Option<ServerStage>,
     drains: Vec<Stage>,
     background: Vec<BackgroundStage>,
@@ -147,6 +150,7 @@ impl ServiceHost {
             intake: CancellationToken::new(),
             relay: None,
             consumers: Vec::new(),
+            consumer_metrics: None,
             server: None,
             drains: Vec::new(),
             background: Vec::new(),
@@ -232,11 +236,12 @@ impl ServiceHost {
             move |stop| Box::pin(housekeeping(handler, stop))
         }));
         let stage_name = format!("the consumer of {}", settings.topic);
-        let (kafka, metrics, intake) = (
-            self.kafka.clone(),
-            ConsumerMetrics::new(&self.metrics),
-            self.intake.clone(),
-        );
+        let registry = &self.metrics;
+        let metrics = self
+            .consumer_metrics
+            .get_or_insert_with(|| ConsumerMetrics::new(registry))
+            .clone();
+        let (kafka, intake) = (self.kafka.clone(), self.intake.clone());
         let stage = async move {
             consumer::run(
                 &kafka, settings, handler, condition, probes, metrics, intake,
@@ -300,6 +305,7 @@ impl ServiceHost {
             intake,
             relay,
             consumers,
+            consumer_metrics: _,
             server,
             drains,
             background: background_stages,

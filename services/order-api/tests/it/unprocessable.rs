@@ -189,6 +189,16 @@ async fn an_unprocessable_order_fails_and_an_unknown_id_goes_nowhere() {
         "only the undecodable record is dead-lettered"
     );
     let (_, scrape) = testing::http_get(app.http_addr, "/metrics").await;
+    // Two consumers in one service share their metric families: each is
+    // described once (a second HELP line is an invalid exposition).
+    let mut described = std::collections::HashSet::new();
+    for line in scrape.lines().filter(|line| line.starts_with("# HELP ")) {
+        let name = line.split_whitespace().nth(2).unwrap_or_default();
+        assert!(
+            described.insert(name.to_owned()),
+            "{name} is described twice"
+        );
+    }
     for (outcome, expected) in [
         ("failed", 1.0),
         ("already_final", 2.0),
