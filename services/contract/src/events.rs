@@ -35,6 +35,17 @@ pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
     }
 }
 
+/// When the fact an event reports happened (its metadata's `occurred_at`),
+/// or now when the event does not say (or says something out of range).
+pub fn occurred_at(metadata: Option<&EventMetadata>) -> DateTime<Utc> {
+    metadata
+        .and_then(|metadata| metadata.occurred_at)
+        .and_then(|at| {
+            DateTime::<Utc>::from_timestamp(at.seconds, at.nanos.clamp(0, 999_999_999) as u32)
+        })
+        .unwrap_or_else(Utc::now)
+}
+
 /// A new metadata envelope for an event about something that happened at `occurred_at`.
 pub fn metadata(correlation_id: &str, producer: &str, occurred_at: DateTime<Utc>) -> EventMetadata {
     EventMetadata {

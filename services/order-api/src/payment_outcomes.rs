@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use foodorder_contract::events;
 use foodorder_contract::states::PaymentState;
 use foodorder_runtime::batch::{BatchMetrics, BatchSettings, BatchWork, Batcher};
@@ -87,14 +86,7 @@ impl PaymentOutcomeHandler {
 fn decode(message: &ReceivedMessage) -> Result<(Uuid, PaymentOutcome), String> {
     let (order_id, event) = events::decode_payment_completed(message.payload.as_deref())?;
     let status = PaymentState::of(event.success);
-    let completed_at = event
-        .metadata
-        .as_ref()
-        .and_then(|metadata| metadata.occurred_at)
-        .and_then(|at| {
-            DateTime::<Utc>::from_timestamp(at.seconds, at.nanos.clamp(0, 999_999_999) as u32)
-        })
-        .unwrap_or_else(Utc::now);
+    let completed_at = events::occurred_at(event.metadata.as_ref());
     // Events from before payment_id existed: the order's id stands for its one
     // payment, the same in every copy.
     let payment_id = Uuid::parse_str(&event.payment_id).unwrap_or(order_id);

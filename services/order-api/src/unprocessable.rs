@@ -81,14 +81,7 @@ impl MessageHandler for UnprocessableHandler {
         let (order_id, event) =
             events::decode_order_unprocessable(message.key.as_deref(), message.payload.as_deref())
                 .map_err(HandleError::Fatal)?;
-        let declared_at = event
-            .metadata
-            .as_ref()
-            .and_then(|metadata| metadata.occurred_at)
-            .and_then(|at| {
-                DateTime::<Utc>::from_timestamp(at.seconds, at.nanos.clamp(0, 999_999_999) as u32)
-            })
-            .unwrap_or_else(Utc::now);
+        let declared_at = events::occurred_at(event.metadata.as_ref());
         // The reason was bounded by its decoding; control characters are
         // replaced again, as it is stored and served.
         let reason = events::bounded_reason(&event.reason);

@@ -207,11 +207,7 @@ pub fn broker_answers_as(
         .set("bootstrap.servers", bootstrap)
         .set("log_level", "0");
     if let Some((username, password)) = login {
-        config
-            .set("security.protocol", "SASL_PLAINTEXT")
-            .set("sasl.mechanisms", "SCRAM-SHA-512")
-            .set("sasl.username", username)
-            .set("sasl.password", password);
+        scram_login(&mut config, username, password);
     }
     let Ok(consumer) = config.create::<BaseConsumer>() else {
         return false;
@@ -219,4 +215,18 @@ pub fn broker_answers_as(
     consumer
         .fetch_metadata(None, patience)
         .is_ok_and(|metadata| !metadata.brokers().is_empty())
+}
+
+/// Makes `config` log in as `username` over SASL/SCRAM-SHA-512, as the
+/// services do with `KAFKA_SASL_*`.
+pub fn scram_login<'a>(
+    config: &'a mut ClientConfig,
+    username: &str,
+    password: &str,
+) -> &'a mut ClientConfig {
+    config
+        .set("security.protocol", "SASL_PLAINTEXT")
+        .set("sasl.mechanisms", "SCRAM-SHA-512")
+        .set("sasl.username", username)
+        .set("sasl.password", password)
 }

@@ -80,6 +80,15 @@ impl Roles {
         ]
     }
 
+    /// The login that owns schema `name` (panics for a schema of no service).
+    pub fn owner_of(&self, name: &str) -> &Login {
+        self.by_schema()
+            .into_iter()
+            .find(|(schema, _)| *schema == name)
+            .map(|(_, login)| login)
+            .unwrap_or_else(|| panic!("no service owns schema {name}"))
+    }
+
     /// Runs the provisioning script on `database` (a superuser's options on
     /// the platform's database) for these roles.
     pub async fn provision(&self, database: &PgConnectOptions) -> Result<(), sqlx::Error> {

@@ -102,31 +102,12 @@ async fn payment_outcomes_finish_orders_once_and_poison_is_dead_lettered() {
     assert_eq!(reasons, expected);
     // Every record was consumed (the contradicting copies included), and the
     // duplicates changed nothing.
-    let (bootstrap, group, topic) = (
-        app.kafka.bootstrap_servers.clone(),
-        app.group.clone(),
-        app.kafka
-            .topic(foodorder_contract::topics::PAYMENT_COMPLETED)
-            .clone(),
-    );
-    testing::wait_for(
-        "the order API's group to consume every record",
-        Duration::from_secs(60),
-        || {
-            let (bootstrap, group, topic) = (bootstrap.clone(), group.clone(), topic.clone());
-            async move {
-                let offsets = tokio::task::spawn_blocking(move || {
-                    testing::group_offsets(&bootstrap, &group, &topic)
-                })
-                .await
-                .unwrap();
-                let consumed: i64 = offsets
-                    .values()
-                    .map(|(committed, _)| (*committed).max(0))
-                    .sum();
-                (consumed == 7).then_some(())
-            }
-        },
+    support::wait_until_consumed(
+        &app.kafka.bootstrap_servers,
+        &app.group,
+        &app.kafka
+            .topic(foodorder_contract::topics::PAYMENT_COMPLETED),
+        7,
     )
     .await;
     for (id, status) in [

@@ -247,3 +247,29 @@ pub fn order_unprocessable(order_id: &str, reason: &str) -> Vec<u8> {
     }
     .encode_to_vec()
 }
+
+/// Waits (up to 60 s) until consumer group `group` has committed `records`
+/// records of `topic` in all (summed over its partitions).
+pub async fn wait_until_consumed(bootstrap: &str, group: &str, topic: &str, records: i64) {
+    let (bootstrap, group, topic) = (bootstrap.to_owned(), group.to_owned(), topic.to_owned());
+    testing::wait_for(
+        &format!("group {group} to consume {records} records of {topic}"),
+        Duration::from_secs(60),
+        || {
+            let (bootstrap, group, topic) = (bootstrap.clone(), group.clone(), topic.clone());
+            async move {
+                let offsets = tokio::task::spawn_blocking(move || {
+                    testing::group_offsets(&bootstrap, &group, &topic)
+                })
+                .await
+                .unwrap();
+                let consumed: i64 = offsets
+                    .values()
+                    .map(|(committed, _)| (*committed).max(0))
+                    .sum();
+                (consumed == records).then_some(())
+            }
+        },
+    )
+    .await;
+}

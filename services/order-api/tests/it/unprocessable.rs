@@ -117,29 +117,11 @@ async fn an_unprocessable_order_fails_and_an_unknown_id_goes_nowhere() {
 
     // Every record consumed: then the paid order is still paid, the stranger
     // left no trace, and only the garbage reached the DLQ.
-    let (bootstrap, group, topic) = (
-        app.kafka.bootstrap_servers.clone(),
-        format!("{}.unprocessable", app.group),
-        app.kafka.topic(ORDER_UNPROCESSABLE),
-    );
-    testing::wait_for(
-        "the unprocessable group to consume every record",
-        Duration::from_secs(60),
-        || {
-            let (bootstrap, group, topic) = (bootstrap.clone(), group.clone(), topic.clone());
-            async move {
-                let offsets = tokio::task::spawn_blocking(move || {
-                    testing::group_offsets(&bootstrap, &group, &topic)
-                })
-                .await
-                .unwrap();
-                let consumed: i64 = offsets
-                    .values()
-                    .map(|(committed, _)| (*committed).max(0))
-                    .sum();
-                (consumed == 5).then_some(())
-            }
-        },
+    support::wait_until_consumed(
+        &app.kafka.bootstrap_servers,
+        &format!("{}.unprocessable", app.group),
+        &app.kafka.topic(ORDER_UNPROCESSABLE),
+        5,
     )
     .await;
     let order = client

@@ -8,7 +8,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use foodorder_contract::v1::{GetOrderRequest, OrderItemInput, OrderStatus, PlaceOrderRequest};
 use foodorder_testkit as testing;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -35,11 +34,7 @@ fn client(bootstrap: &str, login: Option<(&str, &str)>) -> ClientConfig {
         .set("acks", "all")
         .set("log_level", "0");
     if let Some((username, password)) = login {
-        config
-            .set("security.protocol", "SASL_PLAINTEXT")
-            .set("sasl.mechanisms", "SCRAM-SHA-512")
-            .set("sasl.username", username)
-            .set("sasl.password", password);
+        testing::broker::scram_login(&mut config, username, password);
     }
     config
 }
@@ -246,49 +241,7 @@ async fn each_principal_may_do_what_its_service_does_and_nothing_else() {
             .concat(),
         ],
     );
-    let mut client = platform.client().await;
-    let order = client
-        .place_order(PlaceOrderRequest {
-            customer_name: "Ada Lovelace".into(),
-            customer_email: "ada@example.com".into(),
-            items: vec![OrderItemInput {
-                menu_item_id: 1,
-                quantity: 1,
-            }],
-            ..Default::default()
-        })
-        .await
-        .expect("PlaceOrder")
-        .into_inner()
-        .order
-        .unwrap();
-    testing::wait_for(
-        "the order to complete and be notified",
-        Duration::from_secs(90),
-        || {
-            let (mut client, id, pool) = (client.clone(), order.id.clone(), pool.clone());
-            async move {
-                let status = client
-                    .get_order(GetOrderRequest {
-                        order_id: id.clone(),
-                    })
-                    .await
-                    .ok()?
-                    .into_inner()
-                    .order?
-                    .status();
-                let notified: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM notifications.notifications WHERE order_id = $1::uuid",
-                )
-                .bind(&id)
-                .fetch_one(&pool)
-                .await
-                .ok()?;
-                (status == OrderStatus::Completed && notified == 1).then_some(())
-            }
-        },
-    )
-    .await;
+    platform.place_one_and_wait_until_notified(&pool).await;
     let logs = platform.terminate();
     Platform::remove_logs(logs[0].1.parent().unwrap());
     drop(broker);

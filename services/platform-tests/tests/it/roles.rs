@@ -3,9 +3,6 @@
 //! reads. The roles come from `migrations/roles.sql`, the script
 //! `build-support/run` runs.
 
-use std::time::Duration;
-
-use foodorder_contract::v1::{GetOrderRequest, OrderItemInput, OrderStatus, PlaceOrderRequest};
 use foodorder_testkit as testing;
 use foodorder_testkit::roles::{Login, Roles};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
@@ -69,12 +66,7 @@ async fn each_service_role_owns_its_schema_and_can_touch_no_other() {
         .expect("provision the roles");
     // Each service migrates its own schema as its own role.
     for schema in crate::support::SCHEMAS {
-        let login = roles
-            .by_schema()
-            .into_iter()
-            .find(|(name, _)| *name == schema.name())
-            .map(|(_, login)| login.clone())
-            .expect("a role per schema");
+        let login = roles.owner_of(schema.name());
         schema
             .migrate(&login.on(&options))
             .await
@@ -203,49 +195,7 @@ async fn each_service_role_owns_its_schema_and_can_touch_no_other() {
         &[("SHUTDOWN_GRACE_SECONDS", "10".to_owned())],
         &[("PAYMENT_DECLINE_RATE", "0".into())],
     );
-    let mut client = platform.client().await;
-    let order = client
-        .place_order(PlaceOrderRequest {
-            customer_name: "Ada Lovelace".into(),
-            customer_email: "ada@example.com".into(),
-            items: vec![OrderItemInput {
-                menu_item_id: 1,
-                quantity: 1,
-            }],
-            ..Default::default()
-        })
-        .await
-        .expect("PlaceOrder as the orders role")
-        .into_inner()
-        .order
-        .unwrap();
-    testing::wait_for(
-        "the order to complete and be notified",
-        Duration::from_secs(60),
-        || {
-            let (mut client, id, pool) = (client.clone(), order.id.clone(), pool.clone());
-            async move {
-                let status = client
-                    .get_order(GetOrderRequest {
-                        order_id: id.clone(),
-                    })
-                    .await
-                    .ok()?
-                    .into_inner()
-                    .order?
-                    .status();
-                let notified: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM notifications.notifications WHERE order_id = $1::uuid",
-                )
-                .bind(&id)
-                .fetch_one(&pool)
-                .await
-                .ok()?;
-                (status == OrderStatus::Completed && notified == 1).then_some(())
-            }
-        },
-    )
-    .await;
+    platform.place_one_and_wait_until_notified(&pool).await;
     let logs = platform.terminate();
     Platform::remove_logs(logs[0].1.parent().unwrap());
     eprintln!(
@@ -277,11 +227,7 @@ async fn a_database_migrated_before_the_roles_is_handed_over_to_them() {
         .await
         .expect("provision the roles");
     for schema in crate::support::SCHEMAS {
-        let (_, login) = roles
-            .by_schema()
-            .into_iter()
-            .find(|(name, _)| *name == schema.name())
-            .expect("a role per schema");
+        let login = roles.owner_of(schema.name());
         // Its history is found, nothing is left to apply, and every object
         // of the schema is the role's now.
         schema
@@ -349,11 +295,7 @@ async fn a_database_upgraded_across_the_split_runs_as_the_roles() {
         .await
         .expect("provision the roles");
     for schema in crate::support::SCHEMAS {
-        let (_, login) = roles
-            .by_schema()
-            .into_iter()
-            .find(|(name, _)| *name == schema.name())
-            .expect("a role per schema");
+        let login = roles.owner_of(schema.name());
         // The history in public is read, not written: the split is done.
         schema
             .migrate(&login.on(&options))

@@ -195,6 +195,57 @@ impl Platform {
         foodorder_contract::v1::order_service_client::OrderServiceClient::new(channel)
     }
 
+    /// Places one order and waits (up to 90 s) until it is COMPLETED and has
+    /// its one notification (the gateway must not decline: `PAYMENT_DECLINE_RATE=0`).
+    pub async fn place_one_and_wait_until_notified(&self, pool: &PgPool) {
+        use foodorder_contract::v1::{
+            GetOrderRequest, OrderItemInput, OrderStatus, PlaceOrderRequest,
+        };
+        let mut client = self.client().await;
+        let order = client
+            .place_order(PlaceOrderRequest {
+                customer_name: "Ada Lovelace".into(),
+                customer_email: "ada@example.com".into(),
+                items: vec![OrderItemInput {
+                    menu_item_id: 1,
+                    quantity: 1,
+                }],
+                ..Default::default()
+            })
+            .await
+            .expect("PlaceOrder")
+            .into_inner()
+            .order
+            .expect("the placed order");
+        foodorder_testkit::wait_for(
+            "the order to complete and be notified",
+            Duration::from_secs(90),
+            || {
+                let (mut client, id, pool) = (client.clone(), order.id.clone(), pool.clone());
+                async move {
+                    let status = client
+                        .get_order(GetOrderRequest {
+                            order_id: id.clone(),
+                        })
+                        .await
+                        .ok()?
+                        .into_inner()
+                        .order?
+                        .status();
+                    let notified: i64 = sqlx::query_scalar(
+                        "SELECT count(*) FROM notifications.notifications WHERE order_id = $1::uuid",
+                    )
+                    .bind(&id)
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+                    (status == OrderStatus::Completed && notified == 1).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+
     /// Panics naming any service that exited on its own (crashed or gave up).
     pub fn assert_running(&mut self) {
         for service in &mut self.services {
