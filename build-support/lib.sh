@@ -113,18 +113,19 @@ ensure_tool() {
     || { tail -20 "$CACHE_DIR/$package-install.log" >&2; die "$command is not installed and installing Debian's $package package failed (see $CACHE_DIR/$package-install.log)"; }
 }
 
-# ensure_build_dependencies: what the Rust build needs beyond the toolchain:
-# OpenSSL's headers and pkg-config (librdkafka is built with OpenSSL, which
-# its SASL/SCRAM needs); Debian's packages installed as root with apt.
+# ensure_build_dependencies: what the Rust build and its tests need beyond the
+# toolchain: OpenSSL's headers and pkg-config (librdkafka is built with
+# OpenSSL, which its SASL/SCRAM needs) and the openssl command
+# (build-support/tls-cert); Debian's packages installed as root with apt.
 ensure_build_dependencies() {
   if [[ -f /usr/include/openssl/ssl.h ]] || pkg-config --exists openssl 2>/dev/null; then
-    command -v pkg-config >/dev/null 2>&1 && return 0
+    command -v pkg-config >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1 && return 0
   fi
   [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1 \
-    || die "OpenSSL's headers or pkg-config are missing (Debian/Ubuntu: apt-get install libssl-dev pkg-config): librdkafka needs them for SASL/SCRAM"
-  log "installing Debian's libssl-dev and pkg-config (apt-get; first time only)"
+    || die "OpenSSL's headers, pkg-config or openssl are missing (Debian/Ubuntu: apt-get install libssl-dev pkg-config openssl): librdkafka needs them for SASL/SCRAM, build-support/tls-cert the last"
+  log "installing Debian's libssl-dev, pkg-config and openssl (apt-get; first time only)"
   mkdir -p "$CACHE_DIR"
-  apt_install "$CACHE_DIR/libssl-dev-install.log" libssl-dev pkg-config \
+  apt_install "$CACHE_DIR/libssl-dev-install.log" libssl-dev pkg-config openssl \
     || { tail -20 "$CACHE_DIR/libssl-dev-install.log" >&2; die "installing libssl-dev and pkg-config failed (see $CACHE_DIR/libssl-dev-install.log)"; }
 }
 

@@ -226,7 +226,7 @@ pub async fn ensure_topics(config: &KafkaConfig, specs: &[TopicSpec]) -> anyhow:
         }
     }
     if !not_ours.is_empty() {
-        let missing = missing_topics(&admin, &not_ours)?;
+        let missing = missing_topics(config, not_ours.clone()).await?;
         anyhow::ensure!(
             missing.is_empty(),
             "kafka topics {} do not exist and this principal may not create them: create them as the admin principal",
@@ -248,26 +248,30 @@ pub async fn ensure_topics(config: &KafkaConfig, specs: &[TopicSpec]) -> anyhow:
 }
 
 /// Which of `topics` the broker's metadata does not know (to this
-/// principal: one it may not describe looks missing too).
-fn missing_topics(
-    admin: &AdminClient<DefaultClientContext>,
-    topics: &[String],
-) -> anyhow::Result<Vec<String>> {
-    let metadata = admin
-        .inner()
-        .fetch_metadata(None, REQUEST_TIMEOUT)
-        .context("failed to read the kafka topics' metadata")?;
-    let known: std::collections::HashSet<&str> = metadata
-        .topics()
-        .iter()
-        .filter(|topic| topic.error().is_none() && !topic.partitions().is_empty())
-        .map(|topic| topic.name())
-        .collect();
-    Ok(topics
-        .iter()
-        .filter(|topic| !known.contains(topic.as_str()))
-        .cloned()
-        .collect())
+/// principal: one it may not describe looks missing too). The metadata
+/// request blocks (at most [`REQUEST_TIMEOUT`]), so it runs off the runtime.
+async fn missing_topics(config: &KafkaConfig, topics: Vec<String>) -> anyhow::Result<Vec<String>> {
+    let client = client_config(config, "foodorder-admin");
+    tokio::task::spawn_blocking(move || {
+        let consumer: rdkafka::consumer::BaseConsumer = client
+            .create()
+            .context("failed to create the kafka metadata client")?;
+        let metadata =
+            rdkafka::consumer::Consumer::fetch_metadata(&consumer, None, REQUEST_TIMEOUT)
+                .context("failed to read the kafka topics' metadata")?;
+        let known: std::collections::HashSet<&str> = metadata
+            .topics()
+            .iter()
+            .filter(|topic| topic.error().is_none() && !topic.partitions().is_empty())
+            .map(|topic| topic.name())
+            .collect();
+        Ok(topics
+            .into_iter()
+            .filter(|topic| !known.contains(topic.as_str()))
+            .collect())
+    })
+    .await
+    .context("the kafka metadata lookup panicked")?
 }
 
 /// Raises an existing topic's `max.message.bytes` to the spec's when it is

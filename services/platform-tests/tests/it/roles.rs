@@ -51,6 +51,21 @@ async fn passwords_checked(superuser: &mut PgConnection) -> bool {
     trusting == 0
 }
 
+/// Drops the test's database, then its roles (which own things only there).
+async fn drop_everything(
+    pool: sqlx::PgPool,
+    database: testing::TestDatabase,
+    roles: &Roles,
+    options: &PgConnectOptions,
+) {
+    drop(pool);
+    drop(database);
+    roles
+        .drop_all(&options.clone().database("postgres"))
+        .await
+        .expect("drop the test's roles");
+}
+
 #[cfg_attr(
     not(feature = "infra-tests"),
     ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
@@ -204,12 +219,7 @@ async fn each_service_role_owns_its_schema_and_can_touch_no_other() {
         tried.join("\n")
     );
 
-    drop(pool);
-    drop(database);
-    rotated
-        .drop_all(&options.clone().database("postgres"))
-        .await
-        .expect("drop the test's roles");
+    drop_everything(pool, database, &rotated, &options).await;
 }
 
 #[cfg_attr(
@@ -264,12 +274,7 @@ async fn a_database_migrated_before_the_roles_is_handed_over_to_them() {
             login.role
         );
     }
-    drop(pool);
-    drop(database);
-    roles
-        .drop_all(&options.clone().database("postgres"))
-        .await
-        .expect("drop the test's roles");
+    drop_everything(pool, database, &roles, &options).await;
 }
 
 #[cfg_attr(
@@ -311,10 +316,5 @@ async fn a_database_upgraded_across_the_split_runs_as_the_roles() {
             login.role
         );
     }
-    drop(pool);
-    drop(database);
-    roles
-        .drop_all(&options.clone().database("postgres"))
-        .await
-        .expect("drop the test's roles");
+    drop_everything(pool, database, &roles, &options).await;
 }
