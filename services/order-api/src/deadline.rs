@@ -23,6 +23,19 @@ pub struct CallDeadline {
     budget: Duration,
 }
 
+/// When a call reached the server: put in the request's extensions by the
+/// first layer inside tonic's own deadline timer (which starts the moment
+/// the request arrives), so that a call's deadline is measured from the same
+/// instant however long decoding and queueing took before the handler ran.
+#[derive(Clone, Copy, Debug)]
+pub struct CallArrival(pub Instant);
+
+impl CallArrival {
+    pub fn now() -> Self {
+        Self(Instant::now())
+    }
+}
+
 /// The deadline ran out first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Expired;
@@ -43,17 +56,26 @@ impl CallDeadline {
     /// expired"), so the application has to answer first for the caller to
     /// get DEADLINE_EXCEEDED saying what the call was waiting for. The
     /// budget reported stays the caller's.
+    /// Both are measured from the call's [`CallArrival`] when the request
+    /// carries one, from now otherwise.
     pub fn of<T>(request: &tonic::Request<T>, server_budget: Duration) -> Self {
+        let arrived = request
+            .extensions()
+            .get::<CallArrival>()
+            .map_or_else(Instant::now, |arrival| arrival.0);
         let client_budget = request
             .metadata()
             .get(GRPC_TIMEOUT_METADATA)
             .and_then(|value| parse_grpc_timeout(value.to_str().ok()?));
         match client_budget {
             Some(client) if client <= server_budget => Self {
-                expires_at: Instant::now() + client.saturating_sub(client_margin(client)),
+                expires_at: arrived + client.saturating_sub(client_margin(client)),
                 budget: client,
             },
-            _ => Self::after(server_budget),
+            _ => Self {
+                expires_at: arrived + server_budget,
+                budget: server_budget,
+            },
         }
     }
 
@@ -71,9 +93,8 @@ impl CallDeadline {
 }
 
 /// How much earlier than the caller's deadline a call is answered: time for
-/// the answer to get out before tonic's own timer (started when the request
-/// arrived, a little before the handler reads its deadline) cuts the call.
-/// A tenth of the caller's budget, at most 50 ms.
+/// the answer to get out before tonic's own timer (started as the request
+/// arrived, at its [`CallArrival`]) cuts the call. A tenth of the caller's budget, at most 50 ms.
 pub fn client_margin(client_budget: Duration) -> Duration {
     (client_budget / 10).min(Duration::from_millis(50))
 }
@@ -157,6 +178,23 @@ mod tests {
             servers.expires_at >= before + Duration::from_secs(1),
             "no margin on the server's own deadline"
         );
+    }
+
+    #[test]
+    fn deadlines_count_from_the_calls_arrival_not_from_when_the_handler_reads_them() {
+        let arrived = Instant::now() - Duration::from_millis(300);
+        let mut request = tonic::Request::new(());
+        request.extensions_mut().insert(CallArrival(arrived));
+        request
+            .metadata_mut()
+            .insert(GRPC_TIMEOUT_METADATA, "500m".parse().unwrap());
+        let deadline = CallDeadline::of(&request, Duration::from_secs(5));
+        assert_eq!(deadline.expires_at, arrived + Duration::from_millis(450));
+
+        let mut request = tonic::Request::new(());
+        request.extensions_mut().insert(CallArrival(arrived));
+        let servers = CallDeadline::of(&request, Duration::from_secs(1));
+        assert_eq!(servers.expires_at, arrived + Duration::from_secs(1));
     }
 
     #[tokio::test]

@@ -174,7 +174,11 @@ where
         self.inner.poll_ready(context)
     }
 
-    fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<RequestBody>) -> Self::Future {
+        // Taken synchronously inside tonic's deadline layer, just as its timer starts.
+        request
+            .extensions_mut()
+            .insert(crate::deadline::CallArrival::now());
         let path = request.uri().path().trim_start_matches('/').to_owned();
         let call = CallRecord {
             metrics: self.metrics.clone(),
