@@ -131,6 +131,86 @@ def main():
             f"dropped {overload_load['dropped']}; backlog max {overload['max_backlog']}; "
             + (f"{overload_e2e['terminal']}/{overload_e2e['orders']} terminal" if overload_e2e else "not settled"),
         )
+    # (i)/(j): each secured figure beside its plaintext twin, rounds interleaved;
+    # the median over the rounds of each.
+    def median(values):
+        values = sorted(v for v in values if v is not None)
+        if not values:
+            return None
+        middle = len(values) // 2
+        return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+
+    def rounds(prefix):
+        return [r for label, r in loads.items() if label.startswith(prefix + "-r")]
+
+    def pct(value, reference):
+        return f"{100 * (value / reference - 1):+.1f} %" if value is not None and reference else "-"
+
+    security = {}
+    for concurrency in (1, 32):
+        plain = rounds(f"security-api-plaintext-c{concurrency}")
+        tls = rounds(f"security-api-tls-c{concurrency}")
+        if not plain or not tls:
+            continue
+        figures = {}
+        for mode, runs in (("plaintext", plain), ("TLS", tls)):
+            figures[mode] = (
+                median([r["throughput_per_s"] for r in runs]),
+                median([r["place_order"].get("p50_ms") for r in runs]),
+                median([r["place_order"].get("p99_ms") for r in runs]),
+            )
+            row(
+                f"(i) PlaceOrder, order-api alone, {concurrency} concurrent, {mode}",
+                f"{figures[mode][0]:.0f}/s",
+                f"{figures[mode][1]:.2f} ms",
+                f"{figures[mode][2]:.2f} ms",
+                f"median of {len(runs)} rounds"
+                + ("" if mode == "plaintext" else
+                   f"; throughput {pct(figures['TLS'][0], figures['plaintext'][0])}, "
+                   f"p50 {pct(figures['TLS'][1], figures['plaintext'][1])} vs plaintext"),
+            )
+        security[f"tls_c{concurrency}"] = {
+            "throughput_change": (figures["TLS"][0] / figures["plaintext"][0] - 1) if figures["plaintext"][0] else None,
+            "p50_change": (figures["TLS"][1] / figures["plaintext"][1] - 1) if figures["plaintext"][1] else None,
+        }
+    kafka = {}
+    for mode in ("plaintext", "scram"):
+        runs = rounds(f"security-kafka-{mode}-c32")
+        ends = [e2e[label] for label in e2e if label.startswith(f"security-kafka-{mode}-c32-r")]
+        if runs and ends:
+            kafka[mode] = {
+                "throughput": median([r["throughput_per_s"] for r in runs]),
+                "publish_p50": median([r["publish_delay"].get("p50_ms") for r in runs]),
+                "publish_p99": median([r["publish_delay"].get("p99_ms") for r in runs]),
+                "paid": median([e["terminal_per_s"] for e in ends]),
+                "e2e_p50": median([e["p50_ms"] for e in ends]),
+                "e2e_p99": median([e["p99_ms"] for e in ends]),
+                "ready": {service: ready.get((f"security-{mode}", service))
+                          for service in ("order-api", "payment-service", "notification-service")},
+                "rounds": len(runs),
+            }
+    for mode, name in (("plaintext", "plaintext"), ("scram", "SASL/SCRAM-SHA-512 + ACLs")):
+        k = kafka.get(mode)
+        if not k:
+            continue
+        other = kafka.get("plaintext") if mode == "scram" else None
+        ready_text = ", ".join(f"{service} {seconds:.2f} s" for service, seconds in k["ready"].items() if seconds is not None)
+        row(f"(j) Kafka {name}: PlaceOrder, whole platform, 32 concurrent", f"{k['throughput']:.0f}/s", "", "",
+            f"median of {k['rounds']} rounds" + (f"; {pct(k['throughput'], other['throughput'])} vs plaintext" if other else ""))
+        row(f"(j) Kafka {name}: outbox publish delay", "", f"{k['publish_p50'] or 0:.1f} ms", f"{k['publish_p99'] or 0:.1f} ms",
+            f"p50 {pct(k['publish_p50'], other['publish_p50'])} vs plaintext" if other else "")
+        row(f"(j) Kafka {name}: end to end", f"{k['paid'] or 0:.0f} paid/s", f"{k['e2e_p50'] or 0:.1f} ms", f"{k['e2e_p99'] or 0:.1f} ms",
+            (f"paid/s {pct(k['paid'], other['paid'])}, p50 {pct(k['e2e_p50'], other['e2e_p50'])} vs plaintext; " if other else "")
+            + f"ready: {ready_text}")
+    if kafka.get("plaintext") and kafka.get("scram"):
+        security["scram"] = {
+            "throughput_change": kafka["scram"]["throughput"] / kafka["plaintext"]["throughput"] - 1,
+            "publish_p50_change": (kafka["scram"]["publish_p50"] / kafka["plaintext"]["publish_p50"] - 1)
+            if kafka["plaintext"]["publish_p50"] else None,
+            "e2e_p50_change": (kafka["scram"]["e2e_p50"] / kafka["plaintext"]["e2e_p50"] - 1)
+            if kafka["plaintext"]["e2e_p50"] else None,
+        }
+
     for (phase, service), kib in sorted(rss.items()):
         started = ready.get((phase, service))
         row(
@@ -221,6 +301,7 @@ def main():
         "sustained_steps": steps,
         "breaker_drill": drill,
         "overload": overload,
+        "security": security,
         "targets": targets,
     }, separators=(",", ":")))
 

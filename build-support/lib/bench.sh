@@ -51,26 +51,47 @@ start() {
   SERVICE_HTTP+=(["$service"]="127.0.0.1:$http_port")
 }
 
-# platform DB PREFIX all|api-only [KEY=VALUE...]: the services on a fresh database.
+# sasl_login PRINCIPAL: the KAFKA_SASL_* settings of PRINCIPAL when
+# BENCH_SASL_DIR names a credentials directory (a broker taking SASL), nothing
+# otherwise. The passwords are hexadecimal (new_secret): no quoting needed.
+sasl_login() {
+  [[ -n ${BENCH_SASL_DIR:-} ]] || return 0
+  echo "KAFKA_SASL_USERNAME=$1 KAFKA_SASL_PASSWORD=$(cat "$BENCH_SASL_DIR/kafka-$1.password") KAFKA_SASL_MECHANISM=SCRAM-SHA-512"
+}
+
+# platform DB PREFIX all|api-only [KEY=VALUE...]: the services on a fresh
+# database; with BENCH_SASL_DIR, each logs in to Kafka as its own principal
+# (its topics and ACLs made first, as the admin). Consumer groups start with
+# the service's principal, as its ACLs require.
 platform() {
   local database=$1 prefix=$2 only=$3
   shift 3
   fresh_database "$database"
+  if [[ -n ${BENCH_SASL_DIR:-} ]]; then
+    KAFKA_SASL_DIR=$BENCH_SASL_DIR KAFKA_TOPIC_PREFIX=$prefix kafka_provision_principals "$KAFKA_BOOTSTRAP_SERVERS" >/dev/null
+  fi
   API_PORT=$(free_port)
   local common=(DATABASE_URL="$base_url/$database" KAFKA_BOOTSTRAP_SERVERS="$KAFKA_BOOTSTRAP_SERVERS"
     KAFKA_TOPIC_PREFIX="$prefix" "$@")
+  # shellcheck disable=SC2046 # sasl_login's words are KEY=VALUE settings
   start order-api ORDER_API_HTTP_ADDR "${common[@]}" ORDER_API_ADDR="127.0.0.1:$API_PORT" \
-    ORDER_API_CONSUMER_GROUP="${prefix}order-api"
+    ORDER_API_CONSUMER_GROUP="order-api-${prefix}" $(sasl_login order-api)
   [[ $only == api-only ]] && return
-  start payment-service PAYMENT_HEALTH_ADDR "${common[@]}" PAYMENT_CONSUMER_GROUP="${prefix}payment"
-  start notification-service NOTIFICATION_HEALTH_ADDR "${common[@]}" NOTIFICATION_CONSUMER_GROUP="${prefix}notification"
+  # shellcheck disable=SC2046
+  start payment-service PAYMENT_HEALTH_ADDR "${common[@]}" PAYMENT_CONSUMER_GROUP="payment-service-${prefix}" \
+    $(sasl_login payment-service)
+  # shellcheck disable=SC2046
+  start notification-service NOTIFICATION_HEALTH_ADDR "${common[@]}" \
+    NOTIFICATION_CONSUMER_GROUP="notification-service-${prefix}" $(sasl_login notification-service)
 }
 
 # loadgen LABEL ARGS...: one load step; its JSON line goes to the results.
+# With BENCH_SASL_DIR its topic reader (--bootstrap) logs in as the admin.
 loadgen() {
   local label=$1
   shift
-  "$BIN/foodorder-loadgen" --addr "127.0.0.1:$API_PORT" --json --label "$label" "$@" \
+  # shellcheck disable=SC2046
+  env $(sasl_login admin) "$BIN/foodorder-loadgen" --addr "127.0.0.1:$API_PORT" --json --label "$label" "$@" \
     >"$BENCH_DIR/$label.out" 2>"$BENCH_DIR/$label.err" || die "load step $label failed, see $BENCH_DIR/$label.err"
   tail -n 1 "$BENCH_DIR/$label.out" | sed "s/^{/{\"kind\":\"load\",\"phase\":\"$PHASE\",/" >>"$RESULTS"
   sed -n '1,2p' "$BENCH_DIR/$label.out" | sed 's/^/    /'

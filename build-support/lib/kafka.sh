@@ -232,14 +232,19 @@ kafka_refuse_unauthenticated_data() {
   done
 }
 
+# kafka_require_jdk: dies, saying what to do, unless java can run
+# Provision.java (Java's source launcher compiles it: a JDK, not only a JRE).
+kafka_require_jdk() {
+  [[ $(java --list-modules 2>/dev/null) == *jdk.compiler@* ]] \
+    || die "the Kafka principals are made by build-support/kafka/Provision.java, which needs a JDK (Debian/Ubuntu: apt-get install openjdk-17-jdk-headless); or run with KAFKA_SASL=off"
+}
+
 # kafka_provision_principals BOOTSTRAP [REPLICATION [MIN_INSYNC]]: as the admin,
 # the services' SCRAM users, the platform's topics (prefix KAFKA_TOPIC_PREFIX)
 # and each service's ACLs (build-support/kafka/Provision.java).
 kafka_provision_principals() {
   local bootstrap=$1 replication=${2:-1} min_insync=${3:-} output
-  # Java's source launcher compiles Provision.java: a JDK, not only a JRE.
-  [[ $(java --list-modules 2>/dev/null) == *jdk.compiler@* ]] \
-    || die "the Kafka principals are made by build-support/kafka/Provision.java, which needs a JDK (Debian/Ubuntu: apt-get install openjdk-17-jdk-headless); or run with KAFKA_SASL=off"
+  kafka_require_jdk
   output=$(timeout 120 java -Xmx256m -XX:TieredStopAtLevel=1 -cp "$KAFKA_LIBS/*" \
     "$ROOT_DIR/build-support/kafka/Provision.java" --bootstrap "$bootstrap" --credentials "$KAFKA_SASL_DIR" \
     --prefix "${KAFKA_TOPIC_PREFIX:-}" --partitions "${KAFKA_EVENT_PARTITIONS:-6}" \

@@ -44,6 +44,8 @@ pub struct Broker {
     port: u16,
     controller_port: u16,
     membership: Option<Membership>,
+    /// With SASL: the credentials directory (`build-support/kafka/broker --sasl`).
+    sasl: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -61,8 +63,9 @@ pub struct Brokers {
 
 impl Brokers {
     /// A single broker on 127.0.0.1 run by `script` from the jars in `libs`,
-    /// keeping its data in `data`; not started.
-    pub fn single(script: PathBuf, libs: PathBuf, data: PathBuf) -> Self {
+    /// keeping its data in `data`, taking SASL/SCRAM only with the
+    /// credentials in `sasl` when given; not started.
+    pub fn single(script: PathBuf, libs: PathBuf, data: PathBuf, sasl: Option<PathBuf>) -> Self {
         Self::of(vec![Broker {
             script,
             libs,
@@ -71,13 +74,20 @@ impl Brokers {
             port: 0,
             controller_port: 0,
             membership: None,
+            sasl,
             child: None,
         }])
     }
 
     /// Three nodes whose client listeners bind to `host` (the controllers
-    /// stay on 127.0.0.1), data in `data/kafka-<id>`; not started.
-    pub fn cluster(script: PathBuf, libs: PathBuf, data: &Path, host: IpAddr) -> Self {
+    /// stay on 127.0.0.1), data in `data/kafka-<id>`, SASL as for [`Brokers::single`]; not started.
+    pub fn cluster(
+        script: PathBuf,
+        libs: PathBuf,
+        data: &Path,
+        host: IpAddr,
+        sasl: Option<PathBuf>,
+    ) -> Self {
         let controller_ports: Vec<u16> = (0..3).map(|_| fixed_port()).collect();
         let quorum = controller_ports
             .iter()
@@ -101,6 +111,7 @@ impl Brokers {
                     quorum: quorum.clone(),
                     cluster_id: cluster_id.clone(),
                 }),
+                sasl: sasl.clone(),
                 child: None,
             })
             .collect();
@@ -280,6 +291,9 @@ impl Broker {
                 .args(["--quorum", &membership.quorum])
                 .args(["--cluster-id", &membership.cluster_id])
                 .args(["--host", &self.host.to_string()]);
+        }
+        if let Some(sasl) = &self.sasl {
+            command.arg("--sasl").arg(sasl);
         }
         spawn(&mut command, &self.data.join("broker.out"), true)
     }

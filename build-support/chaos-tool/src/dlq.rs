@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use foodorder_testkit::kafka::ask_again_until;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use sha2::{Digest, Sha256};
 
 /// Every injected record is on its dead-letter topic with its key, value and
@@ -71,8 +71,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn read_all(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<serde_json::Value>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let consumer: BaseConsumer = foodorder_testkit::kafka::client(bootstrap)
         .set(
             "group.id",
             format!("chaos-checker-{}", uuid::Uuid::new_v4()),

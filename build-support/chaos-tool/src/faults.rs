@@ -185,6 +185,18 @@ impl Chaos {
             .arg(format!("{}/*", self.kafka_libs.display()))
             .arg("org.apache.kafka.tools.MetadataQuorumCommand")
             .args(["--bootstrap-server", &self.brokers.bootstrap()])
+            .args(
+                self.kafka_credentials
+                    .as_ref()
+                    .map(|dir| {
+                        [
+                            std::ffi::OsString::from("--command-config"),
+                            dir.join("kafka-admin.properties").into_os_string(),
+                        ]
+                    })
+                    .into_iter()
+                    .flatten(),
+            )
             .args(["describe", "--status"])
             .kill_on_drop(true)
             .output();
@@ -214,8 +226,7 @@ impl Chaos {
         let bootstrap = self.brokers.bootstrap();
         let topic = crate::topics::Topics::with_prefix(&self.prefix).order_placed;
         let leader = tokio::task::spawn_blocking(move || -> anyhow::Result<i32> {
-            let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-                .set("bootstrap.servers", &bootstrap)
+            let consumer: BaseConsumer = foodorder_testkit::kafka::client(&bootstrap)
                 .create()
                 .context("cannot create a metadata client")?;
             let timeout = Duration::from_secs(10);

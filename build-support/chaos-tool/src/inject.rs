@@ -15,7 +15,7 @@ use foodorder_testkit as testing;
 use prost::Message as _;
 use rand::{Rng, SeedableRng};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use sha2::{Digest, Sha256};
 
 /// Options of the `inject` subcommand.
@@ -297,8 +297,7 @@ pub async fn duplicate(bootstrap: &str, topic: &str, count: usize) -> anyhow::Re
 type RawRecord = (i32, Option<Vec<u8>>, Option<Vec<u8>>, Vec<RawHeader>);
 
 fn read_some(bootstrap: &str, topic: &str, count: usize) -> anyhow::Result<Vec<RawRecord>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let consumer: BaseConsumer = foodorder_testkit::kafka::client(bootstrap)
         .set(
             "group.id",
             format!("chaos-duplicator-{}", uuid::Uuid::new_v4()),

@@ -51,9 +51,31 @@ pub fn say(message: impl std::fmt::Display) {
     eprintln!("\x1b[1m==>\x1b[0m {message}");
 }
 
+/// The subcommands on their own talk to a platform run by other means: their
+/// Kafka clients log in as `KAFKA_SASL_USERNAME` (SCRAM-SHA-512) when it is
+/// set, as `build-support/run` writes it to `target/run/credentials/admin.env`.
+fn log_in_from_env() -> anyhow::Result<()> {
+    if let Some(login) = foodorder_runtime::config::SaslLogin::from_env()? {
+        anyhow::ensure!(
+            login.mechanism == "SCRAM-SHA-512",
+            "KAFKA_SASL_MECHANISM {} is not supported by the chaos tool (SCRAM-SHA-512 only)",
+            login.mechanism
+        );
+        foodorder_testkit::kafka::log_in_as(&login.username, login.password.expose())?;
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() {
-    let outcome = match Cli::parse().command {
+    let command = Cli::parse().command;
+    if !matches!(command, Command::Run(_))
+        && let Err(error) = log_in_from_env()
+    {
+        eprintln!("error: {error:#}");
+        std::process::exit(2);
+    }
+    let outcome = match command {
         Command::Run(args) => run::run(args).await,
         Command::Load(args) => load::run(args).await.map(|()| true),
         Command::Inject(args) => inject::run(args).await.map(|()| true),

@@ -88,6 +88,90 @@ pub struct RunArgs {
     /// Stop the cluster (fast shutdown) when the run ends.
     #[arg(long)]
     pg_stop_at_exit: bool,
+    /// Kafka with SASL/SCRAM and ACLs: the credentials directory
+    /// (`kafka-<principal>.password` for admin, broker, controller and each
+    /// service; lib.sh's `kafka_sasl_credentials`). The brokers take SASL
+    /// only, the run provisions the principals, topics and ACLs with
+    /// `--provision`, each service logs in as its own principal and the
+    /// run's own clients as the admin.
+    #[arg(long, requires = "provision")]
+    kafka_credentials: Option<PathBuf>,
+    /// build-support/kafka/Provision.java.
+    #[arg(long)]
+    provision: Option<PathBuf>,
+    /// order-api's `DATABASE_URL` (the role owning `orders`); default `--database`.
+    #[arg(long)]
+    orders_database: Option<String>,
+    /// payment-service's `DATABASE_URL` (the role owning `payments`); default `--database`.
+    #[arg(long)]
+    payments_database: Option<String>,
+    /// notification-service's `DATABASE_URL` (the role owning `notifications`); default `--database`.
+    #[arg(long)]
+    notifications_database: Option<String>,
+}
+
+/// What each kind of service logs in as: its database URL and, with SASL,
+/// its Kafka principal and password.
+struct Logins {
+    databases: [(Kind, String); 3],
+    kafka: Option<[(Kind, String, String); 3]>,
+}
+
+impl Logins {
+    fn of(args: &RunArgs) -> anyhow::Result<Self> {
+        let database = |url: &Option<String>| url.clone().unwrap_or_else(|| args.database.clone());
+        let kafka = match &args.kafka_credentials {
+            None => None,
+            Some(dir) => {
+                let login = |kind, principal: &str| -> anyhow::Result<(Kind, String, String)> {
+                    Ok((kind, principal.to_owned(), read_password(dir, principal)?))
+                };
+                Some([
+                    login(Kind::OrderApi, "order-api")?,
+                    login(Kind::Payment, "payment-service")?,
+                    login(Kind::Notification, "notification-service")?,
+                ])
+            }
+        };
+        Ok(Self {
+            databases: [
+                (Kind::OrderApi, database(&args.orders_database)),
+                (Kind::Payment, database(&args.payments_database)),
+                (Kind::Notification, database(&args.notifications_database)),
+            ],
+            kafka,
+        })
+    }
+
+    /// The variables of one instance of `kind`; `database` rewrites its
+    /// database URL (a cluster instance reaches PostgreSQL through the forwarder).
+    fn env(&self, kind: Kind, database: impl Fn(&str) -> String) -> Vec<(String, String)> {
+        let mut env = Vec::new();
+        if let Some((_, url)) = self.databases.iter().find(|(of, _)| *of == kind) {
+            env.push(("DATABASE_URL".to_owned(), database(url)));
+        }
+        if let Some((_, principal, password)) =
+            self.kafka.iter().flatten().find(|(of, _, _)| *of == kind)
+        {
+            env.extend([
+                ("KAFKA_SASL_USERNAME".to_owned(), principal.clone()),
+                ("KAFKA_SASL_PASSWORD".to_owned(), password.clone()),
+                (
+                    "KAFKA_SASL_MECHANISM".to_owned(),
+                    "SCRAM-SHA-512".to_owned(),
+                ),
+            ]);
+        }
+        env
+    }
+}
+
+/// `dir/kafka-<principal>.password`, trimmed.
+fn read_password(dir: &std::path::Path, principal: &str) -> anyhow::Result<String> {
+    let path = dir.join(format!("kafka-{principal}.password"));
+    let password = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(password.trim().to_owned())
 }
 
 /// The state of one run: the processes it supervises and what it recorded.
@@ -131,6 +215,10 @@ pub struct Chaos {
     injected: BTreeMap<Fault, usize>,
     bin_dir: PathBuf,
     broker_script: PathBuf,
+    /// With SASL: the credentials directory.
+    pub(crate) kafka_credentials: Option<PathBuf>,
+    provision: Option<PathBuf>,
+    logins: Logins,
 }
 
 /// Runs the suite; returns whether it found no violation.
@@ -138,6 +226,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
+    if let Some(dir) = &args.kafka_credentials {
+        foodorder_testkit::kafka::log_in_as("admin", &read_password(dir, "admin")?)?;
+    }
     let mut chaos = Chaos::new(args)?;
     let outcome = tokio::select! {
         outcome = chaos.drive() => outcome,
@@ -164,20 +255,22 @@ impl Chaos {
         let (api, api_http) = (free_addr(), free_addr());
         let brokers = if args.cluster {
             // The cluster's addresses are known once its network exists (`drive`).
-            Brokers::single(PathBuf::new(), PathBuf::new(), PathBuf::new())
+            Brokers::single(PathBuf::new(), PathBuf::new(), PathBuf::new(), None)
         } else {
             Brokers::single(
                 args.broker_script.clone(),
                 args.kafka_libs.clone(),
                 args.log_dir.join("kafka"),
+                args.kafka_credentials.clone(),
             )
         };
+        let logins = Logins::of(&args)?;
+        let mut specs = Services::single_layout(api, api_http);
+        for spec in &mut specs {
+            spec.env = logins.env(spec.kind, str::to_owned);
+        }
         Ok(Self {
-            services: Services::new(
-                args.bin_dir.clone(),
-                args.log_dir.clone(),
-                Services::single_layout(api, api_http),
-            ),
+            services: Services::new(args.bin_dir.clone(), args.log_dir.clone(), specs),
             brokers,
             network: None,
             kafka_libs: args.kafka_libs.clone(),
@@ -201,6 +294,9 @@ impl Chaos {
             injected: BTreeMap::new(),
             bin_dir: args.bin_dir,
             broker_script: args.broker_script,
+            kafka_credentials: args.kafka_credentials,
+            provision: args.provision,
+            logins,
         })
     }
 
@@ -226,17 +322,16 @@ impl Chaos {
             self.kafka_libs.clone(),
             &self.log_dir,
             std::net::IpAddr::V4(network.host),
+            self.kafka_credentials.clone(),
         );
-        let database = self.database.replacen(
-            &format!("127.0.0.1:{}", self.pg_port),
-            &postgres.to_string(),
-            1,
-        );
-        anyhow::ensure!(
-            database != self.database,
-            "the database URL does not name 127.0.0.1:{}",
-            self.pg_port
-        );
+        let local = format!("127.0.0.1:{}", self.pg_port);
+        let forwarded = |url: &str| url.replacen(&local, &postgres.to_string(), 1);
+        for (_, url) in &self.logins.databases {
+            anyhow::ensure!(
+                forwarded(url) != *url,
+                "a database URL does not name {local}"
+            );
+        }
         let mut specs = Vec::new();
         for name in names {
             let address = network
@@ -254,7 +349,7 @@ impl Chaos {
                 health: at(8080),
                 grpc: (kind == Kind::OrderApi).then(|| at(50051)),
                 namespace: network.namespace_of(name),
-                env: vec![("DATABASE_URL".to_owned(), database.clone())],
+                env: self.logins.env(kind, forwarded),
             });
         }
         self.services = Services::new(self.bin_dir.clone(), self.log_dir.clone(), specs);
@@ -262,9 +357,78 @@ impl Chaos {
         Ok(())
     }
 
-    /// A consumer group of the run, e.g. `chaos-payment-4242`.
+    /// A consumer group of the run, named after its service's principal
+    /// (the ACLs allow a service the groups that start with its name), e.g.
+    /// `payment-service-chaos-4242` for `payment`.
     fn group(&self, service: &str) -> String {
-        format!("chaos-{service}-{}", self.seed)
+        let principal = match service {
+            "payment" => "payment-service",
+            "notification" => "notification-service",
+            other => other,
+        };
+        format!("{principal}-chaos-{}", self.seed)
+    }
+
+    /// Who owns each service schema's tables, as the services' migrations
+    /// left them (with the roles: each schema its own service's role).
+    async fn schema_owners(&self) -> anyhow::Result<String> {
+        let pool = sqlx::PgPool::connect(&self.database)
+            .await
+            .context("failed to connect to the database")?;
+        let owners: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT schemaname::text, tableowner::text, count(*) FROM pg_tables \
+             WHERE schemaname IN ('orders', 'payments', 'notifications') \
+             GROUP BY 1, 2 ORDER BY 1, 2",
+        )
+        .fetch_all(&pool)
+        .await
+        .context("cannot read the tables' owners")?;
+        pool.close().await;
+        Ok(owners
+            .iter()
+            .map(|(schema, owner, tables)| format!("{schema}.* ({tables} tables) owned by {owner}"))
+            .collect::<Vec<_>>()
+            .join(", "))
+    }
+
+    /// With SASL: the services' principals, the run's topics (RF and min
+    /// ISR of the mode) and every ACL, made as the admin by Provision.java.
+    async fn provision_kafka(&self) -> anyhow::Result<()> {
+        let (Some(credentials), Some(provision)) = (&self.kafka_credentials, &self.provision)
+        else {
+            return Ok(());
+        };
+        let (replication, min_insync) = if self.cluster { ("3", "2") } else { ("1", "1") };
+        let started = Instant::now();
+        let output = tokio::process::Command::new("java")
+            .args(["-Xmx256m", "-XX:TieredStopAtLevel=1", "-cp"])
+            .arg(format!("{}/*", self.kafka_libs.display()))
+            .arg(provision)
+            .args(["--bootstrap", &self.brokers.bootstrap()])
+            .arg("--credentials")
+            .arg(credentials)
+            .args(["--prefix", &self.prefix])
+            .args(["--partitions", "6", "--dlq-partitions", "1"])
+            .args(["--replication", replication, "--min-insync", min_insync])
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(180), output)
+            .await
+            .context("Provision.java did not finish within 180 s")?
+            .context("cannot run java for Provision.java")?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        anyhow::ensure!(
+            output.status.success(),
+            "Provision.java failed: {}{}",
+            text.trim(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        say(format!(
+            "kafka: SASL/SCRAM-SHA-512 with ACLs, provisioned in {:.1} s ({})",
+            started.elapsed().as_secs_f64(),
+            text.lines().last().unwrap_or_default().trim()
+        ));
+        Ok(())
     }
 
     /// The environment of every service instance (the health address of the
@@ -325,9 +489,11 @@ impl Chaos {
             self.brokers.len(),
             booting.elapsed().as_secs_f64()
         ));
+        self.provision_kafka().await?;
         self.services.set_env(self.service_env());
         self.services.start_all()?;
         self.services.wait_ready(READY_WITHIN).await?;
+        say(format!("database: {}", self.schema_owners().await?));
         say("platform ready; load starts");
 
         let addrs: Vec<String> = self

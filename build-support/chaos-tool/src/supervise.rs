@@ -269,6 +269,15 @@ impl Services {
             }
             None => Command::new(binary),
         };
+        // Nothing of the tool's own login reaches an instance: its principal
+        // (if any) comes from its spec.
+        for name in [
+            "KAFKA_SASL_USERNAME",
+            "KAFKA_SASL_PASSWORD",
+            "KAFKA_SASL_MECHANISM",
+        ] {
+            command.env_remove(name);
+        }
         command.envs(env);
         match spec.kind {
             Kind::OrderApi => {

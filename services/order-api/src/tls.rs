@@ -6,6 +6,7 @@
 //! CA and a certificate for 127.0.0.1 and localhost.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
@@ -17,19 +18,52 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// `ORDER_API_TLS_KEY`.
     pub key: PathBuf,
+    /// `ORDER_API_TLS_HANDSHAKE_TIMEOUT_MS` (default 10000): a connection
+    /// whose TLS handshake is not done by then is closed, so that clients
+    /// that connect and say nothing (or trickle bytes) cannot hold sockets
+    /// and handshake tasks for good.
+    pub handshake_timeout: Duration,
 }
 
 impl TlsFiles {
+    /// The handshake deadline when none is set.
+    pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// These files with the default handshake deadline.
+    pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        Self {
+            cert: cert.into(),
+            key: key.into(),
+            handshake_timeout: Self::DEFAULT_HANDSHAKE_TIMEOUT,
+        }
+    }
+
     /// Reads `ORDER_API_TLS_CERT` and `ORDER_API_TLS_KEY`: None when neither
     /// is set; an error when only one is.
     pub fn from_env() -> anyhow::Result<Option<Self>> {
         let read = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
         match (read("ORDER_API_TLS_CERT"), read("ORDER_API_TLS_KEY")) {
             (None, None) => Ok(None),
-            (Some(cert), Some(key)) => Ok(Some(Self {
-                cert: cert.into(),
-                key: key.into(),
-            })),
+            (Some(cert), Some(key)) => {
+                let timeout = match read("ORDER_API_TLS_HANDSHAKE_TIMEOUT_MS") {
+                    None => Self::DEFAULT_HANDSHAKE_TIMEOUT,
+                    Some(value) => value
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|ms| (1..=600_000).contains(ms))
+                        .map(Duration::from_millis)
+                        .with_context(|| {
+                            format!(
+                                "ORDER_API_TLS_HANDSHAKE_TIMEOUT_MS must be 1 to 600000 (ms), not {value:?}"
+                            )
+                        })?,
+                };
+                Ok(Some(Self {
+                    handshake_timeout: timeout,
+                    ..Self::new(cert, key)
+                }))
+            }
             (Some(_), None) => {
                 anyhow::bail!(
                     "ORDER_API_TLS_CERT is set but ORDER_API_TLS_KEY is not: TLS needs both"
@@ -62,7 +96,9 @@ impl TlsFiles {
             "ORDER_API_TLS_KEY {} holds no PEM private key",
             self.key.display()
         );
-        Ok(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+        Ok(ServerTlsConfig::new()
+            .identity(Identity::from_pem(cert, key))
+            .timeout(self.handshake_timeout))
     }
 }
 

@@ -193,7 +193,7 @@ impl Drop for PrivateBroker {
 
 /// Whether a broker at `bootstrap` answers a metadata request within `patience`.
 pub fn broker_answers(bootstrap: &str, patience: Duration) -> bool {
-    broker_answers_as(bootstrap, patience, None)
+    broker_answers_as(bootstrap, patience, crate::kafka::login())
 }
 
 /// [`broker_answers`], logged in as `login` (name, password) over SASL/SCRAM-SHA-512.

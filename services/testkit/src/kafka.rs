@@ -22,6 +22,35 @@ pub fn bootstrap_servers() -> String {
     std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
 }
 
+/// The SASL/SCRAM-SHA-512 login of the test kit's own Kafka clients, once set.
+static LOGIN: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+
+/// Makes every Kafka client of the test kit (readers, offset, group and
+/// metadata lookups, [`crate::produce_raw`]) log in as `username` over
+/// SASL/SCRAM-SHA-512 from now on, as a tool whose brokers take SASL only
+/// must (the chaos run, as the admin principal). Once per process: a second
+/// login is refused.
+pub fn log_in_as(username: &str, password: &str) -> anyhow::Result<()> {
+    LOGIN
+        .set((username.to_owned(), password.to_owned()))
+        .map_err(|_| anyhow::anyhow!("the test kit's Kafka clients already have a login"))
+}
+
+/// The login set with [`log_in_as`], if any: (username, password).
+pub fn login() -> Option<&'static (String, String)> {
+    LOGIN.get()
+}
+
+/// A client configuration for `bootstrap` with the test kit's login, if any.
+pub fn client(bootstrap: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    if let Some((username, password)) = login() {
+        crate::broker::scram_login(&mut config, username, password);
+    }
+    config
+}
+
 /// Kafka settings for the shared test broker with fresh topic names.
 pub fn kafka_config() -> KafkaConfig {
     KafkaConfig::local(&bootstrap_servers(), &unique_prefix())
@@ -55,8 +84,7 @@ pub fn collect_records(
     timeout: Duration,
     grace: Duration,
 ) -> Vec<Record> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let consumer: BaseConsumer = client(bootstrap)
         .set("group.id", format!("test-reader-{}", Uuid::new_v4()))
         .set("enable.auto.commit", "false")
         .set("allow.auto.create.topics", "false")
@@ -161,8 +189,7 @@ pub fn inject_fatal_error(producer: &rdkafka::producer::FutureProducer, reason: 
 /// How many members of consumer group `group` hold a partition assignment, as
 /// the broker's group coordinator reports it (0 while the group is rebalancing).
 pub fn assigned_group_members(bootstrap: &str, group: &str) -> usize {
-    let Ok(client) = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let Ok(client) = client(bootstrap)
         .set("log_level", "3")
         .create::<BaseConsumer>()
     else {
@@ -202,8 +229,7 @@ pub async fn wait_for_group_members(bootstrap: &str, group: &str, members: usize
 /// For each partition of `topic`: consumer group `group`'s committed offset
 /// (-1 when it has none) and the partition's high watermark.
 pub fn group_offsets(bootstrap: &str, group: &str, topic: &str) -> BTreeMap<i32, (i64, i64)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let consumer: BaseConsumer = client(bootstrap)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("log_level", "3")

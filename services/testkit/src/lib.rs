@@ -25,7 +25,7 @@ pub use jaeger::PrivateJaeger;
 pub use kafka::*;
 pub use metrics::{http_get, metric_value, wait_for_metric};
 pub use process::ServiceProcess;
-pub use produce::produce_raw;
+pub use produce::{produce_raw, try_produce_raw_as};
 pub use proxy::CuttableProxy;
 
 /// Polls `condition` every 50 ms until it returns `Some`, or panics after `timeout` naming `what`.

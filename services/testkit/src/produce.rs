@@ -4,7 +4,8 @@
 /// record batch, no compression), with header names and values taken as raw
 /// bytes: the Rust, Java and Python clients only write UTF-8 header names, but
 /// the protocol (and the Go clients) allow any bytes, so hostile-record tests
-/// need this. The record goes to the partition's leader, found through
+/// need this. With the test kit's login ([`crate::kafka::log_in_as`]) each
+/// connection first authenticates over SASL/SCRAM-SHA-512. The record goes to the partition's leader, found through
 /// `bootstrap` (a list, as for any client), and again to the new leader when
 /// leadership moves meanwhile (a broker killed in a cluster). Returns the
 /// record's offset; panics with the broker's error code.
@@ -16,6 +17,26 @@ pub async fn produce_raw(
     value: Option<&[u8]>,
     headers: &[foodorder_runtime::record_headers::RawHeader],
 ) -> i64 {
+    let login =
+        crate::kafka::login().map(|(username, password)| (username.as_str(), password.as_str()));
+    try_produce_raw_as(login, bootstrap, topic, partition, key, value, headers)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"))
+}
+
+/// [`produce_raw`] logged in as `login` (username, password) over
+/// SASL/SCRAM-SHA-512, or without a login; the broker's refusal (a failed
+/// login, a Kafka error code other than leadership moving, no answer for
+/// 90 s) is the error.
+pub async fn try_produce_raw_as(
+    login: Option<(&str, &str)>,
+    bootstrap: &str,
+    topic: &str,
+    partition: i32,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    headers: &[foodorder_runtime::record_headers::RawHeader],
+) -> Result<i64, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut record = Vec::new();
     record.push(0); // attributes
@@ -66,6 +87,9 @@ pub async fn produce_raw(
 
     let send = async |leader: &str| -> std::io::Result<(i16, i64)> {
         let mut stream = tokio::net::TcpStream::connect(leader).await?;
+        if let Some((username, password)) = login {
+            scram_sha512_login(&mut stream, username, password).await?;
+        }
         stream
             .write_all(&(request.len() as i32).to_be_bytes())
             .await?;
@@ -132,14 +156,23 @@ pub async fn produce_raw(
             forget(&place);
         }
         match answer {
-            Ok((0, offset)) => return offset,
+            Ok((0, offset)) => return Ok(offset),
             Ok((code, _)) if MOVING.contains(&code) => last = format!("Kafka error code {code}"),
-            Ok((code, _)) => panic!("the broker refused the raw record (Kafka error code {code})"),
+            Ok((code, _)) => {
+                return Err(format!(
+                    "the broker refused the raw record (Kafka error code {code})"
+                ));
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(format!("{leader}: {error}"));
+            }
             Err(error) => last = format!("{leader}: {error}"),
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
-    panic!("the raw record could not be produced to {topic}/{partition}: {last}");
+    Err(format!(
+        "the raw record could not be produced to {topic}/{partition}: {last}"
+    ))
 }
 
 /// `host:port` of the leader of `topic`/`partition`, from a metadata request
@@ -149,10 +182,7 @@ async fn partition_leader(bootstrap: &str, topic: &str, partition: i32) -> Strin
     let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
     tokio::task::spawn_blocking(move || {
         let first = bootstrap.split(',').next().unwrap_or_default().to_owned();
-        let Ok(consumer) = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .create::<BaseConsumer>()
-        else {
+        let Ok(consumer) = crate::kafka::client(&bootstrap).create::<BaseConsumer>() else {
             return first;
         };
         let Ok(metadata) =
@@ -174,6 +204,171 @@ async fn partition_leader(bootstrap: &str, topic: &str, partition: i32) -> Strin
     })
     .await
     .expect("the metadata lookup panicked")
+}
+
+/// One request on `stream` (request header v1, correlation id 1) and the
+/// body of its response (after the correlation id).
+async fn exchange(
+    stream: &mut tokio::net::TcpStream,
+    api_key: i16,
+    api_version: i16,
+    body: &[u8],
+) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut request = Vec::with_capacity(body.len() + 40);
+    request.extend_from_slice(&api_key.to_be_bytes());
+    request.extend_from_slice(&api_version.to_be_bytes());
+    request.extend_from_slice(&1_i32.to_be_bytes()); // correlation id
+    put_string(&mut request, "foodorder-raw-producer");
+    request.extend_from_slice(body);
+    stream
+        .write_all(&(request.len() as i32).to_be_bytes())
+        .await?;
+    stream.write_all(&request).await?;
+    let size = stream.read_i32().await?;
+    let size = usize::try_from(size)
+        .ok()
+        .filter(|size| (4..=1 << 20).contains(size))
+        .ok_or_else(|| protocol_error(format!("a response of {size} bytes")))?;
+    let mut response = vec![0; size];
+    stream.read_exact(&mut response).await?;
+    Ok(response.split_off(4))
+}
+
+fn protocol_error(what: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what)
+}
+
+/// Reads a protocol `BYTES` (i32 length) or `STRING` (i16 length) at `*at`.
+fn take<'a>(response: &'a [u8], at: &mut usize, wide: bool) -> std::io::Result<&'a [u8]> {
+    let short = || protocol_error("a truncated SASL response".to_owned());
+    let (len, width) = if wide {
+        let bytes = response.get(*at..*at + 4).ok_or_else(short)?;
+        (i32::from_be_bytes(bytes.try_into().unwrap()) as i64, 4)
+    } else {
+        let bytes = response.get(*at..*at + 2).ok_or_else(short)?;
+        (i64::from(i16::from_be_bytes(bytes.try_into().unwrap())), 2)
+    };
+    *at += width;
+    let len = usize::try_from(len).unwrap_or(0); // null: empty
+    let value = response.get(*at..*at + len).ok_or_else(short)?;
+    *at += len;
+    Ok(value)
+}
+
+/// SASL/SCRAM-SHA-512 (RFC 5802) on a new connection: SaslHandshake v1,
+/// then the client-first and client-final messages in SaslAuthenticate v1
+/// requests; the server's signature is checked. A refused login is an error
+/// of kind `PermissionDenied` carrying the broker's message.
+async fn scram_sha512_login(
+    stream: &mut tokio::net::TcpStream,
+    username: &str,
+    password: &str,
+) -> std::io::Result<()> {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use hmac::{Hmac, Mac};
+    use sha2::{Digest, Sha512};
+    type HmacSha512 = Hmac<Sha512>;
+    let hmac = |key: &[u8], data: &[u8]| -> Vec<u8> {
+        let mut mac = HmacSha512::new_from_slice(key).expect("HMAC takes a key of any length");
+        mac.update(data);
+        mac.finalize().into_bytes().to_vec()
+    };
+
+    let mut handshake = Vec::new();
+    put_string(&mut handshake, "SCRAM-SHA-512");
+    let response = exchange(stream, 17, 1, &handshake).await?;
+    let code = i16::from_be_bytes(
+        response
+            .get(..2)
+            .ok_or_else(|| protocol_error("an empty SaslHandshake response".to_owned()))?
+            .try_into()
+            .unwrap(),
+    );
+    if code != 0 {
+        return Err(protocol_error(format!(
+            "the broker refused the SCRAM-SHA-512 handshake (Kafka error code {code})"
+        )));
+    }
+    // One SaslAuthenticate v1 round: the server's bytes, or its refusal.
+    async fn authenticate(
+        stream: &mut tokio::net::TcpStream,
+        message: &[u8],
+    ) -> std::io::Result<Vec<u8>> {
+        let mut body = Vec::new();
+        body.extend_from_slice(&(message.len() as i32).to_be_bytes());
+        body.extend_from_slice(message);
+        let response = exchange(stream, 36, 1, &body).await?;
+        let code = i16::from_be_bytes(
+            response
+                .get(..2)
+                .ok_or_else(|| protocol_error("an empty SaslAuthenticate response".to_owned()))?
+                .try_into()
+                .unwrap(),
+        );
+        let mut at = 2;
+        let error = String::from_utf8_lossy(take(&response, &mut at, false)?).into_owned();
+        if code != 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("SASL authentication failed (Kafka error code {code}): {error}"),
+            ));
+        }
+        Ok(take(&response, &mut at, true)?.to_vec())
+    }
+
+    let name = username.replace('=', "=3D").replace(',', "=2C");
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    let client_first_bare = format!("n={name},r={nonce}");
+    let server_first = authenticate(stream, format!("n,,{client_first_bare}").as_bytes()).await?;
+    let server_first = String::from_utf8(server_first)
+        .map_err(|_| protocol_error("a server-first message that is not UTF-8".to_owned()))?;
+    let field = |key: &str| {
+        server_first
+            .split(',')
+            .find_map(|part| part.strip_prefix(key))
+            .ok_or_else(|| protocol_error(format!("no {key} in the server-first message")))
+    };
+    let server_nonce = field("r=")?;
+    if !server_nonce.starts_with(&nonce) {
+        return Err(protocol_error(
+            "the server's nonce does not extend ours".to_owned(),
+        ));
+    }
+    let salt = STANDARD
+        .decode(field("s=")?)
+        .map_err(|_| protocol_error("a salt that is not base64".to_owned()))?;
+    let iterations: u32 = field("i=")?
+        .parse()
+        .map_err(|_| protocol_error("an iteration count that is no number".to_owned()))?;
+    let mut salted = [0u8; 64];
+    pbkdf2::pbkdf2_hmac::<Sha512>(password.as_bytes(), &salt, iterations, &mut salted);
+    let client_key = hmac(&salted, b"Client Key");
+    let stored_key = Sha512::digest(&client_key);
+    // "biws": base64 of the GS2 header "n,," (no channel binding).
+    let without_proof = format!("c=biws,r={server_nonce}");
+    let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
+    let signature = hmac(&stored_key, auth_message.as_bytes());
+    let proof: Vec<u8> = client_key
+        .iter()
+        .zip(&signature)
+        .map(|(key, sign)| key ^ sign)
+        .collect();
+    let client_final = format!("{without_proof},p={}", STANDARD.encode(proof));
+    let server_final = authenticate(stream, client_final.as_bytes()).await?;
+    let server_key = hmac(&salted, b"Server Key");
+    let expected = format!(
+        "v={}",
+        STANDARD.encode(hmac(&server_key, auth_message.as_bytes()))
+    );
+    if server_final != expected.as_bytes() {
+        return Err(protocol_error(
+            "the broker's SCRAM signature does not match: not the broker that holds this user"
+                .to_owned(),
+        ));
+    }
+    Ok(())
 }
 
 fn put_varint(out: &mut Vec<u8>, value: i64) {

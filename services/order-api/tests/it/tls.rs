@@ -24,10 +24,7 @@ fn certificates() -> PathBuf {
 }
 
 fn files(dir: &Path) -> TlsFiles {
-    TlsFiles {
-        cert: dir.join("server.pem"),
-        key: dir.join("server.key"),
-    }
+    TlsFiles::new(dir.join("server.pem"), dir.join("server.key"))
 }
 
 async fn connect(
@@ -121,6 +118,55 @@ async fn a_client_that_trusts_the_ca_is_served_over_tls_and_no_other() {
     }
 }
 
+/// A client that opens a connection and never finishes its TLS handshake
+/// (says nothing, or trickles a byte now and then) is cut off at the
+/// handshake deadline; the server goes on serving others meanwhile.
+#[cfg_attr(
+    not(feature = "infra-tests"),
+    ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
+)]
+#[tokio::test]
+async fn a_handshake_that_never_finishes_is_cut_at_its_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = certificates();
+    let tls = TlsFiles {
+        handshake_timeout: std::time::Duration::from_millis(500),
+        ..files(&dir)
+    };
+    let app = spawn_app_with(move |config| config.tls = Some(tls)).await;
+    let mut silent = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let mut trickling = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    // The first bytes of a TLS record header (a handshake record), then nothing more.
+    trickling.write_all(&[0x16, 0x03]).await.unwrap();
+    let started = std::time::Instant::now();
+    // Meanwhile another client is served.
+    let mut trusting = connect(app.addr, Some(&dir.join("ca.pem")))
+        .await
+        .expect("connect over TLS while two handshakes hang");
+    trusting
+        .list_menu_items(ListMenuItemsRequest {})
+        .await
+        .expect("ListMenuItems over TLS while two handshakes hang");
+    for (name, stream) in [("silent", &mut silent), ("trickling", &mut trickling)] {
+        let mut buffer = [0u8; 64];
+        // Bounded: without the deadline the server would keep the connection for good.
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(20), stream.read(&mut buffer))
+                .await
+                .unwrap_or_else(|_| panic!("the {name} connection was still open after 20 s"));
+        // Closed (EOF) or reset: either way the server let go of it.
+        assert!(
+            matches!(read, Ok(0) | Err(_)),
+            "the {name} connection got {read:?}"
+        );
+    }
+    eprintln!(
+        "both hanging handshakes were cut {:.1} s after they began (deadline 0.5 s)",
+        started.elapsed().as_secs_f64()
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[cfg_attr(
     not(feature = "infra-tests"),
     ignore = "needs PostgreSQL and Kafka: cargo test --features infra-tests, as build-support/test runs it"
@@ -135,31 +181,19 @@ async fn tls_settings_the_server_cannot_use_stop_it_before_it_starts() {
     .unwrap();
     let cases = [
         (
-            TlsFiles {
-                cert: dir.join("server.pem"),
-                key: dir.join("missing.key"),
-            },
+            TlsFiles::new(dir.join("server.pem"), dir.join("missing.key")),
             "cannot read ORDER_API_TLS_KEY",
         ),
         (
-            TlsFiles {
-                cert: dir.join("server.key"),
-                key: dir.join("server.key"),
-            },
+            TlsFiles::new(dir.join("server.key"), dir.join("server.key")),
             "holds no PEM certificate",
         ),
         (
-            TlsFiles {
-                cert: dir.join("server.pem"),
-                key: dir.join("ca.pem"),
-            },
+            TlsFiles::new(dir.join("server.pem"), dir.join("ca.pem")),
             "holds no PEM private key",
         ),
         (
-            TlsFiles {
-                cert: dir.join("server.pem"),
-                key: dir.join("garbage.key"),
-            },
+            TlsFiles::new(dir.join("server.pem"), dir.join("garbage.key")),
             "not a usable certificate and key",
         ),
     ];

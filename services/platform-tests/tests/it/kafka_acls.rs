@@ -165,6 +165,38 @@ async fn each_principal_may_do_what_its_service_does_and_nothing_else() {
             .expect_err(what);
         tried.push(format!("{what} writes order.placed: {error}"));
     }
+    // The test kit's own SCRAM-SHA-512 client (the raw producer the chaos
+    // run's hostile records go through): the admin writes, a wrong password
+    // is refused at login, and a service's principal is held to its ACLs.
+    let admin = login("admin");
+    let raw = |login: Option<(&'static str, String)>, name: &str| {
+        let (bootstrap, topic) = (bootstrap.clone(), topic(name));
+        async move {
+            let login = login
+                .as_ref()
+                .map(|(user, password)| (*user, password.as_str()));
+            testing::try_produce_raw_as(login, &bootstrap, &topic, 0, Some(b"k"), Some(b"v"), &[])
+                .await
+        }
+    };
+    let offset = raw(as_login(&admin), "order.dlq")
+        .await
+        .expect("the admin writes over the raw protocol after its SCRAM login");
+    assert!(offset >= 0);
+    let error = raw(Some(("admin", "wrong".to_owned())), "order.dlq")
+        .await
+        .expect_err("a wrong password");
+    assert!(error.contains("SASL authentication failed"), "{error}");
+    tried.push(format!(
+        "the raw producer as admin with a wrong password: {error}"
+    ));
+    let error = raw(as_login(&payment), "order.placed")
+        .await
+        .expect_err("another service's topic, over the raw protocol");
+    assert!(error.contains("error code 29"), "{error}");
+    tried.push(format!(
+        "the raw producer as payment-service writes order.placed: {error}"
+    ));
     // Reading: a topic or a group that is not the service's is refused.
     for (who, name, group) in [
         (&notification, "order.placed", "notification-service"),
