@@ -7,6 +7,7 @@ Usage: bench_report.py RESULTS.jsonl CORES "CPU MODEL"
 """
 
 import json
+import re
 import sys
 
 
@@ -140,8 +141,12 @@ def main():
         middle = len(values) // 2
         return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
 
+    def counted(label, prefix):
+        # The measured rounds (-r1, -r2, ...), not the warm-up (-rw).
+        return re.fullmatch(re.escape(prefix) + r"-r\d+", label) is not None
+
     def rounds(prefix):
-        return [r for label, r in loads.items() if label.startswith(prefix + "-r")]
+        return [r for label, r in loads.items() if counted(label, prefix)]
 
     def pct(value, reference):
         return f"{100 * (value / reference - 1):+.1f} %" if value is not None and reference else "-"
@@ -176,7 +181,7 @@ def main():
     kafka = {}
     for mode in ("plaintext", "scram"):
         runs = rounds(f"security-kafka-{mode}-c32")
-        ends = [e2e[label] for label in e2e if label.startswith(f"security-kafka-{mode}-c32-r")]
+        ends = [e2e[label] for label in e2e if counted(label, f"security-kafka-{mode}-c32")]
         if runs and ends:
             kafka[mode] = {
                 "throughput": median([r["throughput_per_s"] for r in runs]),
