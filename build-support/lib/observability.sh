@@ -7,13 +7,24 @@ JAEGER_VERSION="v1.75.0"
 JAEGER_BIN="$CACHE_DIR/jaeger-$JAEGER_VERSION/jaeger"
 JAEGER_CONFIG="$ROOT_DIR/build-support/jaeger/config.yaml"
 PROMETHEUS_CONFIG_DIR="$ROOT_DIR/build-support/prometheus"
+# Prometheus's console pages (/consoles/foodorder.html: the dashboard's key panels,
+# where Grafana does not run) are build-support/prometheus/consoles; the console
+# libraries they use (prom.lib) are Debian's, which the package keeps as examples.
+DEBIAN_CONSOLE_LIBRARIES=/usr/share/doc/prometheus/examples/console_libraries
+
+# jaeger_go_check: dies, saying what to do, when Jaeger is not built yet and
+# the Go toolchain that builds it is missing.
+jaeger_go_check() {
+  [[ -x $JAEGER_BIN ]] || command -v go >/dev/null 2>&1 \
+    || die "Jaeger is built with the Go toolchain (1.24.6 or newer, from https://go.dev/dl; Debian 12's golang-go is too old), which is not installed; or set FOODORDER_JAEGER=off"
+}
 
 # install_jaeger: builds Jaeger with the Go toolchain into the cache directory, once.
 # `go install module@version` refuses modules whose go.mod has replace directives
 # (Jaeger's has one), so the module is downloaded and built as the main module.
 install_jaeger() {
   [[ -x $JAEGER_BIN ]] && return 0
-  command -v go >/dev/null 2>&1 || die "Jaeger is built with the Go toolchain (1.24.6 or newer, from https://go.dev/dl; Debian 12's golang-go is too old), which is not installed; or set FOODORDER_JAEGER=off"
+  jaeger_go_check
   log "installing Jaeger $JAEGER_VERSION into $(dirname "$JAEGER_BIN") (first time only; built from the Go module proxy)"
   local source build="$CACHE_DIR/jaeger-build"
   mkdir -p "$CACHE_DIR"
@@ -36,12 +47,17 @@ jaeger_enabled() {
   case "${FOODORDER_JAEGER:-on}" in off | 0 | false | no) return 1 ;; *) return 0 ;; esac
 }
 
-# ensure_jaeger STATE_DIR: points the services' OTEL_EXPORTER_OTLP_ENDPOINT at a Jaeger.
+# ensure_jaeger STATE_DIR [--background]: points the services' OTEL_EXPORTER_OTLP_ENDPOINT at a Jaeger.
 # An endpoint already set is used as it is; otherwise the embedded Jaeger is started
 # (OTLP gRPC on JAEGER_OTLP_PORT, default 4317; query API and UI on JAEGER_QUERY_PORT,
-# default 16686). Sets JAEGER_QUERY_URL when the query API is known.
+# default 16686). Sets JAEGER_QUERY_URL when the query API is known. With
+# --background and Jaeger not built yet (the first run on a machine: minutes of
+# compiling), build-support/jaeger/build-and-start builds and starts it in the
+# background (pid in STATE_DIR/jaeger-build.pid, log STATE_DIR/jaeger-build.log)
+# and the endpoints are set already: the services' exporters connect once it
+# listens. Sets JAEGER_PENDING=yes then.
 ensure_jaeger() {
-  local state_dir=$1
+  local state_dir=$1 background=${2:-}
   jaeger_enabled || { log "Jaeger: off (FOODORDER_JAEGER=${FOODORDER_JAEGER})"; return 0; }
   if [[ -n ${OTEL_EXPORTER_OTLP_ENDPOINT:-} ]]; then
     log "traces: exported to $OTEL_EXPORTER_OTLP_ENDPOINT"
@@ -54,16 +70,34 @@ ensure_jaeger() {
     port_open 127.0.0.1 "$query_port" && export JAEGER_QUERY_URL="http://127.0.0.1:$query_port"
     return 0
   fi
+  if [[ ! -x $JAEGER_BIN && $background == --background ]]; then
+    jaeger_go_check
+    mkdir -p "$state_dir"
+    log "Jaeger is not built yet: building it in the background (first run only; log: $state_dir/jaeger-build.log); traces flow once it is up"
+    JAEGER_OTLP_PORT=$otlp_port JAEGER_QUERY_PORT=$query_port \
+      setsid nohup "$ROOT_DIR/build-support/jaeger/build-and-start" "$state_dir" >"$state_dir/jaeger-build.log" 2>&1 </dev/null &
+    echo $! >"$state_dir/jaeger-build.pid"
+    JAEGER_PENDING=yes
+    export OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port"
+    export JAEGER_QUERY_URL="http://127.0.0.1:$query_port"
+    return 0
+  fi
   install_jaeger
+  start_jaeger "$state_dir"
+  STARTED_PIDS+=("jaeger $(cat "$state_dir/jaeger.pid")")
+}
+
+# start_jaeger STATE_DIR: starts the built Jaeger (pid in STATE_DIR/jaeger.pid,
+# log STATE_DIR/jaeger.log) and waits until it listens; exports the endpoints.
+start_jaeger() {
+  local state_dir=$1 otlp_port=${JAEGER_OTLP_PORT:-4317} query_port=${JAEGER_QUERY_PORT:-16686}
   mkdir -p "$state_dir"
   log "starting Jaeger on 127.0.0.1:$query_port (OTLP 127.0.0.1:$otlp_port, in-memory storage)"
   JAEGER_OTLP_PORT=$otlp_port JAEGER_QUERY_PORT=$query_port \
     JAEGER_OTLP_HTTP_PORT=${JAEGER_OTLP_HTTP_PORT:-4318} JAEGER_QUERY_GRPC_PORT=${JAEGER_QUERY_GRPC_PORT:-16685} \
     JAEGER_HEALTH_PORT=${JAEGER_HEALTH_PORT:-13133} \
     nohup "$JAEGER_BIN" --config "$JAEGER_CONFIG" >"$state_dir/jaeger.log" 2>&1 &
-  local pid=$!
-  echo "$pid" >"$state_dir/jaeger.pid"
-  STARTED_PIDS+=("jaeger $pid")
+  echo $! >"$state_dir/jaeger.pid"
   wait_for_port 127.0.0.1 "$query_port" 30 && wait_for_port 127.0.0.1 "$otlp_port" 5 \
     || { tail -20 "$state_dir/jaeger.log" >&2; die "Jaeger did not start, see $state_dir/jaeger.log"; }
   export OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port"
@@ -101,6 +135,28 @@ install_prometheus() {
   fi
 }
 
+# prometheus_console_libraries: prints the directory of Debian's console libraries.
+# Images that leave /usr/share/doc out (dpkg path-exclude, as Docker's slim ones do)
+# lack them; they are then taken from the installed version's .deb into the cache
+# directory, once. Returns 1 when neither works (the log is in the cache directory).
+prometheus_console_libraries() {
+  [[ -f $DEBIAN_CONSOLE_LIBRARIES/prom.lib ]] && { printf '%s\n' "$DEBIAN_CONSOLE_LIBRARIES"; return 0; }
+  local version cached work
+  version=$(dpkg-query -W -f='${Version}' prometheus 2>/dev/null) || return 1
+  cached="$CACHE_DIR/prometheus-console-libraries-${version//[^A-Za-z0-9.+~-]/_}"
+  if [[ ! -f $cached/prom.lib ]]; then
+    mkdir -p "$CACHE_DIR"
+    work=$(mktemp -d) || return 1
+    (
+      cd "$work" && timeout 300 apt-get download "prometheus=$version" \
+        && dpkg-deb --fsys-tarfile prometheus_*.deb | tar -x ".$DEBIAN_CONSOLE_LIBRARIES" \
+        && mkdir -p "$cached" && cp ".$DEBIAN_CONSOLE_LIBRARIES"/*.lib "$cached/"
+    ) >"$CACHE_DIR/prometheus-console-libraries.log" 2>&1
+    rm -rf "$work"
+  fi
+  [[ -f $cached/prom.lib ]] && printf '%s\n' "$cached"
+}
+
 # prometheus_config OUT: build-support/prometheus/prometheus.yml with the
 # scrape targets of this run written to OUT. The targets are SCRAPE_TARGETS
 # ("job 127.0.0.1:port" entries, one per instance: build-support/run sets it)
@@ -132,7 +188,8 @@ prometheus_config() {
 
 # ensure_prometheus STATE_DIR: starts Prometheus on 127.0.0.1:${PROMETHEUS_PORT:-9090}
 # scraping every service instance (prometheus_config), with the recording and
-# alerting rules, storage in STATE_DIR/prometheus; exports PROMETHEUS_URL.
+# alerting rules and the console pages, storage in STATE_DIR/prometheus; exports
+# PROMETHEUS_URL.
 # Without Prometheus it says so and returns (the platform runs without it).
 ensure_prometheus() {
   local state_dir=$1 port=${PROMETHEUS_PORT:-9090}
@@ -147,9 +204,15 @@ ensure_prometheus() {
   local config="$state_dir/prometheus/prometheus.yml"
   prometheus_config "$config"
   cp "$PROMETHEUS_CONFIG_DIR/rules.yml" "$state_dir/prometheus/rules.yml"
+  local consoles=(--web.console.templates="$PROMETHEUS_CONFIG_DIR/consoles") libraries
+  if libraries=$(prometheus_console_libraries); then
+    consoles+=(--web.console.libraries="$libraries")
+  else
+    log "Prometheus: Debian's console libraries are missing (see $CACHE_DIR/prometheus-console-libraries.log); /consoles/foodorder.html will not render"
+  fi
   log "starting Prometheus on 127.0.0.1:$port (log: $state_dir/prometheus.log)"
   nohup prometheus --config.file="$config" --storage.tsdb.path="$state_dir/prometheus/data" \
-    --storage.tsdb.retention.time=2d --web.listen-address="127.0.0.1:$port" \
+    --storage.tsdb.retention.time=2d --web.listen-address="127.0.0.1:$port" "${consoles[@]}" \
     >"$state_dir/prometheus.log" 2>&1 &
   local pid=$!
   echo "$pid" >"$state_dir/prometheus.pid"

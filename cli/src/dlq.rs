@@ -163,6 +163,15 @@ impl Diagnosis {
         }
     }
 
+    /// When, to the second (UTC), or the header as it is when it is no time.
+    fn failed_at_text(&self) -> String {
+        match (self.failed_at(), &self.failed_at) {
+            (Some(time), _) => time.format("%Y-%m-%d %H:%M:%SZ").to_string(),
+            (None, Some(raw)) => one_line(raw, 25),
+            (None, None) => "-".to_owned(),
+        }
+    }
+
     fn failed_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
         chrono::DateTime::parse_from_rfc3339(self.failed_at.as_deref()?)
             .ok()
@@ -176,15 +185,15 @@ fn list(kafka: &KafkaArgs, name: &str) -> anyhow::Result<()> {
     let records = kafka::read_all(&config, &topic)?;
     let ledger = redriven(&config, &topic)?;
     println!(
-        "{:<12} {:<26} {:<34} {:<28} {:<9} ERROR",
+        "{:<12} {:<21} {:<34} {:<28} {:<9} ERROR",
         "POSITION", "FAILED AT", "SOURCE (topic/partition@offset)", "GROUP", "REDRIVEN"
     );
     for record in &records {
         let diagnosis = Diagnosis::of(record);
         println!(
-            "{:<12} {:<26} {:<34} {:<28} {:<9} {}",
+            "{:<12} {:<21} {:<34} {:<28} {:<9} {}",
             format!("{}:{}", record.partition, record.offset),
-            diagnosis.failed_at.as_deref().unwrap_or("-"),
+            diagnosis.failed_at_text(),
             diagnosis.source(),
             diagnosis.group.as_deref().unwrap_or("-"),
             if ledger.contains(&(record.partition, record.offset)) {
