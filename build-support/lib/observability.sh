@@ -4,6 +4,9 @@
 # prometheus package, run with build-support/prometheus/'s config and rules).
 
 JAEGER_VERSION="v1.75.0"
+# The same release's container image (Jaeger v2 tags its Go module v1.x: v1.75.0 is v2.12.0),
+# which docker-compose.yml must use.
+JAEGER_IMAGE_VERSION="2.12.0"
 JAEGER_BIN="$CACHE_DIR/jaeger-$JAEGER_VERSION/jaeger"
 JAEGER_CONFIG="$ROOT_DIR/build-support/jaeger/config.yaml"
 PROMETHEUS_CONFIG_DIR="$ROOT_DIR/build-support/prometheus"
