@@ -55,10 +55,9 @@ jaeger_enabled() {
 # (OTLP gRPC on JAEGER_OTLP_PORT, default 4317; query API and UI on JAEGER_QUERY_PORT,
 # default 16686). Sets JAEGER_QUERY_URL when the query API is known. With
 # --background and Jaeger not built yet (the first run on a machine: minutes of
-# compiling), build-support/jaeger/build-and-start builds and starts it in the
-# background (pid in STATE_DIR/jaeger-build.pid, log STATE_DIR/jaeger-build.log)
-# and the endpoints are set already: the services' exporters connect once it
-# listens. Sets JAEGER_PENDING=yes then.
+# compiling), nothing is built here: the endpoints are set already (the
+# services' exporters connect once Jaeger listens) and JAEGER_PENDING=yes;
+# jaeger_build_in_background then starts the build once the services are up.
 ensure_jaeger() {
   local state_dir=$1 background=${2:-}
   jaeger_enabled || { log "Jaeger: off (FOODORDER_JAEGER=${FOODORDER_JAEGER})"; return 0; }
@@ -75,11 +74,7 @@ ensure_jaeger() {
   fi
   if [[ ! -x $JAEGER_BIN && $background == --background ]]; then
     jaeger_go_check
-    mkdir -p "$state_dir"
-    log "Jaeger is not built yet: building it in the background (first run only; log: $state_dir/jaeger-build.log); traces flow once it is up"
-    JAEGER_OTLP_PORT=$otlp_port JAEGER_QUERY_PORT=$query_port \
-      setsid nohup "$ROOT_DIR/build-support/jaeger/build-and-start" "$state_dir" >"$state_dir/jaeger-build.log" 2>&1 </dev/null &
-    echo $! >"$state_dir/jaeger-build.pid"
+    log "Jaeger is not built yet: it is built in the background once the services are up (first run only)"
     JAEGER_PENDING=yes
     export OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port"
     export JAEGER_QUERY_URL="http://127.0.0.1:$query_port"
@@ -88,6 +83,21 @@ ensure_jaeger() {
   install_jaeger
   start_jaeger "$state_dir"
   STARTED_PIDS+=("jaeger $(cat "$state_dir/jaeger.pid")")
+}
+
+# jaeger_build_in_background STATE_DIR: after ensure_jaeger --background found
+# Jaeger not built (JAEGER_PENDING=yes), builds and starts it in the background
+# with build-support/jaeger/build-and-start, in a process group of its own (pid
+# in STATE_DIR/jaeger-build.pid, log STATE_DIR/jaeger-build.log). Started once
+# the services are built and up, so that the two builds never share the cores.
+jaeger_build_in_background() {
+  local state_dir=$1
+  [[ ${JAEGER_PENDING:-} == yes ]] || return 0
+  mkdir -p "$state_dir"
+  log "building Jaeger in the background (log: $state_dir/jaeger-build.log); traces flow once it is up"
+  JAEGER_OTLP_PORT=${JAEGER_OTLP_PORT:-4317} JAEGER_QUERY_PORT=${JAEGER_QUERY_PORT:-16686} \
+    setsid nohup "$ROOT_DIR/build-support/jaeger/build-and-start" "$state_dir" >"$state_dir/jaeger-build.log" 2>&1 </dev/null &
+  echo $! >"$state_dir/jaeger-build.pid"
 }
 
 # start_jaeger STATE_DIR: starts the built Jaeger (pid in STATE_DIR/jaeger.pid,
