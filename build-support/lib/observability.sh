@@ -28,6 +28,16 @@ jaeger_go_check() {
 install_jaeger() {
   [[ -x $JAEGER_BIN ]] && return 0
   jaeger_go_check
+  mkdir -p "$CACHE_DIR"
+  # One build at a time (a run's background build and the test suite share the
+  # build directory): the second waits, then finds the binary made.
+  local lock
+  exec {lock}>"$CACHE_DIR/jaeger-install.lock"
+  flock "$lock"
+  if [[ -x $JAEGER_BIN ]]; then
+    exec {lock}>&-
+    return 0
+  fi
   log "installing Jaeger $JAEGER_VERSION into $(dirname "$JAEGER_BIN") (first time only; built from the Go module proxy)"
   local source build="$CACHE_DIR/jaeger-build"
   mkdir -p "$CACHE_DIR"
@@ -43,6 +53,7 @@ install_jaeger() {
     || { tail -20 "$CACHE_DIR/jaeger-install.log" >&2; rm -rf "$build"; die "building Jaeger failed, see $CACHE_DIR/jaeger-install.log"; }
   mv "$JAEGER_BIN.partial" "$JAEGER_BIN"
   rm -rf "$build"
+  exec {lock}>&-
 }
 
 # jaeger_enabled: false when FOODORDER_JAEGER is off/0/false/no.

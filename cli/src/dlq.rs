@@ -38,6 +38,16 @@ use crate::kafka::{self, KafkaArgs, Record};
 /// The dead-letter topics of the services (without the prefix).
 pub const DEAD_LETTER_TOPICS: [&str; 3] = ["order.dlq", "payment.dlq", "notification.dlq"];
 
+/// The topics each dead-letter topic's consumers read (without the prefix):
+/// the only places a record of it can be sent back to. A record that names
+/// another source (a header forged upstream) stays where it is: redrive runs
+/// as the admin, and must not become a way around the producers' ACLs.
+const SOURCES: [(&str, &[&str]); 3] = [
+    ("order.dlq", &["payment.completed", "order.unprocessable"]),
+    ("payment.dlq", &["order.placed"]),
+    ("notification.dlq", &["payment.completed"]),
+];
+
 /// The header a redriven copy carries: `<dlq topic>:<partition>:<offset>` of
 /// the dead-lettered record it is a copy of.
 pub const REDRIVE_HEADER: &str = "foodorder-redrive-of";
@@ -155,9 +165,10 @@ impl Diagnosis {
     fn source(&self) -> String {
         match &self.source_topic {
             Some(topic) => format!(
-                "{topic}/{}@{}",
-                self.source_partition.as_deref().unwrap_or("?"),
-                self.source_offset.as_deref().unwrap_or("?")
+                "{}/{}@{}",
+                one_line(topic, 80),
+                one_line(self.source_partition.as_deref().unwrap_or("?"), 12),
+                one_line(self.source_offset.as_deref().unwrap_or("?"), 20)
             ),
             None => "-".to_owned(),
         }
@@ -195,7 +206,7 @@ fn list(kafka: &KafkaArgs, name: &str) -> anyhow::Result<()> {
             format!("{}:{}", record.partition, record.offset),
             diagnosis.failed_at_text(),
             diagnosis.source(),
-            diagnosis.group.as_deref().unwrap_or("-"),
+            one_line(diagnosis.group.as_deref().unwrap_or("-"), 28),
             if ledger.contains(&(record.partition, record.offset)) {
                 "yes"
             } else {
@@ -228,10 +239,7 @@ fn show(kafka: &KafkaArgs, name: &str, position: &str) -> anyhow::Result<()> {
     let diagnosis = Diagnosis::of(&record);
     let ledger = redriven(&config, &topic)?;
     println!("record        {topic} {partition}:{offset}");
-    println!(
-        "failed at     {}",
-        diagnosis.failed_at.as_deref().unwrap_or("-")
-    );
+    println!("failed at     {}", diagnosis.failed_at_text());
     println!(
         "written at    {}",
         record
@@ -449,6 +457,18 @@ fn redrive(
 ) -> anyhow::Result<()> {
     let topic = dead_letter_topic(kafka, name)?;
     let config = kafka.config()?;
+    // The producer's transactions start before the ledger is read: a redrive
+    // of the same topic still running is fenced (its open batch aborted)
+    // first, so what this run reads is all that was ever sent.
+    let sender = if dry_run {
+        None
+    } else {
+        Some(Sender::start(&config, &topic)?)
+    };
+    let allowed = SOURCES
+        .iter()
+        .find(|(dlq, _)| *dlq == kafka.unprefixed(&topic))
+        .map_or(&[][..], |(_, sources)| *sources);
     let records = kafka::read_all(&config, &topic)?;
     let ledger = redriven(&config, &topic)?;
     let consumer = kafka::reader(&config)?;
@@ -480,6 +500,17 @@ fn redrive(
             });
             continue;
         };
+        if !allowed.contains(&kafka.unprefixed(&source)) {
+            plans.push(Plan::Stay {
+                record,
+                why: format!(
+                    "its source topic {} is not one that {topic}'s consumers read ({})",
+                    one_line(&source, 80),
+                    allowed.join(", ")
+                ),
+            });
+            continue;
+        }
         let exists = match topics_exist.get(&source) {
             Some(exists) => *exists,
             None => {
@@ -546,10 +577,9 @@ fn redrive(
         );
         return Ok(());
     }
-    let sent = if sends.is_empty() {
-        BTreeMap::new()
-    } else {
-        send_back(&config, &topic, &sends)?
+    let sent = match sender {
+        Some(sender) if !sends.is_empty() => sender.send(&topic, &sends)?,
+        _ => BTreeMap::new(),
     };
     let per_topic = sent
         .iter()
@@ -569,101 +599,113 @@ fn redrive(
     Ok(())
 }
 
-/// Sends each record back to its source topic and writes its ledger entry,
-/// both in one transaction per batch; counts per topic.
-fn send_back(
-    config: &KafkaConfig,
-    dlq: &str,
-    sends: &[(&Record, &str)],
-) -> anyhow::Result<BTreeMap<String, usize>> {
-    let ledger = ensure_ledger(config, dlq)?;
-    let producer: BaseProducer =
-        foodorder_runtime::kafka::client_config(config, "foodorder-cli-redrive")
-            // One id per dead-letter topic: a second redrive of the same topic
-            // running at once fences the first instead of racing it.
-            .set("transactional.id", format!("foodorder-redrive-{dlq}"))
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("transaction.timeout.ms", "60000")
-            .set(
-                "message.max.bytes",
-                (foodorder_runtime::kafka::DLQ_MAX_MESSAGE_BYTES + 4096).to_string(),
-            )
-            .set("log_level", "0")
-            .create()
-            .context("cannot create the redrive producer")?;
-    producer
-        .init_transactions(Duration::from_secs(30))
-        .map_err(|error| {
-            anyhow::anyhow!("cannot start a Kafka transaction as this principal: {error}")
-        })?;
-    let bar = crate::progress(sends.len() as u64, &format!("redriving {dlq}"));
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for batch in sends.chunks(BATCH) {
-        producer.begin_transaction()?;
-        let outcome = (|| -> anyhow::Result<()> {
-            for (record, to) in batch {
-                let position = format!("{}:{}", record.partition, record.offset);
-                let mut headers = OwnedHeaders::new();
-                for (name, value) in &record.headers {
-                    let name = std::str::from_utf8(name).context("a header name is not UTF-8")?;
-                    if DIAGNOSTIC_HEADERS.contains(&name) || name == REDRIVE_HEADER {
-                        continue;
-                    }
-                    headers = headers.insert(Header {
-                        key: name,
-                        value: value.as_deref(),
-                    });
-                }
-                let origin = format!("{dlq}:{position}");
-                headers = headers.insert(Header {
-                    key: REDRIVE_HEADER,
-                    value: Some(origin.as_bytes()),
-                });
-                let mut copy: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(to).headers(headers);
-                if let Some(key) = &record.key {
-                    copy = copy.key(key.as_slice());
-                }
-                if let Some(value) = &record.value {
-                    copy = copy.payload(value.as_slice());
-                }
-                producer.send(copy).map_err(|(error, _)| {
-                    anyhow::anyhow!("cannot send {position} to {to}: {error}")
-                })?;
-                let entry = serde_json::json!({
-                    "to": to,
-                    "redriven_at": chrono::Utc::now().to_rfc3339(),
-                })
-                .to_string();
-                producer
-                    .send(
-                        BaseRecord::<str, str>::to(&ledger)
-                            .key(position.as_str())
-                            .payload(entry.as_str()),
-                    )
-                    .map_err(|(error, _)| {
-                        anyhow::anyhow!("cannot write the ledger entry of {position}: {error}")
-                    })?;
-                producer.poll(Duration::ZERO);
-            }
-            producer.commit_transaction(Duration::from_secs(60))?;
-            Ok(())
-        })();
-        if let Err(error) = outcome {
-            let _ = producer.abort_transaction(Duration::from_secs(30));
-            bar.abandon();
-            let done: usize = counts.values().sum();
-            anyhow::bail!(
-                "redrive stopped after {done} record(s): {error:#}; the records of the failed batch stay in {dlq} and are tried again by the next run"
-            );
-        }
-        for (_, to) in batch {
-            *counts.entry((*to).to_owned()).or_default() += 1;
-        }
-        bar.inc(batch.len() as u64);
+/// The transactional producer of a redrive and its ledger topic.
+struct Sender {
+    producer: BaseProducer,
+    ledger: String,
+}
+
+impl Sender {
+    /// The ledger topic (made when missing) and a producer whose transactions
+    /// are initialised, which fences any other redrive of `dlq`.
+    fn start(config: &KafkaConfig, dlq: &str) -> anyhow::Result<Self> {
+        let ledger = ensure_ledger(config, dlq)?;
+        let producer: BaseProducer =
+            foodorder_runtime::kafka::client_config(config, "foodorder-cli-redrive")
+                // One id per dead-letter topic: a second redrive of the same topic
+                // running at once fences the first instead of racing it.
+                .set("transactional.id", format!("foodorder-redrive-{dlq}"))
+                .set("enable.idempotence", "true")
+                .set("acks", "all")
+                .set("transaction.timeout.ms", "60000")
+                .set(
+                    "message.max.bytes",
+                    (foodorder_runtime::kafka::DLQ_MAX_MESSAGE_BYTES + 4096).to_string(),
+                )
+                .set("log_level", "0")
+                .create()
+                .context("cannot create the redrive producer")?;
+        producer
+            .init_transactions(Duration::from_secs(30))
+            .map_err(|error| {
+                anyhow::anyhow!("cannot start a Kafka transaction as this principal: {error}")
+            })?;
+        Ok(Self { producer, ledger })
     }
-    bar.finish_and_clear();
-    Ok(counts)
+
+    /// Sends each record back to its source topic and writes its ledger
+    /// entry, both in one transaction per batch; counts per topic.
+    fn send(self, dlq: &str, sends: &[(&Record, &str)]) -> anyhow::Result<BTreeMap<String, usize>> {
+        let Self { producer, ledger } = self;
+        let bar = crate::progress(sends.len() as u64, &format!("redriving {dlq}"));
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for batch in sends.chunks(BATCH) {
+            producer.begin_transaction()?;
+            let outcome = (|| -> anyhow::Result<()> {
+                for (record, to) in batch {
+                    let position = format!("{}:{}", record.partition, record.offset);
+                    let mut headers = OwnedHeaders::new();
+                    for (name, value) in &record.headers {
+                        let name =
+                            std::str::from_utf8(name).context("a header name is not UTF-8")?;
+                        if DIAGNOSTIC_HEADERS.contains(&name) || name == REDRIVE_HEADER {
+                            continue;
+                        }
+                        headers = headers.insert(Header {
+                            key: name,
+                            value: value.as_deref(),
+                        });
+                    }
+                    let origin = format!("{dlq}:{position}");
+                    headers = headers.insert(Header {
+                        key: REDRIVE_HEADER,
+                        value: Some(origin.as_bytes()),
+                    });
+                    let mut copy: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(to).headers(headers);
+                    if let Some(key) = &record.key {
+                        copy = copy.key(key.as_slice());
+                    }
+                    if let Some(value) = &record.value {
+                        copy = copy.payload(value.as_slice());
+                    }
+                    producer.send(copy).map_err(|(error, _)| {
+                        anyhow::anyhow!("cannot send {position} to {to}: {error}")
+                    })?;
+                    let entry = serde_json::json!({
+                        "to": to,
+                        "redriven_at": chrono::Utc::now().to_rfc3339(),
+                    })
+                    .to_string();
+                    producer
+                        .send(
+                            BaseRecord::<str, str>::to(&ledger)
+                                .key(position.as_str())
+                                .payload(entry.as_str()),
+                        )
+                        .map_err(|(error, _)| {
+                            anyhow::anyhow!("cannot write the ledger entry of {position}: {error}")
+                        })?;
+                    producer.poll(Duration::ZERO);
+                }
+                producer.commit_transaction(Duration::from_secs(60))?;
+                Ok(())
+            })();
+            if let Err(error) = outcome {
+                let _ = producer.abort_transaction(Duration::from_secs(30));
+                bar.abandon();
+                let done: usize = counts.values().sum();
+                anyhow::bail!(
+                    "redrive stopped after {done} record(s): {error:#}; the records of the failed batch stay in {dlq} and are tried again by the next run"
+                );
+            }
+            for (_, to) in batch {
+                *counts.entry((*to).to_owned()).or_default() += 1;
+            }
+            bar.inc(batch.len() as u64);
+        }
+        bar.finish_and_clear();
+        Ok(counts)
+    }
 }
 
 /// Creates the ledger topic of `dlq` when it does not exist: compacted (one

@@ -67,10 +67,14 @@ pub struct Record {
 }
 
 impl Record {
-    /// The value of header `name` as text (the first one of that name).
+    /// The value of header `name` as text: the last one of that name. A
+    /// consumer appends its diagnostics after the original record's headers,
+    /// so a `dlq-*` header the original record carried (forged by its
+    /// producer) never wins over the consumer's own.
     pub fn header(&self, name: &str) -> Option<String> {
         self.headers
             .iter()
+            .rev()
             .find(|(key, _)| key.as_slice() == name.as_bytes())
             .and_then(|(_, value)| value.as_deref())
             .map(|value| String::from_utf8_lossy(value).into_owned())

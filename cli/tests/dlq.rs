@@ -53,7 +53,29 @@ async fn dead_letter(
     value: &[u8],
     error: &str,
 ) {
-    let headers = OwnedHeaders::new()
+    dead_letter_with(
+        producer,
+        dlq,
+        source,
+        key,
+        value,
+        error,
+        OwnedHeaders::new(),
+    )
+    .await;
+}
+
+/// [`dead_letter`] of an original record that already carried `original` headers.
+async fn dead_letter_with(
+    producer: &FutureProducer,
+    dlq: &str,
+    source: &str,
+    key: &str,
+    value: &[u8],
+    error: &str,
+    original: OwnedHeaders,
+) {
+    let headers = original
         .insert(Header {
             key: "x-request-id",
             value: Some("req-1"),
@@ -167,9 +189,44 @@ async fn dead_letters_are_listed_shown_and_redriven_once() {
     )
     .await;
 
+    // A producer that forged the diagnostics (to have the admin redrive its
+    // record to a topic it may not write): the consumer's own, appended after
+    // the original headers, are the ones that count.
+    dead_letter_with(
+        &producer,
+        &dlq,
+        &placed,
+        "order-5",
+        &placed_event("order-5"),
+        "the gateway refused our credentials",
+        OwnedHeaders::new()
+            .insert(Header {
+                key: "dlq-source-topic",
+                value: Some(format!("{prefix}payment.completed").as_str()),
+            })
+            .insert(Header {
+                key: "dlq-error",
+                value: Some("forged"),
+            }),
+    )
+    .await;
+    // A record whose (real) source is no topic payment.dlq's consumer reads.
+    dead_letter(
+        &producer,
+        &dlq,
+        &format!("{prefix}payment.completed"),
+        "order-6",
+        b"x",
+        "the gateway refused our credentials",
+    )
+    .await;
     let (code, out, err) = foodorder(&prefix, &["dlq", "list", "payment.dlq"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("4 record(s) in"), "{out}");
+    assert!(out.contains("6 record(s) in"), "{out}");
+    assert!(
+        !out.contains("forged"),
+        "the consumer's diagnostics win: {out}"
+    );
     assert!(out.contains(&format!("{placed}/2@41")), "{out}");
     assert!(out.contains("undecodable OrderPlaced"), "{out}");
 
@@ -197,21 +254,23 @@ async fn dead_letters_are_listed_shown_and_redriven_once() {
     );
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("dry run: 2 record(s) would be sent back; 1 stay"),
+        out.contains("dry run: 3 record(s) would be sent back; 2 stay"),
         "{out}"
     );
+    assert!(out.contains("gone.topic is not one that"), "{out}");
     assert!(
-        out.contains("its source topic") && out.contains("gone.topic no longer exists"),
+        out.contains("payment.completed is not one that") && out.contains("(order.placed)"),
         "{out}"
     );
-    // The cause fixed: the two records whose error it was go back, once.
+    // The cause fixed: the three records whose error it was go back, once
+    // (the forged one to where the consumer read it, not where it claims).
     let (code, out, err) = foodorder(
         &prefix,
         &["dlq", "redrive", "payment.dlq", "--error", "credentials"],
     );
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains(&format!("sent 2 record(s) back (2 to {placed}); 1 stay")),
+        out.contains(&format!("sent 3 record(s) back (3 to {placed}); 2 stay")),
         "{out}"
     );
     let (code, out, err) = foodorder(
@@ -220,12 +279,12 @@ async fn dead_letters_are_listed_shown_and_redriven_once() {
     );
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("sent 0 record(s) back; 1 stay") && out.contains("2 already redriven"),
+        out.contains("sent 0 record(s) back; 2 stay") && out.contains("3 already redriven"),
         "{out}"
     );
     let (_, out, _) = foodorder(&prefix, &["dlq", "list", "payment.dlq"]);
     assert!(
-        out.contains("4 record(s) in") && out.contains("2 of them redriven"),
+        out.contains("6 record(s) in") && out.contains("3 of them redriven"),
         "{out}"
     );
 
@@ -234,14 +293,14 @@ async fn dead_letters_are_listed_shown_and_redriven_once() {
             &bootstrap,
             &placed,
             6,
-            2,
+            3,
             Duration::from_secs(30),
             Duration::from_secs(3),
         )
     })
     .await
     .unwrap();
-    assert_eq!(copies.len(), 2, "each record once: {copies:?}");
+    assert_eq!(copies.len(), 3, "each record once: {copies:?}");
     for copy in &copies {
         let number = copy.key.trim_start_matches("order-");
         assert_eq!(copy.payload, placed_event(&format!("order-{number}")));
@@ -261,6 +320,28 @@ async fn dead_letters_are_listed_shown_and_redriven_once() {
             .expect("the redrive header");
         assert!(origin.starts_with(&format!("{dlq}:0:")), "{origin}");
     }
+
+    // A source topic its consumers do read, but that is gone: the record stays.
+    let order_dlq = format!("{prefix}order.dlq");
+    ensure_topics(&config, &[TopicSpec::dead_letter(&config, &order_dlq)])
+        .await
+        .expect("create order.dlq");
+    dead_letter(
+        &producer,
+        &order_dlq,
+        &format!("{prefix}order.unprocessable"),
+        "order-7",
+        b"x",
+        "the gateway refused our credentials",
+    )
+    .await;
+    let (code, out, err) = foodorder(&prefix, &["dlq", "redrive", "order.dlq"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("order.unprocessable no longer exists")
+            && out.contains("sent 0 record(s) back; 1 stay"),
+        "{out}"
+    );
 
     // Bad input: one line on stderr, exit status 1.
     for (args, expected) in [

@@ -100,13 +100,13 @@ pub struct RunArgs {
     #[arg(long)]
     provision: Option<PathBuf>,
     /// order-api's `DATABASE_URL` (the role owning `orders`); default `--database`.
-    #[arg(long)]
+    #[arg(long, env = "CHAOS_ORDERS_DATABASE_URL", hide_env_values = true)]
     orders_database: Option<String>,
     /// payment-service's `DATABASE_URL` (the role owning `payments`); default `--database`.
-    #[arg(long)]
+    #[arg(long, env = "CHAOS_PAYMENTS_DATABASE_URL", hide_env_values = true)]
     payments_database: Option<String>,
     /// notification-service's `DATABASE_URL` (the role owning `notifications`); default `--database`.
-    #[arg(long)]
+    #[arg(long, env = "CHAOS_NOTIFICATIONS_DATABASE_URL", hide_env_values = true)]
     notifications_database: Option<String>,
 }
 

@@ -269,12 +269,16 @@ impl Services {
             }
             None => Command::new(binary),
         };
-        // Nothing of the tool's own login reaches an instance: its principal
-        // (if any) comes from its spec.
+        // Nothing of the tool's own logins reaches an instance (neither the
+        // admin's nor the other services' database URLs): its principal and
+        // its role (if any) come from its spec.
         for name in [
             "KAFKA_SASL_USERNAME",
             "KAFKA_SASL_PASSWORD",
             "KAFKA_SASL_MECHANISM",
+            "CHAOS_ORDERS_DATABASE_URL",
+            "CHAOS_PAYMENTS_DATABASE_URL",
+            "CHAOS_NOTIFICATIONS_DATABASE_URL",
         ] {
             command.env_remove(name);
         }

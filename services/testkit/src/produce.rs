@@ -94,14 +94,20 @@ pub async fn try_produce_raw_as(
             .write_all(&(request.len() as i32).to_be_bytes())
             .await?;
         stream.write_all(&request).await?;
-        let size = stream.read_i32().await? as usize;
+        let size = stream.read_i32().await?;
+        let size = usize::try_from(size)
+            .ok()
+            .filter(|size| (4..=1 << 20).contains(size))
+            .ok_or_else(|| protocol_error(format!("a Produce response of {size} bytes")))?;
         let mut response = vec![0; size];
         stream.read_exact(&mut response).await?;
         // correlation id, topics (1), topic name, partitions (1), partition, error code, base offset
-        let name_len = i16::from_be_bytes([response[8], response[9]]) as usize;
-        let at = 10 + name_len + 4 + 4;
-        let error_code = i16::from_be_bytes([response[at], response[at + 1]]);
-        let offset = i64::from_be_bytes(response[at + 2..at + 10].try_into().unwrap());
+        let short = || protocol_error("a truncated Produce response".to_owned());
+        let name_len = response.get(8..10).ok_or_else(short)?;
+        let at = 10 + usize::from(u16::from_be_bytes([name_len[0], name_len[1]])) + 4 + 4;
+        let answer = response.get(at..at + 10).ok_or_else(short)?;
+        let error_code = i16::from_be_bytes([answer[0], answer[1]]);
+        let offset = i64::from_be_bytes(answer[2..10].try_into().expect("8 bytes"));
         Ok((error_code, offset))
     };
     // NOT_LEADER_OR_FOLLOWER, LEADER_NOT_AVAILABLE, NOT_ENOUGH_REPLICAS(_AFTER_APPEND),
@@ -134,7 +140,7 @@ pub async fn try_produce_raw_as(
         let leader = match known(&place) {
             Some(leader) => leader,
             None => {
-                let leader = partition_leader(bootstrap, topic, partition).await;
+                let leader = partition_leader(login, bootstrap, topic, partition).await;
                 LEADERS
                     .lock()
                     .unwrap()
@@ -177,12 +183,26 @@ pub async fn try_produce_raw_as(
 
 /// `host:port` of the leader of `topic`/`partition`, from a metadata request
 /// through `bootstrap` (the first bootstrap address when there is no leader yet).
-async fn partition_leader(bootstrap: &str, topic: &str, partition: i32) -> String {
+async fn partition_leader(
+    login: Option<(&str, &str)>,
+    bootstrap: &str,
+    topic: &str,
+    partition: i32,
+) -> String {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
+    let login = login.map(|(username, password)| (username.to_owned(), password.to_owned()));
     tokio::task::spawn_blocking(move || {
         let first = bootstrap.split(',').next().unwrap_or_default().to_owned();
-        let Ok(consumer) = crate::kafka::client(&bootstrap).create::<BaseConsumer>() else {
+        let Ok(consumer) = {
+            let mut config = rdkafka::ClientConfig::new();
+            config.set("bootstrap.servers", &bootstrap);
+            if let Some((username, password)) = &login {
+                crate::broker::scram_login(&mut config, username, password);
+            }
+            config
+        }
+        .create::<BaseConsumer>() else {
             return first;
         };
         let Ok(metadata) =
@@ -235,6 +255,19 @@ async fn exchange(
     Ok(response.split_off(4))
 }
 
+/// The error code a response body starts with.
+fn error_code(response: &[u8], call: &str) -> std::io::Result<i16> {
+    match response {
+        [high, low, ..] => Ok(i16::from_be_bytes([*high, *low])),
+        _ => Err(protocol_error(format!("an empty {call} response"))),
+    }
+}
+
+/// A login that cannot succeed by asking again: given up at once.
+fn refused(what: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::PermissionDenied, what)
+}
+
 fn protocol_error(what: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, what)
 }
@@ -279,15 +312,9 @@ async fn scram_sha512_login(
     let mut handshake = Vec::new();
     put_string(&mut handshake, "SCRAM-SHA-512");
     let response = exchange(stream, 17, 1, &handshake).await?;
-    let code = i16::from_be_bytes(
-        response
-            .get(..2)
-            .ok_or_else(|| protocol_error("an empty SaslHandshake response".to_owned()))?
-            .try_into()
-            .unwrap(),
-    );
+    let code = error_code(&response, "SaslHandshake")?;
     if code != 0 {
-        return Err(protocol_error(format!(
+        return Err(refused(format!(
             "the broker refused the SCRAM-SHA-512 handshake (Kafka error code {code})"
         )));
     }
@@ -300,13 +327,7 @@ async fn scram_sha512_login(
         body.extend_from_slice(&(message.len() as i32).to_be_bytes());
         body.extend_from_slice(message);
         let response = exchange(stream, 36, 1, &body).await?;
-        let code = i16::from_be_bytes(
-            response
-                .get(..2)
-                .ok_or_else(|| protocol_error("an empty SaslAuthenticate response".to_owned()))?
-                .try_into()
-                .unwrap(),
-        );
+        let code = error_code(&response, "SaslAuthenticate")?;
         let mut at = 2;
         let error = String::from_utf8_lossy(take(&response, &mut at, false)?).into_owned();
         if code != 0 {
@@ -332,16 +353,20 @@ async fn scram_sha512_login(
     };
     let server_nonce = field("r=")?;
     if !server_nonce.starts_with(&nonce) {
-        return Err(protocol_error(
+        return Err(refused(
             "the server's nonce does not extend ours".to_owned(),
         ));
     }
     let salt = STANDARD
         .decode(field("s=")?)
         .map_err(|_| protocol_error("a salt that is not base64".to_owned()))?;
+    // Kafka's own bounds for SCRAM iterations: fewer would be a downgrade, more
+    // would hold this thread in PBKDF2 for as long as the server liked.
     let iterations: u32 = field("i=")?
         .parse()
-        .map_err(|_| protocol_error("an iteration count that is no number".to_owned()))?;
+        .ok()
+        .filter(|count| (4096..=16384).contains(count))
+        .ok_or_else(|| refused("an iteration count outside 4096..=16384".to_owned()))?;
     let mut salted = [0u8; 64];
     pbkdf2::pbkdf2_hmac::<Sha512>(password.as_bytes(), &salt, iterations, &mut salted);
     let client_key = hmac(&salted, b"Client Key");
@@ -363,7 +388,7 @@ async fn scram_sha512_login(
         STANDARD.encode(hmac(&server_key, auth_message.as_bytes()))
     );
     if server_final != expected.as_bytes() {
-        return Err(protocol_error(
+        return Err(refused(
             "the broker's SCRAM signature does not match: not the broker that holds this user"
                 .to_owned(),
         ));
