@@ -196,13 +196,13 @@ fn list(kafka: &KafkaArgs, name: &str) -> anyhow::Result<()> {
     let records = kafka::read_all(&config, &topic)?;
     let ledger = redriven(&config, &topic)?;
     println!(
-        "{:<12} {:<21} {:<34} {:<28} {:<9} ERROR",
-        "POSITION", "FAILED AT", "SOURCE (topic/partition@offset)", "GROUP", "REDRIVEN"
+        "{:<12} {:<21} {:<34} {:<28} {:<9} {:<50} ERROR",
+        "POSITION", "FAILED AT", "SOURCE (topic/partition@offset)", "GROUP", "REDRIVEN", "VALUE"
     );
     for record in &records {
         let diagnosis = Diagnosis::of(record);
         println!(
-            "{:<12} {:<21} {:<34} {:<28} {:<9} {}",
+            "{:<12} {:<21} {:<34} {:<28} {:<9} {:<50} {}",
             format!("{}:{}", record.partition, record.offset),
             diagnosis.failed_at_text(),
             diagnosis.source(),
@@ -212,6 +212,13 @@ fn list(kafka: &KafkaArgs, name: &str) -> anyhow::Result<()> {
             } else {
                 "no"
             },
+            summary(
+                diagnosis
+                    .source_topic
+                    .as_deref()
+                    .map(|topic| kafka.unprefixed(topic)),
+                record.value.as_deref()
+            ),
             one_line(diagnosis.error.as_deref().unwrap_or("-"), 100)
         );
     }
@@ -320,6 +327,34 @@ fn read_one(
         .into_iter()
         .find(|record| record.partition == partition && record.offset == offset)
         .with_context(|| format!("{topic} {partition}:{offset} could not be read"))
+}
+
+/// One line about `value` for `list`: the event it decodes as and its order,
+/// or that it does not decode.
+fn summary(source_topic: Option<&str>, value: Option<&[u8]>) -> String {
+    let Some(bytes) = value else {
+        return "tombstone".to_owned();
+    };
+    let order = |id: &str| one_line(if id.is_empty() { "-" } else { id }, 40);
+    let decoded = match source_topic {
+        Some("order.placed") => OrderPlaced::decode(bytes)
+            .map(|event| format!("OrderPlaced {}", order(&event.order_id)))
+            .ok(),
+        Some("payment.completed") => PaymentCompleted::decode(bytes)
+            .map(|event| {
+                format!(
+                    "PaymentCompleted {} {}",
+                    order(&event.order_id),
+                    if event.success { "paid" } else { "failed" }
+                )
+            })
+            .ok(),
+        Some("order.unprocessable") => OrderUnprocessable::decode(bytes)
+            .map(|event| format!("OrderUnprocessable {}", order(&event.order_id)))
+            .ok(),
+        _ => None,
+    };
+    decoded.unwrap_or_else(|| format!("undecodable, {} B", bytes.len()))
 }
 
 /// `value` decoded as the event its source topic carries, else why not, with its bytes.
@@ -811,6 +846,14 @@ mod tests {
         let text = decode(Some("order.placed"), Some(&[0xff, 0xff, 0xff]));
         assert!(text.contains("does not decode"), "{text}");
         assert!(decode(Some("order.placed"), None).contains("tombstone"));
+        assert_eq!(
+            summary(Some("order.placed"), Some(&event.encode_to_vec())),
+            "OrderPlaced 7"
+        );
+        assert_eq!(
+            summary(Some("order.placed"), Some(&[0xff, 0xff, 0xff])),
+            "undecodable, 3 B"
+        );
         assert_eq!(printable(Some(b"abc")), "\"abc\"");
         assert_eq!(printable(Some(&[0x00, 0x41])), "0x0041");
     }

@@ -227,6 +227,10 @@ async fn dead_letters_are_listed_shown_and_redriven_once() {
         !out.contains("forged"),
         "the consumer's diagnostics win: {out}"
     );
+    assert!(
+        out.contains("OrderPlaced order-1") && out.contains("undecodable, 2 B"),
+        "values summed up: {out}"
+    );
     assert!(out.contains(&format!("{placed}/2@41")), "{out}");
     assert!(out.contains("undecodable OrderPlaced"), "{out}");
 
