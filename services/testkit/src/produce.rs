@@ -37,7 +37,6 @@ pub async fn try_produce_raw_as(
     value: Option<&[u8]>,
     headers: &[foodorder_runtime::record_headers::RawHeader],
 ) -> Result<i64, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut record = Vec::new();
     record.push(0); // attributes
     put_varint(&mut record, 0); // timestamp delta
@@ -90,17 +89,7 @@ pub async fn try_produce_raw_as(
         if let Some((username, password)) = login {
             scram_sha512_login(&mut stream, username, password).await?;
         }
-        stream
-            .write_all(&(request.len() as i32).to_be_bytes())
-            .await?;
-        stream.write_all(&request).await?;
-        let size = stream.read_i32().await?;
-        let size = usize::try_from(size)
-            .ok()
-            .filter(|size| (4..=1 << 20).contains(size))
-            .ok_or_else(|| protocol_error(format!("a Produce response of {size} bytes")))?;
-        let mut response = vec![0; size];
-        stream.read_exact(&mut response).await?;
+        let response = round_trip(&mut stream, &request).await?;
         // correlation id, topics (1), topic name, partitions (1), partition, error code, base offset
         let short = || protocol_error("a truncated Produce response".to_owned());
         let name_len = response.get(8..10).ok_or_else(short)?;
@@ -234,17 +223,26 @@ async fn exchange(
     api_version: i16,
     body: &[u8],
 ) -> std::io::Result<Vec<u8>> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut request = Vec::with_capacity(body.len() + 40);
     request.extend_from_slice(&api_key.to_be_bytes());
     request.extend_from_slice(&api_version.to_be_bytes());
     request.extend_from_slice(&1_i32.to_be_bytes()); // correlation id
     put_string(&mut request, "foodorder-raw-producer");
     request.extend_from_slice(body);
+    Ok(round_trip(stream, &request).await?.split_off(4))
+}
+
+/// Sends one size-prefixed request and reads its whole response (from the
+/// correlation id on), refusing a size outside 4 bytes to 1 MiB.
+async fn round_trip(
+    stream: &mut tokio::net::TcpStream,
+    request: &[u8],
+) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     stream
         .write_all(&(request.len() as i32).to_be_bytes())
         .await?;
-    stream.write_all(&request).await?;
+    stream.write_all(request).await?;
     let size = stream.read_i32().await?;
     let size = usize::try_from(size)
         .ok()
@@ -252,7 +250,7 @@ async fn exchange(
         .ok_or_else(|| protocol_error(format!("a response of {size} bytes")))?;
     let mut response = vec![0; size];
     stream.read_exact(&mut response).await?;
-    Ok(response.split_off(4))
+    Ok(response)
 }
 
 /// The error code a response body starts with.
