@@ -27,6 +27,7 @@ use foodorder_runtime::consumer::{
     DLQ_SOURCE_TOPIC,
 };
 use prost::Message as _;
+use rdkafka::Message as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::Consumer;
@@ -323,10 +324,26 @@ fn read_one(
             "no records".to_owned()
         }
     );
-    kafka::read_all(config, topic)?
-        .into_iter()
-        .find(|record| record.partition == partition && record.offset == offset)
-        .with_context(|| format!("{topic} {partition}:{offset} could not be read"))
+    // Only that record: the reader starts at its offset.
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment.add_partition_offset(topic, partition, rdkafka::Offset::Offset(offset))?;
+    consumer.assign(&assignment)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let message = message.with_context(|| format!("reading {topic} failed"))?;
+        if message.partition() == partition && message.offset() >= offset {
+            anyhow::ensure!(
+                message.offset() == offset,
+                "{topic} {partition}:{offset} is no record (the next is at {})",
+                message.offset()
+            );
+            return Ok(Record::of(&message));
+        }
+    }
+    anyhow::bail!("{topic} {partition}:{offset} could not be read within 30 s")
 }
 
 /// One line about `value` for `list`: the event it decodes as and its order,
@@ -461,10 +478,8 @@ fn ledger_topic(dlq: &str) -> String {
 fn redriven(config: &KafkaConfig, dlq: &str) -> anyhow::Result<BTreeSet<(i32, i64)>> {
     let ledger = ledger_topic(dlq);
     let consumer = kafka::reader(config)?;
-    match kafka::partitions(&consumer, &config.bootstrap_servers, &ledger) {
-        Ok(_) => {}
-        Err(error) if error.to_string().ends_with("does not exist") => return Ok(BTreeSet::new()),
-        Err(error) => return Err(error),
+    if kafka::existing_partitions(&consumer, &config.bootstrap_servers, &ledger)?.is_none() {
+        return Ok(BTreeSet::new());
     }
     drop(consumer);
     Ok(kafka::read_all(config, &ledger)?
@@ -549,12 +564,9 @@ fn redrive(
         let exists = match topics_exist.get(&source) {
             Some(exists) => *exists,
             None => {
-                let exists = match kafka::partitions(&consumer, &config.bootstrap_servers, &source)
-                {
-                    Ok(_) => true,
-                    Err(error) if error.to_string().ends_with("does not exist") => false,
-                    Err(error) => return Err(error),
-                };
+                let exists =
+                    kafka::existing_partitions(&consumer, &config.bootstrap_servers, &source)?
+                        .is_some();
                 topics_exist.insert(source.clone(), exists);
                 exists
             }
@@ -758,10 +770,8 @@ fn ensure_ledger(config: &KafkaConfig, dlq: &str) -> anyhow::Result<String> {
         .first()
         .and_then(|topic| topic.partitions().first())
         .map_or(1, |partition| partition.replicas().len().max(1));
-    match kafka::partitions(&consumer, &config.bootstrap_servers, &ledger) {
-        Ok(_) => return Ok(ledger),
-        Err(error) if error.to_string().ends_with("does not exist") => {}
-        Err(error) => return Err(error),
+    if kafka::existing_partitions(&consumer, &config.bootstrap_servers, &ledger)?.is_some() {
+        return Ok(ledger);
     }
     let admin: AdminClient<DefaultClientContext> =
         foodorder_runtime::kafka::client_config(config, "foodorder-cli-admin")

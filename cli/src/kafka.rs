@@ -102,33 +102,48 @@ pub fn partitions(
     bootstrap: &str,
     topic: &str,
 ) -> anyhow::Result<Vec<i32>> {
+    existing_partitions(consumer, bootstrap, topic)?
+        .with_context(|| format!("topic {topic} does not exist"))
+}
+
+/// The partitions of `topic`, or None when it does not exist; an error
+/// naming the broker when it does not answer or refuses to describe it.
+pub fn existing_partitions(
+    consumer: &BaseConsumer,
+    bootstrap: &str,
+    topic: &str,
+) -> anyhow::Result<Option<Vec<i32>>> {
     let metadata = consumer
         .fetch_metadata(Some(topic), ANSWER_WITHIN)
         .map_err(|error| anyhow::anyhow!("{}", unreachable(bootstrap, &error)))?;
     let Some(found) = metadata.topics().first() else {
-        anyhow::bail!("topic {topic} does not exist");
+        return Ok(None);
     };
-    match found.error() {
+    match found.error().map(RDKafkaErrorCode::from) {
         None => {}
-        Some(error)
-            if RDKafkaErrorCode::from(error) == RDKafkaErrorCode::UnknownTopicOrPartition =>
-        {
-            anyhow::bail!("topic {topic} does not exist")
-        }
-        Some(error) => anyhow::bail!(
-            "the broker refused to describe {topic}: {}",
-            RDKafkaErrorCode::from(error)
-        ),
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition) => return Ok(None),
+        Some(code) => anyhow::bail!("the broker refused to describe {topic}: {code}"),
     }
-    anyhow::ensure!(
-        !found.partitions().is_empty(),
-        "topic {topic} does not exist"
-    );
-    Ok(found
+    let partitions: Vec<i32> = found
         .partitions()
         .iter()
         .map(|partition| partition.id())
-        .collect())
+        .collect();
+    Ok((!partitions.is_empty()).then_some(partitions))
+}
+
+impl Record {
+    /// A record as a consumer received it, byte for byte.
+    pub fn of(message: &rdkafka::message::BorrowedMessage<'_>) -> Self {
+        Self {
+            partition: message.partition(),
+            offset: message.offset(),
+            timestamp_ms: message.timestamp().to_millis(),
+            key: message.key().map(<[u8]>::to_vec),
+            value: message.payload().map(<[u8]>::to_vec),
+            headers: record_headers::read(message),
+        }
+    }
 }
 
 /// What to say when the broker does not answer (or refuses the login).
@@ -191,14 +206,7 @@ pub fn read_all(config: &KafkaConfig, topic: &str) -> anyhow::Result<Vec<Record>
         };
         let high = remaining[index].1;
         if offset < high {
-            records.push(Record {
-                partition,
-                offset,
-                timestamp_ms: message.timestamp().to_millis(),
-                key: message.key().map(<[u8]>::to_vec),
-                value: message.payload().map(<[u8]>::to_vec),
-                headers: record_headers::read(&message),
-            });
+            records.push(Record::of(&message));
             bar.inc(1);
         }
         if offset + 1 >= high {

@@ -372,6 +372,13 @@ impl Chaos {
     /// Who owns each service schema's tables, as the services' migrations
     /// left them (with the roles: each schema its own service's role).
     async fn schema_owners(&self) -> anyhow::Result<String> {
+        // Bounded, like every call of the run: a stalled server fails it.
+        tokio::time::timeout(Duration::from_secs(30), self.read_schema_owners())
+            .await
+            .context("the database did not say who owns the tables within 30 s")?
+    }
+
+    async fn read_schema_owners(&self) -> anyhow::Result<String> {
         let pool = sqlx::PgPool::connect(&self.database)
             .await
             .context("failed to connect to the database")?;
